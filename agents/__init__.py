@@ -1,0 +1,1 @@
+"""Agents (metarl.agents): RL², classical bandit and MDP baselines."""

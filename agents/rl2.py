@@ -1,0 +1,220 @@
+"""RL² (Duan et al. 2016): a GRU actor-critic whose hidden state carries what it learned
+about the task across the episodes of a trial, meta-trained with PPO.
+
+Read top to bottom: config -> network -> trainer (collect a trial per task, GAE over the
+whole trial, PPO epochs over truncated-BPTT chunks) -> evaluation policy.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from metarl.batched_env import EnvSpec
+from metarl.config import option
+from metarl.episodes import gae
+from metarl.errors import UserError
+from metarl.ppo import RunningMeanStd, ppo_loss
+from metarl.seeding import make_generator
+from metarl.tasks import split_generator
+from metarl.training import AgentSpec
+from metarl.trial import TrialEnv, collect_trial, rl2_inputs
+
+
+@dataclass
+class RL2Config:
+    total_steps: int = option(20_000_000, "env steps to train for (rounded up to whole iterations)", ge=1)
+    num_envs: int = option(1024, "parallel trials per iteration, one task each", ge=1)
+    hidden_size: int = option(128, "GRU hidden units", ge=1)
+    lr: float = option(3e-4, "Adam learning rate", gt=0.0)
+    lr_anneal: bool = option(True, "decay the learning rate linearly to 0 over training")
+    gamma: float = option(0.99, "discount over the whole trial", ge=0.0, le=1.0)
+    gae_lambda: float = option(0.95, "GAE lambda", ge=0.0, le=1.0)
+    clip: float = option(0.2, "PPO ratio clip", gt=0.0)
+    epochs: int = option(4, "PPO epochs per iteration", ge=1)
+    num_minibatches: int = option(4, "minibatches per epoch (split over trials / BPTT chunks)", ge=1)
+    bptt_len: int = option(0, "truncated BPTT length in steps; 0 = the whole trial", ge=0)
+    vf_coef: float = option(0.5, "value loss weight", ge=0.0)
+    ent_coef: float = option(0.01, "entropy bonus weight", ge=0.0)
+    max_grad_norm: float = option(0.5, "gradient norm clip", gt=0.0)
+    normalize_returns: bool = option(True, "fit the value head to running-normalised returns")
+    time_feature: bool = option(True, "give the policy t / trial_length as an input")
+    checkpoint_every: int = option(10, "iterations between checkpoints", ge=1)
+
+
+class GRUActorCritic(nn.Module):
+    """x [T, B, D], h [1, B, H] -> logits [T, B, A], value [T, B], h' [1, B, H].
+
+    One GRU shared by a linear policy head and a linear value head (as in RL²)."""
+
+    def __init__(self, input_dim: int, num_actions: int, hidden_size: int, generator: torch.Generator):
+        super().__init__()
+        self.hidden_size = hidden_size
+        self.gru = nn.GRU(input_dim, hidden_size)
+        self.pi = nn.Linear(hidden_size, num_actions)
+        self.v = nn.Linear(hidden_size, 1)
+        with torch.no_grad():  # seeded init, no global RNG
+            for name, p in self.gru.named_parameters():
+                if "weight" in name:
+                    for chunk in p.chunk(3, 0):
+                        nn.init.orthogonal_(chunk, generator=generator)
+                else:
+                    p.zero_()
+            nn.init.orthogonal_(self.pi.weight, gain=0.01, generator=generator)
+            nn.init.orthogonal_(self.v.weight, gain=1.0, generator=generator)
+            self.pi.bias.zero_()
+            self.v.bias.zero_()
+
+    def forward(self, x, h):
+        out, h = self.gru(x, h)
+        return self.pi(out), self.v(out).squeeze(-1), h
+
+    def initial_state(self, batch: int, device) -> torch.Tensor:
+        return torch.zeros(1, batch, self.hidden_size, device=device)
+
+
+class _RolloutPolicy:
+    """Adapts the network to the sampler: one step, sampled action, de-normalised value."""
+
+    def __init__(self, net: GRUActorCritic, rms: RunningMeanStd | None):
+        self.net, self.rms = net, rms
+
+    def initial_state(self, batch, device):
+        return self.net.initial_state(batch, device)
+
+    def step(self, x, h, generator):
+        logits, v, h = self.net(x.unsqueeze(0), h)
+        logp_all = F.log_softmax(logits[0], -1)
+        a = torch.multinomial(logp_all.exp(), 1, generator=generator).squeeze(1)
+        v = v[0]
+        if self.rms is not None:
+            v = v * self.rms.std.float() + self.rms.mean.float()
+        return a, logp_all.gather(1, a.unsqueeze(1)).squeeze(1), v, h
+
+
+class RL2Trainer:
+    def __init__(self, env_spec: EnvSpec, env_cfg, cfg: RL2Config, seed: int, device: torch.device):
+        self.cfg, self.device, self.seed = cfg, device, seed
+        self.dist = env_spec.make_distribution(env_cfg)
+        self.task_gen = split_generator(seed, "train", device)
+        self.env_gen = make_generator(seed, "env", device)
+        self.act_gen = make_generator(seed, "actions", device)
+        self.shuffle_gen = make_generator(seed, "minibatches")
+        env = env_spec.make_env(env_cfg, cfg.num_envs, device, self.env_gen)
+        self.trial_env = TrialEnv(env, env_spec.episodes_per_trial(env_cfg), cfg.time_feature)
+        T = self.trial_env.trial_length
+        self.bptt = cfg.bptt_len or T
+        if T % self.bptt:
+            raise UserError(f"agent.bptt_len={cfg.bptt_len} must divide the trial length {T}; "
+                            f"use a divisor of {T} or 0 for the whole trial")
+        chunks = cfg.num_envs * (T // self.bptt)
+        if cfg.num_minibatches > chunks:
+            raise UserError(f"agent.num_minibatches={cfg.num_minibatches} exceeds the {chunks} sequences per "
+                            f"iteration; lower it or raise agent.num_envs")
+        self.net = GRUActorCritic(self.trial_env.input_dim, env.num_actions, cfg.hidden_size,
+                                  make_generator(seed, "init")).to(device)
+        self.opt = torch.optim.Adam(self.net.parameters(), lr=cfg.lr, eps=1e-5)
+        self.rms = RunningMeanStd(device) if cfg.normalize_returns else None
+        self.steps_per_iteration = cfg.num_envs * T
+        self.iterations = -(-cfg.total_steps // self.steps_per_iteration)
+
+    def train_iteration(self, it: int) -> dict[str, float]:
+        cfg = self.cfg
+        if cfg.lr_anneal:
+            for g in self.opt.param_groups:
+                g["lr"] = cfg.lr * (1.0 - it / self.iterations)
+        tasks = self.dist.sample(cfg.num_envs, self.task_gen)
+        batch, h_starts = collect_trial(_RolloutPolicy(self.net, self.rms), self.trial_env, tasks,
+                                        self.act_gen, self.bptt)
+        # The trial is one RL² episode: returns flow across inner-episode boundaries.
+        no_dones = torch.zeros_like(batch.dones)
+        adv, ret = gae(batch.rewards, batch.values, no_dones, cfg.gamma, cfg.gae_lambda)
+        if self.rms is not None:
+            self.rms.update(ret)
+            ret = (ret - self.rms.mean.float()) / self.rms.std.float()
+
+        # [T, B, ...] -> [L, N] with N = B * (T / L) sequences, each starting from its rollout state.
+        T, B = batch.rewards.shape
+        L, C = self.bptt, T // self.bptt
+
+        def chunk(t):
+            return t.reshape(C, L, B, *t.shape[2:]).transpose(0, 1).reshape(L, C * B, *t.shape[2:])
+
+        obs, act, old_logp, adv_c, ret_c = (chunk(t) for t in (batch.obs, batch.actions, batch.logprobs, adv, ret))
+        h0 = h_starts.reshape(C * B, -1)
+        N = C * B
+        stats = []
+        for _ in range(cfg.epochs):
+            perm = torch.randperm(N, generator=self.shuffle_gen).to(self.device)
+            for idx in perm.chunk(cfg.num_minibatches):
+                logits, v, _ = self.net(obs[:, idx], h0[idx].unsqueeze(0))
+                logp_all = F.log_softmax(logits, -1)
+                logp = logp_all.gather(-1, act[:, idx].unsqueeze(-1)).squeeze(-1)
+                entropy = -(logp_all.exp() * logp_all).sum(-1)
+                a = adv_c[:, idx]
+                a = (a - a.mean()) / (a.std() + 1e-8)
+                loss, st = ppo_loss(logp.flatten(), old_logp[:, idx].flatten(), a.flatten(), v.flatten(),
+                                    ret_c[:, idx].flatten(), entropy.flatten(), cfg.clip, cfg.vf_coef, cfg.ent_coef)
+                self.opt.zero_grad(set_to_none=True)
+                loss.backward()
+                nn.utils.clip_grad_norm_(self.net.parameters(), cfg.max_grad_norm)
+                self.opt.step()
+                stats.append(torch.stack(list(st.values())))
+        means = torch.stack(stats).mean(0).tolist()
+        trial_returns = batch.rewards.sum(0)
+        out = {"trial_return": trial_returns.mean().item()}
+        out.update(zip(("policy_loss", "value_loss", "entropy", "approx_kl", "clip_frac"), means))
+        out["loss"] = loss.item()
+        return out
+
+    def state_dict(self):
+        return {"net": self.net.state_dict(), "opt": self.opt.state_dict(),
+                "rms": self.rms.state_dict() if self.rms is not None else None,
+                "generators": {k: getattr(self, k).get_state() for k in
+                               ("task_gen", "env_gen", "act_gen", "shuffle_gen")}}
+
+    def load_state_dict(self, d):
+        self.net.load_state_dict(d["net"])
+        self.opt.load_state_dict(d["opt"])
+        if self.rms is not None:
+            self.rms.load_state_dict(d["rms"])
+        for k, s in d["generators"].items():
+            getattr(self, k).set_state(s)
+
+
+class RL2EvalPolicy:
+    """The trained network as a TrialPolicy for `metarl eval` (samples its actions)."""
+
+    def __init__(self, net: GRUActorCritic, num_actions: int, trial_length: int, time_feature: bool,
+                 generator: torch.Generator):
+        self.net, self.A, self.T, self.time_feature, self.gen = net, num_actions, trial_length, time_feature, generator
+
+    def reset(self, num_envs: int, device) -> None:
+        self.h = self.net.initial_state(num_envs, device)
+        self.prev = (None, None, None)
+        self.t = 0
+
+    @torch.no_grad()
+    def act(self, obs):
+        x = rl2_inputs(obs, *self.prev, self.A, self.t / self.T if self.time_feature else None)
+        logits, _, self.h = self.net(x.unsqueeze(0), self.h)
+        return torch.multinomial(F.softmax(logits[0], -1), 1, generator=self.gen).squeeze(1)
+
+    def observe(self, actions, rewards, dones, next_obs) -> None:
+        self.prev = (actions, rewards, dones)
+        self.t += 1
+
+
+def load_eval_policy(checkpoint: dict, env_spec: EnvSpec, env_cfg, cfg: RL2Config, device, seed: int):
+    env = env_spec.make_env(env_cfg, 1, device, torch.Generator(device=device))
+    trial_length = env.horizon * env_spec.episodes_per_trial(env_cfg)
+    input_dim = env.obs_dim + env.num_actions + 2 + int(cfg.time_feature)
+    net = GRUActorCritic(input_dim, env.num_actions, cfg.hidden_size, torch.Generator()).to(device)
+    net.load_state_dict(checkpoint["trainer"]["net"])
+    net.eval()
+    return RL2EvalPolicy(net, env.num_actions, trial_length, cfg.time_feature, make_generator(seed, "eval-actions", device))
+
+
+RL2 = AgentSpec("rl2", RL2Config, RL2Trainer, load_eval_policy)

@@ -1,0 +1,7 @@
+"""Task distributions (metarl.envs). Importing this registers the Gymnasium ids:
+
+    metarl/BernoulliBandit-v0, metarl/GaussianBandit-v0, metarl/TabularMDP-v0
+"""
+from metarl.envs.gym_adapter import register_gym_envs
+
+register_gym_envs()

@@ -1,0 +1,59 @@
+"""One task at a time as a Gymnasium env, built on the batched env with B = 1.
+
+A Gymnasium episode is one trial: a task is drawn from the distribution at every reset
+(or fixed with `options={"task": {...}}`), and the trial runs `episodes_per_trial` inner
+episodes; `info["episode_end"]` marks the end of each inner episode.
+"""
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from metarl.config import build
+from metarl.registry import ENVS, lookup
+
+GYM_IDS = {"metarl/BernoulliBandit-v0": "bandit", "metarl/GaussianBandit-v0": "gaussian-bandit",
+           "metarl/TabularMDP-v0": "tabular-mdp"}
+
+
+class SingleTaskEnv(gym.Env):
+    metadata = {"render_modes": []}
+
+    def __init__(self, env_name: str, **config):
+        spec = lookup("env", ENVS, env_name)
+        self.cfg = build(spec.config_cls, config, "env")
+        self.dist = spec.make_distribution(self.cfg)
+        self._gen = torch.Generator()
+        self.env = spec.make_env(self.cfg, 1, torch.device("cpu"), self._gen)
+        self.trial_length = self.env.horizon * spec.episodes_per_trial(self.cfg)
+        self.observation_space = self.env.observation_space
+        self.action_space = self.env.action_space
+        self.task = None
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self._gen.manual_seed(int(self.np_random.integers(2**62)))
+        if options and "task" in options:
+            self.task = {k: torch.as_tensor(v, dtype=torch.float32).unsqueeze(0) for k, v in options["task"].items()}
+        else:
+            self.task = self.dist.sample(1, self._gen)
+        self.env.set_tasks(self.task)
+        self.t = 0
+        obs = self.env.reset()
+        return obs[0].numpy().astype(np.float32), {"task": {k: v[0].numpy() for k, v in self.task.items()}}
+
+    def step(self, action):
+        if not self.action_space.contains(action):
+            raise ValueError(f"action {action!r} is not in {self.action_space}")
+        obs, reward, done = self.env.step(torch.tensor([int(action)]))
+        self.t += 1
+        terminated = self.t >= self.trial_length
+        return (obs[0].numpy().astype(np.float32), float(reward[0]), terminated, False,
+                {"episode_end": bool(done[0])})
+
+
+def register_gym_envs() -> None:
+    for gym_id, name in GYM_IDS.items():
+        if gym_id not in gym.registry:
+            gym.register(gym_id, entry_point="metarl.envs.gym_adapter:SingleTaskEnv", kwargs={"env_name": name})

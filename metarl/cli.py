@@ -1,0 +1,164 @@
+"""`metarl` command line. Errors a user can cause print one line and exit with code 2."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from metarl.errors import UserError
+
+EXAMPLES = """examples:
+  metarl train rl2 --env bandit --set env.k=10 --set env.n=100
+  metarl train rl2 --env tabular-mdp --set env.n=25 --seed 1 --run-dir runs/mdp25
+  metarl train rl2 --env bandit --config experiments/configs/bandit_k5_n10.toml
+  metarl train rl2 --env bandit --run-dir runs/mdp25 --resume
+"""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit 2 (argparse prints usage + message by default)
+        sys.stderr.write(f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        sys.exit(2)
+
+
+def _options_help() -> str:
+    """Every env and agent option with its default and meaning, for `train --help`."""
+    from metarl.config import describe
+    from metarl.registry import AGENTS, ENVS, load
+    parts = ["options settable with --set (or in a --config TOML file under [env] / [agent]):"]
+    for name, e in AGENTS.items():
+        parts += [f"\nagent {name}:", describe(load(e.target).config_cls, "agent")]
+    seen = set()
+    for name, e in ENVS.items():
+        spec = load(e.target)
+        if spec.config_cls in seen:
+            parts.append(f"\nenv {name}: same options as above")
+            continue
+        seen.add(spec.config_cls)
+        parts += [f"\nenv {name}:", describe(spec.config_cls, "env")]
+    parts.append("\nrun options: run.seed, run.device (same as --seed, --device)")
+    return "\n".join(parts)
+
+
+def build_parser(full_help: bool = False) -> argparse.ArgumentParser:
+    p = _Parser(prog="metarl", description="Meta-reinforcement learning: train, evaluate and benchmark meta-learners.")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    d = sub.add_parser("demo", help="train RL² on 5-armed bandits (n=10) and compare it with the classical baselines",
+                       description="Meta-train RL² on Bernoulli 5-armed bandits with 10 pulls (a few minutes on a "
+                                   "laptop CPU), then evaluate it and the classical baselines on 1000 held-out tasks "
+                                   "and print the table. The run is kept under --runs-root.")
+    d.add_argument("--device", default="auto", help="auto (CUDA if available), cpu or cuda (default: auto)")
+    d.add_argument("--runs-root", default="runs", help="folder for the demo run (default: runs)")
+    d.add_argument("--quiet", action="store_true", help="no progress bar")
+    d.add_argument("--json", action="store_true", help="print the evaluation as JSON instead of a table")
+
+    sub.add_parser("list", help="registered envs, agents, baselines and benchmarks",
+                   description="List every registered env, agent, baseline and benchmark with one line of help.")
+
+    t = sub.add_parser("train", help="meta-train an agent on a task distribution",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="Meta-train AGENT on the task distribution ENV. The run directory gets "
+                                   "config.toml, metrics.jsonl, timing.jsonl, TensorBoard events (tb/), "
+                                   "checkpoints/latest.pt and learning_curve.png.",
+                       epilog=EXAMPLES + ("\n" + _options_help() if full_help else
+                                          "\nrun `metarl train --help` to list every --set option"))
+    t.add_argument("agent", help="agent name (see metarl list), e.g. rl2")
+    t.add_argument("--env", required=True, help="task distribution name (see metarl list), e.g. bandit")
+    t.add_argument("--config", metavar="FILE.toml", help="TOML file with [run], [env] and [agent] tables")
+    t.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override one option, e.g. --set env.k=10 --set agent.lr=1e-3 (repeatable)")
+    t.add_argument("--seed", type=int, help="run seed (default 0); same seed on CPU gives the same metrics.jsonl")
+    t.add_argument("--device", help="auto (CUDA if available), cpu or cuda (default: auto)")
+    t.add_argument("--run-dir", help="run directory (default: runs/{env}__{agent}__{seed}__{time})")
+    t.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its last checkpoint")
+    t.add_argument("--overwrite", action="store_true", help="start again in an existing --run-dir, replacing it")
+    t.add_argument("--quiet", action="store_true", help="no progress bar or messages")
+
+    e = sub.add_parser("eval", help="evaluate a trained run against baselines on held-out tasks",
+                       description="Play one trial on each held-out task (test split) with the trained agent and "
+                                   "with each baseline, on identical tasks; print mean total reward with a 95%% CI "
+                                   "and save eval.json and eval_episodes.png in the run directory.")
+    e.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by metarl train")
+    e.add_argument("--tasks", type=int, default=1000, help="number of held-out tasks (default 1000)")
+    e.add_argument("--baselines", default="all",
+                   help="comma-separated baseline names, 'all' (those that apply to the env) or 'none'")
+    e.add_argument("--seed", type=int, default=0, help="evaluation seed: picks the held-out tasks (default 0)")
+    e.add_argument("--device", help="auto, cpu or cuda (default: auto)")
+    e.add_argument("--json", action="store_true", help="print the report as JSON")
+
+    b = sub.add_parser("bench", help="throughput benchmarks (steps/s)",
+                       description="Measure throughput. `metarl list` names the benchmarks; --json prints "
+                                   '{"bench", "device", "figures"} for scripts.')
+    b.add_argument("name", help="benchmark name, e.g. bandit")
+    b.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
+    b.add_argument("--json", action="store_true", help="print one JSON object")
+    return p
+
+
+def cmd_list() -> None:
+    from metarl.registry import AGENTS, BASELINES, BENCHES, ENVS
+    for title, table in (("envs", ENVS), ("agents", AGENTS), ("baselines", BASELINES), ("benchmarks", BENCHES)):
+        print(f"{title}:")
+        width = max(map(len, table)) + 2
+        for name, e in table.items():
+            extra = f" [for: {', '.join(e.families)}]" if e.families else ""
+            print(f"  {name:<{width}}{e.summary}{extra}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    wants_help = any(a in ("-h", "--help") for a in argv)
+    parser = build_parser(full_help=wants_help and argv[:1] == ["train"])
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    from metarl.training import Interrupted
+    try:
+        if args.command == "list":
+            cmd_list()
+        elif args.command == "train":
+            from metarl.workflows import train
+            path = train(args.agent, args.env, config_file=args.config, sets=args.set, seed=args.seed,
+                         device=args.device, run_dir=args.run_dir, resume=args.resume, overwrite=args.overwrite,
+                         quiet=args.quiet)
+            if not args.quiet:
+                print(f"done: {path}\nevaluate with: metarl eval {path}")
+        elif args.command in ("eval", "demo"):
+            from metarl.evaluation import format_table
+            from metarl.workflows import demo, eval_title, evaluate_run
+            if args.command == "demo":
+                report = demo(device=args.device, quiet=args.quiet, runs_root=args.runs_root)
+            else:
+                report = evaluate_run(args.run_dir, tasks=args.tasks, baselines=args.baselines, seed=args.seed,
+                                      device=args.device)
+            if args.json:
+                print(json.dumps(report, indent=2))
+            else:
+                print(format_table(report["results"], eval_title(report)))
+        elif args.command == "bench":
+            from metarl.registry import BENCHES, lookup
+            fn = lookup("benchmark", BENCHES, args.name)
+            from metarl.device import resolve_device
+            result = fn(resolve_device(args.device))
+            if args.json:
+                print(json.dumps(result))
+            else:
+                print(f"bench {result['bench']} on {result['device']}")
+                for k, v in result["figures"].items():
+                    print(f"  {k:<24}{v:,.4g}" if isinstance(v, float) else f"  {k:<24}{v}")
+    except UserError as e:
+        print(f"metarl: error: {e}", file=sys.stderr)
+        return 2
+    except Interrupted as e:
+        print(f"metarl: {e}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print("metarl: aborted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

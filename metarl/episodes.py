@@ -1,0 +1,66 @@
+"""Episode batches [T, B, ...] and the return estimators every agent shares."""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import torch
+
+
+def discounted_returns(rewards: torch.Tensor, dones: torch.Tensor, gamma: float,
+                       bootstrap: torch.Tensor | None = None) -> torch.Tensor:
+    """Discounted reward-to-go.
+
+    rewards, dones: [T, B]; dones[t] marks that the episode ended after step t, so no return
+    flows back across it. bootstrap: [B] value of the state after step T-1 (0 if None).
+    Returns [T, B].
+    """
+    T = rewards.shape[0]
+    out = torch.empty_like(rewards)
+    running = torch.zeros_like(rewards[0]) if bootstrap is None else bootstrap.to(rewards.dtype)
+    notdone = 1.0 - dones.to(rewards.dtype)
+    for t in range(T - 1, -1, -1):
+        running = rewards[t] + gamma * notdone[t] * running
+        out[t] = running
+    return out
+
+
+def gae(rewards: torch.Tensor, values: torch.Tensor, dones: torch.Tensor, gamma: float, lam: float,
+        last_value: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalized advantage estimation (Schulman et al. 2016).
+
+    rewards, values, dones: [T, B]; last_value: [B] value after the last step (0 if None).
+    Returns (advantages [T, B], returns [T, B] = advantages + values).
+    """
+    T = rewards.shape[0]
+    adv = torch.empty_like(rewards)
+    next_value = torch.zeros_like(rewards[0]) if last_value is None else last_value.to(rewards.dtype)
+    running = torch.zeros_like(rewards[0])
+    notdone = 1.0 - dones.to(rewards.dtype)
+    for t in range(T - 1, -1, -1):
+        delta = rewards[t] + gamma * notdone[t] * next_value - values[t]
+        running = delta + gamma * lam * notdone[t] * running
+        adv[t] = running
+        next_value = values[t]
+    return adv, adv + values
+
+
+@dataclass
+class EpisodeBatch:
+    """Transitions of B sub-envs over T steps. Time-major: every field is [T, B, ...].
+
+    mask[t, b] is 1 where step t of sub-env b is real data (0 = padding).
+    """
+    obs: torch.Tensor       # [T, B, D] policy inputs
+    actions: torch.Tensor   # [T, B]
+    rewards: torch.Tensor   # [T, B]
+    dones: torch.Tensor     # [T, B] episode ended after this step
+    logprobs: torch.Tensor  # [T, B] log pi(a|.) at collection time
+    values: torch.Tensor    # [T, B] value estimates at collection time
+    mask: torch.Tensor      # [T, B]
+
+    @property
+    def num_steps(self) -> int:
+        return int(self.mask.sum().item())
+
+    def to(self, device) -> "EpisodeBatch":
+        return EpisodeBatch(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})

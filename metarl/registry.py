@@ -1,0 +1,71 @@
+"""Names -> "module:attr" strings, resolved only when used (as gymnasium entry points).
+
+The core never imports envs/ or agents/ at import time, and an optional dependency is
+imported only when a name that needs it is used.
+"""
+from __future__ import annotations
+
+import difflib
+import importlib
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from metarl.errors import UserError
+
+
+@dataclass(frozen=True)
+class Entry:
+    target: str            # "module:attr"
+    summary: str           # one line for `metarl list`
+    families: tuple = ()   # for baselines: env families they apply to
+
+
+ENVS: dict[str, Entry] = {
+    "bandit": Entry("metarl.envs.bandits:BERNOULLI_BANDIT",
+                    "Bernoulli k-armed bandit, arm means ~ U[0,1], n pulls per trial (env.k, env.n)"),
+    "gaussian-bandit": Entry("metarl.envs.bandits:GAUSSIAN_BANDIT",
+                             "Gaussian k-armed bandit, means ~ U[0,1], rewards ~ N(mean, env.sigma^2)"),
+    "tabular-mdp": Entry("metarl.envs.tabular_mdp:TABULAR_MDP",
+                         "random tabular MDPs as in RL² (10 states, 5 actions, 10-step episodes, env.n per trial)"),
+}
+
+AGENTS: dict[str, Entry] = {
+    "rl2": Entry("metarl.agents.rl2:RL2", "RL²: GRU actor-critic over trials, trained with PPO"),
+}
+
+BASELINES: dict[str, Entry] = {
+    "random": Entry("metarl.agents.bandit_baselines:RandomPolicy", "uniformly random actions", ("bandit", "mdp")),
+    "greedy": Entry("metarl.agents.bandit_baselines:Greedy", "arm with the highest posterior mean", ("bandit",)),
+    "epsilon-greedy": Entry("metarl.agents.bandit_baselines:EpsilonGreedy",
+                            "greedy, random arm with probability epsilon (0.1)", ("bandit",)),
+    "ucb1": Entry("metarl.agents.bandit_baselines:UCB1", "UCB1 (Auer et al. 2002)", ("bandit",)),
+    "thompson": Entry("metarl.agents.bandit_baselines:Thompson", "Thompson sampling from the posterior", ("bandit",)),
+    "gittins": Entry("metarl.agents.gittins:GittinsPolicy",
+                     "Gittins index, discounted approximation (Bernoulli bandits)", ("bernoulli",)),
+    "psrl": Entry("metarl.agents.mdp_baselines:PSRL", "posterior sampling RL (Osband et al. 2013)", ("mdp",)),
+    "mdp-greedy": Entry("metarl.agents.mdp_baselines:CertaintyEquivalent",
+                        "plans on the posterior-mean MDP each episode", ("mdp",)),
+}
+
+BENCHES: dict[str, Entry] = {
+    "bandit": Entry("metarl.bench:bench_bandit",
+                    "bandit env steps/s alone and in RL² rollouts (4096 parallel tasks)"),
+}
+
+
+def load(target: str) -> Any:
+    module, attr = target.split(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def lookup(kind: str, table: dict[str, Entry], name: str) -> Any:
+    """Resolve a registered name, or raise a UserError suggesting the closest names."""
+    if name not in table:
+        close = difflib.get_close_matches(name, list(table), n=2)
+        hint = f"did you mean {' or '.join(close)}? " if close else ""
+        raise UserError(f"unknown {kind} {name!r}; {hint}known {kind}s: {', '.join(table)} (see metarl list)")
+    return load(table[name].target)
+
+
+def baselines_for(families: tuple[str, ...]) -> list[str]:
+    return [n for n, e in BASELINES.items() if set(e.families) & set(families)]

@@ -1,0 +1,120 @@
+"""The iteration loop every trainer shares: progress bar, metrics, checkpoints, NaN and Ctrl-C.
+
+A trainer implements:
+    steps_per_iteration: int                  env steps per iteration
+    train_iteration(it) -> dict[str, float]   one iteration; deterministic metrics
+    state_dict() / load_state_dict(d)         everything needed to resume bit-for-bit
+"""
+from __future__ import annotations
+
+import math
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Protocol
+
+from metarl.errors import TrainingDiverged
+from metarl.run import RunDir
+
+
+class Trainer(Protocol):
+    steps_per_iteration: int
+
+    def train_iteration(self, it: int) -> dict[str, float]: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, d: dict[str, Any]) -> None: ...
+
+
+@dataclass(frozen=True)
+class AgentSpec:
+    """What the registry returns for an agent name.
+
+    trainer_cls(env_spec, env_cfg, agent_cfg, seed, device) -> Trainer
+    load_eval_policy(checkpoint, env_spec, env_cfg, agent_cfg, device, seed) -> TrialPolicy
+    """
+    name: str
+    config_cls: type
+    trainer_cls: type
+    load_eval_policy: Callable[..., Any]
+
+
+class Interrupted(Exception):
+    """Ctrl-C during training, after a checkpoint was written."""
+
+
+def progress_bar(total: int, quiet: bool, desc: str):
+    from tqdm import tqdm
+    disable = quiet or not sys.stderr.isatty()
+    return tqdm(total=total, disable=disable, desc=desc, unit="step", unit_scale=True, dynamic_ncols=True,
+                smoothing=0.1)
+
+
+def train_loop(trainer: Trainer, run: RunDir, iterations: int, config: dict, *, start_iteration: int = 0,
+               checkpoint_every: int = 10, quiet: bool = False, desc: str = "train") -> None:
+    """Run iterations [start_iteration, iterations). Checkpoint every `checkpoint_every`
+    iterations and at the end; a non-finite metric stops training without touching the last
+    good checkpoint; Ctrl-C finishes the iteration, checkpoints it and raises Interrupted."""
+    spi = trainer.steps_per_iteration
+
+    def save(next_it: int):
+        run.save_checkpoint({"iteration": next_it, "env_steps": next_it * spi, "config": config,
+                             "trainer": trainer.state_dict()})
+
+    stop = _InterruptFlag()
+    bar = progress_bar(iterations * spi, quiet, desc)
+    bar.update(start_iteration * spi)
+    t_start = time.perf_counter()
+    try:
+        with stop:
+            for it in range(start_iteration, iterations):
+                t0 = time.perf_counter()
+                metrics = trainer.train_iteration(it)
+                dt = time.perf_counter() - t0
+                bad = [k for k, v in metrics.items() if isinstance(v, float) and not math.isfinite(v)]
+                if bad:
+                    raise TrainingDiverged(
+                        f"{', '.join(bad)} became non-finite at iteration {it}; training stopped, the last good "
+                        f"checkpoint in {run.path / 'checkpoints'} is kept; lower agent.lr and resume or restart")
+                run.log({"iteration": it, "env_steps": (it + 1) * spi, **metrics},
+                        {"iteration_s": dt, "steps_per_s": spi / dt, "wall_clock_s": time.perf_counter() - t_start})
+                bar.update(spi)
+                if "trial_return" in metrics:
+                    bar.set_postfix(trial_return=f"{metrics['trial_return']:.3f}", refresh=False)
+                if stop.requested or (it + 1) % checkpoint_every == 0 or it + 1 == iterations:
+                    save(it + 1)
+                if stop.requested:
+                    raise Interrupted(f"interrupted; checkpoint of iteration {it + 1} saved in {run.path}; "
+                                      f"continue with: metarl train ... --resume --run-dir {run.path}")
+    finally:
+        bar.close()
+        run.close()
+
+
+class _InterruptFlag:
+    """First Ctrl-C asks the loop to stop after the current iteration (and checkpoint);
+    a second one aborts at once, leaving the previous checkpoint."""
+
+    def __init__(self):
+        self.requested = False
+        self._old = None
+
+    def _handler(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print("\nCtrl-C: finishing this iteration and saving a checkpoint (Ctrl-C again to abort)",
+              file=sys.stderr, flush=True)
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._old = signal.signal(signal.SIGINT, self._handler)
+        return self
+
+    def __exit__(self, *exc):
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+        return False

@@ -1,0 +1,108 @@
+"""RL² trials over any BatchedEnv, and the sampler that collects them.
+
+A trial is `episodes_per_trial` episodes in one task. The recurrent agent sees, at each
+step, x = [obs, one_hot(prev_action), prev_reward, prev_done, t / trial_length], and its
+hidden state is carried across episode boundaries within the trial and reset between trials.
+"""
+from __future__ import annotations
+
+import time
+from typing import Protocol
+
+import torch
+
+from metarl.batched_env import BatchedEnv
+from metarl.episodes import EpisodeBatch
+from metarl.tasks import Tasks
+
+
+def rl2_inputs(obs, prev_action, prev_reward, prev_done, num_actions: int, time_frac: float | None):
+    """Build the RL² input x [B, D] = [obs, one_hot(prev_action), prev_reward, prev_done,
+    (time_frac)]. prev_* are None at the start of a trial (all zeros)."""
+    B, o = obs.shape
+    x = torch.zeros(B, o + num_actions + 2 + (time_frac is not None), device=obs.device)
+    x[:, :o] = obs
+    if prev_action is not None:
+        x[:, o:o + num_actions].scatter_(1, prev_action.view(-1, 1), 1.0)
+        x[:, o + num_actions] = prev_reward
+        x[:, o + num_actions + 1] = prev_done.to(x.dtype)
+    if time_frac is not None:
+        x[:, -1] = time_frac
+    return x
+
+
+class TrialEnv:
+    """Wraps a BatchedEnv so that it emits RL² inputs, trial by trial."""
+
+    def __init__(self, env: BatchedEnv, episodes_per_trial: int, time_feature: bool = True):
+        self.env = env
+        self.episodes_per_trial = episodes_per_trial
+        self.trial_length = env.horizon * episodes_per_trial
+        self.time_feature = time_feature
+        self.obs_dim, self.num_actions = env.obs_dim, env.num_actions
+        self.input_dim = self.obs_dim + self.num_actions + 2 + int(time_feature)
+        self.env_time = 0.0  # seconds spent inside env.reset/step (for the benchmark)
+
+    @property
+    def num_envs(self) -> int:
+        return self.env.num_envs
+
+    def _inputs(self, obs, prev_action, prev_reward, prev_done) -> torch.Tensor:
+        return rl2_inputs(obs, prev_action, prev_reward, prev_done, self.num_actions,
+                          self.t / self.trial_length if self.time_feature else None)
+
+    def start(self, tasks: Tasks) -> torch.Tensor:
+        """Begin a new trial in every sub-env; returns x [B, input_dim]."""
+        t0 = time.perf_counter()
+        self.env.set_tasks(tasks)
+        obs = self.env.reset()
+        self.env_time += time.perf_counter() - t0
+        self.t = 0
+        return self._inputs(obs, None, None, None)
+
+    def step(self, actions: torch.Tensor):
+        """actions [B] -> (x [B, input_dim], reward [B], done [B]); the trial ends after
+        trial_length steps."""
+        t0 = time.perf_counter()
+        obs, reward, done = self.env.step(actions)
+        self.env_time += time.perf_counter() - t0
+        self.t += 1
+        return self._inputs(obs, actions, reward, done), reward, done
+
+
+class RecurrentPolicy(Protocol):
+    hidden_size: int
+
+    def initial_state(self, batch: int, device) -> torch.Tensor: ...
+
+    def step(self, x: torch.Tensor, h: torch.Tensor, generator: torch.Generator):
+        """x [B, D], h [1, B, H] -> action [B], logprob [B], value [B], h' [1, B, H]"""
+
+
+@torch.no_grad()
+def collect_trial(policy: RecurrentPolicy, trial_env: TrialEnv, tasks: Tasks, generator: torch.Generator,
+                  bptt_len: int | None = None):
+    """Run one full trial in every sub-env.
+
+    Returns (EpisodeBatch [T, B], h_starts [T // bptt_len, B, H]): the hidden state at the start
+    of each truncated-BPTT chunk, so training can start every chunk from its rollout state.
+    """
+    B, T = trial_env.num_envs, trial_env.trial_length
+    L = bptt_len or T
+    x = trial_env.start(tasks)
+    dev = x.device
+    obs = torch.empty(T, B, trial_env.input_dim, device=dev)
+    actions = torch.empty(T, B, dtype=torch.long, device=dev)
+    rewards, logprobs, values = (torch.empty(T, B, device=dev) for _ in range(3))
+    dones = torch.empty(T, B, dtype=torch.bool, device=dev)
+    h = policy.initial_state(B, dev)
+    h_starts = []
+    for t in range(T):
+        if t % L == 0:
+            h_starts.append(h[0])
+        obs[t] = x
+        a, logp, v, h = policy.step(x, h, generator)
+        x, r, d = trial_env.step(a)
+        actions[t], rewards[t], dones[t], logprobs[t], values[t] = a, r, d, logp, v
+    batch = EpisodeBatch(obs, actions, rewards, dones, logprobs, values, torch.ones(T, B, device=dev))
+    return batch, torch.stack(h_starts)

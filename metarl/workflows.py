@@ -1,0 +1,162 @@
+"""What the CLI commands do, as plain functions (train, evaluate a run, demo)."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from metarl.config import as_dict, build, load_toml, parse_sets
+from metarl.device import resolve_device
+from metarl.errors import UserError
+from metarl.evaluation import evaluate, format_table, summarize
+from metarl.plots import episode_curve, learning_curve
+from metarl.registry import AGENTS, BASELINES, ENVS, baselines_for, lookup
+from metarl.run import RunDir, default_run_name, load_checkpoint, open_existing
+from metarl.training import train_loop
+
+
+def _setup_threads(device: torch.device) -> None:
+    if device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(max(1, os.cpu_count() or 1))
+
+
+def resolve_config(agent: str, env: str, config_file: str | None = None, sets: list[str] = (),
+                   seed: int | None = None, device: str | None = None) -> dict[str, Any]:
+    """Defaults < --config file < --set < --seed/--device. Returns typed sections."""
+    file = load_toml(config_file) if config_file else {}
+    cli = parse_sets(list(sets))
+    run = {"agent": agent, "env": env, "seed": 0, "device": "auto", **file.get("run", {}), **cli.get("run", {})}
+    unknown = set(run) - {"agent", "env", "seed", "device"}
+    if unknown:
+        raise UserError(f"unknown option run.{sorted(unknown)[0]}; valid run options: agent, env, seed, device")
+    if seed is not None:
+        run["seed"] = seed
+    if device is not None:
+        run["device"] = device
+    try:
+        run["seed"] = int(run["seed"])
+    except ValueError:
+        raise UserError(f"run.seed={run['seed']!r} is not an integer; give e.g. --seed 0") from None
+    if run["seed"] < 0:
+        raise UserError(f"seed must be >= 0, got {run['seed']}")
+    env_spec = lookup("env", ENVS, run["env"])
+    agent_spec = lookup("agent", AGENTS, run["agent"])
+    env_cfg = build(env_spec.config_cls, {**file.get("env", {}), **cli.get("env", {})}, "env")
+    agent_cfg = build(agent_spec.config_cls, {**file.get("agent", {}), **cli.get("agent", {})}, "agent")
+    return {"run": run, "env": env_cfg, "agent": agent_cfg, "env_spec": env_spec, "agent_spec": agent_spec}
+
+
+def _saved(cfg: dict[str, Any]) -> dict[str, dict]:
+    return {"run": cfg["run"], "env": as_dict(cfg["env"]), "agent": as_dict(cfg["agent"])}
+
+
+def train(agent: str, env: str, *, config_file: str | None = None, sets: list[str] = (), seed: int | None = None,
+          device: str | None = None, run_dir: str | None = None, resume: bool = False, overwrite: bool = False,
+          quiet: bool = False, runs_root: str = "runs") -> Path:
+    """Train AGENT on ENV; returns the run directory."""
+    if resume:
+        if not run_dir:
+            raise UserError("--resume needs --run-dir RUN_DIR naming the run to continue")
+        path = open_existing(run_dir)
+        saved = load_toml(path / "config.toml")
+        changed = [s for s in sets if not s.startswith("agent.total_steps=")]
+        if changed or config_file:
+            raise UserError("a resumed run keeps its saved config; only --set agent.total_steps=N may change "
+                            "(start a new run for other changes)")
+        over = [f"{sec}.{k}={v}" for sec in ("env", "agent") for k, v in saved.get(sec, {}).items()
+                if not (sec == "agent" and k == "total_steps" and sets)]
+        cfg = resolve_config(saved["run"]["agent"], saved["run"]["env"], None, over + list(sets),
+                             saved["run"]["seed"], device or saved["run"]["device"])
+    else:
+        cfg = resolve_config(agent, env, config_file, sets, seed, device)
+        path = Path(run_dir) if run_dir else Path(runs_root) / default_run_name(env, agent, cfg["run"]["seed"])
+    dev = resolve_device(cfg["run"]["device"])
+    _setup_threads(dev)
+    # Build the trainer before touching the disk, so that a bad value leaves nothing behind.
+    trainer = cfg["agent_spec"].trainer_cls(cfg["env_spec"], cfg["env"], cfg["agent"], cfg["run"]["seed"], dev)
+    run = RunDir(path, resume=resume, overwrite=overwrite)
+    start = 0
+    if resume:
+        ck = run.load_checkpoint(map_location=dev)
+        trainer.load_state_dict(ck["trainer"])
+        start = ck["iteration"]
+        run.truncate_metrics(start)
+    saved_cfg = _saved(cfg)
+    run.save_config(saved_cfg)
+    if not quiet:
+        print(f"training {agent or cfg['run']['agent']} on {cfg['run']['env']} ({trainer.iterations} iterations x "
+              f"{trainer.steps_per_iteration} steps, device {dev}) -> {path}", flush=True)
+    train_loop(trainer, run, trainer.iterations, saved_cfg, start_iteration=start,
+               checkpoint_every=cfg["agent"].checkpoint_every, quiet=quiet, desc=cfg["run"]["env"])
+    metrics = run.read_metrics()
+    if metrics:
+        learning_curve(metrics, path / "learning_curve.png", f"{cfg['run']['agent']} on {cfg['run']['env']}")
+    return path
+
+
+def choose_baselines(spec, names: str) -> list[str]:
+    applicable = baselines_for(spec.families)
+    if names in ("all", ""):
+        return applicable
+    if names == "none":
+        return []
+    chosen = [n.strip() for n in names.split(",") if n.strip()]
+    for n in chosen:
+        lookup("baseline", BASELINES, n)
+        if n not in applicable:
+            raise UserError(f"baseline {n!r} does not apply to env {spec.name!r}; applicable: {', '.join(applicable)}")
+    return chosen
+
+
+def evaluate_run(run_dir: str, *, tasks: int = 1000, baselines: str = "all", seed: int = 0,
+                 device: str | None = None) -> dict[str, Any]:
+    """Evaluate a trained run and the chosen baselines on the same held-out tasks; writes eval.json."""
+    if tasks < 1:
+        raise UserError(f"--tasks must be >= 1, got {tasks}")
+    path = open_existing(run_dir)
+    saved = load_toml(path / "config.toml")
+    sets = [f"{sec}.{k}={v}" for sec in ("env", "agent") for k, v in saved.get(sec, {}).items()]
+    cfg = resolve_config(saved["run"]["agent"], saved["run"]["env"], None, sets, saved["run"]["seed"],
+                         device or "auto")
+    dev = resolve_device(cfg["run"]["device"])
+    _setup_threads(dev)
+    names = choose_baselines(cfg["env_spec"], baselines)
+    ck = load_checkpoint(path, map_location=dev)
+    env_spec, env_cfg = cfg["env_spec"], cfg["env"]
+    agent_name = saved["run"]["agent"]
+    results = {agent_name: summarize(evaluate(
+        lambda env: cfg["agent_spec"].load_eval_policy(ck, env_spec, env_cfg, cfg["agent"], dev, seed),
+        env_spec, env_cfg, tasks, seed, dev))}
+    for name in names:
+        cls = lookup("baseline", BASELINES, name)
+        results[name] = summarize(evaluate(lambda env: cls(env, env_cfg, seed), env_spec, env_cfg, tasks, seed, dev))
+    report = {"env": saved["run"]["env"], "env_config": saved["env"], "agent": agent_name, "tasks": tasks,
+              "seed": seed, "checkpoint_iteration": ck["iteration"], "env_steps": ck["env_steps"],
+              "results": results}
+    tmp = path / "eval.json.tmp"
+    tmp.write_text(json.dumps(report, indent=2))
+    os.replace(tmp, path / "eval.json")
+    episode_curve(results, path / "eval_episodes.png", f"held-out {report['env']} tasks")
+    return report
+
+
+def eval_title(report: dict) -> str:
+    envc = ", ".join(f"{k}={v}" for k, v in report["env_config"].items())
+    return (f"{report['env']} ({envc}): {report['tasks']} held-out tasks, seed {report['seed']}, "
+            f"{report['agent']} after {report['env_steps']:,} env steps")
+
+
+DEMO_STEPS = 6_000_000
+
+
+def demo(*, device: str | None = None, quiet: bool = False, runs_root: str = "runs", steps: int = DEMO_STEPS) -> dict:
+    """Meta-train RL² on 5-armed bandits with 10 pulls, then evaluate it against the classical
+    baselines on 1000 held-out tasks."""
+    path = train("rl2", "bandit", sets=[f"agent.total_steps={steps}"], device=device, quiet=quiet,
+                 runs_root=runs_root, run_dir=str(Path(runs_root) / default_run_name("bandit", "rl2-demo", 0)))
+    report = evaluate_run(str(path), tasks=1000, device=device)
+    report["run_dir"] = str(path)
+    return report

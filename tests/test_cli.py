@@ -1,0 +1,202 @@
+"""Every user-caused error prints one line, exits 2, shows no traceback and overwrites nothing."""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+
+def _one_line_error(code, err, *needles):
+    assert code == 2, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    for n in needles:
+        assert n in lines[0], lines[0]
+
+
+@pytest.mark.parametrize("args,needles", [
+    (["train", "rl3", "--env", "bandit"], ["unknown agent 'rl3'", "rl2"]),
+    (["train", "rl2", "--env", "bandits"], ["unknown env 'bandits'", "did you mean bandit"]),
+    (["train", "rl2", "--env", "bandit", "--set", "agent.learning_rate=1"], ["unknown option agent.learning_rate"]),
+    (["train", "rl2", "--env", "bandit", "--set", "env.k=1"], ["env.k must be >= 2"]),
+    (["train", "rl2", "--env", "bandit", "--set", "env.n=0"], ["env.n must be >= 1"]),
+    (["train", "rl2", "--env", "tabular-mdp", "--set", "env.n=0"], ["env.n must be >= 1"]),
+    (["train", "rl2", "--env", "bandit", "--set", "agent.lr=-0.1"], ["agent.lr must be > 0"]),
+    (["train", "rl2", "--env", "bandit", "--set", "env.k=five"], ["env.k='five' is not a valid int"]),
+    (["train", "rl2", "--env", "bandit", "--set", "k=5"], ["SECTION.KEY=VALUE"]),
+    (["train", "rl2", "--env", "bandit", "--seed", "x"], ["invalid int value"]),
+    (["train", "rl2", "--env", "bandit", "--bogus"], ["unrecognized arguments: --bogus"]),
+    (["train", "rl2", "--env", "bandit", "--device", "tpu"], ["unknown device 'tpu'"]),
+    (["train", "rl2", "--env", "bandit", "--config", "/nonexistent.toml"], ["does not exist"]),
+    (["eval", "/nonexistent/run"], ["does not exist"]),
+    (["bench", "nope"], ["unknown benchmark 'nope'"]),
+])
+def test_bad_input_is_one_line_exit_2(cli, tmp_path, args, needles):
+    code, out, err = cli(*args, "--run-dir", str(tmp_path / "r")) if args[0] == "train" else cli(*args)
+    _one_line_error(code, err, *needles)
+    assert not (tmp_path / "r").exists()  # nothing was created
+
+
+def test_cuda_without_cuda_is_a_clear_error(cli, tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    code, _, err = cli("train", "rl2", "--env", "bandit", "--device", "cuda", "--run-dir", tmp_path / "r")
+    _one_line_error(code, err, "--device cuda", "--device cpu")
+
+
+def test_corrupt_config_file(cli, tmp_path):
+    f = tmp_path / "c.toml"
+    f.write_text("[agent\nlr = ")
+    code, _, err = cli("train", "rl2", "--env", "bandit", "--config", f, "--run-dir", tmp_path / "r")
+    _one_line_error(code, err, "not valid TOML")
+
+
+def test_existing_run_dir_is_refused_and_kept(cli, tmp_path, tiny):
+    run = tmp_path / "run"
+    code, _, err = cli("train", "rl2", "--env", "bandit", "--set", "agent.total_steps=160", "--run-dir", run, *tiny)
+    assert code == 0, err
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file() and "tb" not in p.parts}
+    code, _, err = cli("train", "rl2", "--env", "bandit", "--set", "agent.total_steps=160", "--run-dir", run, *tiny)
+    _one_line_error(code, err, "already exists", "--resume", "--overwrite")
+    assert before == {p: p.read_bytes() for p in run.rglob("*") if p.is_file() and "tb" not in p.parts}
+
+
+def test_missing_and_corrupt_checkpoint(cli, tmp_path, tiny):
+    run = tmp_path / "run"
+    assert cli("train", "rl2", "--env", "bandit", "--set", "agent.total_steps=160", "--run-dir", run, *tiny)[0] == 0
+    ck = run / "checkpoints" / "latest.pt"
+    ck.write_bytes(b"not a checkpoint")
+    code, _, err = cli("eval", run, "--tasks", "10")
+    _one_line_error(code, err, "corrupt")
+    assert ck.read_bytes() == b"not a checkpoint"
+    ck.unlink()
+    code, _, err = cli("eval", run, "--tasks", "10")
+    _one_line_error(code, err, "no checkpoint")
+    code, _, err = cli("train", "rl2", "--env", "bandit", "--run-dir", run, "--resume", "--quiet")
+    _one_line_error(code, err, "cannot resume")
+
+
+def test_eval_rejects_baseline_that_does_not_apply(cli, tmp_path, tiny):
+    run = tmp_path / "run"
+    assert cli("train", "rl2", "--env", "gaussian-bandit", "--set", "agent.total_steps=160", "--run-dir", run,
+               *tiny)[0] == 0
+    code, _, err = cli("eval", run, "--baselines", "gittins", "--tasks", "10")
+    _one_line_error(code, err, "does not apply")
+    code, _, err = cli("eval", run, "--baselines", "nope", "--tasks", "10")
+    _one_line_error(code, err, "unknown baseline")
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(cli, tmp_path, tiny, monkeypatch):
+    from metarl.agents.rl2 import RL2Trainer
+    real = RL2Trainer.train_iteration
+
+    def flaky(self, it):
+        m = real(self, it)
+        if it == 2:
+            m["loss"] = float("nan")
+        return m
+    monkeypatch.setattr(RL2Trainer, "train_iteration", flaky)
+    run = tmp_path / "run"
+    code, _, err = cli("train", "rl2", "--env", "bandit", "--set", "agent.total_steps=1600", "--run-dir", run, *tiny)
+    _one_line_error(code, err, "non-finite at iteration 2", "last good checkpoint")
+    ck = torch.load(run / "checkpoints" / "latest.pt", weights_only=False)
+    assert ck["iteration"] == 2
+    assert all(torch.isfinite(v).all() for v in ck["trainer"]["net"].values())
+
+
+def test_ctrl_c_saves_a_checkpoint(cli, tmp_path, tiny, monkeypatch):
+    import signal
+    from metarl.agents.rl2 import RL2Trainer
+    real = RL2Trainer.train_iteration
+
+    def interrupted(self, it):
+        if it == 3:
+            os.kill(os.getpid(), signal.SIGINT)  # as if the user pressed Ctrl-C mid-iteration
+        return real(self, it)
+    monkeypatch.setattr(RL2Trainer, "train_iteration", interrupted)
+    run = tmp_path / "run"
+    code, _, err = cli("train", "rl2", "--env", "bandit", "--set", "agent.total_steps=1600",
+                       "--set", "agent.checkpoint_every=100", "--run-dir", run, *tiny)
+    assert code == 130 and "--resume" in err and "Traceback" not in err
+    assert torch.load(run / "checkpoints" / "latest.pt", weights_only=False)["iteration"] == 4
+
+
+def test_same_seed_same_metrics_and_resume_is_exact(cli, tmp_path, tiny, monkeypatch):
+    import signal
+    from metarl.agents.rl2 import RL2Trainer
+    args = ["train", "rl2", "--env", "tabular-mdp", "--set", "env.n=2", "--set", "agent.bptt_len=10",
+            "--set", "agent.total_steps=2560", *tiny]
+    a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    assert cli(*args, "--run-dir", a)[0] == 0
+    assert cli(*args, "--run-dir", b)[0] == 0
+    ma = (a / "metrics.jsonl").read_text()
+    assert ma == (b / "metrics.jsonl").read_text() and len(ma.splitlines()) == 8
+    # run c is interrupted during iteration 4, then resumed: the same metrics, bit for bit
+    real = RL2Trainer.train_iteration
+    with monkeypatch.context() as m:
+        m.setattr(RL2Trainer, "train_iteration",
+                  lambda self, it: (os.kill(os.getpid(), signal.SIGINT) if it == 4 else None, real(self, it))[1])
+        assert cli(*args, "--set", "agent.checkpoint_every=3", "--run-dir", c)[0] == 130
+    assert len((c / "metrics.jsonl").read_text().splitlines()) == 5
+    code, _, err = cli("train", "rl2", "--env", "tabular-mdp", "--run-dir", c, "--resume", "--quiet")
+    assert code == 0, err
+    assert (c / "metrics.jsonl").read_text() == ma
+    assert cli(*args, "--seed", "1", "--run-dir", tmp_path / "d")[0] == 0
+    assert (tmp_path / "d" / "metrics.jsonl").read_text() != ma
+
+
+def test_resume_refuses_config_changes(cli, tmp_path, tiny):
+    run = tmp_path / "run"
+    assert cli("train", "rl2", "--env", "bandit", "--set", "agent.total_steps=160", "--run-dir", run, *tiny)[0] == 0
+    code, _, err = cli("train", "rl2", "--env", "bandit", "--run-dir", run, "--resume", "--set", "agent.lr=1")
+    _one_line_error(code, err, "keeps its saved config")
+
+
+@pytest.mark.parametrize("env", ["bandit", "gaussian-bandit", "tabular-mdp"])
+def test_smoke_train_then_eval(cli, tmp_path, tiny, env):
+    import json
+    run = tmp_path / env
+    code, _, err = cli("train", "rl2", "--env", env, "--set", "agent.total_steps=500", "--run-dir", run, *tiny)
+    assert code == 0, err
+    for f in ("config.toml", "metrics.jsonl", "timing.jsonl", "checkpoints/latest.pt", "learning_curve.png"):
+        assert (run / f).exists(), f
+    assert any((run / "tb").iterdir())
+    code, out, err = cli("eval", run, "--tasks", "50", "--json")
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["tasks"] == 50 and "rl2" in report["results"] and "random" in report["results"]
+    assert (run / "eval.json").exists() and (run / "eval_episodes.png").exists()
+    for r in report["results"].values():
+        assert r["total"]["n"] == 50 and r["total"]["ci_low"] <= r["total"]["mean"] <= r["total"]["ci_high"]
+
+
+def test_list_and_help_document_every_option(cli):
+    code, out, _ = cli("list")
+    assert code == 0 and "rl2" in out and "tabular-mdp" in out and "gittins" in out and "bandit" in out
+    code, out, _ = cli("train", "--help")
+    assert code == 0
+    from dataclasses import fields
+    from metarl.agents.rl2 import RL2Config
+    from metarl.envs.bandits import BanditConfig
+    for f in fields(RL2Config):
+        assert f"agent.{f.name} =" in out
+    for f in fields(BanditConfig):
+        assert f"env.{f.name} =" in out
+
+
+def test_bench_json_has_stable_keys(cli):
+    import json
+    code, out, err = cli("bench", "bandit", "--json")
+    assert code == 0, err
+    r = json.loads(out)
+    assert r["bench"] == "bandit" and r["device"] == "cpu"
+    assert {"env_steps_per_s", "rollout_steps_per_s", "env_time_fraction"} <= set(r["figures"])
+    assert 0 < r["figures"]["env_time_fraction"] < 1
+
+
+def test_console_script_exit_code():
+    p = subprocess.run([sys.executable, "-m", "metarl.cli", "train", "rl2", "--env", "nope"],
+                       capture_output=True, text=True)
+    _one_line_error(p.returncode, p.stderr, "unknown env 'nope'")
