@@ -38,6 +38,7 @@ class RL2Config:
     bptt_len: int = option(0, "truncated BPTT length in steps; 0 = the whole trial", ge=0)
     vf_coef: float = option(0.5, "value loss weight", ge=0.0)
     ent_coef: float = option(0.01, "entropy bonus weight", ge=0.0)
+    ent_anneal: bool = option(False, "decay the entropy bonus linearly to 0 over training")
     max_grad_norm: float = option(0.5, "gradient norm clip", gt=0.0)
     normalize_returns: bool = option(True, "fit the value head to running-normalised returns")
     time_feature: bool = option(True, "give the policy t / trial_length as an input")
@@ -122,9 +123,11 @@ class RL2Trainer:
 
     def train_iteration(self, it: int) -> dict[str, float]:
         cfg = self.cfg
+        frac = 1.0 - it / self.iterations
         if cfg.lr_anneal:
             for g in self.opt.param_groups:
-                g["lr"] = cfg.lr * (1.0 - it / self.iterations)
+                g["lr"] = cfg.lr * frac
+        ent_coef = cfg.ent_coef * frac if cfg.ent_anneal else cfg.ent_coef
         tasks = self.dist.sample(cfg.num_envs, self.task_gen)
         batch, h_starts = collect_trial(_RolloutPolicy(self.net, self.rms), self.trial_env, tasks,
                                         self.act_gen, self.bptt)
@@ -156,7 +159,7 @@ class RL2Trainer:
                 a = adv_c[:, idx]
                 a = (a - a.mean()) / (a.std() + 1e-8)
                 loss, st = ppo_loss(logp.flatten(), old_logp[:, idx].flatten(), a.flatten(), v.flatten(),
-                                    ret_c[:, idx].flatten(), entropy.flatten(), cfg.clip, cfg.vf_coef, cfg.ent_coef)
+                                    ret_c[:, idx].flatten(), entropy.flatten(), cfg.clip, cfg.vf_coef, ent_coef)
                 self.opt.zero_grad(set_to_none=True)
                 loss.backward()
                 nn.utils.clip_grad_norm_(self.net.parameters(), cfg.max_grad_norm)

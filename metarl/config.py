@@ -133,8 +133,9 @@ def load_toml(path: str | Path) -> dict[str, dict[str, Any]]:
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise UserError(f"config file {p} is not valid TOML ({e}); fix the file") from None
     for section in data:
-        if section not in ("env", "agent", "run") or not isinstance(data[section], dict):
+        if section not in ("env", "agent", "run", "experiment") or not isinstance(data[section], dict):
             raise UserError(f"config file {p}: unknown section [{section}]; use [run], [env] and [agent]")
+    data.pop("experiment", None)  # experiment metadata (paper figures); not a training option
     return data
 
 

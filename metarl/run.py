@@ -61,9 +61,8 @@ class RunDir:
             p = self.path / name
             if not p.exists():
                 continue
-            keep = [line for line in p.read_text().splitlines()
-                    if line.strip() and json.loads(line)["iteration"] < iteration]
-            self._atomic_write_text(name, "".join(line + "\n" for line in keep))
+            keep = [row for row in read_jsonl(p) if row["iteration"] < iteration]
+            self._atomic_write_text(name, "".join(json.dumps(row) + "\n" for row in keep))
 
     def log(self, metrics: dict[str, Any], timing: dict[str, Any] | None = None) -> None:
         """Append one iteration's metrics (and wall-clock figures to timing.jsonl)."""
@@ -80,8 +79,7 @@ class RunDir:
                     tb.add_scalar(k, v, step)
 
     def read_metrics(self) -> list[dict[str, Any]]:
-        p = self.path / "metrics.jsonl"
-        return [json.loads(line) for line in p.read_text().splitlines() if line.strip()] if p.exists() else []
+        return read_jsonl(self.path / "metrics.jsonl")
 
     def _writer(self):
         if self._tb is None and self._tb_enabled:
@@ -113,6 +111,11 @@ class RunDir:
         tmp = target.with_name(target.name + ".tmp")
         tmp.write_text(text)
         os.replace(tmp, target)
+
+
+def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    p = Path(path)
+    return [json.loads(line) for line in p.read_text().splitlines() if line.strip()] if p.exists() else []
 
 
 def load_checkpoint(run_dir: str | Path, map_location="cpu") -> dict[str, Any]:

@@ -134,7 +134,7 @@ def evaluate_run(run_dir: str, *, tasks: int = 1000, baselines: str = "all", see
         cls = lookup("baseline", BASELINES, name)
         results[name] = summarize(evaluate(lambda env: cls(env, env_cfg, seed), env_spec, env_cfg, tasks, seed, dev))
     report = {"env": saved["run"]["env"], "env_config": saved["env"], "agent": agent_name, "tasks": tasks,
-              "seed": seed, "checkpoint_iteration": ck["iteration"], "env_steps": ck["env_steps"],
+              "seed": seed, "device": str(dev), "checkpoint_iteration": ck["iteration"], "env_steps": ck["env_steps"],
               "results": results}
     tmp = path / "eval.json.tmp"
     tmp.write_text(json.dumps(report, indent=2))

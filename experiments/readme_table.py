@@ -1,0 +1,50 @@
+"""Regenerate the README results table from experiments/results/*.json (never typed by hand).
+
+    python experiments/readme_table.py
+"""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+START, END = "<!-- results:start -->", "<!-- results:end -->"
+
+
+def fmt(r: dict) -> str:
+    return f"{r['mean']:.2f} ± {r['mean'] - r['ci_low']:.2f}"
+
+
+def table() -> str:
+    rows = ["| experiment | env | RL² | best classical baseline | Bayes-optimal-ish reference | paper | "
+            "train time | commit | command |", "|---|---|---|---|---|---|---|---|---|"]
+    for f in sorted((ROOT / "experiments" / "results").glob("*.json")):
+        s = json.loads(f.read_text())
+        m = s["metrics"]
+        res = m["results"]
+        agent = res[m["agent"]]
+        ref_name = next((n for n in ("gittins", "psrl") if n in res), None)
+        others = {n: r for n, r in res.items() if n not in (m["agent"], "random", ref_name)}
+        best = max(others, key=lambda n: others[n]["mean"]) if others else None
+        envc = ", ".join(f"{k}={v}" for k, v in m["env_config"].items() if k != "sigma" or "gaussian" in m["env"])
+        paper = "; ".join(f"{k} {v}" for k, v in m.get("paper", {}).items())
+        rows.append(
+            f"| {s['experiment']} | {m['env']} ({envc}), {m['held_out_tasks']} held-out tasks | {fmt(agent)} | "
+            + (f"{best} {fmt(others[best])}" if best else "–") + " | "
+            + (f"{ref_name} {fmt(res[ref_name])}" if ref_name else "–")
+            + f" | {paper or '–'} | {s['wall_clock_s'] / 60:.1f} min | {s['commit']} | `{s['command']}` |")
+    return "\n".join(rows) + "\n\nMean total reward per trial ± half-width of the 95% CI. Curves: " \
+        "`experiments/results/NAME_curve.png` (training) and `NAME_episodes.png` (per-episode return)."
+
+
+def main() -> None:
+    readme = ROOT / "README.md"
+    text = readme.read_text()
+    new = re.sub(re.escape(START) + ".*?" + re.escape(END), START + "\n" + table() + "\n" + END, text, flags=re.S)
+    readme.write_text(new)
+    print(table())
+
+
+if __name__ == "__main__":
+    main()

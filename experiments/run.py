@@ -1,0 +1,102 @@
+"""Run a named experiment: train with experiments/configs/NAME.toml, evaluate the agent and
+every applicable baseline on the same held-out tasks, and write experiments/results/NAME.json
+(+ NAME_curve.png, NAME_episodes.png) with the exact command and commit.
+
+    python experiments/run.py bandit_k5_n10            # trains (or resumes) then evaluates
+    python experiments/run.py bandit_k5_n10 --eval-only
+
+The run directory is runs/experiments/NAME; an interrupted experiment resumes from its
+checkpoint when started again.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from metarl.config import tomllib
+from metarl.errors import UserError
+from metarl.plots import episode_curve, learning_curve
+from metarl.run import read_jsonl
+from metarl.workflows import evaluate_run, train
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+
+
+def commit() -> str:
+    try:
+        sha = subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, text=True).strip()
+        dirty = subprocess.check_output(["git", "status", "--porcelain", "--", "metarl", "envs", "agents"],
+                                        cwd=ROOT, text=True).strip()
+        return sha + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("name", help="experiment name: a file experiments/configs/NAME.toml")
+    p.add_argument("--tasks", type=int, default=10000, help="held-out tasks for evaluation (default 10000)")
+    p.add_argument("--eval-only", action="store_true", help="evaluate the existing run without training")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--quiet", action="store_true")
+    args = p.parse_args(argv)
+    cfg_file = HERE / "configs" / f"{args.name}.toml"
+    if not cfg_file.exists():
+        print(f"error: no experiment {args.name!r}: {cfg_file} does not exist", file=sys.stderr)
+        return 2
+    raw = tomllib.loads(cfg_file.read_text())
+    meta, run = raw.get("experiment", {}), raw["run"]
+    run_dir = ROOT / "runs" / "experiments" / args.name
+    try:
+        if not args.eval_only:
+            resume = (run_dir / "checkpoints" / "latest.pt").exists()
+            train(run["agent"], run["env"], config_file=str(cfg_file), run_dir=str(run_dir), resume=resume,
+                  device=args.device, quiet=args.quiet)
+        report = evaluate_run(str(run_dir), tasks=args.tasks, device=args.device)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    metrics = read_jsonl(run_dir / "metrics.jsonl")
+    timing = read_jsonl(run_dir / "timing.jsonl")
+    train_s = sum(t["iteration_s"] for t in timing)
+    agent = report["agent"]
+    results = report["results"]
+    out = HERE / "results"
+    out.mkdir(exist_ok=True)
+    refs = {f"{n} (eval)": r["total"]["mean"] for n, r in results.items() if n != agent and n != "random"}
+    refs.update({f"paper: {k}": v for k, v in meta.get("paper", {}).items()})
+    learning_curve(metrics, out / f"{args.name}_curve.png", f"{args.name}: {agent} training", references=refs)
+    episode_curve(results, out / f"{args.name}_episodes.png", f"{args.name}: held-out tasks")
+    summary = {
+        "experiment": args.name,
+        "command": f"python experiments/run.py {args.name}" + (f" --tasks {args.tasks}" if args.tasks != 10000 else ""),
+        "commit": commit(),
+        "device": f"{report['device']}, {torch.get_num_threads()} threads",
+        "wall_clock_s": train_s,
+        "metrics": {
+            "env": report["env"], "env_config": report["env_config"], "agent": agent,
+            "held_out_tasks": report["tasks"], "env_steps": report["env_steps"], "train_time_s": train_s,
+            "results": {n: {**r["total"], "per_episode": r["per_episode"]} for n, r in results.items()},
+            "paper": meta.get("paper", {}), "description": meta.get("description", ""),
+            "written": time.strftime("%Y-%m-%d %H:%M:%S"),
+        },
+    }
+    (out / f"{args.name}.json").write_text(json.dumps(summary, indent=2) + "\n")
+    from metarl.evaluation import format_table
+    from metarl.workflows import eval_title
+    print(format_table(results, eval_title(report)))
+    print(f"training time {train_s / 60:.1f} min; wrote {out / (args.name + '.json')}")
+    return 0
+
+
+if __name__ == "__main__":
+    os.chdir(ROOT)
+    sys.exit(main())
