@@ -23,12 +23,13 @@ def _setup_threads(device: torch.device) -> None:
         torch.set_num_threads(max(1, os.cpu_count() or 1))
 
 
-def resolve_config(agent: str, env: str, config_file: str | None = None, sets: list[str] = (),
+def resolve_config(agent: str, env: str, file: dict[str, dict] | None = None, sets: list[str] = (),
                    seed: int | None = None, device: str | None = None) -> dict[str, Any]:
-    """Defaults < --config file < --set < --seed/--device. Returns typed sections."""
-    file = load_toml(config_file) if config_file else {}
+    """Defaults < file (a --config TOML, or a run's saved config) < --set < --seed/--device.
+    Returns the typed sections and the env/agent specs."""
+    file = file or {}
     cli = parse_sets(list(sets))
-    run = {"agent": agent, "env": env, "seed": 0, "device": "auto", **file.get("run", {}), **cli.get("run", {})}
+    run = {"seed": 0, "device": "auto", **file.get("run", {}), **cli.get("run", {}), "agent": agent, "env": env}
     unknown = set(run) - {"agent", "env", "seed", "device"}
     if unknown:
         raise UserError(f"unknown option run.{sorted(unknown)[0]}; valid run options: agent, env, seed, device")
@@ -66,12 +67,9 @@ def train(agent: str, env: str, *, config_file: str | None = None, sets: list[st
         if changed or config_file:
             raise UserError("a resumed run keeps its saved config; only --set agent.total_steps=N may change "
                             "(start a new run for other changes)")
-        over = [f"{sec}.{k}={v}" for sec in ("env", "agent") for k, v in saved.get(sec, {}).items()
-                if not (sec == "agent" and k == "total_steps" and sets)]
-        cfg = resolve_config(saved["run"]["agent"], saved["run"]["env"], None, over + list(sets),
-                             saved["run"]["seed"], device or saved["run"]["device"])
+        cfg = resolve_config(saved["run"]["agent"], saved["run"]["env"], saved, sets, device=device)
     else:
-        cfg = resolve_config(agent, env, config_file, sets, seed, device)
+        cfg = resolve_config(agent, env, load_toml(config_file) if config_file else None, sets, seed, device)
         path = Path(run_dir) if run_dir else Path(runs_root) / default_run_name(env, agent, cfg["run"]["seed"])
     dev = resolve_device(cfg["run"]["device"])
     _setup_threads(dev)
@@ -118,9 +116,7 @@ def evaluate_run(run_dir: str, *, tasks: int = 1000, baselines: str = "all", see
         raise UserError(f"--tasks must be >= 1, got {tasks}")
     path = open_existing(run_dir)
     saved = load_toml(path / "config.toml")
-    sets = [f"{sec}.{k}={v}" for sec in ("env", "agent") for k, v in saved.get(sec, {}).items()]
-    cfg = resolve_config(saved["run"]["agent"], saved["run"]["env"], None, sets, saved["run"]["seed"],
-                         device or "auto")
+    cfg = resolve_config(saved["run"]["agent"], saved["run"]["env"], saved, device=device or "auto")
     dev = resolve_device(cfg["run"]["device"])
     _setup_threads(dev)
     names = choose_baselines(cfg["env_spec"], baselines)
@@ -155,7 +151,8 @@ DEMO_STEPS = 6_000_000
 def demo(*, device: str | None = None, quiet: bool = False, runs_root: str = "runs", steps: int = DEMO_STEPS) -> dict:
     """Meta-train RL² on 5-armed bandits with 10 pulls, then evaluate it against the classical
     baselines on 1000 held-out tasks."""
-    path = train("rl2", "bandit", sets=[f"agent.total_steps={steps}"], device=device, quiet=quiet,
+    path = train("rl2", "bandit", sets=[f"agent.total_steps={steps}", "agent.gamma=0.9", "agent.ent_anneal=true"],
+                 device=device, quiet=quiet,
                  runs_root=runs_root, run_dir=str(Path(runs_root) / default_run_name("bandit", "rl2-demo", 0)))
     report = evaluate_run(str(path), tasks=1000, device=device)
     report["run_dir"] = str(path)

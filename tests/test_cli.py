@@ -200,3 +200,21 @@ def test_console_script_exit_code():
     p = subprocess.run([sys.executable, "-m", "metarl.cli", "train", "rl2", "--env", "nope"],
                        capture_output=True, text=True)
     _one_line_error(p.returncode, p.stderr, "unknown env 'nope'")
+
+
+def test_overwrite_starts_the_run_again(cli, tmp_path, tiny):
+    run = tmp_path / "run"
+    assert cli("train", "rl2", "--env", "bandit", "--set", "agent.total_steps=480", "--run-dir", run, *tiny)[0] == 0
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 3
+    code, _, err = cli("train", "rl2", "--env", "bandit", "--set", "agent.total_steps=160", "--run-dir", run,
+                       "--overwrite", *tiny)
+    assert code == 0, err
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 1
+
+
+def test_demo_trains_then_compares_with_every_bandit_baseline(tmp_path):
+    from metarl.workflows import demo
+    report = demo(device="cpu", quiet=True, runs_root=str(tmp_path), steps=100)
+    assert report["tasks"] == 1000 and report["env_config"]["k"] == 5 and report["env_config"]["n"] == 10
+    assert set(report["results"]) == {"rl2", "random", "greedy", "epsilon-greedy", "ucb1", "thompson", "gittins"}
+    assert (tmp_path / report["run_dir"].split("/")[-1] / "eval.json").exists()
