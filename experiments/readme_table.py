@@ -35,7 +35,7 @@ def table() -> str:
             + (f"{ref_name} {fmt(res[ref_name])}" if ref_name else "–")
             + f" | {paper or '–'} | {s['wall_clock_s'] / 60:.1f} min | {s['commit']} | `{s['command']}` |")
     return "\n".join(rows) + "\n\nMean total reward per trial ± half-width of the 95% CI. Curves: " \
-        "`experiments/results/NAME_curve.png` (training) and `NAME_episodes.png` (per-episode return)."
+        "`experiments/results/NAME_curve.png` (training) and `NAME_adaptation.png` (adaptation: reward per pull, or return per episode)."
 
 
 def main() -> None:

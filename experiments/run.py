@@ -1,6 +1,6 @@
 """Run a named experiment: train with experiments/configs/NAME.toml, evaluate the agent and
 every applicable baseline on the same held-out tasks, and write experiments/results/NAME.json
-(+ NAME_curve.png, NAME_episodes.png) with the exact command and commit.
+(+ NAME_curve.png, NAME_adaptation.png) with the exact command and commit.
 
     python experiments/run.py bandit_k5_n10            # trains (or resumes) then evaluates
     python experiments/run.py bandit_k5_n10 --eval-only
@@ -22,7 +22,7 @@ import torch
 
 from metarl.config import tomllib
 from metarl.errors import UserError
-from metarl.plots import episode_curve, learning_curve
+from metarl.plots import adaptation_curve, learning_curve
 from metarl.run import read_jsonl
 from metarl.workflows import evaluate_run, train
 
@@ -38,6 +38,12 @@ def commit() -> str:
         return sha + ("-dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
+
+
+def same_config(run_dir: Path, raw: dict) -> bool:
+    """Does the saved run config agree with every [env]/[agent] value of the experiment file?"""
+    saved = tomllib.loads((run_dir / "config.toml").read_text())
+    return all(saved.get(sec, {}).get(k) == v for sec in ("env", "agent") for k, v in raw.get(sec, {}).items())
 
 
 def main(argv=None) -> int:
@@ -58,6 +64,9 @@ def main(argv=None) -> int:
     try:
         if not args.eval_only:
             resume = (run_dir / "checkpoints" / "latest.pt").exists()
+            if resume and not same_config(run_dir, raw):
+                raise UserError(f"{run_dir} was trained with another config than {cfg_file}; delete the run "
+                                f"directory to start again with the new config")
             train(run["agent"], run["env"], config_file=str(cfg_file), run_dir=str(run_dir), resume=resume,
                   device=args.device, quiet=args.quiet)
         report = evaluate_run(str(run_dir), tasks=args.tasks, device=args.device)
@@ -74,7 +83,7 @@ def main(argv=None) -> int:
     refs = {f"{n} (eval)": r["total"]["mean"] for n, r in results.items() if n != agent and n != "random"}
     refs.update({f"paper: {k}": v for k, v in meta.get("paper", {}).items()})
     learning_curve(metrics, out / f"{args.name}_curve.png", f"{args.name}: {agent} training", references=refs)
-    episode_curve(results, out / f"{args.name}_episodes.png", f"{args.name}: held-out tasks")
+    adaptation_curve(results, out / f"{args.name}_adaptation.png", f"{args.name}: held-out tasks")
     summary = {
         "experiment": args.name,
         "command": f"python experiments/run.py {args.name}" + (f" --tasks {args.tasks}" if args.tasks != 10000 else ""),

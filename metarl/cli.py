@@ -78,7 +78,7 @@ def build_parser(full_help: bool = False) -> argparse.ArgumentParser:
     e = sub.add_parser("eval", help="evaluate a trained run against baselines on held-out tasks",
                        description="Play one trial on each held-out task (test split) with the trained agent and "
                                    "with each baseline, on identical tasks; print mean total reward with a 95%% CI "
-                                   "and save eval.json and eval_episodes.png in the run directory.")
+                                   "and save eval.json and eval_adaptation.png in the run directory.")
     e.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by metarl train")
     e.add_argument("--tasks", type=int, default=1000, help="number of held-out tasks (default 1000)")
     e.add_argument("--baselines", default="all",

@@ -6,6 +6,7 @@ seeded the same way for every method, so methods differ only by what they do.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Protocol
 
 import torch
@@ -32,18 +33,22 @@ def held_out_tasks(env_spec: EnvSpec, env_cfg, num_tasks: int, seed: int, device
     return env_spec.make_distribution(env_cfg).sample(num_tasks, split_generator(seed, "test", device))
 
 
+@dataclass
+class Evaluation:
+    returns: torch.Tensor     # [num_tasks, episodes_per_trial] return of each episode of each trial
+    step_reward: torch.Tensor  # [trial_length] mean reward at each step of the trial, over tasks
+
+
 @torch.no_grad()
 def evaluate(make_policy, env_spec: EnvSpec, env_cfg, num_tasks: int, seed: int, device,
-             batch_size: int = 4096) -> torch.Tensor:
-    """Play one trial on each of `num_tasks` held-out tasks.
-
-    make_policy(env) -> TrialPolicy. Returns episode returns [num_tasks, episodes_per_trial]."""
+             batch_size: int = 4096) -> Evaluation:
+    """Play one trial on each of `num_tasks` held-out tasks. make_policy(env) -> TrialPolicy."""
     device = torch.device(device)
     tasks = held_out_tasks(env_spec, env_cfg, num_tasks, seed, device)
     E = env_spec.episodes_per_trial(env_cfg)
     env_gen = make_generator(seed, "eval-env", device)
     policy = None
-    out = []
+    out, step_sum = [], None
     for start in range(0, num_tasks, batch_size):
         b = min(batch_size, num_tasks - start)
         env = env_spec.make_env(env_cfg, b, device, env_gen)
@@ -53,20 +58,24 @@ def evaluate(make_policy, env_spec: EnvSpec, env_cfg, num_tasks: int, seed: int,
         obs = env.reset()
         policy.reset(b, device)
         returns = torch.zeros(b, E, device=device)
+        steps = torch.zeros(E * env.horizon, device=device)
         for e in range(E):
-            for _ in range(env.horizon):
+            for t in range(env.horizon):
                 a = policy.act(obs)
                 next_obs, r, d = env.step(a)
                 policy.observe(a, r, d, next_obs)
                 returns[:, e] += r
+                steps[e * env.horizon + t] = r.sum()
                 obs = next_obs
         out.append(returns.cpu())
-    return torch.cat(out)
+        step_sum = steps.cpu() if step_sum is None else step_sum + steps.cpu()
+    return Evaluation(torch.cat(out), step_sum / num_tasks)
 
 
-def summarize(returns: torch.Tensor) -> dict:
-    """returns [N, E] -> total-reward mean/CI and the mean return of each episode."""
-    return {"total": mean_ci(returns.sum(1)), "per_episode": returns.mean(0).tolist()}
+def summarize(ev: Evaluation) -> dict:
+    """-> total-reward mean/CI, the mean return of each episode and the mean reward of each step."""
+    return {"total": mean_ci(ev.returns.sum(1)), "per_episode": ev.returns.mean(0).tolist(),
+            "per_step": [round(x, 5) for x in ev.step_reward.tolist()]}
 
 
 def format_table(results: dict[str, dict], title: str) -> str:

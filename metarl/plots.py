@@ -34,10 +34,14 @@ def learning_curve(metrics: list[dict], out: Path, title: str, key: str = "trial
     return _save(plt, fig, ax, out, "env steps", "mean total reward per trial", title)
 
 
-def episode_curve(results: dict[str, dict], out: Path, title: str) -> Path:
-    """Mean return of each episode of the trial, per method: how fast each one adapts."""
+def adaptation_curve(results: dict[str, dict], out: Path, title: str) -> Path:
+    """How fast each method adapts: the mean return of each episode of the trial, or, when a
+    trial is a single episode (bandits), the mean reward of each step."""
     plt, fig, ax = _figure()
+    single = all(len(r["per_episode"]) == 1 for r in results.values())
     for name, r in results.items():
-        ys = r["per_episode"]
-        ax.plot(range(1, len(ys) + 1), ys, marker="o" if len(ys) < 30 else None, label=name)
+        ys = r["per_step"] if single else r["per_episode"]
+        ax.plot(range(1, len(ys) + 1), ys, marker="o" if len(ys) <= 25 else None, ms=3, label=name)
+    if single:
+        return _save(plt, fig, ax, out, "step (pull) within the trial", "mean reward", title)
     return _save(plt, fig, ax, out, "episode within the trial", "mean episode return", title)

@@ -12,7 +12,7 @@ from metarl.config import as_dict, build, load_toml, parse_sets
 from metarl.device import resolve_device
 from metarl.errors import UserError
 from metarl.evaluation import evaluate, format_table, summarize
-from metarl.plots import episode_curve, learning_curve
+from metarl.plots import adaptation_curve, learning_curve
 from metarl.registry import AGENTS, BASELINES, ENVS, baselines_for, lookup
 from metarl.run import RunDir, default_run_name, load_checkpoint, open_existing
 from metarl.training import train_loop
@@ -135,7 +135,7 @@ def evaluate_run(run_dir: str, *, tasks: int = 1000, baselines: str = "all", see
     tmp = path / "eval.json.tmp"
     tmp.write_text(json.dumps(report, indent=2))
     os.replace(tmp, path / "eval.json")
-    episode_curve(results, path / "eval_episodes.png", f"held-out {report['env']} tasks")
+    adaptation_curve(results, path / "eval_adaptation.png", f"held-out {report['env']} tasks")
     return report
 
 

@@ -61,8 +61,8 @@ def test_baselines_beat_random_on_held_out_tasks(name, env, better_than_random):
     spec = lookup("env", ENVS, env)
     cfg = build(spec.config_cls, {"n": 20} if "bandit" in env else {"n": 5}, "env")
     cls, rnd = lookup("baseline", BASELINES, name), load(BASELINES["random"].target)
-    ours = evaluate(lambda e: cls(e, cfg, 0), spec, cfg, 300, 0, "cpu").sum(1).mean()
-    base = evaluate(lambda e: rnd(e, cfg, 0), spec, cfg, 300, 0, "cpu").sum(1).mean()
+    ours = evaluate(lambda e: cls(e, cfg, 0), spec, cfg, 300, 0, "cpu").returns.sum(1).mean()
+    base = evaluate(lambda e: rnd(e, cfg, 0), spec, cfg, 300, 0, "cpu").returns.sum(1).mean()
     assert ours > base + 0.5
 
 
