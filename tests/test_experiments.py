@@ -1,0 +1,33 @@
+"""The README's results come from experiments/results/*.json, and each names its command."""
+import importlib.util
+import json
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _load(name):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "experiments" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_readme_results_table_is_generated_from_results_files():
+    table = _load("readme_table").table()
+    readme = (ROOT / "README.md").read_text()
+    assert table in readme, "README results are stale: run python experiments/readme_table.py"
+    for f in (ROOT / "experiments" / "results").glob("*.json"):
+        s = json.loads(f.read_text())
+        assert {"experiment", "command", "commit", "device", "wall_clock_s", "metrics"} <= set(s)
+        assert s["command"].startswith(f"python experiments/run.py {f.stem}")
+        assert (ROOT / "experiments" / "configs" / f"{f.stem}.toml").exists()
+        assert f"| {f.stem} |" in table
+
+
+def test_experiment_runner_detects_a_changed_config(tmp_path):
+    run = _load("run")
+    (tmp_path / "config.toml").write_text('[run]\nseed = 0\n[env]\nk = 5\n[agent]\nlr = 0.0003\nnum_envs = 8\n')
+    assert run.same_config(tmp_path, {"env": {"k": 5}, "agent": {"lr": 3e-4}})
+    assert not run.same_config(tmp_path, {"env": {"k": 5}, "agent": {"lr": 1e-3}})
+    assert not run.same_config(tmp_path, {"env": {"k": 10}})
