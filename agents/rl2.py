@@ -20,7 +20,7 @@ from metarl.ppo import RunningMeanStd, ppo_loss
 from metarl.seeding import make_generator
 from metarl.tasks import split_generator
 from metarl.training import AgentSpec
-from metarl.trial import TrialEnv, collect_trial, rl2_inputs
+from metarl.trial import TrialEnv, collect_trial, rl2_input_dim, rl2_inputs
 
 
 @dataclass
@@ -42,20 +42,34 @@ class RL2Config:
     max_grad_norm: float = option(0.5, "gradient norm clip", gt=0.0)
     normalize_returns: bool = option(True, "fit the value head to running-normalised returns")
     time_feature: bool = option(True, "give the policy t / trial_length as an input")
+    reward_per_action: bool = option(False, "also input one_hot(prev action) * prev reward, so each action's "
+                                            "rewards arrive on their own input line")
+    privileged_critic: bool = option(False, "training only: the value head also sees the task's parameters "
+                                            "(asymmetric actor-critic); the policy never does")
+    expected_rewards: bool = option(False, "training only: compute returns from E[r | task, s, a] instead of the "
+                                           "sampled reward (same expected gradient, less variance)")
     checkpoint_every: int = option(10, "iterations between checkpoints", ge=1)
 
 
 class GRUActorCritic(nn.Module):
-    """x [T, B, D], h [1, B, H] -> logits [T, B, A], value [T, B], h' [1, B, H].
+    """x [T, B, D], h [1, B, H], task features f [B, F] -> logits [T, B, A], value [T, B], h' [1, B, H].
 
-    One GRU shared by a linear policy head and a linear value head (as in RL²)."""
+    One GRU shared by a linear policy head and a linear value head (as in RL²). With
+    task_dim > 0 the value head is an MLP on [GRU output, f]: a privileged critic that knows
+    the task, used only to train; the policy head sees the GRU output alone."""
 
-    def __init__(self, input_dim: int, num_actions: int, hidden_size: int, generator: torch.Generator):
+    def __init__(self, input_dim: int, num_actions: int, hidden_size: int, generator: torch.Generator,
+                 task_dim: int = 0):
         super().__init__()
-        self.hidden_size = hidden_size
+        self.hidden_size, self.task_dim = hidden_size, task_dim
         self.gru = nn.GRU(input_dim, hidden_size)
         self.pi = nn.Linear(hidden_size, num_actions)
         self.v = nn.Linear(hidden_size, 1)
+        if task_dim:
+            self.critic = nn.Sequential(nn.Linear(hidden_size + task_dim, hidden_size), nn.Tanh())
+            with torch.no_grad():
+                nn.init.orthogonal_(self.critic[0].weight, gain=2 ** 0.5, generator=generator)
+                self.critic[0].bias.zero_()
         with torch.no_grad():  # seeded init, no global RNG
             for name, p in self.gru.named_parameters():
                 if "weight" in name:
@@ -68,8 +82,13 @@ class GRUActorCritic(nn.Module):
             self.pi.bias.zero_()
             self.v.bias.zero_()
 
-    def forward(self, x, h):
+    def forward(self, x, h, task=None):
         out, h = self.gru(x, h)
+        if self.task_dim:
+            if task is None:  # acting only (evaluation): the value is not needed
+                return self.pi(out), out.new_zeros(out.shape[:2]), h
+            z = torch.cat([out, task.unsqueeze(0).expand(out.shape[0], -1, -1)], -1)
+            return self.pi(out), self.v(self.critic(z)).squeeze(-1), h
         return self.pi(out), self.v(out).squeeze(-1), h
 
     def initial_state(self, batch: int, device) -> torch.Tensor:
@@ -79,14 +98,14 @@ class GRUActorCritic(nn.Module):
 class _RolloutPolicy:
     """Adapts the network to the sampler: one step, sampled action, de-normalised value."""
 
-    def __init__(self, net: GRUActorCritic, rms: RunningMeanStd | None):
-        self.net, self.rms = net, rms
+    def __init__(self, net: GRUActorCritic, rms: RunningMeanStd | None, task: torch.Tensor | None = None):
+        self.net, self.rms, self.task = net, rms, task
 
     def initial_state(self, batch, device):
         return self.net.initial_state(batch, device)
 
     def step(self, x, h, generator):
-        logits, v, h = self.net(x.unsqueeze(0), h)
+        logits, v, h = self.net(x.unsqueeze(0), h, self.task)
         logp_all = F.log_softmax(logits[0], -1)
         a = torch.multinomial(logp_all.exp(), 1, generator=generator).squeeze(1)
         v = v[0]
@@ -104,7 +123,8 @@ class RL2Trainer:
         self.act_gen = make_generator(seed, "actions", device)
         self.shuffle_gen = make_generator(seed, "minibatches")
         env = env_spec.make_env(env_cfg, cfg.num_envs, device, self.env_gen)
-        self.trial_env = TrialEnv(env, env_spec.episodes_per_trial(env_cfg), cfg.time_feature)
+        self.trial_env = TrialEnv(env, env_spec.episodes_per_trial(env_cfg), cfg.time_feature,
+                                  cfg.reward_per_action)
         T = self.trial_env.trial_length
         self.bptt = cfg.bptt_len or T
         if T % self.bptt:
@@ -114,8 +134,9 @@ class RL2Trainer:
         if cfg.num_minibatches > chunks:
             raise UserError(f"agent.num_minibatches={cfg.num_minibatches} exceeds the {chunks} sequences per "
                             f"iteration; lower it or raise agent.num_envs")
+        task_dim = _task_dim(env, cfg, env_spec.name)
         self.net = GRUActorCritic(self.trial_env.input_dim, env.num_actions, cfg.hidden_size,
-                                  make_generator(seed, "init")).to(device)
+                                  make_generator(seed, "init"), task_dim).to(device)
         self.opt = torch.optim.Adam(self.net.parameters(), lr=cfg.lr, eps=1e-5)
         self.rms = RunningMeanStd(device) if cfg.normalize_returns else None
         self.steps_per_iteration = cfg.num_envs * T
@@ -129,11 +150,14 @@ class RL2Trainer:
                 g["lr"] = cfg.lr * frac
         ent_coef = cfg.ent_coef * frac if cfg.ent_anneal else cfg.ent_coef
         tasks = self.dist.sample(cfg.num_envs, self.task_gen)
-        batch, h_starts = collect_trial(_RolloutPolicy(self.net, self.rms), self.trial_env, tasks,
+        self.trial_env.env.set_tasks(tasks)
+        task_f = self.trial_env.env.task_features() if cfg.privileged_critic else None
+        batch, h_starts = collect_trial(_RolloutPolicy(self.net, self.rms, task_f), self.trial_env, tasks,
                                         self.act_gen, self.bptt)
         # The trial is one RL² episode: returns flow across inner-episode boundaries.
         no_dones = torch.zeros_like(batch.dones)
-        adv, ret = gae(batch.rewards, batch.values, no_dones, cfg.gamma, cfg.gae_lambda)
+        rewards = batch.mean_rewards if cfg.expected_rewards else batch.rewards
+        adv, ret = gae(rewards, batch.values, no_dones, cfg.gamma, cfg.gae_lambda)
         if self.rms is not None:
             self.rms.update(ret)
             ret = (ret - self.rms.mean.float()) / self.rms.std.float()
@@ -147,12 +171,14 @@ class RL2Trainer:
 
         obs, act, old_logp, adv_c, ret_c = (chunk(t) for t in (batch.obs, batch.actions, batch.logprobs, adv, ret))
         h0 = h_starts.reshape(C * B, -1)
+        task_c = task_f.repeat(C, 1) if task_f is not None else None  # [C * B, F], chunk-major like h0
         N = C * B
         stats = []
         for _ in range(cfg.epochs):
             perm = torch.randperm(N, generator=self.shuffle_gen).to(self.device)
             for idx in perm.chunk(cfg.num_minibatches):
-                logits, v, _ = self.net(obs[:, idx], h0[idx].unsqueeze(0))
+                logits, v, _ = self.net(obs[:, idx], h0[idx].unsqueeze(0),
+                                        task_c[idx] if task_c is not None else None)
                 logp_all = F.log_softmax(logits, -1)
                 logp = logp_all.gather(-1, act[:, idx].unsqueeze(-1)).squeeze(-1)
                 entropy = -(logp_all.exp() * logp_all).sum(-1)
@@ -190,9 +216,10 @@ class RL2Trainer:
 class RL2EvalPolicy:
     """The trained network as a TrialPolicy for `metarl eval` (samples its actions)."""
 
-    def __init__(self, net: GRUActorCritic, num_actions: int, trial_length: int, time_feature: bool,
+    def __init__(self, net: GRUActorCritic, num_actions: int, trial_length: int, cfg: RL2Config,
                  generator: torch.Generator):
-        self.net, self.A, self.T, self.time_feature, self.gen = net, num_actions, trial_length, time_feature, generator
+        self.net, self.A, self.T, self.gen = net, num_actions, trial_length, generator
+        self.time_feature, self.reward_per_action = cfg.time_feature, cfg.reward_per_action
 
     def reset(self, num_envs: int, device) -> None:
         self.h = self.net.initial_state(num_envs, device)
@@ -201,7 +228,8 @@ class RL2EvalPolicy:
 
     @torch.no_grad()
     def act(self, obs):
-        x = rl2_inputs(obs, *self.prev, self.A, self.t / self.T if self.time_feature else None)
+        x = rl2_inputs(obs, *self.prev, self.A, self.t / self.T if self.time_feature else None,
+                       self.reward_per_action)
         logits, _, self.h = self.net(x.unsqueeze(0), self.h)
         return torch.multinomial(F.softmax(logits[0], -1), 1, generator=self.gen).squeeze(1)
 
@@ -210,14 +238,26 @@ class RL2EvalPolicy:
         self.t += 1
 
 
+def _task_dim(env, cfg: RL2Config, env_name: str) -> int:
+    """Width of the privileged critic's task input (0 without one); checks the env supports
+    the privileged options asked for."""
+    feats = env.task_features()
+    if cfg.privileged_critic and feats is None:
+        raise UserError(f"env {env_name!r} does not expose task features; set agent.privileged_critic=false")
+    if cfg.expected_rewards and not env.has_mean_reward:
+        raise UserError(f"env {env_name!r} does not expose expected rewards; set agent.expected_rewards=false")
+    return int(feats.shape[1]) if cfg.privileged_critic else 0
+
+
 def load_eval_policy(checkpoint: dict, env_spec: EnvSpec, env_cfg, cfg: RL2Config, device, seed: int):
     env = env_spec.make_env(env_cfg, 1, device, torch.Generator(device=device))
     trial_length = env.horizon * env_spec.episodes_per_trial(env_cfg)
-    input_dim = env.obs_dim + env.num_actions + 2 + int(cfg.time_feature)
-    net = GRUActorCritic(input_dim, env.num_actions, cfg.hidden_size, torch.Generator()).to(device)
+    input_dim = rl2_input_dim(env.obs_dim, env.num_actions, cfg.time_feature, cfg.reward_per_action)
+    net = GRUActorCritic(input_dim, env.num_actions, cfg.hidden_size, torch.Generator(),
+                         _task_dim(env, cfg, env_spec.name)).to(device)
     net.load_state_dict(checkpoint["trainer"]["net"])
     net.eval()
-    return RL2EvalPolicy(net, env.num_actions, trial_length, cfg.time_feature, make_generator(seed, "eval-actions", device))
+    return RL2EvalPolicy(net, env.num_actions, trial_length, cfg, make_generator(seed, "eval-actions", device))
 
 
 RL2 = AgentSpec("rl2", RL2Config, RL2Trainer, load_eval_policy)

@@ -33,6 +33,7 @@ class BanditDistribution(TaskDistribution):
 
 
 class BanditEnv(BatchedEnv):
+    has_mean_reward = True
     """B bandits stepped at once. reward: Bernoulli(mean) or mean + sigma * N(0, 1)."""
 
     def __init__(self, k: int, n: int, num_envs: int, device, generator: torch.Generator,
@@ -59,12 +60,16 @@ class BanditEnv(BatchedEnv):
         self.t = 0
         return self._obs
 
+    def task_features(self) -> torch.Tensor:
+        return self.means  # [B, k]
+
     def step(self, actions: torch.Tensor):
         mu = self.means.gather(1, actions.view(-1, 1)).squeeze(1)
         if self.gaussian:
             reward = mu + self.sigma * torch.randn(self.num_envs, generator=self.gen, device=self.device)
         else:
             reward = (torch.rand(self.num_envs, generator=self.gen, device=self.device) < mu).float()
+        self.mean_reward = mu
         self.t += 1
         if self.t >= self.horizon:
             self.t = 0

@@ -39,6 +39,7 @@ class TabularMDPDistribution(TaskDistribution):
 
 
 class TabularMDPEnv(BatchedEnv):
+    has_mean_reward = True
     def __init__(self, cfg: TabularMDPConfig, num_envs: int, device, generator: torch.Generator):
         self.S, self.A, self.horizon, self.num_envs = cfg.states, cfg.actions, cfg.horizon, num_envs
         self.device = torch.device(device)
@@ -62,6 +63,10 @@ class TabularMDPEnv(BatchedEnv):
         self.cumP = self.P.cumsum(-1)  # [B, S, A, S] for inverse-CDF sampling
         self.R = R.to(self.device, torch.float32)
 
+    def task_features(self) -> torch.Tensor:
+        """[B, S*A + S*A*S]: mean rewards and transition probabilities."""
+        return torch.cat([self.R.flatten(1), self.P.flatten(1)], 1)
+
     def reset(self) -> torch.Tensor:
         self.t = 0
         self.state = torch.zeros(self.num_envs, dtype=torch.long, device=self.device)
@@ -69,7 +74,8 @@ class TabularMDPEnv(BatchedEnv):
 
     def step(self, actions: torch.Tensor):
         b, s = self._arange, self.state
-        reward = self.R[b, s, actions] + torch.randn(self.num_envs, generator=self.gen, device=self.device)
+        self.mean_reward = self.R[b, s, actions]
+        reward = self.mean_reward + torch.randn(self.num_envs, generator=self.gen, device=self.device)
         u = torch.rand(self.num_envs, 1, generator=self.gen, device=self.device)
         nxt = torch.searchsorted(self.cumP[b, s, actions], u).squeeze(1).clamp_(max=self.S - 1)
         self.t += 1

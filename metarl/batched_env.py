@@ -37,6 +37,16 @@ class BatchedEnv(ABC):
     def step(self, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """actions [B] (long) -> obs [B, obs_dim], reward [B] (float), done [B] (bool)."""
 
+    # Privileged training signals, optional: an env that knows its tasks' parameters may expose
+    # them so a meta-learner can lower the variance of its training (an asymmetric critic,
+    # expected rewards). The evaluated policy never sees them.
+    has_mean_reward: bool = False  # True if step() sets mean_reward
+    mean_reward: torch.Tensor | None = None  # [B] E[reward | task, state, action] of the last step
+
+    def task_features(self) -> torch.Tensor | None:
+        """[B, F] a fixed description of each sub-env's current task, or None if not exposed."""
+        return None
+
     @property
     def obs_dim(self) -> int:
         return int(self.observation_space.shape[0])

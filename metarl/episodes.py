@@ -57,10 +57,12 @@ class EpisodeBatch:
     logprobs: torch.Tensor  # [T, B] log pi(a|.) at collection time
     values: torch.Tensor    # [T, B] value estimates at collection time
     mask: torch.Tensor      # [T, B]
+    mean_rewards: torch.Tensor | None = None  # [T, B] E[reward | task, state, action], if the env knows it
 
     @property
     def num_steps(self) -> int:
         return int(self.mask.sum().item())
 
     def to(self, device) -> "EpisodeBatch":
-        return EpisodeBatch(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
+        return EpisodeBatch(**{f.name: None if getattr(self, f.name) is None else getattr(self, f.name).to(device)
+                               for f in fields(self)})

@@ -16,16 +16,26 @@ from metarl.episodes import EpisodeBatch
 from metarl.tasks import Tasks
 
 
-def rl2_inputs(obs, prev_action, prev_reward, prev_done, num_actions: int, time_frac: float | None):
+def rl2_input_dim(obs_dim: int, num_actions: int, time_feature: bool, reward_per_action: bool = False) -> int:
+    return obs_dim + num_actions * (1 + int(reward_per_action)) + 2 + int(time_feature)
+
+
+def rl2_inputs(obs, prev_action, prev_reward, prev_done, num_actions: int, time_frac: float | None,
+               reward_per_action: bool = False):
     """Build the RL² input x [B, D] = [obs, one_hot(prev_action), prev_reward, prev_done,
-    (time_frac)]. prev_* are None at the start of a trial (all zeros)."""
+    (one_hot(prev_action) * prev_reward), (time_frac)]. prev_* are None at the start of a
+    trial (all zeros). The optional product puts each action's reward on its own input line,
+    so a recurrent unit can accumulate one action's rewards with a linear input weight."""
     B, o = obs.shape
-    x = torch.zeros(B, o + num_actions + 2 + (time_frac is not None), device=obs.device)
+    x = torch.zeros(B, rl2_input_dim(o, num_actions, time_frac is not None, reward_per_action), device=obs.device)
     x[:, :o] = obs
     if prev_action is not None:
         x[:, o:o + num_actions].scatter_(1, prev_action.view(-1, 1), 1.0)
         x[:, o + num_actions] = prev_reward
         x[:, o + num_actions + 1] = prev_done.to(x.dtype)
+        if reward_per_action:
+            j = o + num_actions + 2
+            x[:, j:j + num_actions] = x[:, o:o + num_actions] * prev_reward.unsqueeze(1)
     if time_frac is not None:
         x[:, -1] = time_frac
     return x
@@ -34,13 +44,14 @@ def rl2_inputs(obs, prev_action, prev_reward, prev_done, num_actions: int, time_
 class TrialEnv:
     """Wraps a BatchedEnv so that it emits RL² inputs, trial by trial."""
 
-    def __init__(self, env: BatchedEnv, episodes_per_trial: int, time_feature: bool = True):
+    def __init__(self, env: BatchedEnv, episodes_per_trial: int, time_feature: bool = True,
+                 reward_per_action: bool = False):
         self.env = env
         self.episodes_per_trial = episodes_per_trial
         self.trial_length = env.horizon * episodes_per_trial
-        self.time_feature = time_feature
+        self.time_feature, self.reward_per_action = time_feature, reward_per_action
         self.obs_dim, self.num_actions = env.obs_dim, env.num_actions
-        self.input_dim = self.obs_dim + self.num_actions + 2 + int(time_feature)
+        self.input_dim = rl2_input_dim(self.obs_dim, self.num_actions, time_feature, reward_per_action)
         self.env_time = 0.0  # seconds spent inside env.reset/step (for the benchmark)
 
     @property
@@ -49,7 +60,7 @@ class TrialEnv:
 
     def _inputs(self, obs, prev_action, prev_reward, prev_done) -> torch.Tensor:
         return rl2_inputs(obs, prev_action, prev_reward, prev_done, self.num_actions,
-                          self.t / self.trial_length if self.time_feature else None)
+                          self.t / self.trial_length if self.time_feature else None, self.reward_per_action)
 
     def start(self, tasks: Tasks) -> torch.Tensor:
         """Begin a new trial in every sub-env; returns x [B, input_dim]."""
@@ -95,6 +106,7 @@ def collect_trial(policy: RecurrentPolicy, trial_env: TrialEnv, tasks: Tasks, ge
     actions = torch.empty(T, B, dtype=torch.long, device=dev)
     rewards, logprobs, values = (torch.empty(T, B, device=dev) for _ in range(3))
     dones = torch.empty(T, B, dtype=torch.bool, device=dev)
+    mean_rewards = None
     h = policy.initial_state(B, dev)
     h_starts = []
     for t in range(T):
@@ -104,5 +116,10 @@ def collect_trial(policy: RecurrentPolicy, trial_env: TrialEnv, tasks: Tasks, ge
         a, logp, v, h = policy.step(x, h, generator)
         x, r, d = trial_env.step(a)
         actions[t], rewards[t], dones[t], logprobs[t], values[t] = a, r, d, logp, v
-    batch = EpisodeBatch(obs, actions, rewards, dones, logprobs, values, torch.ones(T, B, device=dev))
+        if trial_env.env.mean_reward is not None:
+            if mean_rewards is None:
+                mean_rewards = torch.empty(T, B, device=dev)
+            mean_rewards[t] = trial_env.env.mean_reward
+    batch = EpisodeBatch(obs, actions, rewards, dones, logprobs, values, torch.ones(T, B, device=dev),
+                         mean_rewards)
     return batch, torch.stack(h_starts)

@@ -71,3 +71,55 @@ def test_training_improves_bandit_return():
     returns = [tr.train_iteration(i)["trial_return"] for i in range(40)]
     assert sum(returns[:3]) / 3 < 4.2      # uniform play: 8 pulls x 0.5
     assert sum(returns[-5:]) / 5 > 4.4
+
+
+def test_expected_rewards_are_the_task_means_of_the_chosen_actions():
+    spec, env_cfg, tr = _trainer(expected_rewards=True)
+    tasks = tr.dist.sample(8, tr.task_gen)
+    batch, _ = collect_trial(_RolloutPolicy(tr.net, tr.rms), tr.trial_env, tasks, tr.act_gen)
+    # replay the states: the one-hot obs of each step gives s, so E[r] = R[b, s, a]
+    s = batch.obs[:, :, :env_cfg.states].argmax(-1)                      # [T, B]
+    b = torch.arange(8).expand_as(s)
+    assert torch.allclose(batch.mean_rewards, tasks["R"][b, s, batch.actions])
+    # the sampled rewards are those means plus N(0, 1) noise
+    noise = batch.rewards - batch.mean_rewards
+    assert 0.5 < noise.std().item() < 1.5 and not torch.allclose(noise, torch.zeros_like(noise))
+
+
+def test_privileged_critic_informs_the_value_but_never_the_policy():
+    spec, env_cfg, tr = _trainer("bandit", {"k": 3, "n": 6}, privileged_critic=True, expected_rewards=True)
+    x = torch.randn(6, 8, tr.trial_env.input_dim)
+    h = tr.net.initial_state(8, "cpu")
+    f1, f2 = torch.rand(8, 3), torch.rand(8, 3)
+    with torch.no_grad():
+        l1, v1, _ = tr.net(x, h, f1)
+        l2, v2, _ = tr.net(x, h, f2)
+    assert torch.equal(l1, l2) and not torch.allclose(v1, v2)
+    before = {k: p.clone() for k, p in tr.net.state_dict().items()}
+    m = tr.train_iteration(0)
+    assert all(torch.isfinite(torch.tensor(v)) for v in m.values())
+    assert not torch.equal(before["critic.0.weight"], tr.net.state_dict()["critic.0.weight"])
+    # the evaluation policy loads the checkpoint and acts without any task features
+    policy = load_eval_policy({"trainer": tr.state_dict()}, spec, env_cfg, tr.cfg, torch.device("cpu"), 0)
+    policy.reset(4, "cpu")
+    a = policy.act(torch.zeros(4, 1))
+    assert a.shape == (4,) and int(a.max()) < 3
+
+
+def test_reward_per_action_input_puts_each_reward_on_its_actions_line():
+    from metarl.trial import rl2_inputs
+    obs = torch.zeros(3, 1)
+    a, r, d = torch.tensor([0, 2, 1]), torch.tensor([1.0, 0.5, 0.0]), torch.zeros(3, dtype=torch.bool)
+    x = rl2_inputs(obs, a, r, d, 3, 0.25, reward_per_action=True)
+    assert x.shape == (3, 1 + 3 + 2 + 3 + 1)
+    assert torch.equal(x[:, 6:9], torch.tensor([[1.0, 0, 0], [0, 0, 0.5], [0, 0, 0]]))
+    assert torch.equal(x[:, -1], torch.full((3,), 0.25))
+    start = rl2_inputs(obs, None, None, None, 3, 0.0, reward_per_action=True)
+    assert torch.equal(start, torch.zeros(3, 10))
+    # training and evaluation build the same inputs
+    spec, env_cfg, tr = _trainer("bandit", {"k": 3, "n": 5}, reward_per_action=True)
+    assert tr.trial_env.input_dim == 10
+    policy = load_eval_policy({"trainer": tr.state_dict()}, spec, env_cfg, tr.cfg, torch.device("cpu"), 0)
+    policy.reset(2, "cpu")
+    policy.observe(torch.tensor([1, 2]), torch.tensor([1.0, 0.0]), torch.zeros(2, dtype=torch.bool), None)
+    assert policy.act(torch.zeros(2, 1)).shape == (2,)
