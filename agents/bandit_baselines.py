@@ -51,11 +51,26 @@ class BanditBaseline:
         return torch.randint(self.k, (n,), generator=self.gen, device=device)
 
 
-class RandomPolicy(BanditBaseline):
-    """Uniformly random actions (works for any discrete-action env)."""
+class RandomPolicy:
+    """Uniformly random actions, for any env: arms of a Discrete space, or uniform in a Box."""
+
+    def __init__(self, env: BatchedEnv, env_cfg, seed: int):
+        self.space, self.discrete = env.action_space, env.discrete
+        self.gen = make_generator(seed, "baseline-RandomPolicy", env.device)
+
+    def reset(self, num_envs: int, device) -> None:
+        pass
+
+    def observe(self, actions, rewards, dones, next_obs) -> None:
+        pass
 
     def act(self, obs):
-        return self.random_arms(obs.shape[0], obs.device)
+        B, dev = obs.shape[0], obs.device
+        if self.discrete:
+            return torch.randint(int(self.space.n), (B,), generator=self.gen, device=dev)
+        low = torch.as_tensor(self.space.low, device=dev)
+        high = torch.as_tensor(self.space.high, device=dev)
+        return low + (high - low) * torch.rand(B, len(low), generator=self.gen, device=dev)
 
 
 class Greedy(BanditBaseline):

@@ -10,10 +10,10 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from metarl.batched_env import EnvSpec
 from metarl.config import option
+from metarl.distributions import make_head
 from metarl.episodes import gae
 from metarl.errors import UserError
 from metarl.ppo import RunningMeanStd, ppo_loss
@@ -48,22 +48,26 @@ class RL2Config:
                                             "(asymmetric actor-critic); the policy never does")
     expected_rewards: bool = option(False, "training only: compute returns from E[r | task, s, a] instead of the "
                                            "sampled reward (same expected gradient, less variance)")
+    init_std: float = option(1.0, "initial action std of the Gaussian policy (continuous actions only)", gt=0.0)
     checkpoint_every: int = option(10, "iterations between checkpoints", ge=1)
 
 
 class GRUActorCritic(nn.Module):
-    """x [T, B, D], h [1, B, H], task features f [B, F] -> logits [T, B, A], value [T, B], h' [1, B, H].
+    """x [T, B, D], h [1, B, H], task features f [B, F] -> head output [T, B, P], value [T, B], h' [1, B, H].
+
+    The head output parameterises the action distribution (`self.pi.dist(out)`): logits for
+    discrete actions, [mean, log_std] for continuous ones.
 
     One GRU shared by a linear policy head and a linear value head (as in RL²). With
     task_dim > 0 the value head is an MLP on [GRU output, f]: a privileged critic that knows
     the task, used only to train; the policy head sees the GRU output alone."""
 
-    def __init__(self, input_dim: int, num_actions: int, hidden_size: int, generator: torch.Generator,
-                 task_dim: int = 0):
+    def __init__(self, input_dim: int, action_space, hidden_size: int, generator: torch.Generator,
+                 task_dim: int = 0, init_std: float = 1.0):
         super().__init__()
         self.hidden_size, self.task_dim = hidden_size, task_dim
         self.gru = nn.GRU(input_dim, hidden_size)
-        self.pi = nn.Linear(hidden_size, num_actions)
+        self.pi = make_head(hidden_size, action_space, init_std)
         self.v = nn.Linear(hidden_size, 1)
         if task_dim:
             self.critic = nn.Sequential(nn.Linear(hidden_size + task_dim, hidden_size), nn.Tanh())
@@ -77,9 +81,9 @@ class GRUActorCritic(nn.Module):
                         nn.init.orthogonal_(chunk, generator=generator)
                 else:
                     p.zero_()
-            nn.init.orthogonal_(self.pi.weight, gain=0.01, generator=generator)
+            nn.init.orthogonal_(self.pi.linear.weight, gain=0.01, generator=generator)
             nn.init.orthogonal_(self.v.weight, gain=1.0, generator=generator)
-            self.pi.bias.zero_()
+            self.pi.linear.bias.zero_()
             self.v.bias.zero_()
 
     def forward(self, x, h, task=None):
@@ -105,13 +109,13 @@ class _RolloutPolicy:
         return self.net.initial_state(batch, device)
 
     def step(self, x, h, generator):
-        logits, v, h = self.net(x.unsqueeze(0), h, self.task)
-        logp_all = F.log_softmax(logits[0], -1)
-        a = torch.multinomial(logp_all.exp(), 1, generator=generator).squeeze(1)
+        out, v, h = self.net(x.unsqueeze(0), h, self.task)
+        dist = self.net.pi.dist(out[0])
+        a = dist.sample(generator)
         v = v[0]
         if self.rms is not None:
             v = v * self.rms.std.float() + self.rms.mean.float()
-        return a, logp_all.gather(1, a.unsqueeze(1)).squeeze(1), v, h
+        return a, dist.log_prob(a), v, h
 
 
 class RL2Trainer:
@@ -135,8 +139,8 @@ class RL2Trainer:
             raise UserError(f"agent.num_minibatches={cfg.num_minibatches} exceeds the {chunks} sequences per "
                             f"iteration; lower it or raise agent.num_envs")
         task_dim = _task_dim(env, cfg, env_spec.name)
-        self.net = GRUActorCritic(self.trial_env.input_dim, env.num_actions, cfg.hidden_size,
-                                  make_generator(seed, "init"), task_dim).to(device)
+        self.net = GRUActorCritic(self.trial_env.input_dim, env.action_space, cfg.hidden_size,
+                                  make_generator(seed, "init"), task_dim, cfg.init_std).to(device)
         self.opt = torch.optim.Adam(self.net.parameters(), lr=cfg.lr, eps=1e-5)
         self.rms = RunningMeanStd(device) if cfg.normalize_returns else None
         self.steps_per_iteration = cfg.num_envs * T
@@ -177,11 +181,11 @@ class RL2Trainer:
         for _ in range(cfg.epochs):
             perm = torch.randperm(N, generator=self.shuffle_gen).to(self.device)
             for idx in perm.chunk(cfg.num_minibatches):
-                logits, v, _ = self.net(obs[:, idx], h0[idx].unsqueeze(0),
-                                        task_c[idx] if task_c is not None else None)
-                logp_all = F.log_softmax(logits, -1)
-                logp = logp_all.gather(-1, act[:, idx].unsqueeze(-1)).squeeze(-1)
-                entropy = -(logp_all.exp() * logp_all).sum(-1)
+                out, v, _ = self.net(obs[:, idx], h0[idx].unsqueeze(0),
+                                     task_c[idx] if task_c is not None else None)
+                dist = self.net.pi.dist(out)
+                logp = dist.log_prob(act[:, idx])
+                entropy = dist.entropy()
                 a = adv_c[:, idx]
                 a = (a - a.mean()) / (a.std() + 1e-8)
                 loss, st = ppo_loss(logp.flatten(), old_logp[:, idx].flatten(), a.flatten(), v.flatten(),
@@ -230,8 +234,8 @@ class RL2EvalPolicy:
     def act(self, obs):
         x = rl2_inputs(obs, *self.prev, self.A, self.t / self.T if self.time_feature else None,
                        self.reward_per_action)
-        logits, _, self.h = self.net(x.unsqueeze(0), self.h)
-        return torch.multinomial(F.softmax(logits[0], -1), 1, generator=self.gen).squeeze(1)
+        out, _, self.h = self.net(x.unsqueeze(0), self.h)
+        return self.net.pi.dist(out[0]).sample(self.gen)
 
     def observe(self, actions, rewards, dones, next_obs) -> None:
         self.prev = (actions, rewards, dones)
@@ -244,6 +248,8 @@ def _task_dim(env, cfg: RL2Config, env_name: str) -> int:
     feats = env.task_features()
     if cfg.privileged_critic and feats is None:
         raise UserError(f"env {env_name!r} does not expose task features; set agent.privileged_critic=false")
+    if cfg.reward_per_action and not env.discrete:
+        raise UserError(f"agent.reward_per_action needs discrete actions; env {env_name!r} has continuous ones")
     if cfg.expected_rewards and not env.has_mean_reward:
         raise UserError(f"env {env_name!r} does not expose expected rewards; set agent.expected_rewards=false")
     return int(feats.shape[1]) if cfg.privileged_critic else 0
@@ -253,8 +259,8 @@ def load_eval_policy(checkpoint: dict, env_spec: EnvSpec, env_cfg, cfg: RL2Confi
     env = env_spec.make_env(env_cfg, 1, device, torch.Generator(device=device))
     trial_length = env.horizon * env_spec.episodes_per_trial(env_cfg)
     input_dim = rl2_input_dim(env.obs_dim, env.num_actions, cfg.time_feature, cfg.reward_per_action)
-    net = GRUActorCritic(input_dim, env.num_actions, cfg.hidden_size, torch.Generator(),
-                         _task_dim(env, cfg, env_spec.name)).to(device)
+    net = GRUActorCritic(input_dim, env.action_space, cfg.hidden_size, torch.Generator(),
+                         _task_dim(env, cfg, env_spec.name), cfg.init_std).to(device)
     net.load_state_dict(checkpoint["trainer"]["net"])
     net.eval()
     return RL2EvalPolicy(net, env.num_actions, trial_length, cfg, make_generator(seed, "eval-actions", device))

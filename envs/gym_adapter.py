@@ -14,7 +14,7 @@ from metarl.config import build
 from metarl.registry import ENVS, lookup
 
 GYM_IDS = {"metarl/BernoulliBandit-v0": "bandit", "metarl/GaussianBandit-v0": "gaussian-bandit",
-           "metarl/TabularMDP-v0": "tabular-mdp"}
+           "metarl/TabularMDP-v0": "tabular-mdp", "metarl/Navigation2D-v0": "navigation-2d"}
 
 
 class SingleTaskEnv(gym.Env):
@@ -46,7 +46,9 @@ class SingleTaskEnv(gym.Env):
     def step(self, action):
         if not self.action_space.contains(action):
             raise ValueError(f"action {action!r} is not in {self.action_space}")
-        obs, reward, done = self.env.step(torch.tensor([int(action)]))
+        a = (torch.tensor([int(action)]) if self.env.discrete else
+             torch.as_tensor(np.asarray(action, dtype=np.float32)).view(1, -1))
+        obs, reward, done = self.env.step(a)
         self.t += 1
         terminated = self.t >= self.trial_length
         return (obs[0].numpy().astype(np.float32), float(reward[0]), terminated, False,

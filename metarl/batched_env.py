@@ -23,7 +23,7 @@ class BatchedEnv(ABC):
     device: torch.device
     horizon: int  # steps per episode
     observation_space: gym.spaces.Box  # of one sub-env
-    action_space: gym.spaces.Discrete  # of one sub-env
+    action_space: gym.spaces.Space  # of one sub-env: Discrete or 1-D Box
 
     @abstractmethod
     def set_tasks(self, tasks: Tasks) -> None:
@@ -35,7 +35,11 @@ class BatchedEnv(ABC):
 
     @abstractmethod
     def step(self, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """actions [B] (long) -> obs [B, obs_dim], reward [B] (float), done [B] (bool)."""
+        """actions [B] (long, Discrete) or [B, act_dim] (float, Box) -> obs [B, obs_dim],
+        reward [B] (float), done [B] (bool)."""
+
+    def close(self) -> None:
+        """Release workers or other resources (nothing for pure-tensor envs)."""
 
     # Privileged training signals, optional: an env that knows its tasks' parameters may expose
     # them so a meta-learner can lower the variance of its training (an asymmetric critic,
@@ -52,8 +56,13 @@ class BatchedEnv(ABC):
         return int(self.observation_space.shape[0])
 
     @property
+    def discrete(self) -> bool:
+        return isinstance(self.action_space, gym.spaces.Discrete)
+
+    @property
     def num_actions(self) -> int:
-        return int(self.action_space.n)
+        """Discrete action count; for a Box, the action vector's size."""
+        return int(self.action_space.n) if self.discrete else int(self.action_space.shape[0])
 
 
 @dataclass(frozen=True)

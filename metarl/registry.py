@@ -27,6 +27,8 @@ ENVS: dict[str, Entry] = {
                              "Gaussian k-armed bandit, means ~ U[0,1], rewards ~ N(mean, env.sigma^2)"),
     "tabular-mdp": Entry("metarl.envs.tabular_mdp:TABULAR_MDP",
                          "random tabular MDPs as in RL² (10 states, 5 actions, 10-step episodes, env.n per trial)"),
+    "navigation-2d": Entry("metarl.envs.navigation:NAVIGATION",
+                           "2D point navigation to a goal ~ U[-0.5,0.5]^2, horizon 100 (MAML paper)"),
 }
 
 AGENTS: dict[str, Entry] = {
@@ -34,7 +36,7 @@ AGENTS: dict[str, Entry] = {
 }
 
 BASELINES: dict[str, Entry] = {
-    "random": Entry("metarl.agents.bandit_baselines:RandomPolicy", "uniformly random actions", ("bandit", "mdp")),
+    "random": Entry("metarl.agents.bandit_baselines:RandomPolicy", "uniformly random actions", ("bandit", "mdp", "navigation", "mujoco")),
     "greedy": Entry("metarl.agents.bandit_baselines:Greedy", "arm with the highest posterior mean", ("bandit",)),
     "epsilon-greedy": Entry("metarl.agents.bandit_baselines:EpsilonGreedy",
                             "greedy, random arm with probability epsilon (0.1)", ("bandit",)),

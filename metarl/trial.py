@@ -17,20 +17,26 @@ from metarl.tasks import Tasks
 
 
 def rl2_input_dim(obs_dim: int, num_actions: int, time_feature: bool, reward_per_action: bool = False) -> int:
+    """num_actions: the one-hot width for discrete actions, the action size for Box actions."""
     return obs_dim + num_actions * (1 + int(reward_per_action)) + 2 + int(time_feature)
 
 
 def rl2_inputs(obs, prev_action, prev_reward, prev_done, num_actions: int, time_frac: float | None,
                reward_per_action: bool = False):
-    """Build the RL² input x [B, D] = [obs, one_hot(prev_action), prev_reward, prev_done,
-    (one_hot(prev_action) * prev_reward), (time_frac)]. prev_* are None at the start of a
-    trial (all zeros). The optional product puts each action's reward on its own input line,
-    so a recurrent unit can accumulate one action's rewards with a linear input weight."""
+    """Build the RL² input x [B, D] = [obs, a, prev_reward, prev_done, (one_hot(prev_action) *
+    prev_reward), (time_frac)], where a is one_hot(prev_action) for discrete actions [B] (long)
+    and the action itself for continuous ones [B, A] (float). prev_* are None at the start of
+    a trial (all zeros). The optional product (discrete only) puts each action's reward on its
+    own input line, so a recurrent unit can accumulate one action's rewards with a linear
+    input weight."""
     B, o = obs.shape
     x = torch.zeros(B, rl2_input_dim(o, num_actions, time_frac is not None, reward_per_action), device=obs.device)
     x[:, :o] = obs
     if prev_action is not None:
-        x[:, o:o + num_actions].scatter_(1, prev_action.view(-1, 1), 1.0)
+        if prev_action.dtype.is_floating_point:
+            x[:, o:o + num_actions] = prev_action
+        else:
+            x[:, o:o + num_actions].scatter_(1, prev_action.view(-1, 1), 1.0)
         x[:, o + num_actions] = prev_reward
         x[:, o + num_actions + 1] = prev_done.to(x.dtype)
         if reward_per_action:
@@ -72,7 +78,7 @@ class TrialEnv:
         return self._inputs(obs, None, None, None)
 
     def step(self, actions: torch.Tensor):
-        """actions [B] -> (x [B, input_dim], reward [B], done [B]); the trial ends after
+        """actions [B] or [B, A] -> (x [B, input_dim], reward [B], done [B]); the trial ends after
         trial_length steps."""
         t0 = time.perf_counter()
         obs, reward, done = self.env.step(actions)
@@ -87,7 +93,7 @@ class RecurrentPolicy(Protocol):
     def initial_state(self, batch: int, device) -> torch.Tensor: ...
 
     def step(self, x: torch.Tensor, h: torch.Tensor, generator: torch.Generator):
-        """x [B, D], h [1, B, H] -> action [B], logprob [B], value [B], h' [1, B, H]"""
+        """x [B, D], h [1, B, H] -> action [B] or [B, A], logprob [B], value [B], h' [1, B, H]"""
 
 
 @torch.no_grad()
@@ -103,7 +109,9 @@ def collect_trial(policy: RecurrentPolicy, trial_env: TrialEnv, tasks: Tasks, ge
     x = trial_env.start(tasks)
     dev = x.device
     obs = torch.empty(T, B, trial_env.input_dim, device=dev)
-    actions = torch.empty(T, B, dtype=torch.long, device=dev)
+    env = trial_env.env
+    actions = (torch.empty(T, B, dtype=torch.long, device=dev) if env.discrete else
+               torch.empty(T, B, env.num_actions, device=dev))
     rewards, logprobs, values = (torch.empty(T, B, device=dev) for _ in range(3))
     dones = torch.empty(T, B, dtype=torch.bool, device=dev)
     mean_rewards = None

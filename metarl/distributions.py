@@ -1,0 +1,110 @@
+"""Action distributions for discrete and continuous action spaces, as pure functions of a
+head's output, so they work inside torch.func transforms (vmap, grad) as well as eagerly.
+
+A head maps features [..., H] to distribution parameters; `dist(out)` wraps them. Both kinds
+expose sample / log_prob / entropy / kl with the same shapes: actions [...] (long) for
+Categorical, [..., A] (float) for Gaussian; log_prob, entropy, kl -> [...].
+"""
+from __future__ import annotations
+
+import math
+
+import gymnasium as gym
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class Categorical:
+    def __init__(self, logits: torch.Tensor):
+        self.logp_all = F.log_softmax(logits, -1)  # [..., A]
+
+    def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
+        p = self.logp_all.exp()
+        flat = p.reshape(-1, p.shape[-1])
+        return torch.multinomial(flat, 1, generator=generator).view(p.shape[:-1])
+
+    def mode(self) -> torch.Tensor:
+        return self.logp_all.argmax(-1)
+
+    def log_prob(self, a: torch.Tensor) -> torch.Tensor:
+        return self.logp_all.gather(-1, a.long().unsqueeze(-1)).squeeze(-1)
+
+    def entropy(self) -> torch.Tensor:
+        return -(self.logp_all.exp() * self.logp_all).sum(-1)
+
+    def kl(self, other: "Categorical") -> torch.Tensor:
+        """KL(self || other)."""
+        return (self.logp_all.exp() * (self.logp_all - other.logp_all)).sum(-1)
+
+
+class DiagGaussian:
+    def __init__(self, mean: torch.Tensor, log_std: torch.Tensor):
+        self.mean, self.log_std = mean, log_std.expand_as(mean)  # [..., A]
+
+    def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
+        eps = torch.randn(self.mean.shape, generator=generator, device=self.mean.device, dtype=self.mean.dtype)
+        return self.mean + self.log_std.exp() * eps
+
+    def mode(self) -> torch.Tensor:
+        return self.mean
+
+    def log_prob(self, a: torch.Tensor) -> torch.Tensor:
+        z = (a - self.mean) * torch.exp(-self.log_std)
+        return (-0.5 * z.pow(2) - self.log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
+
+    def entropy(self) -> torch.Tensor:
+        return (self.log_std + 0.5 * (1.0 + math.log(2 * math.pi))).sum(-1)
+
+    def kl(self, other: "DiagGaussian") -> torch.Tensor:
+        """KL(self || other)."""
+        var, ovar = (2 * self.log_std).exp(), (2 * other.log_std).exp()
+        return (other.log_std - self.log_std + (var + (self.mean - other.mean).pow(2)) / (2 * ovar) - 0.5).sum(-1)
+
+
+class CategoricalHead(nn.Module):
+    """features [..., H] -> logits [..., A]."""
+
+    def __init__(self, hidden: int, num_actions: int):
+        super().__init__()
+        self.linear = nn.Linear(hidden, num_actions)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.linear(h)
+
+    @staticmethod
+    def dist(out: torch.Tensor) -> Categorical:
+        return Categorical(out)
+
+
+class GaussianHead(nn.Module):
+    """features [..., H] -> [mean, log_std] [..., 2A]; the log std is a state-independent
+    parameter (as in TRPO / MAML), broadcast to the batch so the output is one tensor."""
+
+    def __init__(self, hidden: int, act_dim: int, init_std: float = 1.0):
+        super().__init__()
+        self.linear = nn.Linear(hidden, act_dim)
+        self.log_std = nn.Parameter(torch.full((act_dim,), math.log(init_std)))
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        mean = self.linear(h)
+        return torch.cat([mean, self.log_std.expand_as(mean)], -1)
+
+    @staticmethod
+    def dist(out: torch.Tensor) -> DiagGaussian:
+        mean, log_std = out.chunk(2, -1)
+        return DiagGaussian(mean, log_std)
+
+
+def make_head(hidden: int, space: gym.Space, init_std: float = 1.0) -> CategoricalHead | GaussianHead:
+    """The policy head for an action space: Categorical for Discrete, diagonal Gaussian for Box."""
+    if isinstance(space, gym.spaces.Discrete):
+        return CategoricalHead(hidden, int(space.n))
+    if isinstance(space, gym.spaces.Box) and len(space.shape) == 1:
+        return GaussianHead(hidden, int(space.shape[0]), init_std)
+    raise ValueError(f"unsupported action space {space}; metarl supports Discrete and 1-D Box")
+
+
+def action_dim(space: gym.Space) -> int:
+    """Width of an action as a policy input: one-hot size for Discrete, vector size for Box."""
+    return int(space.n) if isinstance(space, gym.spaces.Discrete) else int(space.shape[0])
