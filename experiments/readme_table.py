@@ -12,6 +12,17 @@ ROOT = Path(__file__).resolve().parent.parent
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 
 
+def paper_refs(s: dict) -> dict:
+    """Published figures: from the experiment's config (kept current), else from the results file."""
+    from metarl.config import tomllib
+    cfg = ROOT / "experiments" / "configs" / f"{s['experiment']}.toml"
+    if cfg.exists():
+        meta = tomllib.loads(cfg.read_text()).get("experiment", {})
+        if meta.get("paper"):
+            return meta["paper"]
+    return s["metrics"].get("paper", {})
+
+
 def fmt(r: dict) -> str:
     return f"{r['mean']:.2f} ± {r['mean'] - r['ci_low']:.2f}"
 
@@ -19,23 +30,46 @@ def fmt(r: dict) -> str:
 def table() -> str:
     rows = ["| experiment | env | RL² | best classical baseline | Bayes-optimal-ish reference | paper | "
             "train time | commit | command |", "|---|---|---|---|---|---|---|---|---|"]
+    steps_rows = []
     for f in sorted((ROOT / "experiments" / "results").glob("*.json")):
         s = json.loads(f.read_text())
         m = s["metrics"]
+        if m.get("protocol") == "inner-steps":
+            steps_rows.append(steps_row(s))
+            continue
         res = m["results"]
         agent = res[m["agent"]]
         ref_name = next((n for n in ("gittins", "psrl") if n in res), None)
         others = {n: r for n, r in res.items() if n not in (m["agent"], "random", ref_name)}
         best = max(others, key=lambda n: others[n]["mean"]) if others else None
         envc = ", ".join(f"{k}={v}" for k, v in m["env_config"].items() if k != "sigma" or "gaussian" in m["env"])
-        paper = "; ".join(f"{k} {v}" for k, v in m.get("paper", {}).items())
+        paper = "; ".join(f"{k} {v}" for k, v in paper_refs(s).items())
         rows.append(
             f"| {s['experiment']} | {m['env']} ({envc}), {m['held_out_tasks']} held-out tasks | {fmt(agent)} | "
             + (f"{best} {fmt(others[best])}" if best else "–") + " | "
             + (f"{ref_name} {fmt(res[ref_name])}" if ref_name else "–")
             + f" | {paper or '–'} | {s['wall_clock_s'] / 60:.1f} min | {s['commit']} | `{s['command']}` |")
-    return "\n".join(rows) + "\n\nMean total reward per trial ± half-width of the 95% CI. Curves: " \
+    out = "\n".join(rows) + "\n\nMean total reward per trial ± half-width of the 95% CI. Curves: " \
         "`experiments/results/NAME_curve.png` (training) and `NAME_adaptation.png` (adaptation: reward per pull, or return per episode)."
+    if steps_rows:
+        out += ("\n\nMAML agents, the MAML paper's protocol: mean episode return on held-out tasks before adaptation "
+                "and after 1, 2, 3 policy-gradient steps (fresh rollouts each step), ± half-width of the 95% CI.\n\n"
+                "| experiment | env | agent | 0 steps | 1 step | 2 steps | 3 steps | random | paper | train time | "
+                "commit | command |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n" + "\n".join(steps_rows))
+    return out
+
+
+def steps_row(s: dict) -> str:
+    m = s["metrics"]
+    res = m["results"]
+    steps = res[m["agent"]]["per_step_return"]
+    cells = [fmt(c) for c in steps[:4]] + ["–"] * (4 - len(steps[:4]))
+    envc = ", ".join(f"{k}={v}" for k, v in m["env_config"].items())
+    paper = "; ".join(f"{k} {v}" for k, v in paper_refs(s).items())
+    rnd = fmt(res["random"]) if "random" in res else "–"
+    return (f"| {s['experiment']} | {m['env']} ({envc}), {m['held_out_tasks']} held-out tasks | {m['agent']} | "
+            + " | ".join(cells) + f" | {rnd} | {paper or '–'} | {s['wall_clock_s'] / 60:.1f} min | {s['commit']} | "
+            f"`{s['command']}` |")
 
 
 def main() -> None:

@@ -22,7 +22,8 @@ import torch
 
 from metarl.config import tomllib
 from metarl.errors import UserError
-from metarl.plots import adaptation_curve, learning_curve
+from metarl.plots import adaptation_curve, adaptation_steps_curve, learning_curve
+from metarl.registry import AGENTS, lookup
 from metarl.run import read_jsonl
 from metarl.workflows import evaluate_run, train
 
@@ -49,7 +50,8 @@ def same_config(run_dir: Path, raw: dict) -> bool:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("name", help="experiment name: a file experiments/configs/NAME.toml")
-    p.add_argument("--tasks", type=int, default=10000, help="held-out tasks for evaluation (default 10000)")
+    p.add_argument("--tasks", type=int, default=None,
+                   help="held-out tasks for evaluation (default: [experiment] eval_tasks of the config, else 10000)")
     p.add_argument("--eval-only", action="store_true", help="evaluate the existing run without training")
     p.add_argument("--device", default="auto")
     p.add_argument("--quiet", action="store_true")
@@ -60,6 +62,9 @@ def main(argv=None) -> int:
         return 2
     raw = tomllib.loads(cfg_file.read_text())
     meta, run = raw.get("experiment", {}), raw["run"]
+    default_tasks = int(meta.get("eval_tasks", 10000))
+    if args.tasks is None:
+        args.tasks = default_tasks
     run_dir = ROOT / "runs" / "experiments" / args.name
     try:
         if not args.eval_only:
@@ -82,26 +87,33 @@ def main(argv=None) -> int:
     out.mkdir(exist_ok=True)
     refs = {f"{n} (eval)": r["total"]["mean"] for n, r in results.items() if n != agent and n != "random"}
     refs.update({f"paper: {k}": v for k, v in meta.get("paper", {}).items()})
-    learning_curve(metrics, out / f"{args.name}_curve.png", f"{args.name}: {agent} training", references=refs)
-    adaptation_curve(results, out / f"{args.name}_adaptation.png", f"{args.name}: held-out tasks")
+    spec = lookup("agent", AGENTS, agent)
+    learning_curve(metrics, out / f"{args.name}_curve.png", f"{args.name}: {agent} training", keys=spec.curve_keys,
+                   references=refs)
+    if spec.protocol == "inner-steps":
+        adaptation_steps_curve(results, out / f"{args.name}_adaptation.png", f"{args.name}: held-out tasks")
+    else:
+        adaptation_curve(results, out / f"{args.name}_adaptation.png", f"{args.name}: held-out tasks")
     summary = {
         "experiment": args.name,
-        "command": f"python experiments/run.py {args.name}" + (f" --tasks {args.tasks}" if args.tasks != 10000 else ""),
+        "command": f"python experiments/run.py {args.name}" + (f" --tasks {args.tasks}" if args.tasks != default_tasks
+                                                               else ""),
         "commit": commit(),
         "device": f"{report['device']}, {torch.get_num_threads()} threads",
         "wall_clock_s": train_s,
         "metrics": {
             "env": report["env"], "env_config": report["env_config"], "agent": agent,
             "held_out_tasks": report["tasks"], "env_steps": report["env_steps"], "train_time_s": train_s,
-            "results": {n: {**r["total"], "per_episode": r["per_episode"]} for n, r in results.items()},
+            "protocol": report["protocol"], "metric": report["metric"],
+            "results": {n: {**r["total"], **{k: r[k] for k in ("per_episode", "per_step_return") if k in r}}
+                        for n, r in results.items()},
             "paper": meta.get("paper", {}), "description": meta.get("description", ""),
             "written": time.strftime("%Y-%m-%d %H:%M:%S"),
         },
     }
     (out / f"{args.name}.json").write_text(json.dumps(summary, indent=2) + "\n")
-    from metarl.evaluation import format_table
-    from metarl.workflows import eval_title
-    print(format_table(results, eval_title(report)))
+    from metarl.workflows import report_table
+    print(report_table(report))
     print(f"training time {train_s / 60:.1f} min; wrote {out / (args.name + '.json')}")
     return 0
 

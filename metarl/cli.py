@@ -126,8 +126,7 @@ def main(argv: list[str] | None = None) -> int:
             if not args.quiet:
                 print(f"done: {path}\nevaluate with: metarl eval {path}")
         elif args.command in ("eval", "demo"):
-            from metarl.evaluation import format_table
-            from metarl.workflows import demo, eval_title, evaluate_run
+            from metarl.workflows import demo, evaluate_run, report_table
             if args.command == "demo":
                 report = demo(device=args.device, quiet=args.quiet, runs_root=args.runs_root)
             else:
@@ -136,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.json:
                 print(json.dumps(report, indent=2))
             else:
-                print(format_table(report["results"], eval_title(report)))
+                print(report_table(report))
         elif args.command == "bench":
             from metarl.registry import BENCHES, lookup
             fn = lookup("benchmark", BENCHES, args.name)

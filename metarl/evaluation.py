@@ -78,10 +78,46 @@ def summarize(ev: Evaluation) -> dict:
             "per_step": [round(x, 5) for x in ev.step_reward.tolist()]}
 
 
-def format_table(results: dict[str, dict], title: str) -> str:
+@torch.no_grad()
+def evaluate_adaptation_steps(learner, env_spec: EnvSpec, env_cfg, num_tasks: int, seed: int, device, steps: int,
+                              batch_tasks: int = 200) -> torch.Tensor:
+    """The MAML paper's protocol on held-out tasks: mean episode return of each task before
+    adaptation and after 1..steps gradient steps -> [num_tasks, steps + 1].
+    learner.adaptation_returns(env, tasks, steps); learner.rollouts sub-envs per task."""
+    device = torch.device(device)
+    tasks = held_out_tasks(env_spec, env_cfg, num_tasks, seed, device)
+    env_gen = make_generator(seed, "eval-env", device)
+    out, env, size = [], None, None
+    try:
+        for start in range(0, num_tasks, batch_tasks):
+            b = min(batch_tasks, num_tasks - start)
+            if b != size:
+                if env is not None:
+                    env.close()
+                env, size = env_spec.make_env(env_cfg, b * learner.rollouts, device, env_gen), b
+            out.append(learner.adaptation_returns(env, tasks_slice(tasks, slice(start, start + b)), steps).cpu())
+    finally:
+        if env is not None:
+            env.close()
+    return torch.cat(out)
+
+
+def summarize_steps(returns: torch.Tensor) -> dict:
+    """[N, steps + 1] -> per-step mean/CI of the episode return; "total" is after the last step."""
+    per_step = [mean_ci(returns[:, k]) for k in range(returns.shape[1])]
+    return {"total": per_step[-1], "per_step_return": per_step}
+
+
+def summarize_episodes(ev: Evaluation) -> dict:
+    """A trial-protocol evaluation reported per episode (mean episode return per task), to sit
+    beside inner-step results."""
+    return {"total": mean_ci(ev.returns.mean(1)), "per_episode": ev.returns.mean(0).tolist()}
+
+
+def format_table(results: dict[str, dict], title: str, metric: str = "mean total reward") -> str:
     rows = sorted(results.items(), key=lambda kv: -kv[1]["total"]["mean"])
     width = max(len(n) for n in results) + 2
-    lines = [title, f"{'method':<{width}}{'mean total reward':>18}  {'95% CI':>20}  {'n':>6}"]
+    lines = [title, f"{'method':<{width}}{metric:>18}  {'95% CI':>20}  {'n':>6}"]
     for name, r in rows:
         t = r["total"]
         lines.append(f"{name:<{width}}{t['mean']:>18.3f}  [{t['ci_low']:>8.3f}, {t['ci_high']:>8.3f}]  {t['n']:>6}")

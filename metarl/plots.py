@@ -24,14 +24,40 @@ def _save(plt, fig, ax, out: Path, xlabel: str, ylabel: str, title: str) -> Path
     return out
 
 
-def learning_curve(metrics: list[dict], out: Path, title: str, key: str = "trial_return",
+CURVE_LABELS = {"trial_return": ("training trials", "mean total reward per trial"),
+                "pre_return": ("before adaptation", "mean episode return"),
+                "post_return": ("after adaptation", "mean episode return")}
+
+
+def learning_curve(metrics: list[dict], out: Path, title: str, keys: tuple[str, ...] = ("trial_return",),
                    references: dict[str, float] | None = None) -> Path:
-    """Plot metrics[key] against env steps, with optional horizontal reference lines."""
+    """Plot metrics[key] for each key against env steps, with optional horizontal reference lines."""
     plt, fig, ax = _figure()
-    ax.plot([m["env_steps"] for m in metrics], [m[key] for m in metrics], label="training trials")
+    keys = [k for k in keys if any(k in m for m in metrics)]
+    for k in keys:
+        ax.plot([m["env_steps"] for m in metrics if k in m], [m[k] for m in metrics if k in m],
+                label=CURVE_LABELS.get(k, (k,))[0])
     for i, (name, value) in enumerate((references or {}).items()):
-        ax.axhline(value, ls="--", lw=1, color=f"C{i + 1}", label=name)
-    return _save(plt, fig, ax, out, "env steps", "mean total reward per trial", title)
+        ax.axhline(value, ls="--", lw=1, color=f"C{i + len(keys)}", label=name)
+    ylabel = CURVE_LABELS.get(keys[0], (None, keys[0]))[1] if keys else ""
+    return _save(plt, fig, ax, out, "env steps", ylabel, title)
+
+
+def adaptation_steps_curve(results: dict[str, dict], out: Path, title: str) -> Path:
+    """Mean episode return (95% CI band) against the number of gradient steps of adaptation;
+    methods without steps (baselines) are drawn as horizontal lines."""
+    plt, fig, ax = _figure()
+    for i, (name, r) in enumerate(results.items()):
+        if "per_step_return" in r:
+            xs = list(range(len(r["per_step_return"])))
+            ys = [c["mean"] for c in r["per_step_return"]]
+            ax.plot(xs, ys, marker="o", color=f"C{i}", label=name)
+            ax.fill_between(xs, [c["ci_low"] for c in r["per_step_return"]],
+                            [c["ci_high"] for c in r["per_step_return"]], color=f"C{i}", alpha=0.2)
+        else:
+            ax.axhline(r["total"]["mean"], ls="--", lw=1, color=f"C{i}", label=name)
+    ax.set_xticks(range(max((len(r.get("per_step_return", [])) for r in results.values()), default=1)))
+    return _save(plt, fig, ax, out, "gradient steps of adaptation", "mean episode return", title)
 
 
 def adaptation_curve(results: dict[str, dict], out: Path, title: str) -> Path:

@@ -33,6 +33,10 @@ ENVS: dict[str, Entry] = {
 
 AGENTS: dict[str, Entry] = {
     "rl2": Entry("metarl.agents.rl2:RL2", "RL²: GRU actor-critic over trials, trained with PPO"),
+    "maml-trpo": Entry("metarl.agents.maml:MAML_TRPO",
+                       "MAML (Finn et al. 2017): policy-gradient inner step, TRPO outer step"),
+    "maml-ppo": Entry("metarl.agents.maml:MAML_PPO",
+                      "MAML with a clipped (ProMP-style) outer objective optimised by Adam"),
 }
 
 BASELINES: dict[str, Entry] = {

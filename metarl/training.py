@@ -34,12 +34,18 @@ class AgentSpec:
     """What the registry returns for an agent name.
 
     trainer_cls(env_spec, env_cfg, agent_cfg, seed, device) -> Trainer
-    load_eval_policy(checkpoint, env_spec, env_cfg, agent_cfg, device, seed) -> TrialPolicy
+    load_eval_policy(checkpoint, env_spec, env_cfg, agent_cfg, device, seed) -> the evaluated
+        object: a TrialPolicy for protocol "trial" (RL²: one trial per held-out task), or an
+        object with adaptation_returns(env, tasks, steps) -> [N, steps + 1] for protocol
+        "inner-steps" (MAML: return before and after each gradient step).
+    curve_keys: training metrics drawn in learning_curve.png.
     """
     name: str
     config_cls: type
     trainer_cls: type
     load_eval_policy: Callable[..., Any]
+    protocol: str = "trial"
+    curve_keys: tuple[str, ...] = ("trial_return",)
 
 
 class Interrupted(Exception):
@@ -82,8 +88,9 @@ def train_loop(trainer: Trainer, run: RunDir, iterations: int, config: dict, *, 
                 run.log({"iteration": it, "env_steps": (it + 1) * spi, **metrics},
                         {"iteration_s": dt, "steps_per_s": spi / dt, "wall_clock_s": time.perf_counter() - t_start})
                 bar.update(spi)
-                if "trial_return" in metrics:
-                    bar.set_postfix(trial_return=f"{metrics['trial_return']:.3f}", refresh=False)
+                shown = {k: f"{v:.3f}" for k, v in metrics.items() if k in ("trial_return", "pre_return", "post_return")}
+                if shown:
+                    bar.set_postfix(shown, refresh=False)
                 if stop.requested or (it + 1) % checkpoint_every == 0 or it + 1 == iterations:
                     save(it + 1)
                 if stop.requested:

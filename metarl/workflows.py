@@ -11,8 +11,9 @@ import torch
 from metarl.config import as_dict, build, load_toml, parse_sets
 from metarl.device import resolve_device
 from metarl.errors import UserError
-from metarl.evaluation import evaluate, format_table, summarize
-from metarl.plots import adaptation_curve, learning_curve
+from metarl.evaluation import (evaluate, evaluate_adaptation_steps, format_table, summarize, summarize_episodes,
+                               summarize_steps)
+from metarl.plots import adaptation_curve, adaptation_steps_curve, learning_curve
 from metarl.registry import AGENTS, BASELINES, ENVS, baselines_for, lookup
 from metarl.run import RunDir, default_run_name, load_checkpoint, open_existing
 from metarl.training import train_loop
@@ -91,7 +92,8 @@ def train(agent: str, env: str, *, config_file: str | None = None, sets: list[st
                checkpoint_every=cfg["agent"].checkpoint_every, quiet=quiet, desc=cfg["run"]["env"])
     metrics = run.read_metrics()
     if metrics:
-        learning_curve(metrics, path / "learning_curve.png", f"{cfg['run']['agent']} on {cfg['run']['env']}")
+        learning_curve(metrics, path / "learning_curve.png", f"{cfg['run']['agent']} on {cfg['run']['env']}",
+                       keys=cfg["agent_spec"].curve_keys)
     return path
 
 
@@ -123,20 +125,51 @@ def evaluate_run(run_dir: str, *, tasks: int = 1000, baselines: str = "all", see
     ck = load_checkpoint(path, map_location=dev)
     env_spec, env_cfg = cfg["env_spec"], cfg["env"]
     agent_name = saved["run"]["agent"]
-    results = {agent_name: summarize(evaluate(
-        lambda env: cfg["agent_spec"].load_eval_policy(ck, env_spec, env_cfg, cfg["agent"], dev, seed),
-        env_spec, env_cfg, tasks, seed, dev))}
+    spec = cfg["agent_spec"]
+    inner_steps = spec.protocol == "inner-steps"
+    if inner_steps:  # MAML: return before and after each gradient step, baselines per episode
+        learner = spec.load_eval_policy(ck, env_spec, env_cfg, cfg["agent"], dev, seed)
+        steps = cfg["agent"].eval_steps
+        results = {agent_name: summarize_steps(
+            evaluate_adaptation_steps(learner, env_spec, env_cfg, tasks, seed, dev, steps))}
+        summary = summarize_episodes
+    else:
+        results = {agent_name: summarize(evaluate(
+            lambda env: spec.load_eval_policy(ck, env_spec, env_cfg, cfg["agent"], dev, seed),
+            env_spec, env_cfg, tasks, seed, dev))}
+        summary = summarize
     for name in names:
         cls = lookup("baseline", BASELINES, name)
-        results[name] = summarize(evaluate(lambda env: cls(env, env_cfg, seed), env_spec, env_cfg, tasks, seed, dev))
+        results[name] = summary(evaluate(lambda env: cls(env, env_cfg, seed), env_spec, env_cfg, tasks, seed, dev))
     report = {"env": saved["run"]["env"], "env_config": saved["env"], "agent": agent_name, "tasks": tasks,
               "seed": seed, "device": str(dev), "checkpoint_iteration": ck["iteration"], "env_steps": ck["env_steps"],
+              "protocol": spec.protocol, "metric": "mean episode return" if inner_steps else "mean total reward",
               "results": results}
     tmp = path / "eval.json.tmp"
     tmp.write_text(json.dumps(report, indent=2))
     os.replace(tmp, path / "eval.json")
-    adaptation_curve(results, path / "eval_adaptation.png", f"held-out {report['env']} tasks")
+    if inner_steps:
+        adaptation_steps_curve(results, path / "eval_adaptation.png", f"held-out {report['env']} tasks")
+    else:
+        adaptation_curve(results, path / "eval_adaptation.png", f"held-out {report['env']} tasks")
     return report
+
+
+def table_rows(report: dict) -> dict[str, dict]:
+    """One row per method; an inner-steps agent gets one row per number of gradient steps,
+    named like the MAML paper's table ("maml-trpo (1 step)")."""
+    rows = {}
+    for name, r in report["results"].items():
+        if "per_step_return" in r:
+            for k, c in enumerate(r["per_step_return"]):
+                rows[f"{name} ({k} step{'' if k == 1 else 's'})"] = {"total": c}
+        else:
+            rows[name] = r
+    return rows
+
+
+def report_table(report: dict) -> str:
+    return format_table(table_rows(report), eval_title(report), report.get("metric", "mean total reward"))
 
 
 def eval_title(report: dict) -> str:

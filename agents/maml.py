@@ -1,0 +1,329 @@
+"""MAML for reinforcement learning (Finn et al. 2017): MAML-TRPO and MAML-PPO.
+
+Read top to bottom: config -> policy network -> sampler (rollouts of a meta-batch, each task
+with its own adapted parameters, in one batched env) -> inner loss and the functional inner
+loop (metarl.functional.adapt_batch, vmapped over tasks) -> outer update (TRPO with
+Hessian-vector products through the inner step, or a clipped ProMP-style objective) ->
+held-out evaluation after 0, 1, 2, 3 gradient steps.
+
+Shapes: N tasks in a meta-batch, R rollouts per task, H steps per rollout, D obs dim, A
+action dim. A batched env holds N * R sub-envs, task-major (sub-env i runs task i // R).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+from torch.func import functional_call, vmap
+
+from metarl.batched_env import BatchedEnv, EnvSpec
+from metarl.config import option
+from metarl.distributions import Categorical, DiagGaussian, make_head
+from metarl.episodes import discounted_returns, gae
+from metarl.errors import UserError
+from metarl.functional import Params, adapt_batch, params_of
+from metarl.linear_baseline import fit_predict
+from metarl.seeding import make_generator
+from metarl.tasks import Tasks, split_generator
+from metarl.training import AgentSpec
+from metarl.trpo import trpo_step
+
+
+@dataclass
+class MAMLConfig:
+    iterations: int = option(500, "meta-iterations (outer updates)", ge=1)
+    meta_batch: int = option(20, "tasks per meta-iteration", ge=1)
+    rollouts: int = option(20, "rollouts per task, before and after adaptation", ge=1)
+    hidden_size: int = option(100, "units per hidden layer", ge=1)
+    layers: int = option(2, "hidden layers", ge=1)
+    activation: str = option("relu", "hidden activation", choices=("relu", "tanh"))
+    init_std: float = option(1.0, "initial action std (continuous actions)", gt=0.0)
+    inner_lr: float = option(0.1, "inner-loop (adaptation) step size", gt=0.0)
+    inner_steps: int = option(1, "gradient steps of adaptation during meta-training", ge=1)
+    first_order: bool = option(False, "first-order MAML: no second derivatives through the inner step")
+    gamma: float = option(0.99, "discount", ge=0.0, le=1.0)
+    gae_lambda: float = option(1.0, "GAE lambda (1.0: returns minus the linear baseline)", ge=0.0, le=1.0)
+    outer: str = option("trpo", "outer optimiser", choices=("trpo", "ppo"))
+    max_kl: float = option(0.01, "TRPO: KL bound of the outer step", gt=0.0)
+    cg_iters: int = option(10, "TRPO: conjugate-gradient iterations", ge=1)
+    cg_damping: float = option(1e-5, "TRPO: damping added to the KL Hessian", ge=0.0)
+    hvp_tasks: float = option(1.0, "TRPO: fraction of the meta-batch used for Hessian-vector products "
+                                   "(lower is faster, noisier curvature)", gt=0.0, le=1.0)
+    ls_backtracks: int = option(15, "TRPO: line-search backtracking steps", ge=1)
+    ls_ratio: float = option(0.8, "TRPO: line-search shrink factor", gt=0.0, lt=1.0)
+    outer_lr: float = option(1e-3, "PPO: Adam learning rate of the outer step", gt=0.0)
+    ppo_epochs: int = option(5, "PPO: outer gradient steps per meta-iteration", ge=1)
+    clip: float = option(0.2, "PPO: ratio clip of the outer objective", gt=0.0)
+    eval_steps: int = option(3, "gradient steps reported by metarl eval", ge=0)
+    checkpoint_every: int = option(10, "iterations between checkpoints", ge=1)
+
+
+class PolicyMLP(nn.Module):
+    """obs [..., D] -> head output [..., P] (logits, or [mean, log_std])."""
+
+    def __init__(self, obs_dim: int, action_space, cfg: MAMLConfig, generator: torch.Generator):
+        super().__init__()
+        act = nn.ReLU if cfg.activation == "relu" else nn.Tanh
+        dims = [obs_dim] + [cfg.hidden_size] * cfg.layers
+        self.body = nn.Sequential(*[m for i in range(cfg.layers) for m in (nn.Linear(dims[i], dims[i + 1]), act())])
+        self.head = make_head(cfg.hidden_size, action_space, cfg.init_std)
+        with torch.no_grad():  # seeded init, no global RNG
+            for m in self.modules():
+                if isinstance(m, nn.Linear):
+                    nn.init.xavier_uniform_(m.weight, generator=generator)
+                    m.bias.zero_()
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(obs))
+
+
+def _detached(dist):
+    if isinstance(dist, Categorical):
+        d = Categorical.__new__(Categorical)
+        d.logp_all = dist.logp_all.detach()
+        return d
+    return DiagGaussian(dist.mean.detach(), dist.log_std.detach())
+
+
+class MAMLLearner:
+    """The policy and everything MAML does with it, shared by training and evaluation."""
+
+    def __init__(self, env: BatchedEnv, cfg: MAMLConfig, generator: torch.Generator):
+        self.cfg = cfg
+        self.net = PolicyMLP(env.obs_dim, env.action_space, cfg, generator).to(env.device)
+        self.dist = self.net.head.dist
+
+    # -- policy evaluation with shared params {name: [...]} or per-task params {name: [N, ...]}
+    def forward(self, params: Params, obs: torch.Tensor, per_task: bool) -> torch.Tensor:
+        """obs [N, ..., D] -> head output [N, ..., P]."""
+        if not per_task:
+            return functional_call(self.net, params, (obs,))
+        return vmap(lambda p, o: functional_call(self.net, p, (o,)))(params, obs)
+
+    @torch.no_grad()
+    def rollout(self, env: BatchedEnv, params: Params, per_task: bool, generator: torch.Generator) -> dict:
+        """R rollouts of H steps in each of N tasks (env already holds the tasks). Returns
+        obs [N, H, R, D], actions [N, H, R(, A)], rewards [N, H, R]."""
+        N, R, H = env.num_envs // self.cfg.rollouts, self.cfg.rollouts, env.horizon
+        obs = env.reset()
+        obs_buf, act_buf, rew_buf = [], [], []
+        for _ in range(H):
+            out = self.forward(params, obs.view(N, R, -1), per_task)  # [N, R, P]
+            a = self.dist(out).sample(generator)  # [N, R] or [N, R, A]
+            a = a.reshape(N * R, *a.shape[2:])
+            obs_buf.append(obs)
+            act_buf.append(a)
+            obs, r, _ = env.step(a)
+            rew_buf.append(r)
+
+        def task_major(x):  # [H, N * R, ...] -> [N, H, R, ...]
+            x = torch.stack(x)
+            return x.view(H, N, R, *x.shape[2:]).transpose(0, 1).contiguous()
+        return {"obs": task_major(obs_buf), "actions": task_major(act_buf), "rewards": task_major(rew_buf)}
+
+    def advantages(self, data: dict) -> torch.Tensor:
+        """GAE against a per-task linear baseline, normalised per task: [N, H, R]."""
+        cfg = self.cfg
+        N, H, R = data["rewards"].shape
+        rew = data["rewards"].transpose(0, 1).reshape(H, N * R)
+        zeros = torch.zeros_like(rew, dtype=torch.bool)
+        ret = discounted_returns(rew, zeros, cfg.gamma).view(H, N, R).transpose(0, 1)
+        values = fit_predict(data["obs"], ret).transpose(0, 1).reshape(H, N * R)
+        adv, _ = gae(rew, values, zeros, cfg.gamma, cfg.gae_lambda)
+        adv = adv.view(H, N, R).transpose(0, 1)
+        mean, std = adv.mean((1, 2), keepdim=True), adv.std((1, 2), keepdim=True)
+        return (adv - mean) / (std + 1e-8)
+
+    def inner_loss(self, params: Params, data: dict) -> torch.Tensor:
+        """Policy-gradient loss of ONE task: data obs [H, R, D], actions, adv [H, R].
+
+        Vanilla -log pi * A (the MAML paper). With data["old_logp"] (the sampling policy's
+        log-probs) it is -pi / pi_old * A instead: the same gradient at the sampling
+        parameters, still valid after the meta-parameters move (ProMP's LVC objective)."""
+        logp = self.dist(functional_call(self.net, params, (data["obs"],))).log_prob(data["actions"])
+        if "old_logp" in data:
+            return -((logp - data["old_logp"]).exp() * data["adv"]).mean()
+        return -(logp * data["adv"]).mean()
+
+    def adapt(self, params: Params, data: dict, per_task: bool, steps: int | None = None,
+              first_order: bool | None = None) -> Params:
+        """Adapted params {name: [N, ...]} from rollouts `data` (obs, actions, adv with leading N)."""
+        cfg = self.cfg
+        steps = cfg.inner_steps if steps is None else steps
+        first_order = cfg.first_order if first_order is None else first_order
+        batch = {k: data[k] for k in ("obs", "actions", "adv", "old_logp") if k in data}
+        if not per_task:
+            return adapt_batch(self.inner_loss, params, batch, steps, cfg.inner_lr, first_order)
+        # Continue from per-task params: vmap the one-task adaptation over params and data.
+        from metarl.functional import adapt
+        return vmap(lambda p, d: adapt(self.inner_loss, p, d, steps, cfg.inner_lr, first_order))(params, batch)
+
+    @staticmethod
+    def mean_episode_return(data: dict) -> torch.Tensor:
+        """[N] mean undiscounted return of each task's rollouts."""
+        return data["rewards"].sum(1).mean(1)
+
+
+def repeat_tasks(tasks: Tasks, rollouts: int) -> Tasks:
+    """Each task's parameters repeated for its R sub-envs (task-major)."""
+    return {k: v.repeat_interleave(rollouts, 0) for k, v in tasks.items()}
+
+
+class MAMLTrainer:
+    def __init__(self, env_spec: EnvSpec, env_cfg, cfg: MAMLConfig, seed: int, device: torch.device):
+        self.cfg, self.device = cfg, device
+        self.dist = env_spec.make_distribution(env_cfg)
+        self.task_gen = split_generator(seed, "train", device)
+        self.env_gen = make_generator(seed, "env", device)
+        self.act_gen = make_generator(seed, "actions", device)
+        self.env = env_spec.make_env(env_cfg, cfg.meta_batch * cfg.rollouts, device, self.env_gen)
+        self.learner = MAMLLearner(self.env, cfg, make_generator(seed, "init"))
+        self.net = self.learner.net
+        self.opt = torch.optim.Adam(self.net.parameters(), lr=cfg.outer_lr) if cfg.outer == "ppo" else None
+        self.steps_per_iteration = cfg.meta_batch * cfg.rollouts * self.env.horizon * (cfg.inner_steps + 1)
+        self.iterations = cfg.iterations
+
+    def _sample(self):
+        """Pre-adaptation rollouts (inner_steps rounds of them) and post-adaptation rollouts."""
+        L, cfg = self.learner, self.cfg
+        tasks = self.dist.sample(cfg.meta_batch, self.task_gen)
+        self.env.set_tasks(repeat_tasks(tasks, cfg.rollouts))
+        params = {k: v.detach() for k, v in params_of(self.net).items()}
+        pre = L.rollout(self.env, params, False, self.act_gen)
+        pre["adv"] = L.advantages(pre)
+        if cfg.outer == "ppo":
+            with torch.no_grad():
+                pre["old_logp"] = L.dist(L.forward(params, pre["obs"], False)).log_prob(pre["actions"])
+        with torch.no_grad():
+            adapted = L.adapt(params, pre, per_task=False, first_order=True)
+        post = L.rollout(self.env, adapted, True, self.act_gen)
+        post["adv"] = L.advantages(post)
+        with torch.no_grad():
+            post["old_dist"] = _detached(L.dist(L.forward(adapted, post["obs"], True)))
+            post["old_logp"] = post["old_dist"].log_prob(post["actions"])
+        return pre, post
+
+    def _outer_terms(self, pre, post, idx=None):
+        """(surrogate ratio terms [n, H, R], KL [n, H, R]) after re-adapting from the current meta-params;
+        idx selects a subset of tasks."""
+        L = self.learner
+        if idx is not None:
+            pre = {k: pre[k][idx] for k in ("obs", "actions", "adv", "old_logp") if k in pre}
+            post = {"obs": post["obs"][idx], "actions": post["actions"][idx], "adv": post["adv"][idx],
+                    "old_logp": post["old_logp"][idx], "old_dist": _index(post["old_dist"], idx)}
+        adapted = L.adapt(params_of(self.net), pre, per_task=False)
+        dist = L.dist(L.forward(adapted, post["obs"], True))
+        ratio = (dist.log_prob(post["actions"]) - post["old_logp"]).exp()
+        return ratio, post["old_dist"].kl(dist)
+
+    def train_iteration(self, it: int) -> dict[str, float]:
+        cfg, L = self.cfg, self.learner
+        pre, post = self._sample()
+        out = {"pre_return": L.mean_episode_return(pre).mean().item(),
+               "post_return": L.mean_episode_return(post).mean().item()}
+        if cfg.outer == "trpo":
+            def closure():
+                ratio, kl = self._outer_terms(pre, post)
+                return -(ratio * post["adv"]).mean(), kl.mean()
+            hvp_kl = None
+            m = max(1, round(cfg.hvp_tasks * cfg.meta_batch))
+            if m < cfg.meta_batch:
+                hvp_kl = lambda: self._outer_terms(pre, post, slice(0, m))[1].mean()  # noqa: E731
+            stats = trpo_step(list(self.net.parameters()), closure, cfg.max_kl, cfg.cg_iters, cfg.cg_damping,
+                              cfg.ls_backtracks, cfg.ls_ratio, hvp_kl)
+            out.update({k: stats[k] for k in ("surrogate_before", "surrogate_after", "kl", "step_fraction")})
+        else:
+            for _ in range(cfg.ppo_epochs):
+                ratio, kl = self._outer_terms(pre, post)
+                adv = post["adv"]
+                loss = -torch.min(ratio * adv, ratio.clamp(1 - cfg.clip, 1 + cfg.clip) * adv).mean()
+                self.opt.zero_grad(set_to_none=True)
+                loss.backward()
+                self.opt.step()
+            out.update({"surrogate_after": loss.item(), "kl": kl.mean().item()})
+        return out
+
+    def state_dict(self):
+        return {"net": self.net.state_dict(), "opt": self.opt.state_dict() if self.opt else None,
+                "generators": {k: getattr(self, k).get_state() for k in ("task_gen", "env_gen", "act_gen")}}
+
+    def load_state_dict(self, d):
+        self.net.load_state_dict(d["net"])
+        if self.opt is not None and d["opt"] is not None:
+            self.opt.load_state_dict(d["opt"])
+        for k, s in d["generators"].items():
+            getattr(self, k).set_state(s)
+
+
+def _index(dist, idx):
+    if isinstance(dist, Categorical):
+        d = Categorical.__new__(Categorical)
+        d.logp_all = dist.logp_all[idx]
+        return d
+    return DiagGaussian(dist.mean[idx], dist.log_std[idx])
+
+
+class MAMLEvalLearner:
+    """The trained meta-policy for held-out evaluation: the MAML paper's protocol, where each
+    adaptation step uses fresh rollouts from the current (adapted) policy."""
+
+    def __init__(self, learner: MAMLLearner, cfg: MAMLConfig, generator: torch.Generator):
+        self.learner, self.cfg, self.gen = learner, cfg, generator
+        self.rollouts = cfg.rollouts
+
+    def adaptation_returns(self, env: BatchedEnv, tasks: Tasks, steps: int) -> torch.Tensor:
+        """Mean episode return per task before adaptation and after 1..steps gradient steps:
+        [N, steps + 1]. env has N * rollouts sub-envs."""
+        L = self.learner
+        env.set_tasks(repeat_tasks(tasks, self.rollouts))
+        params = {k: v.detach() for k, v in params_of(L.net).items()}
+        per_task, out = False, []
+        for k in range(steps + 1):
+            data = L.rollout(env, params, per_task, self.gen)
+            out.append(L.mean_episode_return(data))
+            if k < steps:
+                data["adv"] = L.advantages(data)
+                with torch.no_grad():
+                    params = L.adapt(params, data, per_task, steps=1, first_order=True)
+                per_task = True
+        return torch.stack(out, 1)
+
+
+def load_eval_policy(checkpoint: dict, env_spec: EnvSpec, env_cfg, cfg: MAMLConfig, device, seed: int):
+    env = env_spec.make_env(env_cfg, 1, device, torch.Generator(device=device))
+    learner = MAMLLearner(env, cfg, torch.Generator())
+    learner.net.load_state_dict(checkpoint["trainer"]["net"])
+    env.close()
+    return MAMLEvalLearner(learner, cfg, make_generator(seed, "eval-actions", device))
+
+
+def _check(cfg: MAMLConfig):
+    if cfg.outer == "ppo" and cfg.hvp_tasks != 1.0:
+        raise UserError("agent.hvp_tasks applies to the TRPO outer step only; leave it at 1.0 with agent.outer=ppo")
+
+
+class MAMLTRPOTrainer(MAMLTrainer):
+    def __init__(self, env_spec, env_cfg, cfg: MAMLConfig, seed, device):
+        if cfg.outer != "trpo":
+            raise UserError("maml-trpo uses agent.outer=trpo; use the agent maml-ppo for the PPO outer step")
+        super().__init__(env_spec, env_cfg, cfg, seed, device)
+
+
+@dataclass
+class MAMLPPOConfig(MAMLConfig):
+    outer: str = option("ppo", "outer optimiser", choices=("trpo", "ppo"))
+
+
+class MAMLPPOTrainer(MAMLTrainer):
+    def __init__(self, env_spec, env_cfg, cfg: MAMLConfig, seed, device):
+        _check(cfg)
+        if cfg.outer != "ppo":
+            raise UserError("maml-ppo uses agent.outer=ppo; use the agent maml-trpo for the TRPO outer step")
+        super().__init__(env_spec, env_cfg, cfg, seed, device)
+
+
+MAML_TRPO = AgentSpec("maml-trpo", MAMLConfig, MAMLTRPOTrainer, load_eval_policy, protocol="inner-steps",
+                      curve_keys=("pre_return", "post_return"))
+MAML_PPO = AgentSpec("maml-ppo", MAMLPPOConfig, MAMLPPOTrainer, load_eval_policy, protocol="inner-steps",
+                     curve_keys=("pre_return", "post_return"))
