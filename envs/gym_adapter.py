@@ -15,6 +15,9 @@ from metarl.registry import ENVS, lookup
 
 GYM_IDS = {"metarl/BernoulliBandit-v0": "bandit", "metarl/GaussianBandit-v0": "gaussian-bandit",
            "metarl/TabularMDP-v0": "tabular-mdp", "metarl/Navigation2D-v0": "navigation-2d"}
+# MuJoCo families: one simulation worker per gymnasium env (needs the mujoco extra).
+MUJOCO_GYM_IDS = {"metarl/HalfCheetahVel-v0": "halfcheetah-vel", "metarl/HalfCheetahDir-v0": "halfcheetah-dir",
+                  "metarl/AntDir-v0": "ant-dir", "metarl/AntGoal-v0": "ant-goal"}
 
 
 class SingleTaskEnv(gym.Env):
@@ -55,7 +58,15 @@ class SingleTaskEnv(gym.Env):
                 {"episode_end": bool(done[0])})
 
 
+    def close(self):
+        self.env.close()
+
+
 def register_gym_envs() -> None:
     for gym_id, name in GYM_IDS.items():
         if gym_id not in gym.registry:
             gym.register(gym_id, entry_point="metarl.envs.gym_adapter:SingleTaskEnv", kwargs={"env_name": name})
+    for gym_id, name in MUJOCO_GYM_IDS.items():
+        if gym_id not in gym.registry:
+            gym.register(gym_id, entry_point="metarl.envs.gym_adapter:SingleTaskEnv",
+                         kwargs={"env_name": name, "workers": 1})

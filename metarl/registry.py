@@ -29,6 +29,14 @@ ENVS: dict[str, Entry] = {
                          "random tabular MDPs as in RL² (10 states, 5 actions, 10-step episodes, env.n per trial)"),
     "navigation-2d": Entry("metarl.envs.navigation:NAVIGATION",
                            "2D point navigation to a goal ~ U[-0.5,0.5]^2, horizon 100 (MAML paper)"),
+    "halfcheetah-vel": Entry("metarl.envs.mujoco_tasks:HALFCHEETAH_VEL",
+                             "HalfCheetah-v5, target velocity ~ U[0,2], horizon 200 (needs the mujoco extra)"),
+    "halfcheetah-dir": Entry("metarl.envs.mujoco_tasks:HALFCHEETAH_DIR",
+                             "HalfCheetah-v5, run forward or backward, horizon 200 (needs the mujoco extra)"),
+    "ant-dir": Entry("metarl.envs.mujoco_tasks:ANT_DIR",
+                     "Ant-v5, run forward or backward, horizon 200 (needs the mujoco extra)"),
+    "ant-goal": Entry("metarl.envs.mujoco_tasks:ANT_GOAL",
+                      "Ant-v5, reach a goal ~ U[-3,3]^2, horizon 200 (needs the mujoco extra)"),
 }
 
 AGENTS: dict[str, Entry] = {
@@ -56,6 +64,10 @@ BASELINES: dict[str, Entry] = {
 BENCHES: dict[str, Entry] = {
     "bandit": Entry("metarl.bench:bench_bandit",
                     "bandit env steps/s alone and in RL² rollouts (4096 parallel tasks)"),
+    "inner-loop": Entry("metarl.bench:bench_inner_loop",
+                        "MAML inner step for 40 tasks: vmapped functional loop vs a per-task autograd loop"),
+    "mujoco": Entry("metarl.bench:bench_mujoco",
+                    "MuJoCo steps/s: one env alone vs one worker per core with the policy in the loop"),
 }
 
 

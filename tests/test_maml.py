@@ -125,3 +125,12 @@ def test_maml_bad_input_is_one_line(cli, tmp_path, agent, sets, needle):
     code, _, err = cli(*args)
     assert code == 2 and needle in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "x").exists()
+
+
+def test_inner_loop_bench_reports_stable_keys(cli):
+    code, out, err = cli("bench", "inner-loop", "--json")
+    assert code == 0, err
+    r = json.loads(out)
+    f = r["figures"]
+    assert r["bench"] == "inner-loop" and {"vmap_tasks_per_s", "loop_tasks_per_s", "speedup"} <= set(f)
+    assert f["speedup"] == pytest.approx(f["vmap_tasks_per_s"] / f["loop_tasks_per_s"])

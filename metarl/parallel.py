@@ -1,0 +1,216 @@
+"""Parallel simulation for CPU simulators (MuJoCo, Meta-World): a BatchedEnv whose sub-envs
+live in worker processes.
+
+Each of W workers owns a contiguous slice of the B sub-envs and steps them in a loop. Actions,
+observations and rewards travel through shared-memory tensors ([B, A], [B, D], [B]); the pipe
+to each worker carries only a one-word command and its reply, so a step costs one small
+message per worker, not a pickled batch. A worker that dies, raises, or does not answer within
+`timeout` seconds surfaces as a WorkerError naming the worker and what it was doing (never a
+hang); the remaining workers are shut down. Workers ignore Ctrl-C: the main process handles
+it, and `close()` (also called on garbage collection and at exit) stops them.
+
+A sub-env is any object with
+    set_task(task: dict[str, float]) -> None
+    reset(seed: int) -> obs (np.ndarray [D])
+    step(action: np.ndarray) -> (obs [D], reward: float)
+built in the worker by a picklable `factory()`. Episodes have a fixed length `horizon`; the
+ParallelEnv auto-resets every sub-env after it, as every BatchedEnv does.
+"""
+from __future__ import annotations
+
+import atexit
+import os
+import signal
+import time
+import traceback
+import weakref
+from multiprocessing.connection import wait
+from typing import Callable
+
+import gymnasium as gym
+import numpy as np
+import torch
+import torch.multiprocessing as mp
+
+from metarl.batched_env import BatchedEnv
+from metarl.errors import UserError
+from metarl.tasks import Tasks
+
+
+class WorkerError(UserError):
+    """A simulation worker died, raised, or hung."""
+
+
+def _worker(index: int, lo: int, hi: int, factory: Callable, obs: torch.Tensor, act: torch.Tensor,
+            rew: torch.Tensor, conn) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process owns Ctrl-C
+    torch.set_num_threads(1)
+    try:
+        envs = [factory() for _ in range(hi - lo)]
+        obs_np, act_np, rew_np = obs.numpy(), act.numpy(), rew.numpy()
+        conn.send(("ready", os.getpid()))
+        while True:
+            cmd, arg = conn.recv()
+            if cmd == "step":
+                for j, e in enumerate(envs):
+                    o, r = e.step(act_np[lo + j])
+                    obs_np[lo + j] = o
+                    rew_np[lo + j] = r
+            elif cmd == "reset":
+                for j, e in enumerate(envs):
+                    obs_np[lo + j] = e.reset(int(arg[j]))
+            elif cmd == "set_tasks":
+                for j, e in enumerate(envs):
+                    e.set_task(arg[j])
+            elif cmd == "close":
+                for e in envs:
+                    getattr(e, "close", lambda: None)()
+                conn.send(("ok", None))
+                return
+            conn.send(("ok", None))
+    except (KeyboardInterrupt, EOFError, BrokenPipeError):
+        return
+    except BaseException:  # report anything else to the main process, then exit
+        try:
+            conn.send(("error", traceback.format_exc()))
+        except (BrokenPipeError, OSError):
+            pass
+
+
+def _shutdown(procs, conns) -> None:
+    for c in conns:
+        try:
+            c.send(("close", None))
+        except (BrokenPipeError, OSError):
+            pass
+    deadline = time.monotonic() + 2.0
+    for p in procs:
+        p.join(max(0.0, deadline - time.monotonic()))
+        if p.is_alive():
+            p.terminate()
+            p.join(1.0)
+        if p.is_alive():
+            p.kill()
+    for c in conns:
+        c.close()
+
+
+class ParallelEnv(BatchedEnv):
+    """B sub-envs built by `factory` in `workers` processes (0 = one per CPU core)."""
+
+    def __init__(self, factory: Callable, num_envs: int, horizon: int, observation_space: gym.spaces.Box,
+                 action_space: gym.spaces.Box, device="cpu", generator: torch.Generator | None = None,
+                 workers: int = 0, timeout: float = 60.0, start_timeout: float = 120.0):
+        self.num_envs, self.horizon, self.device = num_envs, horizon, torch.device(device)
+        self.observation_space, self.action_space = observation_space, action_space
+        self.timeout = timeout
+        self.gen = generator if generator is not None else torch.Generator()
+        W = max(1, min(workers or os.cpu_count() or 1, num_envs))
+        bounds = np.linspace(0, num_envs, W + 1).round().astype(int)
+        self._slices = [(int(bounds[i]), int(bounds[i + 1])) for i in range(W)]
+        self._obs = torch.zeros(num_envs, self.obs_dim).share_memory_()
+        act_shape = (num_envs,) if self.discrete else (num_envs, self.num_actions)
+        self._act = torch.zeros(act_shape, dtype=torch.int64 if self.discrete else torch.float32).share_memory_()
+        self._rew = torch.zeros(num_envs).share_memory_()
+        self._done = torch.ones(num_envs, dtype=torch.bool, device=self.device)
+        self._not_done = torch.zeros(num_envs, dtype=torch.bool, device=self.device)
+        ctx = mp.get_context("spawn")
+        self._procs, self._conns = [], []
+        for i, (lo, hi) in enumerate(self._slices):
+            parent, child = ctx.Pipe()
+            p = ctx.Process(target=_worker, args=(i, lo, hi, factory, self._obs, self._act, self._rew, child),
+                            daemon=True, name=f"metarl-sim-{i}")
+            p.start()
+            child.close()
+            self._procs.append(p)
+            self._conns.append(parent)
+        self._closed = False
+        self._finalizer = weakref.finalize(self, _shutdown, self._procs, self._conns)
+        atexit.register(self._finalizer)
+        self.pids = [pid for pid in self._gather("start", start_timeout, expect="ready")]
+        self.t = 0
+
+    # -- talking to workers
+    def _broadcast(self, cmd: str, args=None) -> None:
+        if self._closed:
+            raise WorkerError("this ParallelEnv was closed (after an error or close()); build a new env")
+        for i, c in enumerate(self._conns):
+            try:
+                c.send((cmd, None if args is None else args[i]))
+            except (BrokenPipeError, OSError):
+                self._fail(f"worker {i} (pid {self._procs[i].pid}) is gone (exit code {self._procs[i].exitcode}) "
+                           f"before {cmd}")
+
+    def _gather(self, what: str, timeout: float, expect: str = "ok") -> list:
+        replies = [None] * len(self._conns)
+        pending = {c: i for i, c in enumerate(self._conns)}
+        sentinels = {self._procs[i].sentinel: i for i in range(len(self._procs))}
+        deadline = time.monotonic() + timeout
+        while pending:
+            left = deadline - time.monotonic()
+            ready = wait(list(pending) + [s for s, i in sentinels.items() if i in pending.values()],
+                         timeout=max(0.0, left))
+            if not ready:
+                late = sorted(pending.values())
+                self._fail(f"worker {late[0]} (pid {self._procs[late[0]].pid}) did not answer {what} within "
+                           f"{timeout:.0f} s (hung simulator?); workers shut down")
+            for r in ready:
+                if r in pending:
+                    i = pending[r]
+                    try:
+                        kind, payload = r.recv()
+                    except (EOFError, OSError):
+                        self._fail(f"worker {i} (pid {self._procs[i].pid}) died during {what} "
+                                   f"(exit code {self._procs[i].exitcode})")
+                    if kind == "error":
+                        last = payload.strip().splitlines()[-1]
+                        self._fail(f"worker {i} raised during {what}: {last}")
+                    replies[i] = payload
+                    del pending[r]
+            for r in ready:
+                i = sentinels.get(r)
+                if i is not None and i in pending.values():
+                    c = self._conns[i]
+                    if not c.poll():
+                        self._procs[i].join(0.1)
+                        self._fail(f"worker {i} (pid {self._procs[i].pid}) died during {what} "
+                                   f"(exit code {self._procs[i].exitcode}, e.g. killed or out of memory)")
+        return replies
+
+    def _fail(self, message: str):
+        self.close()
+        raise WorkerError(message)
+
+    # -- BatchedEnv
+    def set_tasks(self, tasks: Tasks) -> None:
+        rows = [{k: v[b].tolist() for k, v in tasks.items()} for b in range(self.num_envs)]
+        self._broadcast("set_tasks", [rows[lo:hi] for lo, hi in self._slices])
+        self._gather("set_tasks", self.timeout)
+        self._tasks = tasks
+
+    def reset(self) -> torch.Tensor:
+        seeds = torch.randint(2**31 - 1, (self.num_envs,), generator=self.gen, device=self.gen.device).tolist()
+        self._broadcast("reset", [seeds[lo:hi] for lo, hi in self._slices])
+        self._gather("reset", self.timeout)
+        self.t = 0
+        return self._obs.to(self.device, copy=True)
+
+    def step(self, actions: torch.Tensor):
+        a = actions.detach().to("cpu", self._act.dtype)
+        if not self.discrete:
+            low = torch.as_tensor(self.action_space.low)
+            high = torch.as_tensor(self.action_space.high)
+            a = torch.maximum(torch.minimum(a, high), low)
+        self._act.copy_(a)
+        self._broadcast("step")
+        self._gather("step", self.timeout)
+        reward = self._rew.to(self.device, copy=True)
+        self.t += 1
+        if self.t >= self.horizon:
+            return self.reset(), reward, self._done
+        return self._obs.to(self.device, copy=True), reward, self._not_done
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._finalizer()

@@ -1,0 +1,102 @@
+import os
+import signal
+import time
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+from metarl.parallel import ParallelEnv, WorkerError
+
+OBS = gym.spaces.Box(-np.inf, np.inf, (2,), np.float32)
+ACT = gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
+
+
+class Toy:
+    """obs = [position, goal]; a step adds the action to the position; reward = -|pos - goal|."""
+
+    def __init__(self, mode="ok"):
+        self.mode, self.goal = mode, 0.0
+
+    def set_task(self, task):
+        self.goal = task["goal"][0]
+
+    def reset(self, seed):
+        self.pos = float(np.random.default_rng(seed).uniform(-1, 1))
+        return np.array([self.pos, self.goal])
+
+    def step(self, action):
+        if self.mode == "hang":
+            time.sleep(3600)
+        if self.mode == "raise":
+            raise RuntimeError("simulator exploded")
+        self.pos += float(action[0])
+        return np.array([self.pos, self.goal]), -abs(self.pos - self.goal)
+
+
+def toy(mode="ok"):
+    return Toy(mode)
+
+
+def make(mode="ok", num_envs=5, workers=2, timeout=30.0):
+    import functools
+    return ParallelEnv(functools.partial(toy, mode), num_envs, 3, OBS, ACT, generator=torch.Generator().manual_seed(0),
+                       workers=workers, timeout=timeout)
+
+
+def test_parallel_env_matches_in_process_stepping():
+    env = make()
+    try:
+        goals = torch.arange(5.0).view(5, 1)
+        env.set_tasks({"goal": goals})
+        obs = env.reset()
+        assert torch.equal(obs[:, 1], goals[:, 0])
+        start = obs[:, 0].clone()
+        a = torch.tensor([[0.5], [-0.5], [2.0], [0.0], [0.1]])
+        obs, r, d = env.step(a)
+        moved = start + a[:, 0].clamp(-1, 1)  # actions are clipped to the action space
+        assert torch.allclose(obs[:, 0], moved.float(), atol=1e-6)
+        assert torch.allclose(r, -(moved - goals[:, 0]).abs(), atol=1e-6) and not d.any()
+        env.step(a)
+        _, _, d = env.step(a)
+        assert d.all()  # fixed horizon of 3, then auto-reset
+    finally:
+        env.close()
+
+
+def test_killed_worker_raises_clear_error_quickly():
+    env = make()
+    try:
+        env.set_tasks({"goal": torch.zeros(5, 1)})
+        env.reset()
+        os.kill(env.pids[1], signal.SIGKILL)
+        t0 = time.monotonic()
+        with pytest.raises(WorkerError, match="worker 1 .* died"):
+            for _ in range(3):
+                env.step(torch.zeros(5, 1))
+        assert time.monotonic() - t0 < 10
+    finally:
+        env.close()
+    assert not any(p.is_alive() for p in env._procs)
+
+
+def test_hung_worker_times_out():
+    env = make("hang", timeout=2.0)
+    env.set_tasks({"goal": torch.zeros(5, 1)})
+    env.reset()
+    t0 = time.monotonic()
+    with pytest.raises(WorkerError, match="did not answer step within 2 s"):
+        env.step(torch.zeros(5, 1))
+    assert time.monotonic() - t0 < 10
+    assert not any(p.is_alive() for p in env._procs)
+
+
+def test_worker_exception_is_reported_with_its_message():
+    env = make("raise")
+    env.set_tasks({"goal": torch.zeros(5, 1)})
+    env.reset()
+    with pytest.raises(WorkerError, match="simulator exploded"):
+        env.step(torch.zeros(5, 1))
+    with pytest.raises(WorkerError, match="closed"):
+        env.reset()
