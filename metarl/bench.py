@@ -117,7 +117,7 @@ def bench_inner_loop(device: torch.device, tasks: int = 40, rollouts: int = 20, 
     return {"bench": "inner-loop", "device": str(device), "figures": figures}
 
 
-def bench_mujoco(device: torch.device, env: str = "halfcheetah-vel", envs_per_worker: int = 8, steps: int = 400,
+def bench_mujoco(device: torch.device, env: str = "halfcheetah-vel", envs_per_worker: int = 32, steps: int = 200,
                  workers: int = 0) -> dict:
     """MuJoCo throughput: one env stepped alone in this process (random actions), then
     `cores` simulation workers with a MAML-sized policy (2x100 MLP) in the loop, measured in
