@@ -106,16 +106,17 @@ class MAMLLearner:
         """R rollouts of H steps in each of N tasks (env already holds the tasks). Returns
         obs [N, H, R, D], actions [N, H, R(, A)], rewards [N, H, R]."""
         N, R, H = env.num_envs // self.cfg.rollouts, self.cfg.rollouts, env.horizon
-        obs = env.reset()
         obs_buf, act_buf, rew_buf = [], [], []
-        for _ in range(H):
-            out = self.forward(params, obs.view(N, R, -1), per_task)  # [N, R, P]
-            a = self.dist(out).sample(generator)  # [N, R] or [N, R, A]
-            a = a.reshape(N * R, *a.shape[2:])
-            obs_buf.append(obs)
-            act_buf.append(a)
-            obs, r, _ = env.step(a)
-            rew_buf.append(r)
+        with env.rollout_context():
+            obs = env.reset()
+            for _ in range(H):
+                out = self.forward(params, obs.view(N, R, -1), per_task)  # [N, R, P]
+                a = self.dist(out).sample(generator)  # [N, R] or [N, R, A]
+                a = a.reshape(N * R, *a.shape[2:])
+                obs_buf.append(obs)
+                act_buf.append(a)
+                obs, r, _ = env.step(a)
+                rew_buf.append(r)
 
         def task_major(x):  # [H, N * R, ...] -> [N, H, R, ...]
             x = torch.stack(x)

@@ -8,6 +8,7 @@ together and a trial of `episodes_per_trial` episodes is `trial_length` steps.
 """
 from __future__ import annotations
 
+import contextlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -40,6 +41,11 @@ class BatchedEnv(ABC):
 
     def close(self) -> None:
         """Release workers or other resources (nothing for pure-tensor envs)."""
+
+    def rollout_context(self):
+        """Context a sampler steps this env in (multi-process envs pin the main process to one
+        thread there); a no-op for pure-tensor envs."""
+        return contextlib.nullcontext()
 
     # Privileged training signals, optional: an env that knows its tasks' parameters may expose
     # them so a meta-learner can lower the variance of its training (an asymmetric critic,

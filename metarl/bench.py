@@ -152,7 +152,7 @@ def bench_mujoco(device: torch.device, env: str = "halfcheetah-vel", envs_per_wo
         penv.set_tasks(spec.make_distribution(cfg).sample(penv.num_envs, gen))
         obs = penv.reset()
         t0 = time.perf_counter()
-        with torch.no_grad():
+        with torch.no_grad(), penv.rollout_context():
             for _ in range(steps):
                 a = learner.dist(learner.net(obs.to(device))).sample(gen if device.type == "cpu" else None)
                 obs, _, _ = penv.step(a.cpu())

@@ -104,6 +104,11 @@ def collect_trial(policy: RecurrentPolicy, trial_env: TrialEnv, tasks: Tasks, ge
     Returns (EpisodeBatch [T, B], h_starts [T // bptt_len, B, H]): the hidden state at the start
     of each truncated-BPTT chunk, so training can start every chunk from its rollout state.
     """
+    with trial_env.env.rollout_context():
+        return _collect_trial(policy, trial_env, tasks, generator, bptt_len)
+
+
+def _collect_trial(policy, trial_env, tasks, generator, bptt_len):
     B, T = trial_env.num_envs, trial_env.trial_length
     L = bptt_len or T
     x = trial_env.start(tasks)
