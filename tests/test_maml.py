@@ -134,3 +134,12 @@ def test_inner_loop_bench_reports_stable_keys(cli):
     f = r["figures"]
     assert r["bench"] == "inner-loop" and {"vmap_tasks_per_s", "loop_tasks_per_s", "speedup"} <= set(f)
     assert f["speedup"] == pytest.approx(f["vmap_tasks_per_s"] / f["loop_tasks_per_s"])
+
+
+def test_linear_baseline_survives_degenerate_observations():
+    """An agent frozen at its goal sends identical observations: the ridge fit must not raise."""
+    obs = torch.zeros(2, 10, 3, 2)
+    obs[1] = 0.25
+    ret = torch.randn(2, 10, 3, generator=torch.Generator().manual_seed(0))
+    v = fit_predict(obs, ret)
+    assert torch.isfinite(v).all() and v.shape == ret.shape
