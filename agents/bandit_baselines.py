@@ -57,6 +57,9 @@ class RandomPolicy:
     def __init__(self, env: BatchedEnv, env_cfg, seed: int):
         self.space, self.discrete = env.action_space, env.discrete
         self.gen = make_generator(seed, "baseline-RandomPolicy", env.device)
+        if not self.discrete:
+            self.low = torch.as_tensor(self.space.low, device=env.device)
+            self.high = torch.as_tensor(self.space.high, device=env.device)
 
     def reset(self, num_envs: int, device) -> None:
         pass
@@ -68,9 +71,7 @@ class RandomPolicy:
         B, dev = obs.shape[0], obs.device
         if self.discrete:
             return torch.randint(int(self.space.n), (B,), generator=self.gen, device=dev)
-        low = torch.as_tensor(self.space.low, device=dev)
-        high = torch.as_tensor(self.space.high, device=dev)
-        return low + (high - low) * torch.rand(B, len(low), generator=self.gen, device=dev)
+        return self.low + (self.high - self.low) * torch.rand(B, len(self.low), generator=self.gen, device=dev)
 
 
 class Greedy(BanditBaseline):

@@ -19,10 +19,10 @@ from torch.func import functional_call, vmap
 
 from metarl.batched_env import BatchedEnv, EnvSpec
 from metarl.config import option
-from metarl.distributions import Categorical, DiagGaussian, make_head
+from metarl.distributions import make_head
 from metarl.episodes import discounted_returns, gae
 from metarl.errors import UserError
-from metarl.functional import Params, adapt_batch, params_of
+from metarl.functional import Params, adapt, adapt_batch, params_of
 from metarl.linear_baseline import fit_predict
 from metarl.seeding import make_generator
 from metarl.tasks import Tasks, split_generator
@@ -76,14 +76,6 @@ class PolicyMLP(nn.Module):
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         return self.head(self.body(obs))
-
-
-def _detached(dist):
-    if isinstance(dist, Categorical):
-        d = Categorical.__new__(Categorical)
-        d.logp_all = dist.logp_all.detach()
-        return d
-    return DiagGaussian(dist.mean.detach(), dist.log_std.detach())
 
 
 class MAMLLearner:
@@ -157,7 +149,6 @@ class MAMLLearner:
         if not per_task:
             return adapt_batch(self.inner_loss, params, batch, steps, cfg.inner_lr, first_order)
         # Continue from per-task params: vmap the one-task adaptation over params and data.
-        from metarl.functional import adapt
         return vmap(lambda p, d: adapt(self.inner_loss, p, d, steps, cfg.inner_lr, first_order))(params, batch)
 
     @staticmethod
@@ -172,7 +163,14 @@ def repeat_tasks(tasks: Tasks, rollouts: int) -> Tasks:
 
 
 class MAMLTrainer:
+    outer = "trpo"  # the outer step this agent name stands for (MAMLPPOTrainer: "ppo")
+
     def __init__(self, env_spec: EnvSpec, env_cfg, cfg: MAMLConfig, seed: int, device: torch.device):
+        if cfg.outer != self.outer:
+            raise UserError(f"{AGENT_OF[self.outer]} uses agent.outer={self.outer}; use the agent "
+                            f"{AGENT_OF[cfg.outer]} for the {cfg.outer.upper()} outer step")
+        if cfg.outer == "ppo" and cfg.hvp_tasks != 1.0:
+            raise UserError("agent.hvp_tasks applies to the TRPO outer step only; leave it at 1.0 with agent.outer=ppo")
         self.cfg, self.device = cfg, device
         self.dist = env_spec.make_distribution(env_cfg)
         self.task_gen = split_generator(seed, "train", device)
@@ -201,7 +199,7 @@ class MAMLTrainer:
         post = L.rollout(self.env, adapted, True, self.act_gen)
         post["adv"] = L.advantages(post)
         with torch.no_grad():
-            post["old_dist"] = _detached(L.dist(L.forward(adapted, post["obs"], True)))
+            post["old_dist"] = L.dist(L.forward(adapted, post["obs"], True)).detach()
             post["old_logp"] = post["old_dist"].log_prob(post["actions"])
         return pre, post
 
@@ -212,7 +210,7 @@ class MAMLTrainer:
         if idx is not None:
             pre = {k: pre[k][idx] for k in ("obs", "actions", "adv", "old_logp") if k in pre}
             post = {"obs": post["obs"][idx], "actions": post["actions"][idx], "adv": post["adv"][idx],
-                    "old_logp": post["old_logp"][idx], "old_dist": _index(post["old_dist"], idx)}
+                    "old_logp": post["old_logp"][idx], "old_dist": post["old_dist"][idx]}
         adapted = L.adapt(params_of(self.net), pre, per_task=False)
         dist = L.dist(L.forward(adapted, post["obs"], True))
         ratio = (dist.log_prob(post["actions"]) - post["old_logp"]).exp()
@@ -257,14 +255,6 @@ class MAMLTrainer:
             getattr(self, k).set_state(s)
 
 
-def _index(dist, idx):
-    if isinstance(dist, Categorical):
-        d = Categorical.__new__(Categorical)
-        d.logp_all = dist.logp_all[idx]
-        return d
-    return DiagGaussian(dist.mean[idx], dist.log_std[idx])
-
-
 class MAMLEvalLearner:
     """The trained meta-policy for held-out evaluation: the MAML paper's protocol, where each
     adaptation step uses fresh rollouts from the current (adapted) policy."""
@@ -299,16 +289,7 @@ def load_eval_policy(checkpoint: dict, env_spec: EnvSpec, env_cfg, cfg: MAMLConf
     return MAMLEvalLearner(learner, cfg, make_generator(seed, "eval-actions", device))
 
 
-def _check(cfg: MAMLConfig):
-    if cfg.outer == "ppo" and cfg.hvp_tasks != 1.0:
-        raise UserError("agent.hvp_tasks applies to the TRPO outer step only; leave it at 1.0 with agent.outer=ppo")
-
-
-class MAMLTRPOTrainer(MAMLTrainer):
-    def __init__(self, env_spec, env_cfg, cfg: MAMLConfig, seed, device):
-        if cfg.outer != "trpo":
-            raise UserError("maml-trpo uses agent.outer=trpo; use the agent maml-ppo for the PPO outer step")
-        super().__init__(env_spec, env_cfg, cfg, seed, device)
+AGENT_OF = {"trpo": "maml-trpo", "ppo": "maml-ppo"}
 
 
 @dataclass
@@ -317,14 +298,10 @@ class MAMLPPOConfig(MAMLConfig):
 
 
 class MAMLPPOTrainer(MAMLTrainer):
-    def __init__(self, env_spec, env_cfg, cfg: MAMLConfig, seed, device):
-        _check(cfg)
-        if cfg.outer != "ppo":
-            raise UserError("maml-ppo uses agent.outer=ppo; use the agent maml-trpo for the TRPO outer step")
-        super().__init__(env_spec, env_cfg, cfg, seed, device)
+    outer = "ppo"
 
 
-MAML_TRPO = AgentSpec("maml-trpo", MAMLConfig, MAMLTRPOTrainer, load_eval_policy, protocol="inner-steps",
+MAML_TRPO = AgentSpec("maml-trpo", MAMLConfig, MAMLTrainer, load_eval_policy, protocol="inner-steps",
                       curve_keys=("pre_return", "post_return"))
 MAML_PPO = AgentSpec("maml-ppo", MAMLPPOConfig, MAMLPPOTrainer, load_eval_policy, protocol="inner-steps",
                      curve_keys=("pre_return", "post_return"))

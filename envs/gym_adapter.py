@@ -57,16 +57,13 @@ class SingleTaskEnv(gym.Env):
         return (obs[0].numpy().astype(np.float32), float(reward[0]), terminated, False,
                 {"episode_end": bool(done[0])})
 
-
     def close(self):
         self.env.close()
 
 
 def register_gym_envs() -> None:
-    for gym_id, name in GYM_IDS.items():
-        if gym_id not in gym.registry:
-            gym.register(gym_id, entry_point="metarl.envs.gym_adapter:SingleTaskEnv", kwargs={"env_name": name})
-    for gym_id, name in MUJOCO_GYM_IDS.items():
-        if gym_id not in gym.registry:
-            gym.register(gym_id, entry_point="metarl.envs.gym_adapter:SingleTaskEnv",
-                         kwargs={"env_name": name, "workers": 1})
+    for ids, extra in ((GYM_IDS, {}), (MUJOCO_GYM_IDS, {"workers": 1})):
+        for gym_id, name in ids.items():
+            if gym_id not in gym.registry:
+                gym.register(gym_id, entry_point="metarl.envs.gym_adapter:SingleTaskEnv",
+                             kwargs={"env_name": name, **extra})

@@ -27,6 +27,12 @@ def fmt(r: dict) -> str:
     return f"{r['mean']:.2f} ± {r['mean'] - r['ci_low']:.2f}"
 
 
+def row_tail(s: dict) -> str:
+    """The paper, train time, commit and command cells every row ends with."""
+    paper = "; ".join(f"{k} {v}" for k, v in paper_refs(s).items())
+    return f" | {paper or '–'} | {s['wall_clock_s'] / 60:.1f} min | {s['commit']} | `{s['command']}` |"
+
+
 def table() -> str:
     rows = ["| experiment | env | RL² | best classical baseline | Bayes-optimal-ish reference | paper | "
             "train time | commit | command |", "|---|---|---|---|---|---|---|---|---|"]
@@ -43,12 +49,10 @@ def table() -> str:
         others = {n: r for n, r in res.items() if n not in (m["agent"], "random", ref_name)}
         best = max(others, key=lambda n: others[n]["mean"]) if others else None
         envc = ", ".join(f"{k}={v}" for k, v in m["env_config"].items() if k != "sigma" or "gaussian" in m["env"])
-        paper = "; ".join(f"{k} {v}" for k, v in paper_refs(s).items())
         rows.append(
             f"| {s['experiment']} | {m['env']} ({envc}), {m['held_out_tasks']} held-out tasks | {fmt(agent)} | "
             + (f"{best} {fmt(others[best])}" if best else "–") + " | "
-            + (f"{ref_name} {fmt(res[ref_name])}" if ref_name else "–")
-            + f" | {paper or '–'} | {s['wall_clock_s'] / 60:.1f} min | {s['commit']} | `{s['command']}` |")
+            + (f"{ref_name} {fmt(res[ref_name])}" if ref_name else "–") + row_tail(s))
     out = "\n".join(rows) + "\n\nMean total reward per trial ± half-width of the 95% CI. Curves: " \
         "`experiments/results/NAME_curve.png` (training) and `NAME_adaptation.png` (adaptation: reward per pull, or return per episode)."
     if steps_rows:
@@ -65,11 +69,9 @@ def steps_row(s: dict) -> str:
     steps = res[m["agent"]]["per_step_return"]
     cells = [fmt(c) for c in steps[:4]] + ["–"] * (4 - len(steps[:4]))
     envc = ", ".join(f"{k}={v}" for k, v in m["env_config"].items())
-    paper = "; ".join(f"{k} {v}" for k, v in paper_refs(s).items())
     rnd = fmt(res["random"]) if "random" in res else "–"
     return (f"| {s['experiment']} | {m['env']} ({envc}), {m['held_out_tasks']} held-out tasks | {m['agent']} | "
-            + " | ".join(cells) + f" | {rnd} | {paper or '–'} | {s['wall_clock_s'] / 60:.1f} min | {s['commit']} | "
-            f"`{s['command']}` |")
+            + " | ".join(cells) + f" | {rnd}" + row_tail(s))
 
 
 def main() -> None:

@@ -22,7 +22,7 @@ import torch
 
 from metarl.config import tomllib
 from metarl.errors import UserError
-from metarl.plots import adaptation_curve, adaptation_steps_curve, learning_curve
+from metarl.plots import adaptation_curve, learning_curve
 from metarl.registry import AGENTS, lookup
 from metarl.run import read_jsonl
 from metarl.workflows import evaluate_run, train
@@ -90,10 +90,7 @@ def main(argv=None) -> int:
     spec = lookup("agent", AGENTS, agent)
     learning_curve(metrics, out / f"{args.name}_curve.png", f"{args.name}: {agent} training", keys=spec.curve_keys,
                    references=refs)
-    if spec.protocol == "inner-steps":
-        adaptation_steps_curve(results, out / f"{args.name}_adaptation.png", f"{args.name}: held-out tasks")
-    else:
-        adaptation_curve(results, out / f"{args.name}_adaptation.png", f"{args.name}: held-out tasks")
+    adaptation_curve(results, out / f"{args.name}_adaptation.png", f"{args.name}: held-out tasks")
     summary = {
         "experiment": args.name,
         "command": f"python experiments/run.py {args.name}" + (f" --tasks {args.tasks}" if args.tasks != default_tasks

@@ -37,6 +37,13 @@ class Categorical:
         """KL(self || other)."""
         return (self.logp_all.exp() * (self.logp_all - other.logp_all)).sum(-1)
 
+    def detach(self) -> "Categorical":
+        return Categorical(self.logp_all.detach())  # log_softmax of log-probs is the identity
+
+    def __getitem__(self, idx) -> "Categorical":
+        """The distributions of a slice of the batch dims."""
+        return Categorical(self.logp_all[idx])
+
 
 class DiagGaussian:
     def __init__(self, mean: torch.Tensor, log_std: torch.Tensor):
@@ -60,6 +67,13 @@ class DiagGaussian:
         """KL(self || other)."""
         var, ovar = (2 * self.log_std).exp(), (2 * other.log_std).exp()
         return (other.log_std - self.log_std + (var + (self.mean - other.mean).pow(2)) / (2 * ovar) - 0.5).sum(-1)
+
+    def detach(self) -> "DiagGaussian":
+        return DiagGaussian(self.mean.detach(), self.log_std.detach())
+
+    def __getitem__(self, idx) -> "DiagGaussian":
+        """The distributions of a slice of the batch dims."""
+        return DiagGaussian(self.mean[idx], self.log_std[idx])
 
 
 class CategoricalHead(nn.Module):

@@ -131,6 +131,8 @@ class ParallelEnv(BatchedEnv):
         act_shape = (num_envs,) if self.discrete else (num_envs, self.num_actions)
         self._act = torch.zeros(act_shape, dtype=torch.int64 if self.discrete else torch.float32).share_memory_()
         self._rew = torch.zeros(num_envs).share_memory_()
+        if not self.discrete:  # actions are clipped to the space before they reach the workers
+            self._low, self._high = torch.as_tensor(action_space.low), torch.as_tensor(action_space.high)
         self._done = torch.ones(num_envs, dtype=torch.bool, device=self.device)
         self._not_done = torch.zeros(num_envs, dtype=torch.bool, device=self.device)
         ctx = mp.get_context("spawn")
@@ -217,9 +219,7 @@ class ParallelEnv(BatchedEnv):
     def step(self, actions: torch.Tensor):
         a = actions.detach().to("cpu", self._act.dtype)
         if not self.discrete:
-            low = torch.as_tensor(self.action_space.low)
-            high = torch.as_tensor(self.action_space.high)
-            a = torch.maximum(torch.minimum(a, high), low)
+            a = torch.maximum(torch.minimum(a, self._high), self._low)
         self._act.copy_(a)
         self._broadcast("step")
         self._gather("step", self.timeout)

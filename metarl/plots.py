@@ -62,7 +62,10 @@ def adaptation_steps_curve(results: dict[str, dict], out: Path, title: str) -> P
 
 def adaptation_curve(results: dict[str, dict], out: Path, title: str) -> Path:
     """How fast each method adapts: the mean return of each episode of the trial, or, when a
-    trial is a single episode (bandits), the mean reward of each step."""
+    trial is a single episode (bandits), the mean reward of each step; for results of the
+    inner-steps protocol (MAML), the return against gradient steps."""
+    if any("per_step_return" in r for r in results.values()):
+        return adaptation_steps_curve(results, out, title)
     plt, fig, ax = _figure()
     single = all(len(r["per_episode"]) == 1 for r in results.values())
     for name, r in results.items():

@@ -60,9 +60,10 @@ def progress_bar(total: int, quiet: bool, desc: str):
 
 
 def train_loop(trainer: Trainer, run: RunDir, iterations: int, config: dict, *, start_iteration: int = 0,
-               checkpoint_every: int = 10, quiet: bool = False, desc: str = "train") -> None:
+               checkpoint_every: int = 10, quiet: bool = False, desc: str = "train",
+               shown: tuple[str, ...] = ("trial_return",)) -> None:
     """Run iterations [start_iteration, iterations). Checkpoint every `checkpoint_every`
-    iterations and at the end; a non-finite metric stops training without touching the last
+    iterations and at the end (the progress bar shows the metrics named in `shown`); a non-finite metric stops training without touching the last
     good checkpoint; Ctrl-C finishes the iteration, checkpoints it and raises Interrupted."""
     spi = trainer.steps_per_iteration
 
@@ -88,9 +89,9 @@ def train_loop(trainer: Trainer, run: RunDir, iterations: int, config: dict, *, 
                 run.log({"iteration": it, "env_steps": (it + 1) * spi, **metrics},
                         {"iteration_s": dt, "steps_per_s": spi / dt, "wall_clock_s": time.perf_counter() - t_start})
                 bar.update(spi)
-                shown = {k: f"{v:.3f}" for k, v in metrics.items() if k in ("trial_return", "pre_return", "post_return")}
-                if shown:
-                    bar.set_postfix(shown, refresh=False)
+                postfix = {k: f"{metrics[k]:.3f}" for k in shown if k in metrics}
+                if postfix:
+                    bar.set_postfix(postfix, refresh=False)
                 if stop.requested or (it + 1) % checkpoint_every == 0 or it + 1 == iterations:
                     save(it + 1)
                 if stop.requested:

@@ -13,7 +13,7 @@ from metarl.device import resolve_device
 from metarl.errors import UserError
 from metarl.evaluation import (evaluate, evaluate_adaptation_steps, format_table, summarize, summarize_episodes,
                                summarize_steps)
-from metarl.plots import adaptation_curve, adaptation_steps_curve, learning_curve
+from metarl.plots import adaptation_curve, learning_curve
 from metarl.registry import AGENTS, BASELINES, ENVS, baselines_for, lookup
 from metarl.run import RunDir, default_run_name, load_checkpoint, open_existing
 from metarl.training import train_loop
@@ -89,7 +89,8 @@ def train(agent: str, env: str, *, config_file: str | None = None, sets: list[st
         print(f"training {agent or cfg['run']['agent']} on {cfg['run']['env']} ({trainer.iterations} iterations x "
               f"{trainer.steps_per_iteration} steps, device {dev}) -> {path}", flush=True)
     train_loop(trainer, run, trainer.iterations, saved_cfg, start_iteration=start,
-               checkpoint_every=cfg["agent"].checkpoint_every, quiet=quiet, desc=cfg["run"]["env"])
+               checkpoint_every=cfg["agent"].checkpoint_every, quiet=quiet, desc=cfg["run"]["env"],
+               shown=cfg["agent_spec"].curve_keys)
     metrics = run.read_metrics()
     if metrics:
         learning_curve(metrics, path / "learning_curve.png", f"{cfg['run']['agent']} on {cfg['run']['env']}",
@@ -148,10 +149,7 @@ def evaluate_run(run_dir: str, *, tasks: int = 1000, baselines: str = "all", see
     tmp = path / "eval.json.tmp"
     tmp.write_text(json.dumps(report, indent=2))
     os.replace(tmp, path / "eval.json")
-    if inner_steps:
-        adaptation_steps_curve(results, path / "eval_adaptation.png", f"held-out {report['env']} tasks")
-    else:
-        adaptation_curve(results, path / "eval_adaptation.png", f"held-out {report['env']} tasks")
+    adaptation_curve(results, path / "eval_adaptation.png", f"held-out {report['env']} tasks")
     return report
 
 
