@@ -96,9 +96,11 @@ class MAMLLearner:
     @torch.no_grad()
     def rollout(self, env: BatchedEnv, params: Params, per_task: bool, generator: torch.Generator) -> dict:
         """R rollouts of H steps in each of N tasks (env already holds the tasks). Returns
-        obs [N, H, R, D], actions [N, H, R(, A)], rewards [N, H, R]."""
+        obs [N, H, R, D], actions [N, H, R(, A)], rewards [N, H, R], and for envs with a success
+        signal success [N, R] (1 where any step of the rollout succeeded)."""
         N, R, H = env.num_envs // self.cfg.rollouts, self.cfg.rollouts, env.horizon
         obs_buf, act_buf, rew_buf = [], [], []
+        success = None
         with env.rollout_context():
             obs = env.reset()
             for _ in range(H):
@@ -109,11 +111,17 @@ class MAMLLearner:
                 act_buf.append(a)
                 obs, r, _ = env.step(a)
                 rew_buf.append(r)
+                if "success" in env.info:
+                    s = env.info["success"].to(r.device).view(N, R)
+                    success = s if success is None else torch.maximum(success, s)
 
         def task_major(x):  # [H, N * R, ...] -> [N, H, R, ...]
             x = torch.stack(x)
             return x.view(H, N, R, *x.shape[2:]).transpose(0, 1).contiguous()
-        return {"obs": task_major(obs_buf), "actions": task_major(act_buf), "rewards": task_major(rew_buf)}
+        out = {"obs": task_major(obs_buf), "actions": task_major(act_buf), "rewards": task_major(rew_buf)}
+        if success is not None:
+            out["success"] = success
+        return out
 
     def advantages(self, data: dict) -> torch.Tensor:
         """GAE against a per-task linear baseline, normalised per task: [N, H, R]."""
@@ -221,6 +229,8 @@ class MAMLTrainer:
         pre, post = self._sample()
         out = {"pre_return": L.mean_episode_return(pre).mean().item(),
                "post_return": L.mean_episode_return(post).mean().item()}
+        if "success" in post:  # Meta-World: fraction of rollouts with any-step success
+            out.update(pre_success=pre["success"].mean().item(), post_success=post["success"].mean().item())
         if cfg.outer == "trpo":
             def closure():
                 ratio, kl = self._outer_terms(pre, post)

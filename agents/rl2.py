@@ -198,6 +198,9 @@ class RL2Trainer:
         means = torch.stack(stats).mean(0).tolist()
         trial_returns = batch.rewards.sum(0)
         out = {"trial_return": trial_returns.mean().item()}
+        if self.trial_env.success is not None:  # Meta-World: any-step success, mean over episodes / last episode
+            out["success"] = self.trial_env.success.mean().item()
+            out["success_last"] = self.trial_env.success[-1].mean().item()
         out.update(zip(("policy_loss", "value_loss", "entropy", "approx_kl", "clip_frac"), means))
         out["loss"] = loss.item()
         return out

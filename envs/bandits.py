@@ -28,7 +28,7 @@ class BanditDistribution(TaskDistribution):
     def __init__(self, k: int):
         self.k = k
 
-    def sample(self, n: int, generator: torch.Generator) -> Tasks:
+    def sample(self, n: int, generator: torch.Generator, split: str = "train") -> Tasks:
         return {"means": torch.rand(n, self.k, generator=generator, device=generator.device)}
 
 

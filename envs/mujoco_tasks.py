@@ -85,18 +85,18 @@ def make_sub_env(robot: str, task: str) -> GoalMujoco:
 
 
 class VelocityDistribution(TaskDistribution):
-    def sample(self, n, generator) -> Tasks:
+    def sample(self, n, generator, split: str = "train") -> Tasks:
         return {"goal": 2.0 * torch.rand(n, 1, generator=generator, device=generator.device)}
 
 
 class DirectionDistribution(TaskDistribution):
-    def sample(self, n, generator) -> Tasks:
+    def sample(self, n, generator, split: str = "train") -> Tasks:
         bit = torch.randint(2, (n, 1), generator=generator, device=generator.device)
         return {"goal": (2 * bit - 1).float()}
 
 
 class GoalDistribution(TaskDistribution):
-    def sample(self, n, generator) -> Tasks:
+    def sample(self, n, generator, split: str = "train") -> Tasks:
         return {"goal": 6.0 * torch.rand(n, 2, generator=generator, device=generator.device) - 3.0}
 
 

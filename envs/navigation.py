@@ -37,7 +37,7 @@ class GoalDistribution(TaskDistribution):
             raise UserError(f"env.goal_high={high} must be greater than env.goal_low={low}")
         self.low, self.high = low, high
 
-    def sample(self, n: int, generator: torch.Generator) -> Tasks:
+    def sample(self, n: int, generator: torch.Generator, split: str = "train") -> Tasks:
         u = torch.rand(n, 2, generator=generator, device=generator.device)
         return {"goal": self.low + (self.high - self.low) * u}
 

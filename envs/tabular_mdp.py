@@ -29,7 +29,7 @@ class TabularMDPDistribution(TaskDistribution):
     def __init__(self, states: int, actions: int):
         self.S, self.A = states, actions
 
-    def sample(self, n: int, generator: torch.Generator) -> Tasks:
+    def sample(self, n: int, generator: torch.Generator, split: str = "train") -> Tasks:
         dev = generator.device
         # flat Dirichlet = normalised i.i.d. Exp(1) draws
         e = torch.empty(n, self.S, self.A, self.S, device=dev).exponential_(generator=generator)

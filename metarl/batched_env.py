@@ -53,6 +53,10 @@ class BatchedEnv(ABC):
     has_mean_reward: bool = False  # True if step() sets mean_reward
     mean_reward: torch.Tensor | None = None  # [B] E[reward | task, state, action] of the last step
 
+    # Per-step signals beyond the reward, e.g. Meta-World's {"success": [B]} of the last step
+    # (the step that ended an episode included). Envs replace the dict, never mutate it.
+    info: dict[str, torch.Tensor] = {}
+
     def task_features(self) -> torch.Tensor | None:
         """[B, F] a fixed description of each sub-env's current task, or None if not exposed."""
         return None

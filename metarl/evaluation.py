@@ -30,7 +30,7 @@ class TrialPolicy(Protocol):
 
 
 def held_out_tasks(env_spec: EnvSpec, env_cfg, num_tasks: int, seed: int, device):
-    return env_spec.make_distribution(env_cfg).sample(num_tasks, split_generator(seed, "test", device))
+    return env_spec.make_distribution(env_cfg).sample(num_tasks, split_generator(seed, "test", device), "test")
 
 
 @dataclass

@@ -10,10 +10,12 @@ hang); the remaining workers are shut down. Workers ignore Ctrl-C: the main proc
 it, and `close()` (also called on garbage collection and at exit) stops them.
 
 A sub-env is any object with
-    set_task(task: dict[str, float]) -> None
+    set_task(task) -> None          (task: one row of `task_rows(tasks)`, by default dict[str, list])
     reset(seed: int) -> obs (np.ndarray [D])
-    step(action: np.ndarray) -> (obs [D], reward: float)
-built in the worker by a picklable `factory()`. Episodes have a fixed length `horizon`; the
+    step(action: np.ndarray) -> (obs [D], reward: float) or (obs, reward, info: dict[str, float])
+built in the worker by a picklable `factory()`. Info values named in `info_keys` (e.g. Meta-World's
+"success") come back through shared memory too, as `env.info[key]` [B] after every step.
+Episodes have a fixed length `horizon`; the
 ParallelEnv auto-resets every sub-env after it, as every BatchedEnv does.
 """
 from __future__ import annotations
@@ -57,20 +59,23 @@ def main_thread_only():
 
 
 def _worker(index: int, lo: int, hi: int, factory: Callable, obs: torch.Tensor, act: torch.Tensor,
-            rew: torch.Tensor, conn) -> None:
+            rew: torch.Tensor, info: torch.Tensor, info_keys: tuple, conn) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process owns Ctrl-C
     torch.set_num_threads(1)
     try:
         envs = [factory() for _ in range(hi - lo)]
-        obs_np, act_np, rew_np = obs.numpy(), act.numpy(), rew.numpy()
+        obs_np, act_np, rew_np, info_np = obs.numpy(), act.numpy(), rew.numpy(), info.numpy()
         conn.send(("ready", os.getpid()))
         while True:
             cmd, arg = conn.recv()
             if cmd == "step":
                 for j, e in enumerate(envs):
-                    o, r = e.step(act_np[lo + j])
+                    o, r, *extra = e.step(act_np[lo + j])
                     obs_np[lo + j] = o
                     rew_np[lo + j] = r
+                    if info_keys:
+                        d = extra[0] if extra else {}
+                        info_np[lo + j] = [float(d.get(k, 0.0)) for k in info_keys]
             elif cmd == "reset":
                 for j, e in enumerate(envs):
                     obs_np[lo + j] = e.reset(int(arg[j]))
@@ -112,14 +117,18 @@ def _shutdown(procs, conns) -> None:
 
 class ParallelEnv(BatchedEnv):
     """B sub-envs built by `factory` in `workers` processes (0 = one per CPU core).
-    Samplers should step it inside `main_thread_only()` (see `rollout_context`)."""
+    Samplers should step it inside `main_thread_only()` (see `rollout_context`).
+
+    task_rows(tasks) -> one picklable task per sub-env (default: each row as a dict of lists);
+    info_keys: info values of each step to expose as `self.info` {key: [B]}."""
 
     def rollout_context(self):
         return main_thread_only()
 
     def __init__(self, factory: Callable, num_envs: int, horizon: int, observation_space: gym.spaces.Box,
                  action_space: gym.spaces.Box, device="cpu", generator: torch.Generator | None = None,
-                 workers: int = 0, timeout: float = 60.0, start_timeout: float = 120.0):
+                 workers: int = 0, timeout: float = 60.0, start_timeout: float = 120.0,
+                 task_rows: Callable[[Tasks], list] | None = None, info_keys: tuple[str, ...] = ()):
         self.num_envs, self.horizon, self.device = num_envs, horizon, torch.device(device)
         self.observation_space, self.action_space = observation_space, action_space
         self.timeout = timeout
@@ -131,6 +140,9 @@ class ParallelEnv(BatchedEnv):
         act_shape = (num_envs,) if self.discrete else (num_envs, self.num_actions)
         self._act = torch.zeros(act_shape, dtype=torch.int64 if self.discrete else torch.float32).share_memory_()
         self._rew = torch.zeros(num_envs).share_memory_()
+        self.info_keys, self._task_rows = tuple(info_keys), task_rows
+        self._info = torch.zeros(num_envs, max(1, len(self.info_keys))).share_memory_()
+        self.info = {k: torch.zeros(num_envs, device=self.device) for k in self.info_keys}
         if not self.discrete:  # actions are clipped to the space before they reach the workers
             self._low, self._high = torch.as_tensor(action_space.low), torch.as_tensor(action_space.high)
         self._done = torch.ones(num_envs, dtype=torch.bool, device=self.device)
@@ -139,7 +151,8 @@ class ParallelEnv(BatchedEnv):
         self._procs, self._conns = [], []
         for i, (lo, hi) in enumerate(self._slices):
             parent, child = ctx.Pipe()
-            p = ctx.Process(target=_worker, args=(i, lo, hi, factory, self._obs, self._act, self._rew, child),
+            p = ctx.Process(target=_worker, args=(i, lo, hi, factory, self._obs, self._act, self._rew, self._info,
+                                                       self.info_keys, child),
                             daemon=True, name=f"metarl-sim-{i}")
             p.start()
             child.close()
@@ -204,7 +217,8 @@ class ParallelEnv(BatchedEnv):
 
     # -- BatchedEnv
     def set_tasks(self, tasks: Tasks) -> None:
-        rows = [{k: v[b].tolist() for k, v in tasks.items()} for b in range(self.num_envs)]
+        rows = (self._task_rows(tasks) if self._task_rows else
+                [{k: v[b].tolist() for k, v in tasks.items()} for b in range(self.num_envs)])
         self._broadcast("set_tasks", [rows[lo:hi] for lo, hi in self._slices])
         self._gather("set_tasks", self.timeout)
         self._tasks = tasks
@@ -224,6 +238,9 @@ class ParallelEnv(BatchedEnv):
         self._broadcast("step")
         self._gather("step", self.timeout)
         reward = self._rew.to(self.device, copy=True)
+        if self.info_keys:
+            info = self._info.to(self.device, copy=True)
+            self.info = {k: info[:, i] for i, k in enumerate(self.info_keys)}
         self.t += 1
         if self.t >= self.horizon:
             return self.reset(), reward, self._done

@@ -37,6 +37,14 @@ ENVS: dict[str, Entry] = {
                      "Ant-v5, run forward or backward, horizon 200 (needs the mujoco extra)"),
     "ant-goal": Entry("metarl.envs.mujoco_tasks:ANT_GOAL",
                       "Ant-v5, reach a goal ~ U[-3,3]^2, horizon 200 (needs the mujoco extra)"),
+    "ml1": Entry("metarl.envs.metaworld_tasks:ML1",
+                 "Meta-World ML1: one task (env.task, default reach-v3), train / test goals (needs the metaworld extra)"),
+    "ml10": Entry("metarl.envs.metaworld_tasks:ML10",
+                  "Meta-World ML10: 10 train tasks, 5 held-out test tasks, horizon 500 (needs the metaworld extra)"),
+    "ml25": Entry("metarl.envs.metaworld_tasks:ML25",
+                  "Meta-World ML25: 25 train tasks, 5 held-out test tasks (needs the metaworld extra)"),
+    "ml45": Entry("metarl.envs.metaworld_tasks:ML45",
+                  "Meta-World ML45: 45 train tasks, 5 held-out test tasks (needs the metaworld extra)"),
 }
 
 AGENTS: dict[str, Entry] = {

@@ -38,5 +38,8 @@ class TaskDistribution(ABC):
     """A distribution over tasks. Subclasses implement `sample`."""
 
     @abstractmethod
-    def sample(self, n: int, generator: torch.Generator) -> Tasks:
-        """Draw `n` tasks on the generator's device; returns tensors of shape [n, ...]."""
+    def sample(self, n: int, generator: torch.Generator, split: str = "train") -> Tasks:
+        """Draw `n` tasks of `split` on the generator's device; returns tensors of shape [n, ...].
+
+        Parametric families ignore `split`: their splits are the disjoint generator streams of
+        `split_generator`. Families with a fixed task set (Meta-World) draw from that split's set."""

@@ -59,6 +59,9 @@ class TrialEnv:
         self.obs_dim, self.num_actions = env.obs_dim, env.num_actions
         self.input_dim = rl2_input_dim(self.obs_dim, self.num_actions, time_feature, reward_per_action)
         self.env_time = 0.0  # seconds spent inside env.reset/step (for the benchmark)
+        # [episodes_per_trial, B] 1 where the env reported success at any step of that episode of
+        # the current trial (Meta-World's criterion); None for envs without a success signal.
+        self.success: torch.Tensor | None = None
 
     @property
     def num_envs(self) -> int:
@@ -75,6 +78,7 @@ class TrialEnv:
         obs = self.env.reset()
         self.env_time += time.perf_counter() - t0
         self.t = 0
+        self.success = None
         return self._inputs(obs, None, None, None)
 
     def step(self, actions: torch.Tensor):
@@ -83,6 +87,11 @@ class TrialEnv:
         t0 = time.perf_counter()
         obs, reward, done = self.env.step(actions)
         self.env_time += time.perf_counter() - t0
+        if "success" in self.env.info:
+            if self.success is None:
+                self.success = torch.zeros(self.episodes_per_trial, self.num_envs, device=reward.device)
+            e = self.t // self.env.horizon
+            self.success[e] = torch.maximum(self.success[e], self.env.info["success"].to(reward.device))
         self.t += 1
         return self._inputs(obs, actions, reward, done), reward, done
 

@@ -1,0 +1,145 @@
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("metaworld")
+
+from metarl.config import build  # noqa: E402
+from metarl.envs import metaworld_tasks as mw  # noqa: E402
+from metarl.errors import UserError  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def ml1():
+    return mw.MetaWorldDistribution("ML1", build(mw.MetaWorldConfig, {}, "env"))
+
+
+def fake_distribution(train_classes: int, goals: int = 50) -> mw.MetaWorldDistribution:
+    """A distribution over made-up class lists (building ML10 takes ~10 s): sampling logic only."""
+    d = object.__new__(mw.MetaWorldDistribution)
+    d.benchmark = f"ML{train_classes}"
+    d.lists = {"train": {f"t{i}": list(range(goals)) for i in range(train_classes)},
+               "test": {f"h{i}": list(range(goals)) for i in range(5)}}
+    d.names = {s: list(d.lists[s]) for s in d.lists}
+    return d
+
+
+def goal_of(task) -> np.ndarray:
+    import pickle
+    return pickle.loads(task.data)["rand_vec"]
+
+
+def test_ml1_splits_have_disjoint_goals(ml1):
+    train = {tuple(goal_of(t)) for t in ml1.lists["train"]["reach-v3"]}
+    test = {tuple(goal_of(t)) for t in ml1.lists["test"]["reach-v3"]}
+    assert len(train) == len(test) == 50 and not train & test
+
+
+def test_sampling_is_class_major_seeded_and_fresh_each_draw():
+    d = fake_distribution(10)
+    g = torch.Generator().manual_seed(0)
+    a, b = d.sample(20, g), d.sample(20, g)
+    assert a["cls"].tolist() == [c for c in range(10) for _ in range(2)]
+    assert (a["split"] == 0).all() and a["goal"].min() >= 0 and a["goal"].max() < 50
+    assert not torch.equal(a["goal"], b["goal"])  # a fresh set of goals per meta-iteration
+    again = d.sample(20, torch.Generator().manual_seed(0))
+    assert torch.equal(again["goal"], a["goal"])
+    t = d.sample(10, g, "test")
+    assert (t["split"] == 1).all() and t["cls"].tolist() == [c for c in range(5) for _ in range(2)]
+    assert d.task_names(t)[:3] == ["h0", "h0", "h1"]
+
+
+def test_meta_batch_must_divide_into_classes():
+    with pytest.raises(UserError, match="multiple of 10"):
+        fake_distribution(10).sample(15, torch.Generator())
+
+
+def test_official_evaluation_set_enumerates_classes_by_goals():
+    e = fake_distribution(10).enumerate("test", 40)
+    assert len(e["cls"]) == 200 and e["cls"].bincount().tolist() == [40] * 5
+    assert e["goal"][:40].tolist() == list(range(40))
+
+
+def test_rows_are_the_benchmark_tasks(ml1):
+    tasks = {"split": torch.tensor([0, 1]), "cls": torch.tensor([0, 0]), "goal": torch.tensor([3, 3])}
+    r = ml1.rows(tasks)
+    assert r[0] is ml1.lists["train"]["reach-v3"][3] and r[1] is ml1.lists["test"]["reach-v3"][3]
+
+
+def test_reward_versions_differ_and_success_is_reported(ml1):
+    task = ml1.lists["train"]["reach-v3"][0]
+    out = {}
+    for version in ("v1", "v2"):
+        e = mw.MetaWorldSubEnv(version)
+        e.set_task(task)
+        e.reset(0)
+        steps = [e.step(np.full(4, 0.2, dtype=np.float32)) for _ in range(5)]
+        assert all(set(info) == {"success"} for _, _, info in steps)
+        out[version] = [r for _, r, _ in steps]
+        e.close()
+    assert not np.allclose(out["v1"], out["v2"])
+
+
+def test_goal_lists_are_cached_on_disk(tmp_path, monkeypatch):
+    monkeypatch.setenv("METARL_CACHE", str(tmp_path))
+    mw.goal_lists.cache_clear()
+    first = mw.goal_lists("ML1", "reach-v3", 3)
+    files = list((tmp_path / "metaworld").glob("ML1-reach-v3-seed3-*.pkl"))
+    assert len(files) == 1
+    mw.goal_lists.cache_clear()
+    again = mw.goal_lists("ML1", "reach-v3", 3)  # read back from the file
+    assert [tuple(goal_of(t)) for t in again["test"]["reach-v3"]] == [tuple(goal_of(t)) for t in first["test"]["reach-v3"]]
+    mw.goal_lists.cache_clear()
+
+
+def test_parallel_env_steps_tasks_and_reports_success(ml1):
+    cfg = build(mw.MetaWorldConfig, {"horizon": 5, "workers": 2}, "env")
+    env = mw.make_env("ML1", cfg, 4, "cpu", torch.Generator().manual_seed(0))
+    try:
+        env.set_tasks(ml1.sample(4, torch.Generator().manual_seed(0), "test"))
+        obs = env.reset()
+        assert obs.shape == (4, 39) and obs.dtype == torch.float32
+        for t in range(5):
+            obs, r, done = env.step(torch.zeros(4, 4))
+            assert set(env.info) == {"success"} and env.info["success"].shape == (4,)
+        assert done.all() and torch.isfinite(r).all()
+    finally:
+        env.close()
+
+
+@pytest.mark.parametrize("sets, message", [
+    (["--set", "env.task=reech-v3"], "did you mean reach-v3"),
+    (["--set", "env.reward_version=v3"], "reward_version"),
+    (["--set", "env.horizon=501"], "horizon"),
+])
+def test_bad_metaworld_input_is_one_line(cli, tmp_path, sets, message):
+    code, out, err = cli("train", "rl2", "--env", "ml1", *sets, "--quiet", "--run-dir", tmp_path / "r")
+    assert code == 2 and message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_missing_metaworld_is_one_line(cli, tmp_path, monkeypatch):
+    import sys
+    monkeypatch.setitem(sys.modules, "metaworld", None)  # import metaworld now raises ImportError
+    mw.goal_lists.cache_clear()
+    code, out, err = cli("train", "rl2", "--env", "ml10", "--quiet", "--run-dir", tmp_path / "r")
+    mw.goal_lists.cache_clear()
+    assert code == 2 and 'pip install -e ".[metaworld]"' in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("agent", ["maml-trpo", "rl2"])
+def test_smoke_train_on_ml1_logs_success(cli, tmp_path, agent):
+    import json
+    rd = tmp_path / agent
+    common = ["--set", "env.horizon=10", "--set", "env.workers=2", "--quiet", "--device", "cpu", "--run-dir", rd]
+    if agent == "maml-trpo":
+        sets = ["--set", "agent.iterations=2", "--set", "agent.meta_batch=2", "--set", "agent.rollouts=2",
+                "--set", "agent.hidden_size=8"]
+        keys = {"pre_success", "post_success"}
+    else:
+        sets = ["--set", "agent.num_envs=4", "--set", "agent.hidden_size=8", "--set", "env.episodes=2",
+                "--set", "agent.total_steps=160"]
+        keys = {"success", "success_last"}
+    code, _, err = cli("train", agent, "--env", "ml1", *sets, *common)
+    assert code == 0, err
+    metrics = [json.loads(line) for line in (rd / "metrics.jsonl").read_text().splitlines()]
+    assert len(metrics) == 2 and all(keys <= set(m) and all(0 <= m[k] <= 1 for k in keys) for m in metrics)
