@@ -11,6 +11,7 @@ action dim. A batched env holds N * R sub-envs, task-major (sub-env i runs task 
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import torch
@@ -94,11 +95,13 @@ class MAMLLearner:
         return vmap(lambda p, o: functional_call(self.net, p, (o,)))(params, obs)
 
     @torch.no_grad()
-    def rollout(self, env: BatchedEnv, params: Params, per_task: bool, generator: torch.Generator) -> dict:
+    def rollout(self, env: BatchedEnv, params: Params, per_task: bool, generator: torch.Generator,
+                rollouts: int | None = None) -> dict:
         """R rollouts of H steps in each of N tasks (env already holds the tasks). Returns
         obs [N, H, R, D], actions [N, H, R(, A)], rewards [N, H, R], and for envs with a success
         signal success [N, R] (1 where any step of the rollout succeeded)."""
-        N, R, H = env.num_envs // self.cfg.rollouts, self.cfg.rollouts, env.horizon
+        R, H = rollouts or self.cfg.rollouts, env.horizon
+        N = env.num_envs // R
         obs_buf, act_buf, rew_buf = [], [], []
         success = None
         with env.rollout_context():
@@ -181,6 +184,7 @@ class MAMLTrainer:
             raise UserError("agent.hvp_tasks applies to the TRPO outer step only; leave it at 1.0 with agent.outer=ppo")
         self.cfg, self.device = cfg, device
         self.dist = env_spec.make_distribution(env_cfg)
+        self.dist.sample(cfg.meta_batch, torch.Generator())  # a bad meta-batch fails now, before workers start
         self.task_gen = split_generator(seed, "train", device)
         self.env_gen = make_generator(seed, "env", device)
         self.act_gen = make_generator(seed, "actions", device)
@@ -226,7 +230,9 @@ class MAMLTrainer:
 
     def train_iteration(self, it: int) -> dict[str, float]:
         cfg, L = self.cfg, self.learner
+        t0 = time.perf_counter()
         pre, post = self._sample()
+        t1 = time.perf_counter()
         out = {"pre_return": L.mean_episode_return(pre).mean().item(),
                "post_return": L.mean_episode_return(post).mean().item()}
         if "success" in post:  # Meta-World: fraction of rollouts with any-step success
@@ -251,6 +257,7 @@ class MAMLTrainer:
                 loss.backward()
                 self.opt.step()
             out.update({"surrogate_after": loss.item(), "kl": kl.mean().item()})
+        self.last_timing = {"sample_s": t1 - t0, "update_s": time.perf_counter() - t1}
         return out
 
     def state_dict(self):
@@ -290,6 +297,25 @@ class MAMLEvalLearner:
                 per_task = True
         return torch.stack(out, 1)
 
+    @torch.no_grad()
+    def adapt_success(self, env: BatchedEnv, tasks: Tasks, adapt_episodes: int, eval_episodes: int):
+        """Meta-World's protocol for N tasks (env: N * adapt_episodes sub-envs): adapt on
+        adapt_episodes rollouts of the meta-policy, then score the adapted policy's first
+        eval_episodes rollouts. -> (success curve [N, 2] at 0 and adapt_episodes episodes seen,
+        success [N], mean evaluation return [N])."""
+        L, R = self.learner, adapt_episodes
+        if eval_episodes > R:
+            raise UserError(f"env.eval_episodes={eval_episodes} must not exceed env.adapt_episodes={R} for MAML agents")
+        env.set_tasks(repeat_tasks(tasks, R))
+        params = {k: v.detach() for k, v in params_of(L.net).items()}
+        pre = L.rollout(env, params, False, self.gen, rollouts=R)
+        pre["adv"] = L.advantages(pre)
+        adapted = L.adapt(params, pre, per_task=False, first_order=True)
+        post = L.rollout(env, adapted, True, self.gen, rollouts=R)
+        success = post["success"][:, :eval_episodes].mean(1)
+        returns = post["rewards"].sum(1)[:, :eval_episodes].mean(1)
+        return torch.stack([pre["success"].mean(1), success], 1), success, returns
+
 
 def load_eval_policy(checkpoint: dict, env_spec: EnvSpec, env_cfg, cfg: MAMLConfig, device, seed: int):
     env = env_spec.make_env(env_cfg, 1, device, torch.Generator(device=device))
@@ -312,6 +338,6 @@ class MAMLPPOTrainer(MAMLTrainer):
 
 
 MAML_TRPO = AgentSpec("maml-trpo", MAMLConfig, MAMLTrainer, load_eval_policy, protocol="inner-steps",
-                      curve_keys=("pre_return", "post_return"))
+                      curve_keys=("pre_return", "post_return"), select_key="post_return")
 MAML_PPO = AgentSpec("maml-ppo", MAMLPPOConfig, MAMLPPOTrainer, load_eval_policy, protocol="inner-steps",
-                     curve_keys=("pre_return", "post_return"))
+                     curve_keys=("pre_return", "post_return"), select_key="post_return")

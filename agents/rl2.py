@@ -6,6 +6,7 @@ whole trial, PPO epochs over truncated-BPTT chunks) -> evaluation policy.
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import torch
@@ -49,6 +50,8 @@ class RL2Config:
     expected_rewards: bool = option(False, "training only: compute returns from E[r | task, s, a] instead of the "
                                            "sampled reward (same expected gradient, less variance)")
     init_std: float = option(1.0, "initial action std of the Gaussian policy (continuous actions only)", gt=0.0)
+    reward_scale: float = option(1.0, "the previous reward enters the policy input times this (Meta-World: 0.1)",
+                                 gt=0.0)
     checkpoint_every: int = option(10, "iterations between checkpoints", ge=1)
 
 
@@ -122,13 +125,14 @@ class RL2Trainer:
     def __init__(self, env_spec: EnvSpec, env_cfg, cfg: RL2Config, seed: int, device: torch.device):
         self.cfg, self.device, self.seed = cfg, device, seed
         self.dist = env_spec.make_distribution(env_cfg)
+        self.dist.sample(cfg.num_envs, torch.Generator())  # a bad batch size fails now, before workers start
         self.task_gen = split_generator(seed, "train", device)
         self.env_gen = make_generator(seed, "env", device)
         self.act_gen = make_generator(seed, "actions", device)
         self.shuffle_gen = make_generator(seed, "minibatches")
         env = env_spec.make_env(env_cfg, cfg.num_envs, device, self.env_gen)
         self.trial_env = TrialEnv(env, env_spec.episodes_per_trial(env_cfg), cfg.time_feature,
-                                  cfg.reward_per_action)
+                                  cfg.reward_per_action, cfg.reward_scale)
         T = self.trial_env.trial_length
         self.bptt = cfg.bptt_len or T
         if T % self.bptt:
@@ -153,11 +157,13 @@ class RL2Trainer:
             for g in self.opt.param_groups:
                 g["lr"] = cfg.lr * frac
         ent_coef = cfg.ent_coef * frac if cfg.ent_anneal else cfg.ent_coef
+        t0 = time.perf_counter()
         tasks = self.dist.sample(cfg.num_envs, self.task_gen)
         self.trial_env.env.set_tasks(tasks)
         task_f = self.trial_env.env.task_features() if cfg.privileged_critic else None
         batch, h_starts = collect_trial(_RolloutPolicy(self.net, self.rms, task_f), self.trial_env, tasks,
                                         self.act_gen, self.bptt)
+        t1 = time.perf_counter()
         # The trial is one RL² episode: returns flow across inner-episode boundaries.
         no_dones = torch.zeros_like(batch.dones)
         rewards = batch.mean_rewards if cfg.expected_rewards else batch.rewards
@@ -198,6 +204,7 @@ class RL2Trainer:
         means = torch.stack(stats).mean(0).tolist()
         trial_returns = batch.rewards.sum(0)
         out = {"trial_return": trial_returns.mean().item()}
+        self.last_timing = {"sample_s": t1 - t0, "update_s": time.perf_counter() - t1}
         if self.trial_env.success is not None:  # Meta-World: any-step success, mean over episodes / last episode
             out["success"] = self.trial_env.success.mean().item()
             out["success_last"] = self.trial_env.success[-1].mean().item()
@@ -227,6 +234,7 @@ class RL2EvalPolicy:
                  generator: torch.Generator):
         self.net, self.A, self.T, self.gen = net, num_actions, trial_length, generator
         self.time_feature, self.reward_per_action = cfg.time_feature, cfg.reward_per_action
+        self.reward_scale = cfg.reward_scale
 
     def reset(self, num_envs: int, device) -> None:
         self.h = self.net.initial_state(num_envs, device)
@@ -236,7 +244,7 @@ class RL2EvalPolicy:
     @torch.no_grad()
     def act(self, obs):
         x = rl2_inputs(obs, *self.prev, self.A, self.t / self.T if self.time_feature else None,
-                       self.reward_per_action)
+                       self.reward_per_action, self.reward_scale)
         out, _, self.h = self.net(x.unsqueeze(0), self.h)
         return self.net.pi.dist(out[0]).sample(self.gen)
 

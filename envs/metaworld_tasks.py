@@ -41,6 +41,9 @@ class MetaWorldConfig:
     reward_version: str = option("v2", "Meta-World reward function version", choices=("v1", "v2"))
     horizon: int = option(MAX_PATH_LENGTH, "steps per episode (Meta-World: 500)", ge=1, le=MAX_PATH_LENGTH)
     episodes: int = option(10, "episodes per trial (RL²); MAML agents set their own rollout counts", ge=1)
+    adapt_episodes: int = option(10, "evaluation protocol: adaptation episodes per held-out task", ge=1)
+    eval_episodes: int = option(3, "evaluation protocol: evaluation episodes per held-out task", ge=1)
+    goals_per_class: int = option(40, "evaluation protocol: held-out goals per test class", ge=1, le=50)
     benchmark_seed: int = option(0, "seed of metaworld's goal lists (fixed across runs, so runs share tasks)", ge=0)
     workers: int = option(0, "simulation worker processes; 0 = one per CPU core", ge=0)
     timeout: float = option(60.0, "seconds a worker may take to answer before it counts as hung", gt=0.0)
@@ -48,11 +51,10 @@ class MetaWorldConfig:
 
 def require_metaworld():
     try:
-        import metaworld  # noqa: F401
+        import metaworld
     except ImportError:
         raise UserError("the Meta-World benchmarks need metaworld; install it with: pip install -e \".[metaworld]\"") \
             from None
-    import metaworld
     return metaworld
 
 

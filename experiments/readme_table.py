@@ -36,12 +36,17 @@ def row_tail(s: dict) -> str:
 def table() -> str:
     rows = ["| experiment | env | RL² | best classical baseline | Bayes-optimal-ish reference | paper | "
             "train time | commit | command |", "|---|---|---|---|---|---|---|---|---|"]
-    steps_rows = []
+    steps_rows, mw_rows = [], []
     for f in sorted((ROOT / "experiments" / "results").glob("*.json")):
+        if f.stem.endswith("_timing"):  # per-iteration costs (experiments/wall_clock.py), shown in ml10_table
+            continue
         s = json.loads(f.read_text())
         m = s["metrics"]
         if m.get("protocol") == "inner-steps":
             steps_rows.append(steps_row(s))
+            continue
+        if m.get("protocol") == "metaworld":
+            mw_rows.append(metaworld_row(s))
             continue
         res = m["results"]
         agent = res[m["agent"]]
@@ -60,7 +65,68 @@ def table() -> str:
                 "and after 1, 2, 3 policy-gradient steps (fresh rollouts each step), ± half-width of the 95% CI.\n\n"
                 "| experiment | env | agent | 0 steps | 1 step | 2 steps | 3 steps | random | paper | train time | "
                 "commit | command |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n" + "\n".join(steps_rows))
+    if mw_rows:
+        out += ("\n\nMeta-World, its meta-learning protocol tallied per task (`metarl eval`): success rate on held-out "
+                "tasks (test classes x goals) after 10 adaptation episodes, over 3 evaluation episodes, ± half-width "
+                "of the 95% CI; \"before\" is the success with no adaptation episodes seen.\n\n"
+                "| experiment | benchmark | agent | meta-test success | before adaptation | random | meta-train success "
+                "(last iteration) | train time | commit | command |\n|---|---|---|---|---|---|---|---|---|---|\n"
+                + "\n".join(mw_rows))
+    out += "\n\n" + ml10_table()
     return out
+
+
+def pct(r: dict) -> str:
+    return f"{100 * r['mean']:.1f}% ± {100 * (r['mean'] - r['ci_low']):.1f}"
+
+
+def metaworld_row(s: dict) -> str:
+    m = s["metrics"]
+    res = m["results"]
+    mine = res[m["agent"]]
+    before = mine["success_curve"]["success"][0]
+    envc = m["env_config"]
+    bench = m["env"].upper() + (f" {envc['task']}" if m["env"] == "ml1" else "")
+    rnd = pct(res["random"]) if "random" in res else "–"
+    ts = f"{100 * m['train_success']:.1f}%" if m.get("train_success") is not None else "–"
+    return (f"| {s['experiment']} | {bench}, {m['held_out_tasks']} held-out tasks | {m['agent']} | {pct(mine)} | "
+            f"{pct(before)} | {rnd} | {ts} | {s['wall_clock_s'] / 60:.1f} min | {s['commit']} | "
+            f"`{s['command']}` |")
+
+
+def ml10_table() -> str:
+    """Published ML10 meta-test success beside ours: measured where a results file exists, else
+    'not yet run' with the expected wall-clock stated in the experiment's config."""
+    from metarl.config import tomllib
+    rows = ["ML10 meta-test success, published and ours:", "",
+            "| agent | Meta-World paper (v1 rewards) | Meta-World+ (v2 rewards) | ours | status | command |",
+            "|---|---|---|---|---|---|"]
+    for name in sorted((ROOT / "experiments" / "configs").glob("*_ml10.toml")):
+        cfg = tomllib.loads(name.read_text())
+        meta, agent = cfg.get("experiment", {}), cfg["run"]["agent"]
+        pub = meta.get("published", {})
+        res = ROOT / "experiments" / "results" / f"{name.stem}.json"
+        if res.exists():
+            s = json.loads(res.read_text())
+            ours, status = pct(s["metrics"]["results"][agent]), f"measured at {s['commit']}"
+        else:
+            ours, status = "–", "not yet run; " + expected(name.stem)
+        rows.append(f"| {agent} | {pub.get('Meta-World paper', '–')} | {pub.get('Meta-World+', '–')} | {ours} | "
+                    f"{status} | `python experiments/run.py {name.stem}` |")
+    return "\n".join(rows)
+
+
+def expected(name: str) -> str:
+    """The projected wall-clock of a full run, from experiments/results/NAME_timing.json."""
+    f = ROOT / "experiments" / "results" / f"{name}_timing.json"
+    if not f.exists():
+        return f"cost not measured (`python experiments/wall_clock.py {name}`)"
+    t = json.loads(f.read_text())
+    proj = "; ".join(f"{n} cores + GPU ≤ {v['total_h']:.1f} h" for n, v in t["projection_by_cores"].items())
+    return (f"measured {t['iteration_s']:.0f} s per iteration on {t['cores_here']} cores ({t['sample_s']:.0f} s "
+            f"simulation, {t['update_s']:.0f} s update) at {t['commit']}, so {t['full_iterations']} iterations take "
+            f"{t['full_run_here_h']:.1f} h here; projected {proj} (simulation scaled by cores, update time as "
+            f"measured on this CPU, an upper bound for a GPU) — `{t['command']}`")
 
 
 def steps_row(s: dict) -> str:

@@ -22,7 +22,7 @@ import torch
 
 from metarl.config import tomllib
 from metarl.errors import UserError
-from metarl.plots import adaptation_curve, learning_curve
+from metarl.plots import SUCCESS_KEYS, adaptation_curve, learning_curve
 from metarl.registry import AGENTS, lookup
 from metarl.run import read_jsonl
 from metarl.workflows import evaluate_run, train
@@ -74,7 +74,8 @@ def main(argv=None) -> int:
                                 f"directory to start again with the new config")
             train(run["agent"], run["env"], config_file=str(cfg_file), run_dir=str(run_dir), resume=resume,
                   device=args.device, quiet=args.quiet)
-        report = evaluate_run(str(run_dir), tasks=args.tasks, device=args.device)
+        report = evaluate_run(str(run_dir), tasks=args.tasks, device=args.device,
+                              checkpoint=meta.get("checkpoint", "latest"))
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -91,6 +92,10 @@ def main(argv=None) -> int:
     learning_curve(metrics, out / f"{args.name}_curve.png", f"{args.name}: {agent} training", keys=spec.curve_keys,
                    references=refs)
     adaptation_curve(results, out / f"{args.name}_adaptation.png", f"{args.name}: held-out tasks")
+    success_keys = tuple(k for k in SUCCESS_KEYS if metrics and k in metrics[-1])
+    if success_keys:  # Meta-World: training success next to the return curve
+        learning_curve(metrics, out / f"{args.name}_success.png", f"{args.name}: {agent} training success",
+                       keys=success_keys)
     summary = {
         "experiment": args.name,
         "command": f"python experiments/run.py {args.name}" + (f" --tasks {args.tasks}" if args.tasks != default_tasks
@@ -102,9 +107,13 @@ def main(argv=None) -> int:
             "env": report["env"], "env_config": report["env_config"], "agent": agent,
             "held_out_tasks": report["tasks"], "env_steps": report["env_steps"], "train_time_s": train_s,
             "protocol": report["protocol"], "metric": report["metric"],
-            "results": {n: {**r["total"], **{k: r[k] for k in ("per_episode", "per_step_return") if k in r}}
+            "results": {n: {**r["total"], **{k: r[k] for k in ("per_episode", "per_step_return", "success_curve",
+                                                               "per_class", "return", "per_task") if k in r}}
                         for n, r in results.items()},
             "paper": meta.get("paper", {}), "description": meta.get("description", ""),
+            # Meta-World: training success of the last iteration (RL²: last episode of the trial; MAML: adapted)
+            "train_success": next((metrics[-1][k] for k in ("success_last", "post_success") if metrics and k in metrics[-1]),
+                                  None),
             "written": time.strftime("%Y-%m-%d %H:%M:%S"),
         },
     }

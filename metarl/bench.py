@@ -2,6 +2,7 @@
 {"bench": NAME, "device": str, "figures": {...}} with stable figure keys."""
 from __future__ import annotations
 
+import functools
 import time
 
 import torch
@@ -119,28 +120,19 @@ def bench_inner_loop(device: torch.device, tasks: int = 40, rollouts: int = 20, 
 
 def bench_mujoco(device: torch.device, env: str = "halfcheetah-vel", envs_per_worker: int = 32, steps: int = 200,
                  workers: int = 0) -> dict:
-    """MuJoCo throughput: one env stepped alone in this process (random actions), then
-    `cores` simulation workers with a MAML-sized policy (2x100 MLP) in the loop, measured in
-    the same run. efficiency = parallel_steps_per_s / (cores * single_env_steps_per_s)."""
+    """MuJoCo throughput: one env stepped alone in this process (random actions), the same in
+    `cores` independent processes at once (independent_steps_per_s: the machine's real parallel
+    ceiling), then `cores` simulation workers with a MAML-sized policy (2x100 MLP) in the loop,
+    all in the same run. efficiency = parallel_steps_per_s / (cores * single_env_steps_per_s)."""
     import os
 
-    import numpy as np
-
     from metarl.agents.maml import MAMLConfig, MAMLLearner
-    from metarl.envs.mujoco_tasks import GoalMujoco
 
     cores = workers or os.cpu_count() or 1
     robot, task = env.split("-")
-    single = GoalMujoco(robot, task)
-    single.set_task({"goal": [1.0, 1.0]})
-    rng = np.random.default_rng(0)
-    acts = rng.uniform(-1, 1, (steps, single.env.action_space.shape[0]))
-    single.reset(0)
-    t0 = time.perf_counter()
-    for t in range(steps):
-        single.step(acts[t])
-    single_sps = steps / (time.perf_counter() - t0)
-    single.close()
+    make = functools.partial(_mujoco_stepper, robot, task, 5 * steps)
+    single_sps = _rate(make)
+    ceiling_sps = _ceiling(make, cores)
 
     spec = lookup("env", ENVS, env)
     cfg = build(spec.config_cls, {"workers": cores, "horizon": steps}, "env")
@@ -161,4 +153,151 @@ def bench_mujoco(device: torch.device, env: str = "halfcheetah-vel", envs_per_wo
         penv.close()
     return {"bench": "mujoco", "device": str(device),
             "figures": {"single_env_steps_per_s": single_sps, "parallel_steps_per_s": par_sps, "cores": cores,
-                        "efficiency": par_sps / (cores * single_sps), "envs": cores * envs_per_worker, "env": env}}
+                        "efficiency": par_sps / (cores * single_sps), "independent_steps_per_s": ceiling_sps,
+                        "ceiling_efficiency": ceiling_sps / (cores * single_sps),
+                        "efficiency_vs_ceiling": par_sps / ceiling_sps, "envs": cores * envs_per_worker, "env": env}}
+
+
+def _mujoco_stepper(robot: str, task: str, steps: int):
+    """A function that steps one goal-conditioned MuJoCo env `steps` times (random actions)."""
+    import numpy as np
+
+    from metarl.envs.mujoco_tasks import GoalMujoco
+    e = GoalMujoco(robot, task)
+    e.set_task({"goal": [1.0, 1.0]})
+    e.reset(0)
+    acts = np.random.default_rng(0).uniform(-1, 1, (steps, e.env.action_space.shape[0]))
+
+    def run() -> int:
+        for t in range(steps):
+            e.step(acts[t])
+        return steps
+    return run
+
+
+def _mw_stepper(benchmark: str, task: str, steps: int):
+    """A function that steps one Meta-World env of each train class, steps // classes steps each
+    (random actions), built here (picklable for _ceiling's processes)."""
+    import numpy as np
+
+    from metarl.envs.metaworld_tasks import MetaWorldSubEnv, goal_lists
+    lists = goal_lists(benchmark, task, 0)["train"]
+    envs = []
+    for name, goals in lists.items():
+        e = MetaWorldSubEnv("v2")
+        e.set_task(goals[0])
+        e.reset(0)
+        envs.append(e)
+    per = min(500, max(1, steps // len(envs)))  # Meta-World envs refuse to step past 500
+    acts = np.random.default_rng(0).uniform(-1, 1, (per, 4))
+
+    def run() -> int:
+        for e in envs:
+            for t in range(per):
+                e.step(acts[t])
+        return per * len(envs)
+    return run
+
+
+def _rate(make) -> float:
+    """Steps/s of make()() run once in this process (built first, so only stepping is timed)."""
+    run = make()
+    t0 = time.perf_counter()
+    n = run()
+    return n / (time.perf_counter() - t0)
+
+
+def _ceiling_worker(make, barrier, queue) -> None:
+    torch.set_num_threads(1)
+    run = make()
+    barrier.wait()
+    t0 = time.perf_counter()
+    n = run()
+    queue.put(n / (time.perf_counter() - t0))
+
+
+def _ceiling(make, processes: int) -> float:
+    """Aggregate steps/s of `processes` independent processes stepping their own envs at once,
+    with no communication: what the machine's cores really give (the cores of a VM may share
+    physical cores)."""
+    import torch.multiprocessing as mp
+    ctx = mp.get_context("spawn")
+    barrier, queue = ctx.Barrier(processes), ctx.Queue()
+    procs = [ctx.Process(target=_ceiling_worker, args=(make, barrier, queue)) for _ in range(processes)]
+    for p in procs:
+        p.start()
+    rates = [queue.get(timeout=600) for _ in procs]
+    for p in procs:
+        p.join()
+    return sum(rates)
+
+
+def bench_metaworld(device: torch.device, benchmark: str = "ML10", envs_per_worker: int = 10, steps: int = 200,
+                    workers: int = 0, compare: bool = True) -> dict:
+    """Meta-World throughput, measured in one run: (1) one env of each train class stepped in
+    this process (random actions): single_env_steps_per_s; the same in `cores` independent
+    processes at once: independent_steps_per_s (the machine's real parallel ceiling); (2)
+    metarl's ParallelEnv, one worker per core, with a Meta-World+ MAML policy (2x512 tanh MLP) choosing every action;
+    efficiency = parallel_steps_per_s / (cores * single_env_steps_per_s); (3) with compare,
+    Meta-World's own async vector env (metaworld.make_ml_envs, one process per sub-env) with the
+    same policy in the loop: metaworld_async_steps_per_s and speedup_vs_metaworld_async."""
+    import os
+
+    from metarl.agents.maml import MAMLConfig, MAMLLearner
+    from metarl.parallel import main_thread_only
+
+    cores = workers or os.cpu_count() or 1
+    spec = lookup("env", ENVS, benchmark.lower())
+    gen = make_generator(0, "bench", "cpu")
+    cfg = build(spec.config_cls, {"workers": cores, "horizon": min(steps, 500)}, "env")
+    dist = spec.make_distribution(cfg)
+    classes = dist.names["train"]
+    C = len(classes)
+    make = functools.partial(_mw_stepper, benchmark, cfg.task, 5 * steps)
+    single_sps = _rate(make)
+    ceiling_sps = _ceiling(make, cores)
+
+    num_envs = -(-cores * envs_per_worker // C) * C  # a multiple of the classes
+    mcfg = build(MAMLConfig, {"hidden_size": 512, "activation": "tanh"}, "agent")
+
+    def policy_steps(env_step, obs, learner):
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            for _ in range(cfg.horizon):
+                a = learner.dist(learner.net(obs.to(device))).sample(gen if device.type == "cpu" else None)
+                obs = env_step(a.cpu())
+        return num_envs * cfg.horizon / (time.perf_counter() - t0)
+
+    penv = spec.make_env(cfg, num_envs, "cpu", gen)
+    try:
+        learner = MAMLLearner(penv, mcfg, make_generator(0, "bench-init"))
+        learner.net.to(device)
+        penv.set_tasks(dist.sample(num_envs, gen))
+        obs = penv.reset()
+        with penv.rollout_context():
+            par_sps = policy_steps(lambda a: penv.step(a)[0], obs, learner)
+    finally:
+        penv.close()
+    figures = {"single_env_steps_per_s": single_sps, "parallel_steps_per_s": par_sps, "cores": cores,
+               "efficiency": par_sps / (cores * single_sps), "independent_steps_per_s": ceiling_sps,
+               "ceiling_efficiency": ceiling_sps / (cores * single_sps),
+               "efficiency_vs_ceiling": par_sps / ceiling_sps, "envs": num_envs, "benchmark": benchmark}
+    if compare:
+        import metaworld
+        per_cls = num_envs // C  # sub-envs per class; metaworld wants each class's goals to split evenly
+        mw = metaworld.make_ml_envs(benchmark if benchmark != "ML1" else cfg.task, seed=0, meta_batch_size=num_envs,
+                                    vector_strategy="async", max_episode_steps=cfg.horizon,
+                                    total_tasks_per_cls=50 - 50 % per_cls)
+        try:
+            mw.call("sample_tasks")
+            o, _ = mw.reset(seed=0)
+
+            def mw_step(a):
+                return torch.as_tensor(mw.step(a.numpy())[0], dtype=torch.float32)
+            with main_thread_only():  # the same footing as metarl's sampler
+                figures["metaworld_async_steps_per_s"] = policy_steps(mw_step, torch.as_tensor(o, dtype=torch.float32),
+                                                                      learner)
+        finally:
+            mw.close()
+        figures["speedup_vs_metaworld_async"] = par_sps / figures["metaworld_async_steps_per_s"]
+    return {"bench": "metaworld", "device": str(device), "figures": figures}

@@ -84,6 +84,9 @@ def build_parser(full_help: bool = False) -> argparse.ArgumentParser:
     e.add_argument("--baselines", default="all",
                    help="comma-separated baseline names, 'all' (those that apply to the env) or 'none'")
     e.add_argument("--seed", type=int, default=0, help="evaluation seed: picks the held-out tasks (default 0)")
+    e.add_argument("--checkpoint", default="latest", choices=("latest", "best"),
+                   help="latest (default) or best: the training iteration with the best selection metric "
+                        "(MAML: post-adaptation return, the MAML paper's protocol)")
     e.add_argument("--device", help="auto, cpu or cuda (default: auto)")
     e.add_argument("--json", action="store_true", help="print the report as JSON")
 
@@ -131,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
                 report = demo(device=args.device, quiet=args.quiet, runs_root=args.runs_root)
             else:
                 report = evaluate_run(args.run_dir, tasks=args.tasks, baselines=args.baselines, seed=args.seed,
-                                      device=args.device)
+                                      device=args.device, checkpoint=args.checkpoint)
             if args.json:
                 print(json.dumps(report, indent=2))
             else:

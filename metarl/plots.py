@@ -26,7 +26,12 @@ def _save(plt, fig, ax, out: Path, xlabel: str, ylabel: str, title: str) -> Path
 
 CURVE_LABELS = {"trial_return": ("training trials", "mean total reward per trial"),
                 "pre_return": ("before adaptation", "mean episode return"),
-                "post_return": ("after adaptation", "mean episode return")}
+                "post_return": ("after adaptation", "mean episode return"),
+                "success": ("all episodes of the trial", "training success rate"),
+                "success_last": ("last episode of the trial", "training success rate"),
+                "pre_success": ("before adaptation", "training success rate"),
+                "post_success": ("after adaptation", "training success rate")}
+SUCCESS_KEYS = ("success", "success_last", "pre_success", "post_success")
 
 
 def learning_curve(metrics: list[dict], out: Path, title: str, keys: tuple[str, ...] = ("trial_return",),
@@ -60,10 +65,26 @@ def adaptation_steps_curve(results: dict[str, dict], out: Path, title: str) -> P
     return _save(plt, fig, ax, out, "gradient steps of adaptation", "mean episode return", title)
 
 
+def success_curve(results: dict[str, dict], out: Path, title: str) -> Path:
+    """Meta-World: success rate (95% CI band) against the adaptation episodes seen."""
+    plt, fig, ax = _figure()
+    for i, (name, r) in enumerate(results.items()):
+        c = r["success_curve"]
+        xs, ys = c["episodes"], [p["mean"] for p in c["success"]]
+        ax.plot(xs, ys, marker="o", ms=3, color=f"C{i}", label=name)
+        ax.fill_between(xs, [p["ci_low"] for p in c["success"]], [p["ci_high"] for p in c["success"]],
+                        color=f"C{i}", alpha=0.2)
+    ax.set_ylim(-0.02, 1.02)
+    return _save(plt, fig, ax, out, "adaptation episodes seen", "success rate", title)
+
+
 def adaptation_curve(results: dict[str, dict], out: Path, title: str) -> Path:
     """How fast each method adapts: the mean return of each episode of the trial, or, when a
     trial is a single episode (bandits), the mean reward of each step; for results of the
-    inner-steps protocol (MAML), the return against gradient steps."""
+    inner-steps protocol (MAML), the return against gradient steps; for Meta-World, success
+    against adaptation episodes."""
+    if any("success_curve" in r for r in results.values()):
+        return success_curve(results, out, title)
     if any("per_step_return" in r for r in results.values()):
         return adaptation_steps_curve(results, out, title)
     plt, fig, ax = _figure()

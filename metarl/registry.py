@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import difflib
 import importlib
-from dataclasses import dataclass, field
-from typing import Any, Callable
+from dataclasses import dataclass
+from typing import Any
 
 from metarl.errors import UserError
 
@@ -56,7 +56,8 @@ AGENTS: dict[str, Entry] = {
 }
 
 BASELINES: dict[str, Entry] = {
-    "random": Entry("metarl.agents.bandit_baselines:RandomPolicy", "uniformly random actions", ("bandit", "mdp", "navigation", "mujoco")),
+    "random": Entry("metarl.agents.bandit_baselines:RandomPolicy", "uniformly random actions",
+                    ("bandit", "mdp", "navigation", "mujoco", "metaworld")),
     "greedy": Entry("metarl.agents.bandit_baselines:Greedy", "arm with the highest posterior mean", ("bandit",)),
     "epsilon-greedy": Entry("metarl.agents.bandit_baselines:EpsilonGreedy",
                             "greedy, random arm with probability epsilon (0.1)", ("bandit",)),
@@ -76,6 +77,9 @@ BENCHES: dict[str, Entry] = {
                         "MAML inner step for 40 tasks: vmapped functional loop vs a per-task autograd loop"),
     "mujoco": Entry("metarl.bench:bench_mujoco",
                     "MuJoCo steps/s: one env alone vs one worker per core with the policy in the loop"),
+    "metaworld": Entry("metarl.bench:bench_metaworld",
+                       "Meta-World ML10 steps/s: one env alone, metarl's workers and Meta-World's async vector env, "
+                       "policy in the loop"),
 }
 
 

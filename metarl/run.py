@@ -20,6 +20,8 @@ from metarl.config import dump_toml, load_toml
 from metarl.errors import UserError
 
 CHECKPOINT = "checkpoints/latest.pt"
+BEST = "checkpoints/best.pt"  # the iteration with the best selection metric (MAML paper protocol)
+CHECKPOINTS = {"latest": CHECKPOINT, "best": BEST}
 
 
 def default_run_name(env: str, agent: str, seed: int) -> str:
@@ -96,15 +98,20 @@ class RunDir:
             self._tb = None
 
     # ---- checkpoints --------------------------------------------------------------------
-    def save_checkpoint(self, state: dict[str, Any]) -> Path:
-        target = self.path / CHECKPOINT
+    def save_checkpoint(self, state: dict[str, Any], which: str = "latest") -> Path:
+        """Write to a temporary file, flush it to disk, then rename over the previous checkpoint:
+        a kill (or power loss) at any moment leaves either the old or the new file, whole."""
+        target = self.path / CHECKPOINTS[which]
         tmp = target.with_suffix(".tmp")
-        torch.save(state, tmp)
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, target)
         return target
 
-    def load_checkpoint(self, map_location="cpu") -> dict[str, Any]:
-        return load_checkpoint(self.path, map_location)
+    def load_checkpoint(self, map_location="cpu", which: str = "latest") -> dict[str, Any]:
+        return load_checkpoint(self.path, map_location, which)
 
     def _atomic_write_text(self, name: str, text: str) -> None:
         target = self.path / name
@@ -118,8 +125,13 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in p.read_text().splitlines() if line.strip()] if p.exists() else []
 
 
-def load_checkpoint(run_dir: str | Path, map_location="cpu") -> dict[str, Any]:
-    p = Path(run_dir) / CHECKPOINT
+def load_checkpoint(run_dir: str | Path, map_location="cpu", which: str = "latest") -> dict[str, Any]:
+    if which not in CHECKPOINTS:
+        raise UserError(f"--checkpoint must be one of {', '.join(CHECKPOINTS)}, got {which!r}")
+    p = Path(run_dir) / CHECKPOINTS[which]
+    if which == "best" and not p.exists() and (Path(run_dir) / CHECKPOINT).exists():
+        raise UserError(f"no best checkpoint in {run_dir}: this agent logs no selection metric (only MAML agents "
+                        f"keep one); use --checkpoint latest")
     if not p.exists():
         raise UserError(f"no checkpoint at {p}; train first (metarl train ...) or check the run directory")
     try:

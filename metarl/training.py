@@ -16,10 +16,13 @@ from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
 from metarl.errors import TrainingDiverged
-from metarl.run import RunDir
+from metarl.run import BEST, RunDir
 
 
 class Trainer(Protocol):
+    """steps_per_iteration env steps per train_iteration. A trainer may also set `last_timing`
+    ({"sample_s": ..., "update_s": ...}, seconds of the last iteration), logged to timing.jsonl
+    (wall clock never goes into metrics.jsonl, which is reproducible bit for bit)."""
     steps_per_iteration: int
 
     def train_iteration(self, it: int) -> dict[str, float]: ...
@@ -39,6 +42,7 @@ class AgentSpec:
         object with adaptation_returns(env, tasks, steps) -> [N, steps + 1] for protocol
         "inner-steps" (MAML: return before and after each gradient step).
     curve_keys: training metrics drawn in learning_curve.png.
+    select_key: a training metric to keep the best iteration of (`metarl eval --checkpoint best`).
     """
     name: str
     config_cls: type
@@ -46,6 +50,7 @@ class AgentSpec:
     load_eval_policy: Callable[..., Any]
     protocol: str = "trial"
     curve_keys: tuple[str, ...] = ("trial_return",)
+    select_key: str | None = None  # training metric whose best iteration is kept as checkpoints/best.pt
 
 
 class Interrupted(Exception):
@@ -61,15 +66,25 @@ def progress_bar(total: int, quiet: bool, desc: str):
 
 def train_loop(trainer: Trainer, run: RunDir, iterations: int, config: dict, *, start_iteration: int = 0,
                checkpoint_every: int = 10, quiet: bool = False, desc: str = "train",
-               shown: tuple[str, ...] = ("trial_return",)) -> None:
+               shown: tuple[str, ...] = ("trial_return",), select: str | None = None) -> None:
     """Run iterations [start_iteration, iterations). Checkpoint every `checkpoint_every`
-    iterations and at the end (the progress bar shows the metrics named in `shown`); a non-finite metric stops training without touching the last
-    good checkpoint; Ctrl-C finishes the iteration, checkpoints it and raises Interrupted."""
+    iterations and at the end (the progress bar shows the metrics named in `shown`); with
+    `select`, also keep checkpoints/best.pt, the iteration with the highest metrics[select] so far
+    (the MAML paper evaluates "the model with the best average return during training"). A
+    non-finite metric stops training without touching the last good checkpoint; Ctrl-C finishes
+    the iteration, checkpoints it and raises Interrupted."""
     spi = trainer.steps_per_iteration
 
+    def state(next_it: int, **extra):
+        return {"iteration": next_it, "env_steps": next_it * spi, "config": config, "trainer": trainer.state_dict(),
+                **extra}
+
     def save(next_it: int):
-        run.save_checkpoint({"iteration": next_it, "env_steps": next_it * spi, "config": config,
-                             "trainer": trainer.state_dict()})
+        run.save_checkpoint(state(next_it))
+
+    best = -math.inf
+    if select and start_iteration > 0 and (run.path / BEST).exists():
+        best = run.load_checkpoint(which="best").get("select_value", -math.inf)
 
     stop = _InterruptFlag()
     bar = progress_bar(iterations * spi, quiet, desc)
@@ -87,7 +102,11 @@ def train_loop(trainer: Trainer, run: RunDir, iterations: int, config: dict, *, 
                         f"{', '.join(bad)} became non-finite at iteration {it}; training stopped, the last good "
                         f"checkpoint in {run.path / 'checkpoints'} is kept; lower agent.lr and resume or restart")
                 run.log({"iteration": it, "env_steps": (it + 1) * spi, **metrics},
-                        {"iteration_s": dt, "steps_per_s": spi / dt, "wall_clock_s": time.perf_counter() - t_start})
+                        {"iteration_s": dt, "steps_per_s": spi / dt, "wall_clock_s": time.perf_counter() - t_start,
+                         **getattr(trainer, "last_timing", {})})
+                if select and select in metrics and metrics[select] > best:
+                    best = metrics[select]
+                    run.save_checkpoint(state(it + 1, select=select, select_value=best), "best")
                 bar.update(spi)
                 postfix = {k: f"{metrics[k]:.3f}" for k in shown if k in metrics}
                 if postfix:

@@ -22,11 +22,12 @@ def rl2_input_dim(obs_dim: int, num_actions: int, time_feature: bool, reward_per
 
 
 def rl2_inputs(obs, prev_action, prev_reward, prev_done, num_actions: int, time_frac: float | None,
-               reward_per_action: bool = False):
+               reward_per_action: bool = False, reward_scale: float = 1.0):
     """Build the RL² input x [B, D] = [obs, a, prev_reward, prev_done, (one_hot(prev_action) *
     prev_reward), (time_frac)], where a is one_hot(prev_action) for discrete actions [B] (long)
     and the action itself for continuous ones [B, A] (float). prev_* are None at the start of
-    a trial (all zeros). The optional product (discrete only) puts each action's reward on its
+    a trial (all zeros). prev_reward enters multiplied by reward_scale (Meta-World's rewards
+    reach 10 per step; its RL² wrapper feeds reward / 10). The optional product (discrete only) puts each action's reward on its
     own input line, so a recurrent unit can accumulate one action's rewards with a linear
     input weight."""
     B, o = obs.shape
@@ -37,11 +38,11 @@ def rl2_inputs(obs, prev_action, prev_reward, prev_done, num_actions: int, time_
             x[:, o:o + num_actions] = prev_action
         else:
             x[:, o:o + num_actions].scatter_(1, prev_action.view(-1, 1), 1.0)
-        x[:, o + num_actions] = prev_reward
+        x[:, o + num_actions] = prev_reward * reward_scale
         x[:, o + num_actions + 1] = prev_done.to(x.dtype)
         if reward_per_action:
             j = o + num_actions + 2
-            x[:, j:j + num_actions] = x[:, o:o + num_actions] * prev_reward.unsqueeze(1)
+            x[:, j:j + num_actions] = x[:, o:o + num_actions] * (prev_reward * reward_scale).unsqueeze(1)
     if time_frac is not None:
         x[:, -1] = time_frac
     return x
@@ -51,11 +52,12 @@ class TrialEnv:
     """Wraps a BatchedEnv so that it emits RL² inputs, trial by trial."""
 
     def __init__(self, env: BatchedEnv, episodes_per_trial: int, time_feature: bool = True,
-                 reward_per_action: bool = False):
+                 reward_per_action: bool = False, reward_scale: float = 1.0):
         self.env = env
         self.episodes_per_trial = episodes_per_trial
         self.trial_length = env.horizon * episodes_per_trial
         self.time_feature, self.reward_per_action = time_feature, reward_per_action
+        self.reward_scale = reward_scale
         self.obs_dim, self.num_actions = env.obs_dim, env.num_actions
         self.input_dim = rl2_input_dim(self.obs_dim, self.num_actions, time_feature, reward_per_action)
         self.env_time = 0.0  # seconds spent inside env.reset/step (for the benchmark)
@@ -69,7 +71,8 @@ class TrialEnv:
 
     def _inputs(self, obs, prev_action, prev_reward, prev_done) -> torch.Tensor:
         return rl2_inputs(obs, prev_action, prev_reward, prev_done, self.num_actions,
-                          self.t / self.trial_length if self.time_feature else None, self.reward_per_action)
+                          self.t / self.trial_length if self.time_feature else None, self.reward_per_action,
+                          self.reward_scale)
 
     def start(self, tasks: Tasks) -> torch.Tensor:
         """Begin a new trial in every sub-env; returns x [B, input_dim]."""

@@ -90,7 +90,7 @@ def train(agent: str, env: str, *, config_file: str | None = None, sets: list[st
               f"{trainer.steps_per_iteration} steps, device {dev}) -> {path}", flush=True)
     train_loop(trainer, run, trainer.iterations, saved_cfg, start_iteration=start,
                checkpoint_every=cfg["agent"].checkpoint_every, quiet=quiet, desc=cfg["run"]["env"],
-               shown=cfg["agent_spec"].curve_keys)
+               shown=cfg["agent_spec"].curve_keys, select=cfg["agent_spec"].select_key)
     metrics = run.read_metrics()
     if metrics:
         learning_curve(metrics, path / "learning_curve.png", f"{cfg['run']['agent']} on {cfg['run']['env']}",
@@ -113,8 +113,9 @@ def choose_baselines(spec, names: str) -> list[str]:
 
 
 def evaluate_run(run_dir: str, *, tasks: int = 1000, baselines: str = "all", seed: int = 0,
-                 device: str | None = None) -> dict[str, Any]:
-    """Evaluate a trained run and the chosen baselines on the same held-out tasks; writes eval.json."""
+                 device: str | None = None, checkpoint: str = "latest") -> dict[str, Any]:
+    """Evaluate a trained run (its latest or best checkpoint) and the chosen baselines on the
+    same held-out tasks; writes eval.json."""
     if tasks < 1:
         raise UserError(f"--tasks must be >= 1, got {tasks}")
     path = open_existing(run_dir)
@@ -123,11 +124,13 @@ def evaluate_run(run_dir: str, *, tasks: int = 1000, baselines: str = "all", see
     dev = resolve_device(cfg["run"]["device"])
     _setup_threads(dev)
     names = choose_baselines(cfg["env_spec"], baselines)
-    ck = load_checkpoint(path, map_location=dev)
+    ck = load_checkpoint(path, map_location=dev, which=checkpoint)
     env_spec, env_cfg = cfg["env_spec"], cfg["env"]
     agent_name = saved["run"]["agent"]
     spec = cfg["agent_spec"]
     inner_steps = spec.protocol == "inner-steps"
+    if "metaworld" in env_spec.families:  # success by Meta-World's protocol, every method alike
+        return _evaluate_success_run(path, saved, cfg, ck, names, tasks, seed, dev, checkpoint)
     if inner_steps:  # MAML: return before and after each gradient step, baselines per episode
         learner = spec.load_eval_policy(ck, env_spec, env_cfg, cfg["agent"], dev, seed)
         steps = cfg["agent"].eval_steps
@@ -144,13 +147,41 @@ def evaluate_run(run_dir: str, *, tasks: int = 1000, baselines: str = "all", see
         results[name] = summary(evaluate(lambda env: cls(env, env_cfg, seed), env_spec, env_cfg, tasks, seed, dev))
     report = {"env": saved["run"]["env"], "env_config": saved["env"], "agent": agent_name, "tasks": tasks,
               "seed": seed, "device": str(dev), "checkpoint_iteration": ck["iteration"], "env_steps": ck["env_steps"],
+              "checkpoint": checkpoint,
               "protocol": spec.protocol, "metric": "mean episode return" if inner_steps else "mean total reward",
               "results": results}
+    return _write_report(path, report)
+
+
+def _write_report(path: Path, report: dict) -> dict:
     tmp = path / "eval.json.tmp"
     tmp.write_text(json.dumps(report, indent=2))
     os.replace(tmp, path / "eval.json")
-    adaptation_curve(results, path / "eval_adaptation.png", f"held-out {report['env']} tasks")
+    adaptation_curve(report["results"], path / "eval_adaptation.png", f"held-out {report['env']} tasks")
     return report
+
+
+def _evaluate_success_run(path: Path, saved: dict, cfg: dict, ck: dict, names: list[str], tasks: int, seed: int,
+                          dev, checkpoint: str) -> dict:
+    """Meta-World: test classes x goals (env.goals_per_class, fewer when --tasks asks for fewer),
+    adaptation then evaluation episodes; success tallied per task (metarl.success_eval)."""
+    from metarl.success_eval import evaluate_success, summarize_success
+    env_spec, env_cfg, spec = cfg["env_spec"], cfg["env"], cfg["agent_spec"]
+    classes = len(env_spec.make_distribution(env_cfg).names["test"])
+    goals = max(1, min(env_cfg.goals_per_class, tasks // classes))
+    agent = spec.load_eval_policy(ck, env_spec, env_cfg, cfg["agent"], dev, seed)
+    results = {saved["run"]["agent"]: summarize_success(
+        evaluate_success(lambda env: agent, spec.protocol, env_spec, env_cfg, goals, seed, dev))}
+    for name in names:
+        cls = lookup("baseline", BASELINES, name)
+        results[name] = summarize_success(evaluate_success(
+            lambda env, cls=cls: cls(env, env_cfg, seed), "trial", env_spec, env_cfg, goals, seed, dev))
+    report = {"env": saved["run"]["env"], "env_config": saved["env"], "agent": saved["run"]["agent"],
+              "tasks": classes * goals, "goals_per_class": goals, "seed": seed, "device": str(dev),
+              "checkpoint": checkpoint, "checkpoint_iteration": ck["iteration"], "env_steps": ck["env_steps"],
+              "protocol": "metaworld",
+              "metric": "success rate", "results": results}
+    return _write_report(path, report)
 
 
 def table_rows(report: dict) -> dict[str, dict]:

@@ -110,6 +110,21 @@ def test_smoke_train_and_eval_maml_on_navigation(cli, tmp_path, agent):
     report = json.loads((rd / "eval.json").read_text())
     assert len(report["results"][agent]["per_step_return"]) == 4
     assert (rd / "eval_adaptation.png").stat().st_size > 1000
+    # the MAML paper's protocol: evaluate the iteration with the best post-adaptation return
+    best_it = max(range(3), key=lambda i: metrics[i]["post_return"]) + 1
+    best = torch.load(rd / "checkpoints" / "best.pt", weights_only=False)
+    assert best["iteration"] == best_it and best["select_value"] == metrics[best_it - 1]["post_return"]
+    code, out, err = cli("eval", rd, "--tasks", "10", "--checkpoint", "best", "--baselines", "none")
+    assert code == 0, err
+    report = json.loads((rd / "eval.json").read_text())
+    assert report["checkpoint"] == "best" and report["checkpoint_iteration"] == best_it
+
+
+def test_best_checkpoint_of_an_agent_without_selection_metric_is_a_clear_error(cli, tmp_path, tiny):
+    rd = tmp_path / "rl2"
+    assert cli("train", "rl2", "--env", "bandit", "--set", "agent.total_steps=400", "--run-dir", rd, *tiny)[0] == 0
+    code, _, err = cli("eval", rd, "--tasks", "10", "--checkpoint", "best")
+    assert code == 2 and "no best checkpoint" in err and len(err.strip().splitlines()) == 1
 
 
 @pytest.mark.parametrize("agent,sets,needle", [

@@ -143,3 +143,124 @@ def test_smoke_train_on_ml1_logs_success(cli, tmp_path, agent):
     assert code == 0, err
     metrics = [json.loads(line) for line in (rd / "metrics.jsonl").read_text().splitlines()]
     assert len(metrics) == 2 and all(keys <= set(m) and all(0 <= m[k] <= 1 for k in keys) for m in metrics)
+    # Meta-World's protocol on 2 held-out goals, against the random baseline
+    code, out, err = cli("eval", rd, "--tasks", "2")
+    assert code == 0, err
+    report = json.loads((rd / "eval.json").read_text())
+    assert report["protocol"] == "metaworld" and report["tasks"] == 2 and set(report["results"]) == {agent, "random"}
+    mine = report["results"][agent]
+    curve_points = 13 if agent == "rl2" else 2  # 10 adaptation + 3 evaluation episodes, or before / after
+    assert mine["success_curve"]["episodes"][:2] == [0, 1 if agent == "rl2" else 10]
+    assert len(mine["success_curve"]["success"]) == curve_points
+    assert [t["goal"] for t in mine["per_task"]] == [0, 1] and set(mine["per_class"]) == {"reach-v3"}
+    assert 0 <= mine["total"]["mean"] <= 1 and (rd / "eval_adaptation.png").stat().st_size > 0
+    assert "success rate" in out
+    # ... and through Meta-World's own evaluation, unchanged
+    import metaworld
+    from metaworld.evaluation import metalearning_evaluation
+    from metarl.agents.metaworld_agents import load_metaworld_agent
+    envs = metaworld.make_ml_envs("reach-v3", seed=0, meta_batch_size=2, total_tasks_per_cls=2, split="test",
+                                  terminate_on_success=True, task_select="pseudorandom", max_episode_steps=10,
+                                  recurrent_info_in_obs=agent == "rl2")
+    try:
+        success, mean_return, per_task = metalearning_evaluation(
+            load_metaworld_agent(str(rd), envs.num_envs), envs, num_evals=1, adaptation_episodes=2,
+            evaluation_episodes=1)
+    finally:
+        envs.close()
+    assert 0 <= success <= 1 and np.isfinite(mean_return) and set(per_task) == {"reach-v3"}
+
+
+def test_maml_metaworld_agent_adapts_like_the_learner():
+    """Sequential episodes buffered per sub-env become the [B, H, R] rollouts MAMLLearner adapts on."""
+    from types import SimpleNamespace
+
+    import gymnasium as gym
+    from metarl.agents.maml import MAMLConfig, MAMLEvalLearner, MAMLLearner
+    from metarl.agents.metaworld_agents import MAMLMetaWorldAgent
+    from metaworld.evaluation import Timestep
+    fake_env = SimpleNamespace(obs_dim=39, action_space=gym.spaces.Box(-1, 1, (4,)), device=torch.device("cpu"))
+    cfg = MAMLConfig(hidden_size=8)
+    L = MAMLLearner(fake_env, cfg, torch.Generator().manual_seed(0))
+    agent = MAMLMetaWorldAgent(MAMLEvalLearner(L, cfg, torch.Generator().manual_seed(1)), num_envs=2)
+    B, H, R = 2, 3, 2
+    g = torch.Generator().manual_seed(2)
+    obs, act, rew = torch.randn(R * H, B, 39, generator=g), torch.randn(R * H, B, 4, generator=g), \
+        torch.randn(R * H, B, generator=g)
+    agent.init()
+    for t in range(R * H):
+        end = np.full(B, (t + 1) % H == 0)
+        agent.step(Timestep(obs[t].numpy(), act[t].numpy(), rew[t].numpy(), np.zeros(B, bool), end, {}))
+    agent.adapt()
+    data = {"obs": obs.view(R, H, B, 39).permute(2, 1, 0, 3), "actions": act.view(R, H, B, 4).permute(2, 1, 0, 3),
+            "rewards": rew.view(R, H, B).permute(2, 1, 0)}
+    data["adv"] = L.advantages(data)
+    params = {k: v.detach() for k, v in L.net.named_parameters()}
+    expected = L.adapt(params, data, per_task=False, steps=1, first_order=True)
+    assert agent.per_task and all(torch.allclose(agent.params[k], expected[k], atol=1e-6) for k in expected)
+    with pytest.raises(UserError, match="equal-length episodes"):
+        agent.step(Timestep(obs[0].numpy(), act[0].numpy(), rew[0].numpy(), np.zeros(B, bool), np.zeros(B, bool), {}))
+        agent.adapt()
+
+
+def test_rl2_metaworld_agent_reads_rewards_from_augmented_observations():
+    from metarl.agents.metaworld_agents import RL2MetaWorldAgent
+
+    class Recorder:
+        def reset(self, n, device):
+            self.seen = []
+
+        def act(self, obs):
+            assert obs.shape == (2, 39)
+            return torch.zeros(2, 4)
+
+        def observe(self, a, r, d, next_obs):
+            self.seen.append((r.tolist(), d.tolist()))
+
+    agent = RL2MetaWorldAgent(Recorder(), num_envs=2)
+    aug = np.zeros((2, 39 + 4 + 2))
+    agent.reset(np.ones(2, bool))
+    agent.eval_action(aug)  # first evaluation step: nothing to observe yet
+    aug[:, 43] = [0.5, 0.1]  # reward / 10 of the step just taken
+    agent.reset(np.array([False, True]))
+    agent.eval_action(aug)
+    assert agent.policy.seen == [([5.0, 1.0], [False, True])]
+
+
+def test_metaworld_resume_equals_uninterrupted(cli, tmp_path, monkeypatch):
+    """Interrupted at iteration 2, then resumed: the same metrics as a run straight through
+    (model, optimiser, task / action / env-reset generators all come back from the checkpoint)."""
+    import os
+    import signal
+
+    from metarl.agents.maml import MAMLTrainer
+    args = ["train", "maml-trpo", "--env", "ml1", "--set", "env.horizon=8", "--set", "env.workers=2",
+            "--set", "agent.iterations=3", "--set", "agent.meta_batch=2", "--set", "agent.rollouts=2",
+            "--set", "agent.hidden_size=8", "--set", "agent.checkpoint_every=1", "--quiet", "--device", "cpu"]
+    a, c = tmp_path / "a", tmp_path / "c"
+    assert cli(*args, "--run-dir", a)[0] == 0
+    real = MAMLTrainer.train_iteration
+    with monkeypatch.context() as m:
+        m.setattr(MAMLTrainer, "train_iteration",
+                  lambda self, it: (os.kill(os.getpid(), signal.SIGINT) if it == 2 else None, real(self, it))[1])
+        assert cli(*args, "--run-dir", c)[0] == 130
+    code, _, err = cli("train", "maml-trpo", "--env", "ml1", "--run-dir", c, "--resume", "--quiet")
+    assert code == 0, err
+    assert (c / "metrics.jsonl").read_text() == (a / "metrics.jsonl").read_text()
+
+
+def test_metaworld_bench_reports_stable_keys():
+    from metarl.bench import bench_metaworld
+    f = bench_metaworld(torch.device("cpu"), benchmark="ML1", envs_per_worker=2, steps=10, workers=2)["figures"]
+    assert {"single_env_steps_per_s", "parallel_steps_per_s", "independent_steps_per_s", "efficiency",
+            "metaworld_async_steps_per_s", "speedup_vs_metaworld_async"} <= set(f)
+    assert f["efficiency"] == pytest.approx(f["parallel_steps_per_s"] / (2 * f["single_env_steps_per_s"]))
+    assert f["envs"] == 4 and all(f[k] > 0 for k in ("parallel_steps_per_s", "metaworld_async_steps_per_s"))
+
+
+def test_meta_batch_not_divisible_by_ml10_classes_is_one_line(cli, tmp_path):
+    rd = tmp_path / "r"
+    code, _, err = cli("train", "maml-trpo", "--env", "ml10", "--set", "agent.meta_batch=15", "--quiet",
+                       "--run-dir", rd)
+    assert code == 2 and "multiple of 10" in err and len(err.strip().splitlines()) == 1
+    assert not rd.exists()  # nothing left behind

@@ -1,0 +1,144 @@
+"""Trained metarl agents as `metaworld.evaluation.MetaLearningAgent`s, so that Meta-World's own
+`metalearning_evaluation` runs them unchanged:
+
+    import metaworld
+    from metaworld.evaluation import metalearning_evaluation
+    from metarl.agents.metaworld_agents import load_metaworld_agent
+
+    envs = metaworld.make_ml_envs_test("ML10", meta_batch_size=20, total_tasks_per_cls=40,
+                                       recurrent_info_in_obs=True)   # RL²: rewards in the obs
+    agent = load_metaworld_agent("runs/ml10-rl2-s0", num_envs=envs.num_envs)
+    success, mean_return, per_task = metalearning_evaluation(agent, envs)
+
+Meta-World calls init() per batch of tasks, adapt_action()/step() over the adaptation
+episodes, adapt() after them, then eval_action()/reset(dones) over the evaluation episodes,
+which never report rewards. RL² therefore reads the previous reward from an observation
+augmented by `recurrent_info_in_obs=True` ([obs, prev action, reward / 10, done]); on plain
+observations it carries on with reward 0 in evaluation. Arrays in and out are numpy [B, ...].
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from metarl.errors import UserError
+from metarl.functional import params_of
+
+OBS_DIM = 39  # Meta-World v3 observation size; wider observations carry the RL² augmentation
+AUG_REWARD_SCALE = 10.0  # RNNBasedMetaRLWrapper writes reward / 10
+
+
+class RL2MetaWorldAgent:
+    """An RL² eval policy (agents.rl2.RL2EvalPolicy) over one trial per sub-env: the hidden state
+    runs on from the adaptation episodes into the evaluation episodes."""
+
+    def __init__(self, policy, num_envs: int):
+        self.policy, self.num_envs = policy, num_envs
+        self.init()
+
+    def init(self) -> None:
+        self.policy.reset(self.num_envs, "cpu")
+        self._last_action, self._done = None, torch.ones(self.num_envs, dtype=torch.bool)
+
+    def _act(self, obs: np.ndarray) -> np.ndarray:
+        a = self.policy.act(torch.as_tensor(np.asarray(obs)[:, :OBS_DIM], dtype=torch.float32))
+        self._last_action = a
+        return a.numpy().astype(np.float64)
+
+    def adapt_action(self, observations):
+        return self._act(observations), {}
+
+    def step(self, timestep) -> None:
+        done = torch.as_tensor(np.logical_or(timestep.terminated, timestep.truncated))
+        self.policy.observe(torch.as_tensor(timestep.action, dtype=torch.float32),
+                            torch.as_tensor(timestep.reward, dtype=torch.float32), done, None)
+        self._last_action = None  # observed
+
+    def adapt(self) -> None:
+        pass  # RL² adapts in its hidden state
+
+    def eval_action(self, observations):
+        obs = np.asarray(observations)
+        if self._last_action is not None:  # the previous evaluation step, not yet observed
+            A = self._last_action.shape[1]
+            reward = (obs[:, OBS_DIM + A] * AUG_REWARD_SCALE if obs.shape[1] > OBS_DIM
+                      else np.zeros(len(obs)))
+            self.policy.observe(self._last_action, torch.as_tensor(reward, dtype=torch.float32), self._done, None)
+        self._done = torch.zeros(self.num_envs, dtype=torch.bool)
+        return self._act(obs)
+
+    def reset(self, env_mask) -> None:
+        self._done = torch.as_tensor(np.asarray(env_mask, dtype=bool))
+
+
+class MAMLMetaWorldAgent:
+    """A MAML meta-policy (agents.maml.MAMLEvalLearner): adaptation episodes are buffered per
+    sub-env, adapt() takes one policy-gradient step per sub-env from them (vmapped), and
+    evaluation samples from each sub-env's adapted policy."""
+
+    def __init__(self, eval_learner, num_envs: int):
+        self.ev, self.L, self.num_envs = eval_learner, eval_learner.learner, num_envs
+        self.init()
+
+    def init(self) -> None:
+        self.params = {k: v.detach() for k, v in params_of(self.L.net).items()}
+        self.per_task = False
+        self.buf = {"obs": [], "actions": [], "rewards": [], "dones": []}
+
+    @torch.no_grad()
+    def _act(self, obs) -> np.ndarray:
+        o = torch.as_tensor(np.asarray(obs)[:, :OBS_DIM], dtype=torch.float32)
+        out = self.L.forward(self.params, o.unsqueeze(1), self.per_task)  # [B, 1, P]
+        return self.L.dist(out).sample(self.ev.gen)[:, 0].numpy().astype(np.float64)
+
+    def adapt_action(self, observations):
+        return self._act(observations), {}
+
+    def step(self, timestep) -> None:
+        for k, v in (("obs", np.asarray(timestep.observation)[:, :OBS_DIM]), ("actions", timestep.action),
+                     ("rewards", timestep.reward), ("dones", np.logical_or(timestep.terminated, timestep.truncated))):
+            self.buf[k].append(torch.as_tensor(np.asarray(v)))
+
+    @torch.no_grad()
+    def adapt(self) -> None:
+        """One gradient step per sub-env on its buffered episodes: [T, B] steps -> R episodes of H."""
+        dones = torch.stack(self.buf["dones"])  # [T, B]
+        T = dones.shape[0]
+        ends = dones[:, 0].nonzero().flatten()
+        if len(ends) == 0 or T % (int(ends[0]) + 1) or not dones[int(ends[0])::int(ends[0]) + 1].all():
+            raise UserError("MAML adaptation needs equal-length episodes in every sub-env (Meta-World's "
+                            "truncation at max_episode_steps, terminate_on_success off during adaptation)")
+        H = int(ends[0]) + 1
+        R = T // H
+
+        def episodes(x):  # [T, B, ...] -> [B, H, R, ...]
+            x = x.float().view(R, H, *x.shape[1:])
+            return x.permute(2, 1, 0, *range(3, x.dim())).contiguous()
+        data = {"obs": episodes(torch.stack(self.buf["obs"])), "actions": episodes(torch.stack(self.buf["actions"])),
+                "rewards": episodes(torch.stack(self.buf["rewards"]))}
+        data["adv"] = self.L.advantages(data)
+        self.params = self.L.adapt(self.params, data, self.per_task, steps=1, first_order=True)
+        self.per_task = True
+        self.buf = {k: [] for k in self.buf}
+
+    def eval_action(self, observations):
+        return self._act(observations)
+
+    def reset(self, env_mask) -> None:
+        pass  # the adapted parameters stay; MAML keeps no per-episode state
+
+
+def load_metaworld_agent(run_dir: str, num_envs: int, seed: int = 0):
+    """The trained agent of a run directory, wrapped for metaworld.evaluation (CPU)."""
+    from metarl.run import load_checkpoint, open_existing
+    from metarl.config import load_toml
+    from metarl.workflows import resolve_config
+    path = open_existing(run_dir)
+    saved = load_toml(path / "config.toml")
+    cfg = resolve_config(saved["run"]["agent"], saved["run"]["env"], saved, device="cpu")
+    ck = load_checkpoint(path, map_location="cpu")
+    policy = cfg["agent_spec"].load_eval_policy(ck, cfg["env_spec"], cfg["env"], cfg["agent"], torch.device("cpu"),
+                                                seed)
+    if cfg["agent_spec"].protocol == "inner-steps":
+        return MAMLMetaWorldAgent(policy, num_envs)
+    return RL2MetaWorldAgent(policy, num_envs)
