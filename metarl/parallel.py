@@ -1,7 +1,7 @@
 """Parallel simulation for CPU simulators (MuJoCo, Meta-World): a BatchedEnv whose sub-envs
 live in worker processes.
 
-Each of W workers owns a contiguous slice of the B sub-envs and steps them in a loop. Actions,
+Each of W workers owns a contiguous block of the B sub-envs and steps them in a loop. Actions,
 observations and rewards travel through shared-memory tensors ([B, A], [B, D], [B]); the pipe
 to each worker carries only a one-word command and its reply, so a step costs one small
 message per worker, not a pickled batch. A worker that dies, raises, or does not answer within
@@ -31,7 +31,6 @@ from multiprocessing.connection import wait
 from typing import Callable
 
 import gymnasium as gym
-import numpy as np
 import torch
 import torch.multiprocessing as mp
 
@@ -58,27 +57,27 @@ def main_thread_only():
         torch.set_num_threads(n)
 
 
-def _worker(index: int, lo: int, hi: int, factory: Callable, obs: torch.Tensor, act: torch.Tensor,
+def _worker(index: int, rows: list[int], factory: Callable, obs: torch.Tensor, act: torch.Tensor,
             rew: torch.Tensor, info: torch.Tensor, info_keys: tuple, conn) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process owns Ctrl-C
     torch.set_num_threads(1)
     try:
-        envs = [factory() for _ in range(hi - lo)]
+        envs = [factory() for _ in rows]
         obs_np, act_np, rew_np, info_np = obs.numpy(), act.numpy(), rew.numpy(), info.numpy()
         conn.send(("ready", os.getpid()))
         while True:
             cmd, arg = conn.recv()
             if cmd == "step":
-                for j, e in enumerate(envs):
-                    o, r, *extra = e.step(act_np[lo + j])
-                    obs_np[lo + j] = o
-                    rew_np[lo + j] = r
+                for b, e in zip(rows, envs):
+                    o, r, *extra = e.step(act_np[b])
+                    obs_np[b] = o
+                    rew_np[b] = r
                     if info_keys:
                         d = extra[0] if extra else {}
-                        info_np[lo + j] = [float(d.get(k, 0.0)) for k in info_keys]
+                        info_np[b] = [float(d.get(k, 0.0)) for k in info_keys]
             elif cmd == "reset":
                 for j, e in enumerate(envs):
-                    obs_np[lo + j] = e.reset(int(arg[j]))
+                    obs_np[rows[j]] = e.reset(int(arg[j]))
             elif cmd == "set_tasks":
                 for j, e in enumerate(envs):
                     e.set_task(arg[j])
@@ -134,8 +133,11 @@ class ParallelEnv(BatchedEnv):
         self.timeout = timeout
         self.gen = generator if generator is not None else torch.Generator()
         W = max(1, min(workers or os.cpu_count() or 1, num_envs))
-        bounds = np.linspace(0, num_envs, W + 1).round().astype(int)
-        self._slices = [(int(bounds[i]), int(bounds[i + 1])) for i in range(W)]
+        # Contiguous blocks: batches are task-major, so a worker keeps few distinct simulators
+        # (measured on ML10, 20 envs: 2185 steps/s with blocks vs 2004 with sub-env b in worker
+        # b % W, whose workers each cycle through all 10 classes' models and miss the cache).
+        bounds = [round(i * num_envs / W) for i in range(W + 1)]
+        self._rows = [list(range(bounds[i], bounds[i + 1])) for i in range(W)]
         self._obs = torch.zeros(num_envs, self.obs_dim).share_memory_()
         act_shape = (num_envs,) if self.discrete else (num_envs, self.num_actions)
         self._act = torch.zeros(act_shape, dtype=torch.int64 if self.discrete else torch.float32).share_memory_()
@@ -149,9 +151,9 @@ class ParallelEnv(BatchedEnv):
         self._not_done = torch.zeros(num_envs, dtype=torch.bool, device=self.device)
         ctx = mp.get_context("spawn")
         self._procs, self._conns = [], []
-        for i, (lo, hi) in enumerate(self._slices):
+        for i, rows in enumerate(self._rows):
             parent, child = ctx.Pipe()
-            p = ctx.Process(target=_worker, args=(i, lo, hi, factory, self._obs, self._act, self._rew, self._info,
+            p = ctx.Process(target=_worker, args=(i, rows, factory, self._obs, self._act, self._rew, self._info,
                                                        self.info_keys, child),
                             daemon=True, name=f"metarl-sim-{i}")
             p.start()
@@ -219,13 +221,13 @@ class ParallelEnv(BatchedEnv):
     def set_tasks(self, tasks: Tasks) -> None:
         rows = (self._task_rows(tasks) if self._task_rows else
                 [{k: v[b].tolist() for k, v in tasks.items()} for b in range(self.num_envs)])
-        self._broadcast("set_tasks", [rows[lo:hi] for lo, hi in self._slices])
+        self._broadcast("set_tasks", [[rows[b] for b in r] for r in self._rows])
         self._gather("set_tasks", self.timeout)
         self._tasks = tasks
 
     def reset(self) -> torch.Tensor:
         seeds = torch.randint(2**31 - 1, (self.num_envs,), generator=self.gen, device=self.gen.device).tolist()
-        self._broadcast("reset", [seeds[lo:hi] for lo, hi in self._slices])
+        self._broadcast("reset", [[seeds[b] for b in r] for r in self._rows])
         self._gather("reset", self.timeout)
         self.t = 0
         return self._obs.to(self.device, copy=True)
