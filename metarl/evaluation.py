@@ -11,10 +11,10 @@ from typing import Protocol
 
 import torch
 
-from metarl.batched_env import EnvSpec
+from metarl.batched_env import BatchedEnv, EnvSpec
 from metarl.seeding import make_generator
 from metarl.stats import mean_ci
-from metarl.tasks import split_generator, tasks_slice
+from metarl.tasks import Tasks, split_generator, tasks_slice
 
 
 class TrialPolicy(Protocol):
@@ -40,6 +40,35 @@ class Evaluation:
 
 
 @torch.no_grad()
+def play_trial(policy, env: BatchedEnv, tasks: Tasks, episodes: int) -> dict[str, torch.Tensor]:
+    """One trial of `episodes` episodes in every sub-env with a TrialPolicy. Returns returns
+    [B, E], step_reward [E * H] (reward of each step summed over sub-envs) and, for envs with a
+    success signal, success [B, E] (1 where any step of that episode succeeded)."""
+    B, dev, H = env.num_envs, env.device, env.horizon
+    returns, steps = torch.zeros(B, episodes, device=dev), torch.zeros(episodes * H, device=dev)
+    success = None
+    with env.rollout_context():
+        env.set_tasks(tasks)
+        obs = env.reset()
+        policy.reset(B, dev)
+        for e in range(episodes):
+            for t in range(H):
+                a = policy.act(obs)
+                next_obs, r, d = env.step(a)
+                policy.observe(a, r, d, next_obs)
+                returns[:, e] += r
+                steps[e * H + t] = r.sum()
+                if "success" in env.info:
+                    if success is None:
+                        success = torch.zeros(B, episodes, device=dev)
+                    success[:, e] = torch.maximum(success[:, e], env.info["success"].to(dev))
+                obs = next_obs
+    out = {"returns": returns, "step_reward": steps}
+    if success is not None:
+        out["success"] = success
+    return out
+
+
 def evaluate(make_policy, env_spec: EnvSpec, env_cfg, num_tasks: int, seed: int, device,
              batch_size: int = 4096) -> Evaluation:
     """Play one trial on each of `num_tasks` held-out tasks. make_policy(env) -> TrialPolicy."""
@@ -54,21 +83,10 @@ def evaluate(make_policy, env_spec: EnvSpec, env_cfg, num_tasks: int, seed: int,
         env = env_spec.make_env(env_cfg, b, device, env_gen)
         if policy is None:
             policy = make_policy(env)
-        env.set_tasks(tasks_slice(tasks, slice(start, start + b)))
-        obs = env.reset()
-        policy.reset(b, device)
-        returns = torch.zeros(b, E, device=device)
-        steps = torch.zeros(E * env.horizon, device=device)
-        for e in range(E):
-            for t in range(env.horizon):
-                a = policy.act(obs)
-                next_obs, r, d = env.step(a)
-                policy.observe(a, r, d, next_obs)
-                returns[:, e] += r
-                steps[e * env.horizon + t] = r.sum()
-                obs = next_obs
-        out.append(returns.cpu())
-        step_sum = steps.cpu() if step_sum is None else step_sum + steps.cpu()
+        played = play_trial(policy, env, tasks_slice(tasks, slice(start, start + b)), E)
+        out.append(played["returns"].cpu())
+        steps = played["step_reward"].cpu()
+        step_sum = steps if step_sum is None else step_sum + steps
     return Evaluation(torch.cat(out), step_sum / num_tasks)
 
 

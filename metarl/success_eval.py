@@ -23,7 +23,8 @@ from dataclasses import dataclass
 
 import torch
 
-from metarl.batched_env import BatchedEnv, EnvSpec
+from metarl.batched_env import EnvSpec
+from metarl.evaluation import play_trial
 from metarl.seeding import make_generator
 from metarl.stats import mean_ci
 from metarl.tasks import Tasks, tasks_slice
@@ -51,26 +52,6 @@ def protocol_tasks(dist, goals_per_class: int, batch_tasks: int) -> list[Tasks]:
             for g0 in range(0, G, per_batch)]
 
 
-@torch.no_grad()
-def trial_success(policy, env: BatchedEnv, tasks: Tasks, episodes: int):
-    """One trial of `episodes` episodes per sub-env with a TrialPolicy -> (success [B, E], returns [B, E])."""
-    B, dev = env.num_envs, env.device
-    success, returns = torch.zeros(B, episodes, device=dev), torch.zeros(B, episodes, device=dev)
-    with env.rollout_context():
-        env.set_tasks(tasks)
-        obs = env.reset()
-        policy.reset(B, dev)
-        for e in range(episodes):
-            for _ in range(env.horizon):
-                a = policy.act(obs)
-                next_obs, r, d = env.step(a)
-                policy.observe(a, r, d, next_obs)
-                returns[:, e] += r
-                success[:, e] = torch.maximum(success[:, e], env.info["success"].to(dev))
-                obs = next_obs
-    return success, returns
-
-
 def evaluate_success(make_agent, protocol: str, env_spec: EnvSpec, env_cfg, goals_per_class: int, seed: int, device,
                      batch_tasks: int = 40) -> SuccessEvaluation:
     """make_agent(env) -> the agent, called once with the first env: a TrialPolicy (protocol
@@ -93,7 +74,8 @@ def evaluate_success(make_agent, protocol: str, env_spec: EnvSpec, env_cfg, goal
                 env = env_spec.make_env(env_cfg, n * rollouts, device, env_gen)
                 agent = agent or make_agent(env)
             if protocol == "trial":
-                s, r = trial_success(agent, env, tasks, A + E)
+                played = play_trial(agent, env, tasks, A + E)
+                s, r = played["success"], played["returns"]
                 curves.append(s.cpu())
                 success.append(s[:, A:].mean(1).cpu())
                 returns.append(r[:, A:].mean(1).cpu())
