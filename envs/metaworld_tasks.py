@@ -29,6 +29,7 @@ import torch
 from metarl.batched_env import EnvSpec
 from metarl.config import option
 from metarl.errors import UserError
+from metarl.cache import cache_root
 from metarl.tasks import SPLITS, TaskDistribution, Tasks
 
 BENCHMARKS = ("ML1", "ML10", "ML25", "ML45")
@@ -68,7 +69,7 @@ def check_task_name(name: str) -> None:
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("METARL_CACHE", Path.home() / ".cache" / "metarl")) / "metaworld"
+    return cache_root() / "metaworld"
 
 
 @functools.lru_cache(maxsize=8)

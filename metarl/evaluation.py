@@ -132,8 +132,10 @@ def summarize_episodes(ev: Evaluation) -> dict:
     return {"total": mean_ci(ev.returns.mean(1)), "per_episode": ev.returns.mean(0).tolist()}
 
 
-def format_table(results: dict[str, dict], title: str, metric: str = "mean total reward") -> str:
-    rows = sorted(results.items(), key=lambda kv: -kv[1]["total"]["mean"])
+def format_table(results: dict[str, dict], title: str, metric: str = "mean total reward",
+                 lower_is_better: bool = False) -> str:
+    sign = 1 if lower_is_better else -1
+    rows = sorted(results.items(), key=lambda kv: sign * kv[1]["total"]["mean"])
     width = max(len(n) for n in results) + 2
     lines = [title, f"{'method':<{width}}{metric:>18}  {'95% CI':>20}  {'n':>6}"]
     for name, r in rows:

@@ -30,12 +30,14 @@ CURVE_LABELS = {"trial_return": ("training trials", "mean total reward per trial
                 "success": ("all episodes of the trial", "training success rate"),
                 "success_last": ("last episode of the trial", "training success rate"),
                 "pre_success": ("before adaptation", "training success rate"),
-                "post_success": ("after adaptation", "training success rate")}
+                "post_success": ("after adaptation", "training success rate"),
+                "loss": ("meta-training loss", "loss"),
+                "accuracy": ("query accuracy (training tasks)", "loss / accuracy")}
 SUCCESS_KEYS = ("success", "success_last", "pre_success", "post_success")
 
 
 def learning_curve(metrics: list[dict], out: Path, title: str, keys: tuple[str, ...] = ("trial_return",),
-                   references: dict[str, float] | None = None) -> Path:
+                   references: dict[str, float] | None = None, xlabel: str = "env steps") -> Path:
     """Plot metrics[key] for each key against env steps, with optional horizontal reference lines."""
     plt, fig, ax = _figure()
     keys = [k for k in keys if any(k in m for m in metrics)]
@@ -45,7 +47,7 @@ def learning_curve(metrics: list[dict], out: Path, title: str, keys: tuple[str, 
     for i, (name, value) in enumerate((references or {}).items()):
         ax.axhline(value, ls="--", lw=1, color=f"C{i + len(keys)}", label=name)
     ylabel = CURVE_LABELS.get(keys[0], (None, keys[0]))[1] if keys else ""
-    return _save(plt, fig, ax, out, "env steps", ylabel, title)
+    return _save(plt, fig, ax, out, xlabel, ylabel, title)
 
 
 def adaptation_steps_curve(results: dict[str, dict], out: Path, title: str) -> Path:

@@ -45,6 +45,14 @@ ENVS: dict[str, Entry] = {
                   "Meta-World ML25: 25 train tasks, 5 held-out test tasks (needs the metaworld extra)"),
     "ml45": Entry("metarl.envs.metaworld_tasks:ML45",
                   "Meta-World ML45: 45 train tasks, 5 held-out test tasks (needs the metaworld extra)"),
+    "sinusoid": Entry("metarl.envs.regression_tasks:SINUSOID",
+                      "few-shot regression of A sin(x - phi), A ~ U[0.1,5], phi ~ U[0,pi], K = env.shots (MAML paper)"),
+    "gp-regression": Entry("metarl.envs.regression_tasks:GP_REGRESSION",
+                           "few-shot regression of 1-D GP draws, squared-exponential kernel (CNP paper)"),
+    "glyphs": Entry("metarl.envs.image_tasks:GLYPHS",
+                    "N-way K-shot classification of generated handwritten glyphs (1200 classes, no download)"),
+    "omniglot": Entry("metarl.envs.image_tasks:OMNIGLOT",
+                      "N-way K-shot Omniglot from a local folder, env.data_dir (torchvision layout, never downloaded)"),
 }
 
 AGENTS: dict[str, Entry] = {
@@ -53,6 +61,17 @@ AGENTS: dict[str, Entry] = {
                        "MAML (Finn et al. 2017): policy-gradient inner step, TRPO outer step"),
     "maml-ppo": Entry("metarl.agents.maml:MAML_PPO",
                       "MAML with a clipped (ProMP-style) outer objective optimised by Adam"),
+    "maml": Entry("metarl.agents.fewshot_maml:MAML",
+                  "supervised MAML, second order (agent.first_order=true: FOMAML), vectorized inner loop"),
+    "meta-sgd": Entry("metarl.agents.fewshot_maml:META_SGD", "Meta-SGD: MAML with a learned step size per parameter"),
+    "anil": Entry("metarl.agents.fewshot_maml:ANIL", "ANIL: MAML adapting only the classifier head"),
+    "reptile": Entry("metarl.agents.fewshot_maml:REPTILE", "Reptile: SGD per task, meta-parameters moved toward it"),
+    "pretrain": Entry("metarl.agents.fewshot_maml:PRETRAIN",
+                      "baseline: one network trained on all tasks, fine-tuned at test time (regression)"),
+    "protonet": Entry("metarl.agents.metric_learners:PROTONET", "Prototypical Networks (classification)"),
+    "matching-net": Entry("metarl.agents.metric_learners:MATCHING_NET", "Matching Networks (classification)"),
+    "relation-net": Entry("metarl.agents.metric_learners:RELATION_NET", "Relation Networks (classification)"),
+    "cnp": Entry("metarl.agents.cnp:CNP_SPEC", "Conditional Neural Process (regression, predictive uncertainty)"),
 }
 
 BASELINES: dict[str, Entry] = {
@@ -80,6 +99,9 @@ BENCHES: dict[str, Entry] = {
     "metaworld": Entry("metarl.bench:bench_metaworld",
                        "Meta-World ML10 steps/s: one env alone, metarl's workers and Meta-World's async vector env, "
                        "policy in the loop"),
+    "maml-sinusoid": Entry("metarl.bench:bench_maml_sinusoid",
+                           "MAML meta-iterations/s on sinusoid (meta-batch 25, K=10, second order): functional "
+                           "inner loop vs a per-task autograd loop"),
 }
 
 

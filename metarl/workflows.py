@@ -46,6 +46,13 @@ def resolve_config(agent: str, env: str, file: dict[str, dict] | None = None, se
         raise UserError(f"seed must be >= 0, got {run['seed']}")
     env_spec = lookup("env", ENVS, run["env"])
     agent_spec = lookup("agent", AGENTS, run["agent"])
+    env_domain = getattr(env_spec, "domain", "rl")
+    if env_domain != ("fewshot" if agent_spec.protocol == "fewshot" else "rl"):
+        kind = "a supervised few-shot" if env_domain == "fewshot" else "an RL"
+        fits = "maml, meta-sgd, anil, reptile, pretrain, protonet, matching-net, relation-net, cnp" \
+            if env_domain == "fewshot" else "rl2, maml-trpo, maml-ppo"
+        raise UserError(f"agent {run['agent']!r} cannot train on env {run['env']!r}, which is {kind} task "
+                        f"family; agents for it: {fits}")
     env_cfg = build(env_spec.config_cls, {**file.get("env", {}), **cli.get("env", {})}, "env")
     agent_cfg = build(agent_spec.config_cls, {**file.get("agent", {}), **cli.get("agent", {})}, "agent")
     return {"run": run, "env": env_cfg, "agent": agent_cfg, "env_spec": env_spec, "agent_spec": agent_spec}
@@ -64,10 +71,10 @@ def train(agent: str, env: str, *, config_file: str | None = None, sets: list[st
             raise UserError("--resume needs --run-dir RUN_DIR naming the run to continue")
         path = open_existing(run_dir)
         saved = load_toml(path / "config.toml")
-        changed = [s for s in sets if not s.startswith("agent.total_steps=")]
+        changed = [s for s in sets if not s.startswith(("agent.total_steps=", "agent.iterations="))]
         if changed or config_file:
-            raise UserError("a resumed run keeps its saved config; only --set agent.total_steps=N may change "
-                            "(start a new run for other changes)")
+            raise UserError("a resumed run keeps its saved config; only --set agent.total_steps=N (RL²) or "
+                            "agent.iterations=N (MAML, few-shot) may change (start a new run for other changes)")
         cfg = resolve_config(saved["run"]["agent"], saved["run"]["env"], saved, sets, device=device)
     else:
         cfg = resolve_config(agent, env, load_toml(config_file) if config_file else None, sets, seed, device)
@@ -94,7 +101,8 @@ def train(agent: str, env: str, *, config_file: str | None = None, sets: list[st
     metrics = run.read_metrics()
     if metrics:
         learning_curve(metrics, path / "learning_curve.png", f"{cfg['run']['agent']} on {cfg['run']['env']}",
-                       keys=cfg["agent_spec"].curve_keys)
+                       keys=cfg["agent_spec"].curve_keys,
+                       xlabel="meta-iterations" if cfg["agent_spec"].protocol == "fewshot" else "env steps")
     return path
 
 
@@ -129,6 +137,8 @@ def evaluate_run(run_dir: str, *, tasks: int = 1000, baselines: str = "all", see
     agent_name = saved["run"]["agent"]
     spec = cfg["agent_spec"]
     inner_steps = spec.protocol == "inner-steps"
+    if spec.protocol == "fewshot":
+        return _evaluate_fewshot_run(path, saved, cfg, ck, tasks, seed, dev, checkpoint)
     if "metaworld" in env_spec.families:  # success by Meta-World's protocol, every method alike
         return _evaluate_success_run(path, saved, cfg, ck, names, tasks, seed, dev, checkpoint)
     if inner_steps:  # MAML: return before and after each gradient step, baselines per episode
@@ -184,12 +194,48 @@ def _evaluate_success_run(path: Path, saved: dict, cfg: dict, ck: dict, names: l
     return _write_report(path, report)
 
 
+def _evaluate_fewshot_run(path: Path, saved: dict, cfg: dict, ck: dict, tasks: int, seed: int, dev,
+                          checkpoint: str) -> dict:
+    """Few-shot learners: query MSE (regression) or accuracy (classification) on held-out tasks
+    after 0, 1, 5, 10 inner steps; CNP also against the number of context points."""
+    from metarl import fewshot_eval as fe
+    env_spec, env_cfg, spec, agent_cfg = cfg["env_spec"], cfg["env"], cfg["agent_spec"], cfg["agent"]
+    dist = env_spec.make_distribution(env_cfg)
+    learner = spec.load_eval_policy(ck, env_spec, env_cfg, agent_cfg, dev, seed)
+    name = saved["run"]["agent"]
+    result = fe.summarize_fewshot(fe.evaluate_fewshot(learner, dist, tasks, seed, agent_cfg.eval_steps, dev),
+                                  dist.kind)
+    title = f"held-out {saved['run']['env']} tasks"
+    if hasattr(learner, "predict_dist"):
+        contexts = [c for c in (1, 2, 5, 10, 20, 50, 100) if c <= getattr(env_cfg, "context_max", 100)]
+        result["per_context"] = fe.evaluate_context_sizes(learner, dist, tasks, seed, contexts, dev)
+        fe.context_plot(result["per_context"], path / "eval_context.png", f"{name}: {title}")
+    report = {"env": saved["run"]["env"], "env_config": saved["env"], "agent": name, "tasks": tasks, "seed": seed,
+              "device": str(dev), "checkpoint": checkpoint, "checkpoint_iteration": ck["iteration"],
+              "env_steps": ck["env_steps"], "protocol": "fewshot",
+              "metric": "query MSE" if dist.kind == "regression" else "query accuracy",
+              "results": {name: result}}
+    tmp = path / "eval.json.tmp"
+    tmp.write_text(json.dumps(report, indent=2))
+    os.replace(tmp, path / "eval.json")
+    fe.steps_plot(report["results"], path / "eval_adaptation.png", title)
+    if dist.kind == "regression":
+        fe.fits_plot(learner, dist, path / "eval_fits.png", f"{name}: {title}", seed,
+                     fe.report_steps(agent_cfg.eval_steps), dev)
+    return report
+
+
 def table_rows(report: dict) -> dict[str, dict]:
     """One row per method; an inner-steps agent gets one row per number of gradient steps,
     named like the MAML paper's table ("maml-trpo (1 step)")."""
     rows = {}
     for name, r in report["results"].items():
-        if "per_step_return" in r:
+        if "per_step" in r and isinstance(r["per_step"], dict):  # few-shot: one row per inner-step count
+            if len(r["per_step"]) == 1:
+                rows[name] = {"total": r["total"]}
+            for k, c in (r["per_step"].items() if len(r["per_step"]) > 1 else ()):
+                rows[f"{name} ({k} step{'' if k == '1' else 's'})"] = {"total": c}
+        elif "per_step_return" in r:
             for k, c in enumerate(r["per_step_return"]):
                 rows[f"{name} ({k} step{'' if k == 1 else 's'})"] = {"total": c}
         else:
@@ -198,13 +244,15 @@ def table_rows(report: dict) -> dict[str, dict]:
 
 
 def report_table(report: dict) -> str:
-    return format_table(table_rows(report), eval_title(report), report.get("metric", "mean total reward"))
+    return format_table(table_rows(report), eval_title(report), report.get("metric", "mean total reward"),
+                        lower_is_better=report.get("metric") == "query MSE")
 
 
 def eval_title(report: dict) -> str:
     envc = ", ".join(f"{k}={v}" for k, v in report["env_config"].items())
     return (f"{report['env']} ({envc}): {report['tasks']} held-out tasks, seed {report['seed']}, "
-            f"{report['agent']} after {report['env_steps']:,} env steps")
+            f"{report['agent']} after {report['env_steps']:,} "
+            f"{'meta-iterations' if report.get('protocol') == 'fewshot' else 'env steps'}")
 
 
 DEMO_STEPS = 6_000_000

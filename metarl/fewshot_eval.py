@@ -1,0 +1,161 @@
+"""Evaluation of few-shot learners on held-out (test-split) tasks, and its plots.
+
+Regression: query MSE after 0, 1, 5 and 10 inner steps (those <= eval_steps, and eval_steps);
+classification: query accuracy at the same steps. Learners that adapt in closed form
+(ProtoNets, CNP, ...) have one figure. Every learner evaluated with the same seed sees the same
+tasks (the test stream of metarl.fewshot.task_generator, drawn in the same batch sizes).
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+
+from metarl.fewshot import FewShotDistribution, FewShotLearner, task_generator, task_score
+from metarl.stats import mean_ci
+
+REPORT_STEPS = (0, 1, 5, 10)
+
+
+def report_steps(eval_steps: int) -> list[int]:
+    return sorted({s for s in REPORT_STEPS if s <= eval_steps} | {eval_steps})
+
+
+def evaluate_fewshot(learner: FewShotLearner, dist: FewShotDistribution, num_tasks: int, seed: int,
+                     eval_steps: int, device, batch_tasks: int = 100) -> dict[int, torch.Tensor]:
+    """Per-task score [num_tasks] after each reported number of inner steps -> {steps: scores}.
+    Closed-form learners give {0: scores} (steps do not apply)."""
+    device = torch.device(device)
+    gen = task_generator(seed, "test", device)
+    steps = report_steps(eval_steps) if learner.gradient_steps else [0]
+    out: dict[int, list] = {s: [] for s in steps}
+    learner.eval()
+    for start in range(0, num_tasks, batch_tasks):
+        b = min(batch_tasks, num_tasks - start)
+        batch = dist.sample(b, gen, "test", query=getattr(dist, "eval_query", None))
+        for s in steps:
+            with torch.no_grad():
+                pred = learner.predict(learner.adapt(batch["xs"], batch["ys"], s), batch["xq"])
+            out[s].append(task_score(dist.kind, pred, batch["yq"]).cpu())
+    return {s: torch.cat(v) for s, v in out.items()}
+
+
+def summarize_fewshot(scores: dict[int, torch.Tensor], kind: str) -> dict:
+    """{"metric", "per_step": {steps: mean/CI}, "total": the figure after the most steps}."""
+    per_step = {str(s): mean_ci(v) for s, v in scores.items()}
+    return {"metric": "mse" if kind == "regression" else "accuracy", "per_step": per_step,
+            "total": per_step[str(max(scores))]}
+
+
+def gaussian_loglik(mean: torch.Tensor, std: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per-task mean log-likelihood of targets y [N, Q, d] under N(mean, std^2) -> [N]."""
+    ll = -0.5 * ((y - mean) / std) ** 2 - torch.log(std) - 0.5 * math.log(2 * math.pi)
+    return ll.mean((-2, -1))
+
+
+def evaluate_context_sizes(learner, dist: FewShotDistribution, num_tasks: int, seed: int, contexts: list[int],
+                           device, batch_tasks: int = 100) -> dict:
+    """Probabilistic regressors (CNP): test log-likelihood and MSE of the query points against
+    the number of context points -> {contexts: [...], "loglik": [ci...], "mse": [ci...]}."""
+    device = torch.device(device)
+    res = {"contexts": list(contexts), "loglik": [], "mse": []}
+    learner.eval()
+    for c in contexts:
+        gen = task_generator(seed, "test", device)  # the same functions for every context size
+        ll, mse = [], []
+        for start in range(0, num_tasks, batch_tasks):
+            b = min(batch_tasks, num_tasks - start)
+            batch = dist.sample(b, gen, "test", shots=c, query=getattr(dist, "eval_query", None))
+            with torch.no_grad():
+                mean, std = learner.predict_dist(learner.adapt(batch["xs"], batch["ys"]), batch["xq"])
+            ll.append(gaussian_loglik(mean, std, batch["yq"]).cpu())
+            mse.append(((mean - batch["yq"]) ** 2).mean((-2, -1)).cpu())
+        res["loglik"].append(mean_ci(torch.cat(ll)))
+        res["mse"].append(mean_ci(torch.cat(mse)))
+    return res
+
+
+def _plt():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def steps_plot(results: dict[str, dict], out: Path, title: str) -> Path:
+    """MSE or accuracy (95% CI band) against inner gradient steps; closed-form learners as lines."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    metric = next(iter(results.values()))["metric"]
+    for i, (name, r) in enumerate(results.items()):
+        xs = [int(s) for s in r["per_step"]]
+        cis = list(r["per_step"].values())
+        if len(xs) > 1:
+            ax.plot(xs, [c["mean"] for c in cis], marker="o", color=f"C{i}", label=name)
+            ax.fill_between(xs, [c["ci_low"] for c in cis], [c["ci_high"] for c in cis], color=f"C{i}", alpha=0.2)
+        else:
+            ax.axhline(cis[0]["mean"], ls="--", color=f"C{i}", label=name)
+    ax.set_xlabel("inner gradient steps on the support set")
+    ax.set_ylabel("query MSE" if metric == "mse" else "query accuracy")
+    if metric == "mse":
+        ax.set_yscale("log")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
+
+
+def fits_plot(learner, dist: FewShotDistribution, out: Path, title: str, seed: int, steps: list[int],
+              device, tasks: int = 4) -> Path:
+    """Regression: the true function, the K support points and the learner's prediction (after
+    each of `steps` inner steps, or its mean +- 2 std for CNP) on a dense grid, for a few test tasks."""
+    plt = _plt()
+    gen = task_generator(seed, "test", device)
+    batch = dist.sample(tasks, gen, "test", query=200, grid=True)
+    fig, axes = plt.subplots(1, tasks, figsize=(3.2 * tasks, 3), sharey=True)
+    x = batch["xq"][0, :, 0].cpu()
+    with torch.no_grad():
+        preds = {}
+        if hasattr(learner, "predict_dist"):
+            mean, std = learner.predict_dist(learner.adapt(batch["xs"], batch["ys"]), batch["xq"])
+            preds["prediction"] = (mean, std)
+        else:
+            for s in (steps if learner.gradient_steps else [0]):
+                name = f"{s} step{'' if s == 1 else 's'}" if learner.gradient_steps else "prediction"
+                preds[name] = (learner.predict(learner.adapt(batch["xs"], batch["ys"], s), batch["xq"]), None)
+    for t, ax in enumerate(axes):
+        ax.plot(x, batch["yq"][t, :, 0].cpu(), color="k", lw=2, label="true")
+        for i, (name, (m, sd)) in enumerate(preds.items()):
+            ax.plot(x, m[t, :, 0].cpu(), color=f"C{i}", label=name)
+            if sd is not None:
+                ax.fill_between(x, (m - 2 * sd)[t, :, 0].cpu(), (m + 2 * sd)[t, :, 0].cpu(), color=f"C{i}", alpha=0.2)
+        ax.scatter(batch["xs"][t, :, 0].cpu(), batch["ys"][t, :, 0].cpu(), color="r", zorder=5, s=15, label="support")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def context_plot(res: dict, out: Path, title: str) -> Path:
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+    for ax, key, label in ((axes[0], "loglik", "test log-likelihood"), (axes[1], "mse", "test MSE")):
+        cis = res[key]
+        ax.plot(res["contexts"], [c["mean"] for c in cis], marker="o")
+        ax.fill_between(res["contexts"], [c["ci_low"] for c in cis], [c["ci_high"] for c in cis], alpha=0.2)
+        ax.set_xscale("log")
+        ax.set_xlabel("context points")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out

@@ -1,0 +1,322 @@
+"""Supervised few-shot learning: task families, learners' adapt steps, MAML gradients, CLI."""
+import json
+import math
+
+import pytest
+import torch
+
+from metarl.agents.cnp import CNP, CNPConfig
+from metarl.agents.fewshot_maml import MAMLConfig, MAMLLearner, ReptileConfig, ReptileLearner
+from metarl.agents.metric_learners import MetricConfig, ProtoNet, class_sums
+from metarl.config import build
+from metarl.envs.glyphs import generate_glyphs, load_glyphs
+from metarl.envs.image_tasks import GlyphConfig, OmniglotConfig, make_glyphs, make_omniglot
+from metarl.envs.regression_tasks import GPConfig, GPDistribution, SinusoidConfig, SinusoidDistribution
+from metarl.fewshot import task_generator, task_loss
+from metarl.functional import adapt_batch, params_of
+
+
+@pytest.fixture(autouse=True)
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("METARL_CACHE", str(tmp_path / "cache"))
+
+
+def small_glyphs(**kw):
+    return make_glyphs(build(GlyphConfig, {"classes": 40, "variants": 20, **kw}, "env"))
+
+
+# ---- task families ---------------------------------------------------------------------------
+
+def test_sinusoid_sampling_statistics():
+    dist = SinusoidDistribution(SinusoidConfig())
+    b = dist.sample(20000, torch.Generator().manual_seed(0))
+    assert b["xs"].shape == (20000, 10, 1) and b["xq"].shape == (20000, 10, 1)
+    amp, ph = b["amplitude"], b["phase"]
+    assert amp.min() >= 0.1 and amp.max() <= 5.0 and abs(amp.mean().item() - 2.55) < 0.05
+    assert ph.min() >= 0 and ph.max() <= math.pi and abs(ph.mean().item() - math.pi / 2) < 0.03
+    assert b["xs"].min() >= -5 and b["xs"].max() <= 5 and abs(b["xs"].mean().item()) < 0.03
+    expect = amp.view(-1, 1, 1) * torch.sin(b["xq"] - ph.view(-1, 1, 1))
+    assert torch.allclose(b["yq"], expect)
+    a = dist.sample(4, task_generator(0, "train"))["amplitude"]
+    assert not torch.equal(a, dist.sample(4, task_generator(0, "test"))["amplitude"])
+    assert torch.equal(a, dist.sample(4, task_generator(0, "train"))["amplitude"])
+
+
+def test_gp_samples_have_the_kernel_covariance():
+    cfg = build(GPConfig, {"shots": 1}, "env")
+    b = GPDistribution(cfg).sample(6000, torch.Generator().manual_seed(0), query=4, grid=True)
+    x, y = b["xq"][0, :, 0].double(), b["yq"][..., 0].double()            # fixed grid, [6000, 4]
+    emp = (y - y.mean(0)).T @ (y - y.mean(0)) / (y.shape[0] - 1)
+    k = torch.exp(-0.5 * (x.view(-1, 1) - x.view(1, -1)) ** 2 / 0.4 ** 2) + 0.02 ** 2 * torch.eye(4)
+    assert torch.allclose(emp, k, atol=0.08)
+
+
+def test_gp_draws_the_context_size_per_batch_when_shots_is_zero():
+    dist = GPDistribution(build(GPConfig, {"shots": 0, "context_min": 3, "context_max": 9}, "env"))
+    g = torch.Generator().manual_seed(0)
+    sizes = {dist.sample(2, g)["xs"].shape[1] for _ in range(60)}
+    assert sizes <= set(range(3, 10)) and len(sizes) >= 5
+
+
+def test_glyph_generator_is_deterministic_per_seed_and_cached(tmp_path):
+    a, b = generate_glyphs(1, classes=12, variants=4), generate_glyphs(1, classes=12, variants=4)
+    assert a.dtype == torch.uint8 and a.shape == (12, 4, 28, 28) and torch.equal(a, b)
+    assert not torch.equal(a, generate_glyphs(2, classes=12, variants=4))
+    # variants of one class resemble each other more than other classes do
+    f = a.float().flatten(2)
+    same = (f[:, 0] - f[:, 1]).abs().mean()
+    other = (f[:, 0] - f.roll(1, 0)[:, 0]).abs().mean()
+    assert same < other
+    first = load_glyphs(1, 12, 4)
+    assert torch.equal(first, a) and list((tmp_path / "cache" / "glyphs").glob("*.pt"))
+    assert torch.equal(load_glyphs(1, 12, 4), a)  # from the cache
+
+
+def test_classification_tasks_have_class_disjoint_splits():
+    dist = small_glyphs(ways=3, shots=2, query=4)
+    lo_tr, hi_tr = dist.bounds["train"]
+    seen = {}
+    for split in ("train", "val", "test"):
+        b = dist.sample(50, task_generator(0, split), split)
+        assert b["xs"].shape == (50, 6, 1, 28, 28) and b["xq"].shape == (50, 12, 1, 28, 28)
+        assert torch.equal(b["ys"][0], torch.tensor([0, 0, 1, 1, 2, 2]))
+        lo, hi = dist.bounds[split]
+        assert b["classes"].min() >= lo and b["classes"].max() < hi
+        assert all(len(set(row.tolist())) == 3 for row in b["classes"])   # distinct classes per task
+        seen[split] = set(b["classes"].flatten().tolist())
+        assert 0 <= b["xs"].min() and b["xs"].max() <= 1
+    assert not (seen["train"] & seen["test"]) and not (seen["train"] & seen["val"]) and not (seen["val"] & seen["test"])
+    # support and query drawings of a class are different images
+    b = dist.sample(1, torch.Generator().manual_seed(3))
+    assert not any(torch.equal(b["xs"][0, 0], q) for q in b["xq"][0, :4])
+
+
+def test_omniglot_missing_or_malformed_gives_one_line_error(cli, tmp_path):
+    code, out, err = cli("train", "protonet", "--env", "omniglot", "--set", f"env.data_dir={tmp_path / 'none'}")
+    assert code == 2 and "Omniglot not found" in err and "never downloads" in err and "Traceback" not in err
+    char = tmp_path / "om" / "omniglot-py" / "images_background" / "Alpha" / "character01"
+    char.mkdir(parents=True)
+    (tmp_path / "om" / "omniglot-py" / "images_evaluation").mkdir()
+    for i in range(3):
+        (char / f"{i}.png").write_bytes(b"not a png")
+    code, out, err = cli("train", "protonet", "--env", "omniglot", "--set", f"env.data_dir={tmp_path / 'om'}")
+    assert code == 2 and "cannot read image" in err and "0.png" in err and len(err.strip().splitlines()) == 1
+
+
+def test_omniglot_folder_in_torchvision_layout_loads(tmp_path):
+    from PIL import Image
+    g = generate_glyphs(0, classes=24, variants=6)
+    for c in range(24):
+        part = "images_background" if c < 16 else "images_evaluation"
+        d = tmp_path / "omniglot-py" / part / f"alphabet{c // 8}" / f"character{c:02d}"
+        d.mkdir(parents=True)
+        for v in range(6):
+            Image.fromarray((255 - g[c, v]).numpy()).resize((105, 105)).save(d / f"{c}_{v}.png")
+    dist = make_omniglot(build(OmniglotConfig, {"data_dir": str(tmp_path), "ways": 2, "shots": 1, "query": 2,
+                                                "eval_query": 2}, "env"))
+    assert dist.images.shape == (24, 6, 28, 28)
+    assert dist.bounds["test"][1] == 24 and dist.bounds["train"][0] == 0
+    # ink is bright after loading, as in the glyphs
+    assert dist.images.float().mean() < 128
+    b = dist.sample(4, torch.Generator().manual_seed(0), "test")
+    assert b["xs"].shape == (4, 2, 1, 28, 28)
+
+
+def test_too_many_ways_or_shots_is_a_user_error(cli):
+    code, _, err = cli("train", "protonet", "--env", "glyphs", "--set", "env.classes=60", "--set", "env.ways=30")
+    assert code == 2 and "env.ways=30" in err
+    code, _, err = cli("train", "protonet", "--env", "glyphs", "--set", "env.classes=60", "--set", "env.shots=10")
+    assert code == 2 and "drawings per class" in err
+
+
+def test_rl_and_fewshot_agents_refuse_each_others_envs(cli):
+    code, _, err = cli("train", "rl2", "--env", "sinusoid")
+    assert code == 2 and "supervised few-shot" in err and "maml" in err
+    code, _, err = cli("train", "maml", "--env", "bandit")
+    assert code == 2 and "RL task family" in err
+    code, _, err = cli("train", "protonet", "--env", "sinusoid")
+    assert code == 2 and "classifier" in err
+
+
+# ---- learners ------------------------------------------------------------------------------------
+
+def test_protonet_prototypes_are_class_means():
+    dist = small_glyphs(ways=3, shots=4)
+    learner = ProtoNet(dist, build(MetricConfig, {"channels": 8}, "env"))
+    b = dist.sample(2, torch.Generator().manual_seed(0))
+    protos = learner.adapt(b["xs"], b["ys"])
+    emb = learner.embed(b["xs"])                                          # [2, 12, 8]
+    for c in range(3):
+        assert torch.allclose(protos[:, c], emb[:, b["ys"][0] == c].mean(1), atol=1e-6)
+    logits = learner.predict(protos, b["xq"])
+    q = learner.embed(b["xq"])
+    assert torch.allclose(logits[1, 5, 2], -((q[1, 5] - protos[1, 2]) ** 2).sum(), atol=1e-4)
+    sums, counts = class_sums(emb, b["ys"], 3)
+    assert counts.flatten().tolist() == [4.0] * 6
+
+
+def _manual_maml_grad(learner, b, first_order):
+    """Hand-written second-order (or first-order) MAML meta-gradient with a per-task loop."""
+    meta = params_of(learner.model)
+    losses = []
+    for i in range(b["xs"].shape[0]):
+        params = meta
+        for _ in range(learner.cfg.inner_steps):
+            inner = ((learner.model.forward_with(params, b["xs"][i]) - b["ys"][i]) ** 2).mean()
+            grads = torch.autograd.grad(inner, list(params.values()), create_graph=not first_order)
+            params = {k: p - learner.cfg.inner_lr * g for (k, p), g in zip(params.items(), grads)}
+        losses.append(((learner.model.forward_with(params, b["xq"][i]) - b["yq"][i]) ** 2).mean())
+    return torch.autograd.grad(torch.stack(losses).mean(), list(meta.values()))
+
+
+@pytest.mark.parametrize("first_order", [False, True])
+@pytest.mark.parametrize("steps", [1, 3])
+@pytest.mark.parametrize("vectorized", [True, False])
+def test_maml_meta_gradient_equals_hand_written_autograd(first_order, steps, vectorized):
+    torch.manual_seed(0)
+    dist = SinusoidDistribution(SinusoidConfig())
+    cfg = build(MAMLConfig, {"inner_steps": steps, "first_order": first_order, "inner_lr": 0.05}, "agent")
+    learner = MAMLLearner(dist, cfg).double()
+    learner.vectorized = vectorized
+    b = {k: v.double() for k, v in dist.sample(4, torch.Generator().manual_seed(1)).items()}
+    loss, _ = learner.meta_loss(b)
+    got = torch.autograd.grad(loss, list(params_of(learner.model).values()))
+    want = _manual_maml_grad(learner, b, first_order)
+    for g, w in zip(got, want):
+        assert torch.allclose(g, w, atol=1e-10)
+    if not first_order and steps == 1:  # second order really differs from first order here
+        fo = _manual_maml_grad(learner, b, True)
+        assert not all(torch.allclose(g, f, atol=1e-6) for g, f in zip(got, fo))
+
+
+def test_meta_sgd_step_sizes_are_learned_and_used():
+    from metarl.agents.fewshot_maml import _meta_sgd
+    dist = SinusoidDistribution(SinusoidConfig())
+    learner = _meta_sgd(dist, build(MAMLConfig, {}, "agent"))
+    b = dist.sample(3, torch.Generator().manual_seed(0))
+    loss, _ = learner.meta_loss(b)
+    loss.backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in learner.step_sizes.values())
+    with torch.no_grad():
+        for p in learner.step_sizes.values():
+            p.zero_()
+    adapted = learner.adapt(b["xs"], b["ys"], 1)
+    for k, p in params_of(learner.model).items():  # zero step sizes: nothing moves
+        assert torch.allclose(adapted[k], p.expand_as(adapted[k]))
+
+
+def test_anil_adapts_only_the_head():
+    from metarl.agents.fewshot_maml import _anil
+    dist = small_glyphs(ways=3)
+    learner = _anil(dist, build(MAMLConfig, {"channels": 8, "inner_lr": 0.5}, "agent"))
+    b = dist.sample(2, torch.Generator().manual_seed(0))
+    state = learner.adapt(b["xs"], b["ys"], 2)
+    assert set(state) == {"head_w", "head_b"} and state["head_w"].shape == (2, 3, 8)
+    assert not torch.allclose(state["head_w"][0], learner.model.head_w)
+    loss, _ = learner.meta_loss(b)
+    loss.backward()
+    assert learner.model.conv0_w.grad.abs().sum() > 0  # the body learns through the adapted head
+
+
+def test_reptile_update_moves_toward_adapted_weights():
+    torch.manual_seed(0)
+    dist = SinusoidDistribution(SinusoidConfig())
+    cfg = build(ReptileConfig, {"meta_lr": 0.5, "inner_steps": 3}, "agent")
+    learner = ReptileLearner(dist, cfg)
+    b = dist.sample(5, torch.Generator().manual_seed(0))
+    before = {k: v.detach().clone() for k, v in params_of(learner.model).items()}
+    x, y = torch.cat([b["xs"], b["xq"]], 1), torch.cat([b["ys"], b["yq"]], 1)
+    phi = learner.adapt(x, y, first_order=True)
+    target = {k: v.detach().mean(0) for k, v in phi.items()}
+    learner.meta_update(b, torch.optim.SGD(learner.parameters(), lr=0.5))
+    for k, p in params_of(learner.model).items():
+        assert torch.allclose(p, before[k] + 0.5 * (target[k] - before[k]), atol=1e-6)
+    dist_before = sum(((before[k] - target[k]) ** 2).sum() for k in before)
+    dist_after = sum(((p - target[k]) ** 2).sum() for k, p in params_of(learner.model).items())
+    assert dist_after < dist_before
+
+
+def test_cnp_predicts_a_bounded_gaussian_and_learns_gp_regression():
+    torch.manual_seed(0)
+    dist = GPDistribution(build(GPConfig, {"shots": 0, "context_max": 20}, "env"))
+    learner = CNP(dist, build(CNPConfig, {"hidden": 32}, "agent"))
+    opt = torch.optim.Adam(learner.parameters(), 1e-3)
+    g = torch.Generator().manual_seed(0)
+    test = dist.sample(64, torch.Generator().manual_seed(9), shots=10)
+    first = learner.meta_loss(test)[0].item()
+    for _ in range(300):
+        learner.meta_update(dist.sample(16, g), opt)
+    mean, std = learner.predict_dist(learner.adapt(test["xs"], test["ys"]), test["xq"])
+    assert mean.shape == std.shape == (64, 50, 1) and std.min() >= 0.1
+    assert learner.meta_loss(test)[0].item() < first - 0.2
+
+
+def test_vectorized_inner_loop_equals_vmap_for_meta_sgd_and_several_steps():
+    torch.manual_seed(0)
+    dist = SinusoidDistribution(SinusoidConfig())
+    learner = MAMLLearner(dist, build(MAMLConfig, {}, "agent"), meta_sgd=True).double()
+    b = {k: v.double() for k, v in dist.sample(3, torch.Generator().manual_seed(2)).items()}
+    lf = learner._loss_fn()
+    p = params_of(learner.model)
+    vec = adapt_batch(lf, p, (b["xs"], b["ys"]), 3, learner.step_sizes, vectorized=True)
+    vm = adapt_batch(lf, p, (b["xs"], b["ys"]), 3, learner.step_sizes, vectorized=False)
+    for k in p:
+        assert torch.allclose(vec[k], vm[k], atol=1e-10)
+    with torch.no_grad():  # evaluation: no graph, same values
+        ev = adapt_batch(lf, p, (b["xs"], b["ys"]), 3, learner.step_sizes, vectorized=True)
+    assert all(not v.requires_grad and torch.allclose(v, vec[k]) for k, v in ev.items())
+
+
+# ---- CLI: every learner trains and evaluates ------------------------------------------------------
+
+TINY = ["--set", "agent.iterations=4", "--set", "agent.log_every=2", "--set", "agent.meta_batch=2",
+        "--set", "agent.checkpoint_every=1", "--quiet", "--device", "cpu"]
+
+
+@pytest.mark.parametrize("agent,env", [("maml", "sinusoid"), ("meta-sgd", "sinusoid"), ("reptile", "sinusoid"),
+                                       ("pretrain", "sinusoid"), ("cnp", "gp-regression"), ("maml", "glyphs"),
+                                       ("anil", "glyphs"), ("reptile", "glyphs"), ("protonet", "glyphs"),
+                                       ("matching-net", "glyphs"), ("relation-net", "glyphs")])
+def test_every_learner_trains_and_evaluates(cli, tmp_path, agent, env):
+    run = tmp_path / "run"
+    extra = ["--set", "env.classes=60", "--set", "agent.channels=8"] if env == "glyphs" else []
+    if agent in ("maml", "anil", "reptile") and env == "glyphs":
+        extra += ["--set", "agent.eval_steps=2"]
+    code, out, err = cli("train", agent, "--env", env, "--run-dir", run, *TINY, *extra)
+    assert code == 0, err
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 2 and math.isfinite(json.loads(lines[-1])["loss"])
+    code, out, err = cli("eval", run, "--tasks", 30)
+    assert code == 0, err
+    report = json.loads((run / "eval.json").read_text())
+    res = report["results"][agent]
+    assert res["total"]["n"] == 30
+    regression = env != "glyphs"
+    assert res["metric"] == ("mse" if regression else "accuracy")
+    if agent in ("maml", "anil", "reptile") and not regression:
+        assert list(res["per_step"]) == ["0", "1", "2"]
+    elif agent in ("maml", "meta-sgd", "reptile", "pretrain"):
+        assert list(res["per_step"]) == ["0", "1", "5", "10"]
+    else:
+        assert list(res["per_step"]) == ["0"]
+    assert (run / "eval_adaptation.png").stat().st_size > 1000
+    if regression:
+        assert (run / "eval_fits.png").stat().st_size > 1000
+    if agent == "cnp":
+        assert (run / "eval_context.png").stat().st_size > 1000 and res["per_context"]["contexts"][0] == 1
+
+
+def test_fewshot_training_is_deterministic_and_resumes(cli, tmp_path):
+    a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    args = ["train", "maml", "--env", "sinusoid", *TINY, "--set", "agent.iterations=8"]
+    assert cli(*args, "--run-dir", a)[0] == 0
+    assert cli(*args, "--run-dir", b)[0] == 0
+    assert (a / "metrics.jsonl").read_text() == (b / "metrics.jsonl").read_text()
+    assert cli("train", "maml", "--env", "sinusoid", *TINY, "--set", "agent.iterations=4", "--run-dir", c)[0] == 0
+    code, _, err = cli("train", "maml", "--env", "sinusoid", "--run-dir", c, "--resume", "--quiet",
+                       "--set", "agent.total_steps=8")
+    assert code == 2  # few-shot runs extend by agent.iterations, not total_steps
+    code, _, err = cli("train", "maml", "--env", "sinusoid", "--run-dir", c, "--resume", "--quiet",
+                       "--set", "agent.iterations=8")
+    assert code == 0, err
+    assert (a / "metrics.jsonl").read_text() == (c / "metrics.jsonl").read_text()
