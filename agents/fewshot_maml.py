@@ -8,8 +8,8 @@ metarl.functional (the same adapt_batch the MAML-RL agents use):
 - pretrain: one network trained on all tasks' data at once, fine-tuned at test time with the
   same inner steps (the MAML paper's "pretrained" baseline; regression).
 
-Regression uses an MLP written with batched matmuls, adapted by the vectorized inner loop;
-classification uses Conv4, adapted with vmap (per-task convolution weights).
+Both networks (MLP with batched matmuls, Conv4 with grouped convolutions) take per-task
+parameters natively, so the inner loop runs vectorized (learner.vectorized = False: through vmap).
 """
 from __future__ import annotations
 
@@ -52,10 +52,13 @@ class MAMLLearner(FewShotLearner):
 
     def __init__(self, dist, cfg: MAMLConfig, *, meta_sgd: bool = False, anil: bool = False):
         super().__init__(dist)
+        if getattr(dist, "train_ways", 0) not in (0, dist.ways):
+            raise UserError(f"env.train_ways={dist.train_ways} differs from env.ways={dist.ways}: the MAML family's "
+                            f"classifier head has env.ways outputs; set env.train_ways=0")
         self.cfg, self.anil = cfg, anil
         self.model = make_network(dist, cfg.hidden, cfg.layers, cfg.channels)
-        # Regression MLPs take per-task params natively; Conv4 needs vmap (per-task conv weights).
-        self.vectorized = anil or dist.kind == "regression"
+        # Both networks take per-task params natively (MLP: batched matmuls, Conv4: grouped convs).
+        self.vectorized = True
         inner = self.inner_params()
         self.step_sizes = meta_sgd_step_sizes(inner, cfg.inner_lr) if meta_sgd else None
 

@@ -37,20 +37,23 @@ class FunctionalMLP(nn.Module):
         return self.forward_with(params_of(self), x)
 
 
-def _batch_norm(h: torch.Tensor, w: torch.Tensor, b: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
-    """Batch norm with the statistics of one task's batch: h [..., B, C, H, W], normalised over
-    (B, H, W) per leading index and channel (no running statistics, as MAML's reference code)."""
-    mean = h.mean((-4, -2, -1), keepdim=True)
-    var = h.var((-4, -2, -1), keepdim=True, unbiased=False)
-    return (h - mean) / torch.sqrt(var + eps) * w.view(-1, 1, 1) + b.view(-1, 1, 1)
+def _per_task(p: torch.Tensor, n: int, dims: int) -> torch.Tensor:
+    """A parameter with `dims` dims of its own, given shared or per task [n, ...] -> [n * first, ...]."""
+    if p.dim() == dims:
+        p = p.unsqueeze(0).expand(n, *p.shape)
+    return p.reshape(n * p.shape[1], *p.shape[2:])
 
 
 class Conv4(nn.Module):
     """The 4-block CNN of MAML / ProtoNets / Matching Networks for 28x28 images: each block
     3x3 conv (`hidden` channels), batch norm, ReLU, 2x2 max-pool (28 -> 14 -> 7 -> 3 -> 1), so
     the embedding has `hidden` features; with `out` > 0 a linear head gives `out` logits.
-    forward_with(params, x [..., B, C, H, W]) -> [..., B, hidden or out]; batch statistics are
-    per leading index (per task)."""
+
+    forward_with(params, x): x [B, C, H, W] or [N, B, C, H, W] (N tasks) -> [(N,) B, hidden or out].
+    Params may be shared or per task ([N, ...], from the inner loop). The N tasks are folded into
+    the channels, [B, N*C, H, W], and convolved with groups=N, so per-task weights cost one conv
+    call and batch norm (batch statistics, no running averages, as MAML's reference code) is
+    computed per task and channel by the fused kernel."""
 
     def __init__(self, in_channels: int = 1, hidden: int = 64, out: int = 0, blocks: int = 4):
         super().__init__()
@@ -70,16 +73,19 @@ class Conv4(nn.Module):
             self.register_parameter("head_b", lin.bias)
 
     def embed_with(self, params: Params, x: torch.Tensor) -> torch.Tensor:
-        lead = x.shape[:-3]
-        h = x
+        single = x.dim() == 4
+        if single:
+            x = x.unsqueeze(0)
+        n, bs = x.shape[:2]
+        h = x.transpose(0, 1).reshape(bs, n * x.shape[2], *x.shape[-2:])          # [B, N*C, H, W]
         for i in range(self.blocks):
-            flat = h.reshape(-1, *h.shape[-3:])
-            flat = F.conv2d(flat, params[f"conv{i}_w"], params[f"conv{i}_b"], padding=1)
-            h = flat.view(*lead, *flat.shape[-3:])
-            h = torch.relu(_batch_norm(h, params[f"bn{i}_w"], params[f"bn{i}_b"]))
-            flat = F.max_pool2d(h.reshape(-1, *h.shape[-3:]), 2)
-            h = flat.view(*lead, *flat.shape[-3:])
-        return h.flatten(-3)
+            h = F.conv2d(h, _per_task(params[f"conv{i}_w"], n, 4), _per_task(params[f"conv{i}_b"], n, 1),
+                         padding=1, groups=n)
+            h = F.batch_norm(h, None, None, _per_task(params[f"bn{i}_w"], n, 1), _per_task(params[f"bn{i}_b"], n, 1),
+                             training=True)
+            h = F.max_pool2d(torch.relu(h), 2)
+        f = h.view(bs, n, -1).transpose(0, 1)                                        # [N, B, hidden]
+        return f[0] if single else f
 
     def head_with(self, params: Params, feats: torch.Tensor) -> torch.Tensor:
         return feats @ params["head_w"].transpose(-1, -2) + params["head_b"].unsqueeze(-2)

@@ -43,6 +43,11 @@ def class_sums(emb: torch.Tensor, labels: torch.Tensor, ways: int) -> tuple[torc
     return onehot.transpose(1, 2) @ emb, onehot.sum(1).unsqueeze(-1)
 
 
+def _ways(ys: torch.Tensor) -> int:
+    """Classes in a task batch (labels 0..W-1): meta-training may use more ways than testing."""
+    return int(ys.max()) + 1
+
+
 class _Metric(FewShotLearner):
     def __init__(self, dist, cfg: MetricConfig):
         super().__init__(dist)
@@ -56,7 +61,7 @@ class ProtoNet(_Metric):
     name = "protonet"
 
     def adapt(self, xs, ys, steps=None):
-        sums, counts = class_sums(self.embed(xs), ys, self.ways)
+        sums, counts = class_sums(self.embed(xs), ys, _ways(ys))
         return sums / counts.clamp(min=1)                              # prototypes [N, W, D]
 
     def predict(self, protos, xq):
@@ -67,7 +72,7 @@ class MatchingNet(_Metric):
     name = "matching-net"
 
     def adapt(self, xs, ys, steps=None):
-        return F.normalize(self.embed(xs), dim=-1), F.one_hot(ys, self.ways).float()
+        return F.normalize(self.embed(xs), dim=-1), F.one_hot(ys, _ways(ys)).float()
 
     def predict(self, state, xq):
         support, onehot = state
@@ -85,7 +90,7 @@ class RelationNet(_Metric):
                                       nn.Linear(cfg.relation_hidden, 1))
 
     def adapt(self, xs, ys, steps=None):
-        return class_sums(self.embed(xs), ys, self.ways)[0]           # [N, W, D]
+        return class_sums(self.embed(xs), ys, _ways(ys))[0]           # [N, W, D]
 
     def predict(self, classes, xq):
         q = self.embed(xq)                                             # [N, Q, D]
@@ -95,7 +100,7 @@ class RelationNet(_Metric):
 
     def meta_loss(self, batch: Batch):
         logits = self.predict(self.adapt(batch["xs"], batch["ys"]), batch["xq"])
-        target = F.one_hot(batch["yq"], self.ways).float()
+        target = F.one_hot(batch["yq"], logits.shape[-1]).float()
         loss = F.mse_loss(torch.sigmoid(logits), target)
         acc = (logits.argmax(-1) == batch["yq"]).float().mean().item()
         return loss, {"loss": loss.item(), "accuracy": acc}

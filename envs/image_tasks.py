@@ -33,15 +33,18 @@ class ImageClassDistribution(FewShotDistribution):
     kind = "classification"
 
     def __init__(self, images: torch.Tensor, bounds: dict[str, tuple[int, int]], ways: int, shots: int, query: int,
-                 eval_query: int, rotations: bool = False):
+                 eval_query: int, rotations: bool = False, train_ways: int = 0):
         self.images, self.bounds = images, bounds
         self.ways, self.shots, self.query, self.eval_query = ways, shots, query, eval_query
+        self.train_ways = train_ways or ways  # ProtoNets train with more ways than they test with
         self.rotations = rotations
         self.x_shape = (1, images.shape[-2], images.shape[-1])
         drawings = images.shape[1]
         for split, (lo, hi) in bounds.items():
-            if hi - lo < ways:
-                raise UserError(f"env.ways={ways} is more than the {hi - lo} classes of the {split} split")
+            w = self.train_ways if split == "train" else ways
+            if hi - lo < w:
+                key = "env.train_ways" if split == "train" and train_ways else "env.ways"
+                raise UserError(f"{key}={w} is more than the {hi - lo} classes of the {split} split")
         if shots + max(query, eval_query) > drawings:
             raise UserError(f"env.shots + query = {shots + max(query, eval_query)} is more than the {drawings} "
                             f"drawings per class; lower env.shots or env.query / env.eval_query")
@@ -50,7 +53,8 @@ class ImageClassDistribution(FewShotDistribution):
                query: int | None = None) -> Batch:
         if split not in FEWSHOT_SPLITS:
             raise ValueError(f"split must be one of {FEWSHOT_SPLITS}, got {split!r}")
-        k, q, w, dev = shots or self.shots, query or self.query, self.ways, generator.device
+        k, q, dev = shots or self.shots, query or self.query, generator.device
+        w = self.train_ways if split == "train" else self.ways
         lo, hi = self.bounds[split]
         cls = lo + torch.rand(n, hi - lo, generator=generator, device=dev).argsort(1)[:, :w]           # [N, W]
         draw = torch.rand(n, w, self.images.shape[1], generator=generator, device=dev).argsort(-1)[..., :k + q]
@@ -84,6 +88,8 @@ class GlyphConfig:
     eval_query: int = option(15, "query drawings per class during evaluation", ge=1)
     classes: int = option(1200, "generated glyph classes (70% train, 10% val, 20% test)", ge=10)
     variants: int = option(20, "drawings per class", ge=2)
+    train_ways: int = option(0, "classes per meta-training task, 0 = env.ways (ProtoNets train with more, "
+                                "e.g. 60 on Omniglot; metric learners only)", ge=0)
     data_seed: int = option(0, "seed of the generated dataset (the same seed gives the same images)", ge=0)
 
 
@@ -91,7 +97,8 @@ def make_glyphs(cfg: GlyphConfig) -> ImageClassDistribution:
     images = load_glyphs(cfg.data_seed, cfg.classes, cfg.variants)
     val = max(1, cfg.classes // 10)
     bounds = split_bounds(cfg.classes, val, max(1, cfg.classes // 5))
-    return ImageClassDistribution(images, bounds, cfg.ways, cfg.shots, cfg.query, cfg.eval_query)
+    return ImageClassDistribution(images, bounds, cfg.ways, cfg.shots, cfg.query, cfg.eval_query,
+                                  train_ways=cfg.train_ways)
 
 
 @dataclass
@@ -102,6 +109,8 @@ class OmniglotConfig:
     query: int = option(15, "query drawings per class during meta-training", ge=1)
     eval_query: int = option(5, "query drawings per class during evaluation", ge=1)
     rotations: bool = option(True, "rotate each class in a task by a random multiple of 90 degrees")
+    train_ways: int = option(0, "classes per meta-training task, 0 = env.ways (ProtoNets paper: 60; metric "
+                                "learners only)", ge=0)
 
 
 OMNIGLOT_HELP = ("put Omniglot there in torchvision's layout, DATA_DIR/omniglot-py/images_background/<alphabet>/"
@@ -158,7 +167,8 @@ def make_omniglot(cfg: OmniglotConfig) -> ImageClassDistribution:
     n = images.shape[0]
     test = 423 if n == 1623 else max(1, n // 4)
     bounds = split_bounds(n, 100 if n == 1623 else max(1, n // 10), test)
-    return ImageClassDistribution(images, bounds, cfg.ways, cfg.shots, cfg.query, cfg.eval_query, cfg.rotations)
+    return ImageClassDistribution(images, bounds, cfg.ways, cfg.shots, cfg.query, cfg.eval_query, cfg.rotations,
+                                  cfg.train_ways)
 
 
 GLYPHS = FewShotSpec("glyphs", GlyphConfig, ("classification",), make_glyphs)

@@ -36,7 +36,7 @@ def row_tail(s: dict) -> str:
 def table() -> str:
     rows = ["| experiment | env | RL² | best classical baseline | Bayes-optimal-ish reference | paper | "
             "train time | commit | command |", "|---|---|---|---|---|---|---|---|---|"]
-    steps_rows, mw_rows = [], []
+    steps_rows, mw_rows, fs_rows = [], [], []
     for f in sorted((ROOT / "experiments" / "results").glob("*.json")):
         if f.stem.endswith("_timing"):  # per-iteration costs (experiments/wall_clock.py), shown in ml10_table
             continue
@@ -47,6 +47,9 @@ def table() -> str:
             continue
         if m.get("protocol") == "metaworld":
             mw_rows.append(metaworld_row(s))
+            continue
+        if m.get("protocol") == "fewshot":
+            fs_rows.append(fewshot_row(s))
             continue
         res = m["results"]
         agent = res[m["agent"]]
@@ -72,8 +75,29 @@ def table() -> str:
                 "| experiment | benchmark | agent | meta-test success | before adaptation | random | meta-train success "
                 "(last iteration) | train time | commit | command |\n|---|---|---|---|---|---|---|---|---|---|\n"
                 + "\n".join(mw_rows))
+    if fs_rows:
+        out += ("\n\nSupervised few-shot learning on held-out tasks: query MSE (regression) or accuracy "
+                "(classification) after 0, 1, 5, 10 inner gradient steps on the support set (one figure for learners "
+                "that adapt in closed form), ± half-width of the 95% CI.\n\n"
+                "| experiment | task family | learner | 0 steps | 1 step | 5 steps | 10 steps | paper | train time | "
+                "commit | command |\n|---|---|---|---|---|---|---|---|---|---|---|\n" + "\n".join(fs_rows))
     out += "\n\n" + ml10_table()
     return out
+
+
+def fewshot_row(s: dict) -> str:
+    m = s["metrics"]
+    r = m["results"][m["agent"]]
+    acc = r.get("metric") == "accuracy"
+    f = (lambda c: pct(c)) if acc else (lambda c: f"{c['mean']:.3f} ± {c['mean'] - c['ci_low']:.3f}")
+    per = r["per_step"]
+    cells = [f(per[k]) if k in per else "–" for k in ("0", "1", "5", "10")]
+    if len(per) == 1:  # closed-form adaptation: one figure
+        cells = [f(next(iter(per.values())))] + ["–"] * 3
+    envc = m["env_config"]
+    fam = m["env"] + (f" {envc['ways']}-way {envc['shots']}-shot" if "ways" in envc else f" K={envc.get('shots')}")
+    return (f"| {s['experiment']} | {fam}, {m['held_out_tasks']} held-out tasks | {m['agent']} | "
+            + " | ".join(cells) + row_tail(s))
 
 
 def pct(r: dict) -> str:

@@ -89,9 +89,17 @@ def main(argv=None) -> int:
     refs = {f"{n} (eval)": r["total"]["mean"] for n, r in results.items() if n != agent and n != "random"}
     refs.update({f"paper: {k}": v for k, v in meta.get("paper", {}).items()})
     spec = lookup("agent", AGENTS, agent)
+    fewshot = report["protocol"] == "fewshot"
     learning_curve(metrics, out / f"{args.name}_curve.png", f"{args.name}: {agent} training", keys=spec.curve_keys,
-                   references=refs)
-    adaptation_curve(results, out / f"{args.name}_adaptation.png", f"{args.name}: held-out tasks")
+                   references=None if fewshot else refs, xlabel="meta-iterations" if fewshot else "env steps")
+    if fewshot:  # the run's own plots: metric against inner steps, fitted curves, CNP context curve
+        import shutil
+        for src, dst in (("eval_adaptation.png", "adaptation"), ("eval_fits.png", "fits"),
+                         ("eval_context.png", "context")):
+            if (run_dir / src).exists():
+                shutil.copyfile(run_dir / src, out / f"{args.name}_{dst}.png")
+    else:
+        adaptation_curve(results, out / f"{args.name}_adaptation.png", f"{args.name}: held-out tasks")
     success_keys = tuple(k for k in SUCCESS_KEYS if metrics and k in metrics[-1])
     if success_keys:  # Meta-World: training success next to the return curve
         learning_curve(metrics, out / f"{args.name}_success.png", f"{args.name}: {agent} training success",
@@ -108,7 +116,8 @@ def main(argv=None) -> int:
             "held_out_tasks": report["tasks"], "env_steps": report["env_steps"], "train_time_s": train_s,
             "protocol": report["protocol"], "metric": report["metric"],
             "results": {n: {**r["total"], **{k: r[k] for k in ("per_episode", "per_step_return", "success_curve",
-                                                               "per_class", "return", "per_task") if k in r}}
+                                                               "per_class", "return", "per_task", "metric",
+                                                               "per_step", "per_context") if k in r}}
                         for n, r in results.items()},
             "paper": meta.get("paper", {}), "description": meta.get("description", ""),
             # Meta-World: training success of the last iteration (RL²: last episode of the trial; MAML: adapted)

@@ -1,4 +1,5 @@
 """The README's results come from experiments/results/*.json, and each names its command."""
+import pytest
 import importlib.util
 import json
 from pathlib import Path
@@ -36,3 +37,12 @@ def test_experiment_runner_detects_a_changed_config(tmp_path):
     assert run.same_config(tmp_path, {"env": {"k": 5}, "agent": {"lr": 3e-4}})
     assert not run.same_config(tmp_path, {"env": {"k": 5}, "agent": {"lr": 1e-3}})
     assert not run.same_config(tmp_path, {"env": {"k": 10}})
+
+
+@pytest.mark.parametrize("cfg", sorted((ROOT / "experiments" / "configs").glob("*.toml")), ids=lambda p: p.stem)
+def test_every_experiment_config_resolves(cfg):
+    """Every key of every experiment config is a real option with a valid value."""
+    from metarl.config import load_toml
+    from metarl.workflows import resolve_config
+    raw = load_toml(str(cfg))
+    resolve_config(raw["run"]["agent"], raw["run"]["env"], raw)

@@ -320,3 +320,14 @@ def test_fewshot_training_is_deterministic_and_resumes(cli, tmp_path):
                        "--set", "agent.iterations=8")
     assert code == 0, err
     assert (a / "metrics.jsonl").read_text() == (c / "metrics.jsonl").read_text()
+
+
+def test_metric_learners_train_with_more_ways_than_they_test_with(cli, tmp_path):
+    dist = small_glyphs(ways=3, train_ways=6)
+    b = dist.sample(2, torch.Generator().manual_seed(0), "train")
+    assert b["ys"].max() == 5 and dist.sample(2, torch.Generator().manual_seed(0), "test")["ys"].max() == 2
+    learner = ProtoNet(dist, build(MetricConfig, {"channels": 8}, "agent"))
+    assert learner.adapt(b["xs"], b["ys"]).shape == (2, 6, 8)
+    code, _, err = cli("train", "maml", "--env", "glyphs", "--set", "env.classes=60", "--set", "env.train_ways=6",
+                       "--run-dir", tmp_path / "r")
+    assert code == 2 and "env.train_ways=6" in err
