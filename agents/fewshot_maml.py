@@ -34,6 +34,9 @@ class MAMLConfig(FewShotConfig):
     hidden: int = option(40, "regression MLP: hidden units per layer (MAML paper: 40)", ge=1)
     layers: int = option(2, "regression MLP: hidden layers (MAML paper: 2)", ge=1)
     channels: int = option(64, "classification Conv4: channels per block (MAML paper: 64)", ge=1)
+    init: str = option("reference", "regression MLP weights: reference = truncated normal std 0.01 and zero "
+                                    "biases (MAML's reference code), torch = nn.Linear's default",
+                       choices=("reference", "torch"))
     inner_lr: float = option(0.01, "inner-loop step size (MAML paper: 0.01 sinusoid, 0.4 Omniglot)", gt=0.0)
     inner_steps: int = option(1, "inner gradient steps during meta-training", ge=1)
     first_order: bool = option(False, "first-order MAML: no second derivatives through the inner step")
@@ -56,7 +59,7 @@ class MAMLLearner(FewShotLearner):
             raise UserError(f"env.train_ways={dist.train_ways} differs from env.ways={dist.ways}: the MAML family's "
                             f"classifier head has env.ways outputs; set env.train_ways=0")
         self.cfg, self.anil = cfg, anil
-        self.model = make_network(dist, cfg.hidden, cfg.layers, cfg.channels)
+        self.model = make_network(dist, cfg.hidden, cfg.layers, cfg.channels, init=cfg.init)
         # Both networks take per-task params natively (MLP: batched matmuls, Conv4: grouped convs).
         self.vectorized = True
         inner = self.inner_params()

@@ -15,14 +15,21 @@ from metarl.functional import Params, params_of
 
 class FunctionalMLP(nn.Module):
     """MLP with ReLU hidden layers: sizes [d_in, h, ..., d_out]; parameters w0, b0, w1, b1, ...
-    (nn.Linear's initialisation). forward_with(params, x): x [..., Q, d_in] with params either
-    shared (w [out, in]) or per task (w [N, out, in], x [N, Q, d_in]) -> [..., Q, d_out]."""
+    forward_with(params, x): x [..., Q, d_in] with params either shared (w [out, in]) or per task
+    (w [N, out, in], x [N, Q, d_in]) -> [..., Q, d_out].
 
-    def __init__(self, sizes: list[int]):
+    init "reference": weights ~ truncated normal (std 0.01, cut at 2 std), zero biases, as MAML's
+    reference code; "torch": nn.Linear's default. On sinusoid the reference init keeps MAML's
+    multi-step adaptation stable (with torch's, 2 of 10,000 test tasks blew up after 10 steps)."""
+
+    def __init__(self, sizes: list[int], init: str = "reference"):
         super().__init__()
         self.depth = len(sizes) - 1
         for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
             lin = nn.Linear(a, b)
+            if init == "reference":
+                nn.init.trunc_normal_(lin.weight, std=0.01, a=-0.02, b=0.02)
+                nn.init.zeros_(lin.bias)
             self.register_parameter(f"w{i}", lin.weight)
             self.register_parameter(f"b{i}", lin.bias)
 
@@ -98,9 +105,11 @@ class Conv4(nn.Module):
         return self.forward_with(params_of(self), x)
 
 
-def make_network(dist, hidden: int, layers: int, channels: int, head: bool = True) -> nn.Module:
-    """The papers' networks: an MLP of `layers` x `hidden` ReLU units for regression, Conv4 with
-    `channels` channels for image classification (a `ways`-logit head when `head`)."""
+def make_network(dist, hidden: int, layers: int, channels: int, head: bool = True,
+                 init: str = "reference") -> nn.Module:
+    """The papers' networks: an MLP of `layers` x `hidden` ReLU units for regression (`init`: see
+    FunctionalMLP), Conv4 with `channels` channels for image classification (a `ways`-logit head
+    when `head`)."""
     if dist.kind == "regression":
-        return FunctionalMLP([dist.x_shape[0]] + [hidden] * layers + [dist.y_dim])
+        return FunctionalMLP([dist.x_shape[0]] + [hidden] * layers + [dist.y_dim], init)
     return Conv4(dist.x_shape[0], channels, dist.ways if head else 0)

@@ -89,7 +89,7 @@ def fewshot_row(s: dict) -> str:
     m = s["metrics"]
     r = m["results"][m["agent"]]
     acc = r.get("metric") == "accuracy"
-    f = (lambda c: pct(c)) if acc else (lambda c: f"{c['mean']:.3f} ± {c['mean'] - c['ci_low']:.3f}")
+    f = (lambda c: pct(c)) if acc else mse_cell
     per = r["per_step"]
     cells = [f(per[k]) if k in per else "–" for k in ("0", "1", "5", "10")]
     if len(per) == 1:  # closed-form adaptation: one figure
@@ -98,6 +98,13 @@ def fewshot_row(s: dict) -> str:
     fam = m["env"] + (f" {envc['ways']}-way {envc['shots']}-shot" if "ways" in envc else f" K={envc.get('shots')}")
     return (f"| {s['experiment']} | {fam}, {m['held_out_tasks']} held-out tasks | {m['agent']} | "
             + " | ".join(cells) + row_tail(s))
+
+
+def mse_cell(c: dict) -> str:
+    cell = f"{c['mean']:.3f} ± {c['mean'] - c['ci_low']:.3f}"
+    if c.get("diverged"):  # a few tasks blew up: say so, and what the others did
+        cell += f" ({c['diverged']} of {c['n']} diverged; median {c['median']:.3f})"
+    return cell
 
 
 def pct(r: dict) -> str:

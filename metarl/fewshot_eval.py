@@ -41,9 +41,18 @@ def evaluate_fewshot(learner: FewShotLearner, dist: FewShotDistribution, num_tas
     return {s: torch.cat(v) for s, v in out.items()}
 
 
+def step_summary(v: torch.Tensor) -> dict:
+    """mean_ci of per-task scores [N], plus the median and the number of tasks whose score is not
+    finite ("diverged": an inner loop that blew up on that task; the mean is then nan or inf,
+    and the median says what the other tasks did)."""
+    finite = torch.isfinite(v)
+    return {**mean_ci(v), "median": v[finite].median().item() if finite.any() else float("nan"),
+            "diverged": int((~finite).sum())}
+
+
 def summarize_fewshot(scores: dict[int, torch.Tensor], kind: str) -> dict:
     """{"metric", "per_step": {steps: mean/CI}, "total": the figure after the most steps}."""
-    per_step = {str(s): mean_ci(v) for s, v in scores.items()}
+    per_step = {str(s): step_summary(v) for s, v in scores.items()}
     return {"metric": "mse" if kind == "regression" else "accuracy", "per_step": per_step,
             "total": per_step[str(max(scores))]}
 

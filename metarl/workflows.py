@@ -244,8 +244,14 @@ def table_rows(report: dict) -> dict[str, dict]:
 
 
 def report_table(report: dict) -> str:
-    return format_table(table_rows(report), eval_title(report), report.get("metric", "mean total reward"),
+    rows = table_rows(report)
+    text = format_table(rows, eval_title(report), report.get("metric", "mean total reward"),
                         lower_is_better=report.get("metric") == "query MSE")
+    for name, r in rows.items():  # few-shot: tasks whose inner loop blew up make the mean nan / inf
+        if r["total"].get("diverged"):
+            text += (f"\n{name}: {r['total']['diverged']} of {r['total']['n']} tasks diverged (score not finite); "
+                     f"median over the rest {r['total']['median']:.3f}")
+    return text
 
 
 def eval_title(report: dict) -> str:

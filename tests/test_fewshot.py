@@ -267,6 +267,27 @@ def test_vectorized_inner_loop_equals_vmap_for_meta_sgd_and_several_steps():
     assert all(not v.requires_grad and torch.allclose(v, vec[k]) for k, v in ev.items())
 
 
+
+def test_regression_mlp_uses_the_reference_init_unless_asked_for_torch_default():
+    dist = SinusoidDistribution(SinusoidConfig())
+    ref = MAMLLearner(dist, build(MAMLConfig, {}, "agent")).model
+    tor = MAMLLearner(dist, build(MAMLConfig, {"init": "torch"}, "agent")).model
+    assert all(ref.get_parameter(f"w{i}").abs().max() <= 0.02 for i in range(ref.depth))
+    assert all((ref.get_parameter(f"b{i}") == 0).all() for i in range(ref.depth))
+    assert tor.get_parameter("w0").abs().max() > 0.1  # nn.Linear: U(-1, 1) for one input
+    with pytest.raises(Exception, match="init"):
+        build(MAMLConfig, {"init": "xavier"}, "agent")
+
+
+def test_summary_counts_diverged_tasks_and_reports_the_median():
+    from metarl.fewshot_eval import summarize_fewshot
+    scores = {0: torch.tensor([1.0, 2.0, 3.0]), 10: torch.tensor([0.1, float("nan"), 0.3, float("inf")])}
+    s = summarize_fewshot(scores, "regression")
+    assert s["per_step"]["0"]["diverged"] == 0 and s["per_step"]["0"]["median"] == 2.0
+    ten = s["per_step"]["10"]
+    assert ten["diverged"] == 2 and ten["median"] == pytest.approx(0.1) and math.isnan(ten["mean"])
+
+
 # ---- CLI: every learner trains and evaluates ------------------------------------------------------
 
 TINY = ["--set", "agent.iterations=4", "--set", "agent.log_every=2", "--set", "agent.meta_batch=2",
