@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from metarl.errors import UserError
 
@@ -90,6 +91,24 @@ def build_parser(full_help: bool = False) -> argparse.ArgumentParser:
     e.add_argument("--device", help="auto, cpu or cuda (default: auto)")
     e.add_argument("--json", action="store_true", help="print the report as JSON")
 
+    c = sub.add_parser("compare", help="one report across evaluated runs: curves, interval statistics, per-task tables",
+                       description="Compare evaluated runs (agents and seeds) on their shared held-out tasks: "
+                                   "mean and interquartile mean with 95%% stratified-bootstrap CIs (rliable), the "
+                                   "probability of improvement of every pair, adaptation and training curves (PNG), "
+                                   "per-task tables and, for Meta-World, a per-task success heatmap. Writes "
+                                   "report.md, summary.csv, poi.csv, per_task.csv and the PNGs into --out. Runs "
+                                   "evaluated on different tasks, or trained on different budgets, are refused. "
+                                   "Needs rliable: pip install -e \".[compare]\".")
+    c.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories, each evaluated by metarl eval")
+    c.add_argument("--out", required=True, help="folder for the report (refused if it exists and is not empty)")
+    c.add_argument("--reps", type=int, default=2000, help="bootstrap resamples (default 2000)")
+    c.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (default 0)")
+    c.add_argument("--no-baselines", action="store_true", help="leave out the baselines held in the evaluations")
+    c.add_argument("--allow-unequal-budgets", action="store_true",
+                   help="compare runs trained for different numbers of env steps (the report lists each budget)")
+    c.add_argument("--overwrite", action="store_true", help="write into a non-empty --out")
+    c.add_argument("--json", action="store_true", help="print the summary as JSON")
+
     b = sub.add_parser("bench", help="throughput benchmarks (steps/s)",
                        description="Measure throughput. `metarl list` names the benchmarks; --json prints "
                                    '{"bench", "device", "figures"} for scripts.')
@@ -139,6 +158,14 @@ def main(argv: list[str] | None = None) -> int:
                 print(json.dumps(report, indent=2))
             else:
                 print(report_table(report))
+        elif args.command == "compare":
+            from metarl.compare import compare
+            summary = compare(args.run_dirs, args.out, reps=args.reps, seed=args.seed, baselines=not args.no_baselines,
+                              allow_unequal_budgets=args.allow_unequal_budgets, overwrite=args.overwrite)
+            if args.json:
+                print(json.dumps(summary, indent=2))
+            else:
+                print(Path(summary["out"], "report.md").read_text())
         elif args.command == "bench":
             from metarl.registry import BENCHES, lookup
             fn = lookup("benchmark", BENCHES, args.name)

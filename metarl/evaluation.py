@@ -90,10 +90,16 @@ def evaluate(make_policy, env_spec: EnvSpec, env_cfg, num_tasks: int, seed: int,
     return Evaluation(torch.cat(out), step_sum / num_tasks)
 
 
+def task_scores(x: torch.Tensor) -> list[float]:
+    """Each held-out task's score [N] as a list (6 significant digits), kept in eval.json so that
+    `metarl compare` can compute per-task statistics across runs."""
+    return [float(f"{v:.6g}") for v in x.tolist()]
+
+
 def summarize(ev: Evaluation) -> dict:
     """-> total-reward mean/CI, the mean return of each episode and the mean reward of each step."""
     return {"total": mean_ci(ev.returns.sum(1)), "per_episode": ev.returns.mean(0).tolist(),
-            "per_step": [round(x, 5) for x in ev.step_reward.tolist()]}
+            "per_step": [round(x, 5) for x in ev.step_reward.tolist()], "scores": task_scores(ev.returns.sum(1))}
 
 
 @torch.no_grad()
@@ -123,13 +129,14 @@ def evaluate_adaptation_steps(learner, env_spec: EnvSpec, env_cfg, num_tasks: in
 def summarize_steps(returns: torch.Tensor) -> dict:
     """[N, steps + 1] -> per-step mean/CI of the episode return; "total" is after the last step."""
     per_step = [mean_ci(returns[:, k]) for k in range(returns.shape[1])]
-    return {"total": per_step[-1], "per_step_return": per_step}
+    return {"total": per_step[-1], "per_step_return": per_step, "scores": task_scores(returns[:, -1])}
 
 
 def summarize_episodes(ev: Evaluation) -> dict:
     """A trial-protocol evaluation reported per episode (mean episode return per task), to sit
     beside inner-step results."""
-    return {"total": mean_ci(ev.returns.mean(1)), "per_episode": ev.returns.mean(0).tolist()}
+    return {"total": mean_ci(ev.returns.mean(1)), "per_episode": ev.returns.mean(0).tolist(),
+            "scores": task_scores(ev.returns.mean(1))}
 
 
 def format_table(results: dict[str, dict], title: str, metric: str = "mean total reward",

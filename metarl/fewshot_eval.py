@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from metarl.evaluation import task_scores
 from metarl.fewshot import FewShotDistribution, FewShotLearner, task_generator, task_score
 from metarl.stats import mean_ci
 
@@ -54,7 +55,7 @@ def summarize_fewshot(scores: dict[int, torch.Tensor], kind: str) -> dict:
     """{"metric", "per_step": {steps: mean/CI}, "total": the figure after the most steps}."""
     per_step = {str(s): step_summary(v) for s, v in scores.items()}
     return {"metric": "mse" if kind == "regression" else "accuracy", "per_step": per_step,
-            "total": per_step[str(max(scores))]}
+            "total": per_step[str(max(scores))], "scores": task_scores(scores[max(scores)])}
 
 
 def gaussian_loglik(mean: torch.Tensor, std: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 
 from metarl.batched_env import EnvSpec
-from metarl.evaluation import play_trial
+from metarl.evaluation import play_trial, task_scores
 from metarl.seeding import make_generator
 from metarl.stats import mean_ci
 from metarl.tasks import Tasks, tasks_slice
@@ -99,6 +99,7 @@ def summarize_success(ev: SuccessEvaluation) -> dict:
         idx = torch.tensor([i for i, n in enumerate(ev.names) if n == name])
         per_class[name] = mean_ci(ev.success[idx])
     return {"total": mean_ci(ev.success), "per_class": per_class, "return": mean_ci(ev.returns),
+            "scores": task_scores(ev.success),
             "success_curve": {"episodes": ev.curve_episodes,
                               "success": [mean_ci(ev.curve[:, k]) for k in range(ev.curve.shape[1])]},
             "per_task": [{"class": n, "goal": g, "success": float(s)}
