@@ -379,3 +379,54 @@ def _bench_maml_sinusoid(device, meta_batch, shots, iterations, repeats) -> dict
     figures["minutes_for_70k_iterations"] = 70_000 / figures["meta_iters_per_s"] / 60
     figures.update({"meta_batch": meta_batch, "shots": shots, "threads": torch.get_num_threads()})
     return {"bench": "maml-sinusoid", "device": str(device), "figures": figures}
+
+
+def _fake_runs(root, runs: int, tasks: int, seed: int = 0) -> list:
+    """`runs` evaluated bandit run directories (two agents, seeds alternating), each with
+    config.toml, metrics.jsonl, timing.jsonl and an eval.json holding six baselines, as
+    `metarl train` + `metarl eval` write them; scores are random."""
+    import json
+    from pathlib import Path
+
+    import numpy as np
+
+    from metarl.config import dump_toml
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i in range(runs):
+        p = Path(root) / f"run{i}"
+        p.mkdir(parents=True)
+        agent_cfg = {"hidden_size": 128 if i % 2 == 0 else 256}  # two agent configs: two methods
+        (p / "config.toml").write_text(dump_toml({"run": {"agent": "rl2", "env": "bandit", "seed": i // 2},
+                                                  "env": {"k": 5, "n": 100}, "agent": agent_cfg}))
+        (p / "metrics.jsonl").write_text("".join(json.dumps({"iteration": k, "env_steps": 1000 * (k + 1),
+                                                              "trial_return": float(k)}) + "\n" for k in range(200)))
+        (p / "timing.jsonl").write_text("".join(json.dumps({"iteration": k, "wall_clock_s": 2.0 * (k + 1)}) + "\n"
+                                                for k in range(200)))
+        results = {}
+        for name in ["rl2", "random", "greedy", "epsilon-greedy", "ucb1", "thompson", "gittins"]:
+            sc = rng.normal(70, 10, size=tasks)
+            results[name] = {"total": {"mean": float(sc.mean())}, "per_episode": [float(sc.mean())],
+                             "per_step": rng.random(100).round(4).tolist(), "scores": sc.round(4).tolist()}
+        (p / "eval.json").write_text(json.dumps({"env": "bandit", "env_config": {"k": 5, "n": 100}, "agent": "rl2",
+                                                 "tasks": tasks, "seed": 0, "env_steps": 200_000,
+                                                 "metric": "mean total reward", "results": results}))
+        paths.append(p)
+    return paths
+
+
+def bench_compare(device: torch.device, runs: int = 10) -> dict:
+    """Seconds `metarl compare` takes to write its whole report (statistics with 2000 bootstrap
+    resamples, CSVs, plots) over 10 evaluated runs of two methods plus six baselines, with 1000
+    and with 10,000 held-out tasks per run."""
+    import tempfile
+
+    from metarl.compare import compare
+    figures = {"runs": runs}
+    for tasks in (1000, 10_000):
+        with tempfile.TemporaryDirectory() as tmp:
+            paths = _fake_runs(tmp, runs, tasks)
+            t = time.perf_counter()
+            compare([str(p) for p in paths], f"{tmp}/report")
+            figures[f"seconds_{tasks}_tasks"] = time.perf_counter() - t
+    return {"bench": "compare", "device": "cpu", "figures": figures}

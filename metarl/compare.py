@@ -159,14 +159,31 @@ def per_task_improvement(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return gt + 0.5 * eq
 
 
+def improvement_matrix(scores: dict[str, np.ndarray], reps: int = 2000, seed: int = 0,
+                       lower_is_better: bool = False) -> dict[str, dict[str, list[float]]]:
+    """x -> y -> [point, lo, hi]: P(X > Y) averaged over tasks (P(X < Y) when lower is better),
+    for every ordered pair of methods; 95% CI by resampling tasks, the same resamples for every
+    pair (bootstrap weights [reps, T] times per-task probabilities [T, pairs]: one matmul)."""
+    sign = -1.0 if lower_is_better else 1.0
+    pairs = [(a, b) for a in scores for b in scores if a != b]
+    if not pairs:
+        return {a: {} for a in scores}
+    p = np.stack([per_task_improvement(sign * scores[a], sign * scores[b]) for a, b in pairs])  # [P, T]
+    T = p.shape[1]
+    rng = np.random.default_rng(seed)
+    weights = rng.multinomial(T, np.full(T, 1.0 / T), size=reps).astype(np.float32) / T  # [reps, T]
+    boots = weights @ p.T.astype(np.float32)                                            # [reps, P]
+    lo, hi = np.quantile(boots, [0.025, 0.975], axis=0)
+    out: dict[str, dict[str, list[float]]] = {a: {} for a in scores}
+    for i, (a, b) in enumerate(pairs):
+        out[a][b] = [float(p[i].mean()), float(lo[i]), float(hi[i])]
+    return out
+
+
 def probability_of_improvement(x: np.ndarray, y: np.ndarray, reps: int = 2000, seed: int = 0,
                                lower_is_better: bool = False) -> list[float]:
-    """[point, lo, hi]: P(X > Y) averaged over tasks (P(X < Y) when lower is better), 95% CI by
-    resampling tasks."""
-    p = per_task_improvement(-x, -y) if lower_is_better else per_task_improvement(x, y)
-    rng = np.random.default_rng(seed)
-    boots = p[rng.integers(0, p.size, size=(reps, p.size))].mean(1)
-    return [float(p.mean()), float(np.quantile(boots, 0.025)), float(np.quantile(boots, 0.975))]
+    """[point, lo, hi] of P(X > Y) for one pair (see improvement_matrix)."""
+    return improvement_matrix({"x": x, "y": y}, reps, seed, lower_is_better)["x"]["y"]
 
 
 # ---- curves -------------------------------------------------------------------------------
@@ -335,8 +352,7 @@ def compare(run_dirs: list[str], out: str, *, reps: int = 2000, seed: int = 0, b
     lower = metric == "query MSE"
     stats = interval_estimates(scores, reps, seed)
     methods = list(scores)
-    poi = {a: {b: probability_of_improvement(scores[a], scores[b], reps, seed, lower)
-               for b in methods if b != a} for a in methods}
+    poi = improvement_matrix(scores, reps, seed, lower)
     out_dir.mkdir(parents=True, exist_ok=True)
 
     with open(out_dir / "summary.csv", "w", newline="") as f:

@@ -99,6 +99,8 @@ BENCHES: dict[str, Entry] = {
     "metaworld": Entry("metarl.bench:bench_metaworld",
                        "Meta-World ML10 steps/s: one env alone, metarl's workers and Meta-World's async vector env, "
                        "policy in the loop"),
+    "compare": Entry("metarl.bench:bench_compare",
+                     "seconds metarl compare takes for a report over 10 runs (1000 and 10,000 held-out tasks each)"),
     "maml-sinusoid": Entry("metarl.bench:bench_maml_sinusoid",
                            "MAML meta-iterations/s on sinusoid (meta-batch 25, K=10, second order): functional "
                            "inner loop vs a per-task autograd loop"),
