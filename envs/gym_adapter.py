@@ -3,6 +3,11 @@
 A Gymnasium episode is one trial: a task is drawn from the distribution at every reset
 (or fixed with `options={"task": {...}}`), and the trial runs `episodes_per_trial` inner
 episodes; `info["episode_end"]` marks the end of each inner episode.
+
+With `rl2_inputs=True` the observation is what an RL² agent sees (metarl.trial.rl2_inputs):
+[obs, previous action (one-hot when discrete), previous reward, previous done, t / trial
+length], so an off-the-shelf recurrent agent (sb3-contrib's RecurrentPPO) can learn to adapt
+within a trial: `gym.make("metarl/BernoulliBandit-v0", k=5, n=100, rl2_inputs=True)`.
 """
 from __future__ import annotations
 
@@ -12,6 +17,7 @@ import torch
 
 from metarl.config import build
 from metarl.registry import ENVS, lookup
+from metarl.trial import rl2_input_dim, rl2_inputs
 
 GYM_IDS = {"metarl/BernoulliBandit-v0": "bandit", "metarl/GaussianBandit-v0": "gaussian-bandit",
            "metarl/TabularMDP-v0": "tabular-mdp", "metarl/Navigation2D-v0": "navigation-2d"}
@@ -23,15 +29,20 @@ MUJOCO_GYM_IDS = {"metarl/HalfCheetahVel-v0": "halfcheetah-vel", "metarl/HalfChe
 class SingleTaskEnv(gym.Env):
     metadata = {"render_modes": []}
 
-    def __init__(self, env_name: str, **config):
+    def __init__(self, env_name: str, rl2_inputs: bool = False, **config):
         spec = lookup("env", ENVS, env_name)
         self.cfg = build(spec.config_cls, config, "env")
         self.dist = spec.make_distribution(self.cfg)
         self._gen = torch.Generator()
         self.env = spec.make_env(self.cfg, 1, torch.device("cpu"), self._gen)
         self.trial_length = self.env.horizon * spec.episodes_per_trial(self.cfg)
-        self.observation_space = self.env.observation_space
         self.action_space = self.env.action_space
+        self.rl2 = rl2_inputs
+        if rl2_inputs:
+            n = rl2_input_dim(self.env.obs_dim, self.env.num_actions, time_feature=True)
+            self.observation_space = gym.spaces.Box(-np.inf, np.inf, (n,), np.float32)
+        else:
+            self.observation_space = self.env.observation_space
         self.task = None
 
     def reset(self, *, seed=None, options=None):
@@ -43,8 +54,13 @@ class SingleTaskEnv(gym.Env):
             self.task = self.dist.sample(1, self._gen)
         self.env.set_tasks(self.task)
         self.t = 0
-        obs = self.env.reset()
-        return obs[0].numpy().astype(np.float32), {"task": {k: v[0].numpy() for k, v in self.task.items()}}
+        obs = self._obs(self.env.reset(), None, None, None)
+        return obs, {"task": {k: v[0].numpy() for k, v in self.task.items()}}
+
+    def _obs(self, obs, action, reward, done) -> np.ndarray:
+        if self.rl2:
+            obs = rl2_inputs(obs, action, reward, done, self.env.num_actions, self.t / self.trial_length)
+        return obs[0].numpy().astype(np.float32)
 
     def step(self, action):
         if not self.action_space.contains(action):
@@ -54,8 +70,8 @@ class SingleTaskEnv(gym.Env):
         obs, reward, done = self.env.step(a)
         self.t += 1
         terminated = self.t >= self.trial_length
-        return (obs[0].numpy().astype(np.float32), float(reward[0]), terminated, False,
-                {"episode_end": bool(done[0])})
+        return (self._obs(obs, a.view(-1) if self.env.discrete else a, reward, done), float(reward[0]), terminated,
+                False, {"episode_end": bool(done[0])})
 
     def close(self):
         self.env.close()

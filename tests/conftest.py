@@ -1,5 +1,6 @@
 import contextlib
 import io
+import warnings
 
 import pytest
 import torch
@@ -29,3 +30,18 @@ def cli():
 @pytest.fixture
 def tiny():
     return list(TINY)
+
+
+@pytest.fixture
+def sb3_checker():
+    """assert_passes(env): stable-baselines3's env checker raises on errors and warns about what may break its
+    algorithms; the one warning allowed is its recommendation of a [-1, 1] action box, which
+    navigation's [-0.1, 0.1] (the MAML paper's bounds) and MuJoCo's torque limits are not."""
+    checker = pytest.importorskip("stable_baselines3.common.env_checker")
+
+    def assert_passes(env) -> None:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            checker.check_env(env, warn=True)
+        assert [str(w.message) for w in caught if "symmetric and normalized Box action" not in str(w.message)] == []
+    return assert_passes

@@ -71,10 +71,12 @@ def test_mdp_transitions_and_rewards_are_sampled_from_the_task():
     assert done.all() and torch.equal(obs.argmax(1), torch.zeros(B, dtype=torch.long))  # auto-reset
 
 
+@pytest.mark.parametrize("rl2", [False, True])
 @pytest.mark.parametrize("gym_id", sorted(GYM_IDS))
-def test_gymnasium_env_checker(gym_id):
-    env = gym.make(gym_id)
+def test_gymnasium_and_sb3_env_checkers(gym_id, rl2, sb3_checker):
+    env = gym.make(gym_id, rl2_inputs=rl2)
     check_env(env.unwrapped, skip_render_check=True)
+    sb3_checker(env.unwrapped)
     obs, info = env.reset(seed=0)
     assert env.observation_space.contains(obs) and "task" in info
     steps, terminated = 0, False

@@ -41,10 +41,11 @@ def test_rewards_follow_the_task():
 
 
 @pytest.mark.parametrize("gym_id", sorted(MUJOCO_GYM_IDS))
-def test_gymnasium_env_checker_mujoco(gym_id):
-    env = gym.make(gym_id)
+def test_gymnasium_and_sb3_env_checkers_mujoco(gym_id, sb3_checker):
+    env = gym.make(gym_id, rl2_inputs=gym_id.endswith("Vel-v0"))
     try:
         check_env(env.unwrapped, skip_render_check=True)
+        sb3_checker(env.unwrapped)
     finally:
         env.close()
 
