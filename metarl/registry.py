@@ -57,6 +57,9 @@ ENVS: dict[str, Entry] = {
 
 AGENTS: dict[str, Entry] = {
     "rl2": Entry("metarl.agents.rl2:RL2", "RL²: GRU actor-critic over trials, trained with PPO"),
+    "recurrent-ppo": Entry("metarl.agents.sb3_baselines:RECURRENT_PPO",
+                           "sb3-contrib's RecurrentPPO (LSTM) on the RL² trial env: an off-the-shelf RL² peer "
+                           "(sb3 extra)"),
     "maml-trpo": Entry("metarl.agents.maml:MAML_TRPO",
                        "MAML (Finn et al. 2017): policy-gradient inner step, TRPO outer step"),
     "maml-ppo": Entry("metarl.agents.maml:MAML_PPO",

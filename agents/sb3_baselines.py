@@ -1,0 +1,225 @@
+"""Baselines from stable-baselines3 / sb3-contrib on metarl's task distributions.
+
+`recurrent-ppo`: sb3-contrib's RecurrentPPO (LSTM actor and critic) on the RL² trial env, an
+off-the-shelf peer of metarl's RL²: a whole trial (all its episodes in one task) is one SB3
+episode, the observation is the RL² input [obs, previous action, previous reward, previous
+done, t / trial length], and every trial draws a fresh training task. The batched env is
+exposed to SB3 as a VecEnv (TrialVecEnv), so simulation stays batched; the learner is SB3's
+own. Trained and evaluated through `metarl train` / `metarl eval` like any agent, so `metarl
+compare` puts it beside RL² on the same held-out tasks.
+"""
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from metarl.batched_env import EnvSpec
+from metarl.config import option
+from metarl.errors import UserError
+from metarl.seeding import make_generator
+from metarl.tasks import split_generator
+from metarl.training import AgentSpec
+from metarl.trial import TrialEnv, rl2_inputs
+
+
+def _sb3():
+    try:
+        from sb3_contrib import RecurrentPPO
+        from stable_baselines3.common.vec_env import VecEnv
+    except ImportError:
+        raise UserError('the recurrent-ppo baseline needs stable-baselines3 and sb3-contrib: '
+                        'pip install -e ".[sb3]"') from None
+    return RecurrentPPO, VecEnv
+
+
+@dataclass
+class RecurrentPPOConfig:
+    total_steps: int = option(2_000_000, "env steps to train for (rounded up to whole rollouts of one trial per env)",
+                              ge=1)
+    num_envs: int = option(64, "parallel trials per rollout, one task each", ge=1)
+    hidden_size: int = option(128, "LSTM hidden units (actor and critic each have an LSTM, sb3-contrib's default)",
+                              ge=1)
+    lr: float = option(3e-4, "Adam learning rate", gt=0.0)
+    gamma: float = option(0.99, "discount over the whole trial", ge=0.0, le=1.0)
+    gae_lambda: float = option(0.95, "GAE lambda", ge=0.0, le=1.0)
+    clip: float = option(0.2, "PPO ratio clip", gt=0.0)
+    epochs: int = option(4, "PPO epochs per rollout", ge=1)
+    num_minibatches: int = option(4, "minibatches per epoch", ge=1)
+    ent_coef: float = option(0.01, "entropy bonus", ge=0.0)
+    vf_coef: float = option(0.5, "value loss weight", ge=0.0)
+    max_grad_norm: float = option(0.5, "gradient clipping norm", gt=0.0)
+    checkpoint_every: int = option(10, "iterations between checkpoints", ge=1)
+
+
+def trial_vec_env(env_spec: EnvSpec, env_cfg, num_envs: int, seed: int):
+    """A TrialVecEnv (built lazily: SB3's VecEnv base class is an optional dependency)."""
+    _, VecEnv = _sb3()
+
+    class TrialVecEnv(VecEnv):
+        """RL² trials of a batched env as an SB3 VecEnv of `num_envs` sub-envs. All trials start
+        and end together (same length), so at each trial end every sub-env reports done with its
+        terminal observation and trial return (info["episode"]) and a new trial starts in fresh
+        training tasks. Continuous actions are exposed in [-1, 1] and scaled to the env's bounds."""
+        render_mode = None
+
+        def __init__(self):
+            self.dist = env_spec.make_distribution(env_cfg)
+            self.dist.sample(num_envs, torch.Generator())  # a bad batch size fails before workers start
+            self.task_gen = split_generator(seed, "train")
+            self.env_gen = make_generator(seed, "env")
+            env = env_spec.make_env(env_cfg, num_envs, torch.device("cpu"), self.env_gen)
+            self.trial = TrialEnv(env, env_spec.episodes_per_trial(env_cfg), time_feature=True)
+            self.discrete = env.discrete
+            if self.discrete:
+                actions = env.action_space
+            else:
+                self.low = torch.as_tensor(env.action_space.low, dtype=torch.float32)
+                self.high = torch.as_tensor(env.action_space.high, dtype=torch.float32)
+                actions = gym.spaces.Box(-1.0, 1.0, env.action_space.shape, np.float32)
+            obs = gym.spaces.Box(-np.inf, np.inf, (self.trial.input_dim,), np.float32)
+            super().__init__(num_envs, obs, actions)
+            self.returns = torch.zeros(num_envs)
+            self.finished: list[torch.Tensor] = []  # returns [B] of the trials finished since the last pop
+
+        def reset(self):
+            self.returns.zero_()
+            return self.trial.start(self.dist.sample(self.num_envs, self.task_gen)).numpy()
+
+        def step_async(self, actions):
+            self._actions = actions
+
+        def step_wait(self):
+            a = torch.as_tensor(np.asarray(self._actions))
+            if self.discrete:
+                a = a.long().view(-1)
+            else:
+                a = self.low + (a.float().clamp(-1, 1) + 1) * 0.5 * (self.high - self.low)
+            x, r, _ = self.trial.step(a)
+            self.returns += r
+            infos = [{} for _ in range(self.num_envs)]
+            done = self.trial.t >= self.trial.trial_length
+            if done:
+                for i in range(self.num_envs):
+                    infos[i] = {"terminal_observation": x[i].numpy(),
+                                "episode": {"r": float(self.returns[i]), "l": self.trial.trial_length}}
+                self.finished.append(self.returns.clone())
+                x = torch.as_tensor(self.reset())
+            return x.numpy(), r.numpy().astype(np.float32), np.full(self.num_envs, done), infos
+
+        def pop_trial_returns(self) -> torch.Tensor:
+            out = torch.cat(self.finished) if self.finished else torch.zeros(0)
+            self.finished = []
+            return out
+
+        def close(self):
+            self.trial.env.close()
+
+        def get_attr(self, attr_name, indices=None):
+            return [getattr(self, attr_name)] * len(self._get_indices(indices))
+
+        def set_attr(self, attr_name, value, indices=None):
+            setattr(self, attr_name, value)
+
+        def env_method(self, method_name, *args, indices=None, **kwargs):
+            return [getattr(self, method_name)(*args, **kwargs)] * len(self._get_indices(indices))
+
+        def env_is_wrapped(self, wrapper_class, indices=None):
+            return [False] * len(self._get_indices(indices))
+
+        def state_dict(self) -> dict:
+            return {"task_gen": self.task_gen.get_state(), "env_gen": self.env_gen.get_state()}
+
+        def load_state_dict(self, d: dict) -> None:
+            self.task_gen.set_state(d["task_gen"])
+            self.env_gen.set_state(d["env_gen"])
+
+    return TrialVecEnv()
+
+
+class RecurrentPPOTrainer:
+    """One iteration = one rollout of one trial in each of num_envs tasks, then SB3's update."""
+
+    def __init__(self, env_spec: EnvSpec, env_cfg, cfg: RecurrentPPOConfig, seed: int, device: torch.device):
+        RecurrentPPO, _ = _sb3()
+        self.cfg, self.device = cfg, device
+        if device.type == "cpu":
+            torch.set_num_threads(1)  # SB3 steps a small LSTM per env step: one thread is fastest
+        self.venv = trial_vec_env(env_spec, env_cfg, cfg.num_envs, seed)
+        T = self.venv.trial.trial_length
+        self.steps_per_iteration = cfg.num_envs * T
+        if self.steps_per_iteration % cfg.num_minibatches:
+            raise UserError(f"agent.num_minibatches={cfg.num_minibatches} must divide the {self.steps_per_iteration} "
+                            f"steps of a rollout (num_envs x trial length)")
+        self.iterations = -(-cfg.total_steps // self.steps_per_iteration)
+        self.kwargs = dict(n_steps=T, batch_size=self.steps_per_iteration // cfg.num_minibatches, n_epochs=cfg.epochs,
+                           learning_rate=cfg.lr, gamma=cfg.gamma, gae_lambda=cfg.gae_lambda, clip_range=cfg.clip,
+                           ent_coef=cfg.ent_coef, vf_coef=cfg.vf_coef, max_grad_norm=cfg.max_grad_norm)
+        self.model = RecurrentPPO("MlpLstmPolicy", self.venv, policy_kwargs={"lstm_hidden_size": cfg.hidden_size},
+                                  seed=seed, device=str(device), **self.kwargs)
+        self.started = False
+
+    def train_iteration(self, it: int) -> dict[str, float]:
+        # learn() continues from the model's timestep count; it collects exactly one rollout
+        self.model.learn(self.steps_per_iteration, reset_num_timesteps=not self.started)
+        self.started = True
+        returns = self.venv.pop_trial_returns()
+        return {"trial_return": float(returns.mean()) if returns.numel() else float("nan")}
+
+    def state_dict(self) -> dict:
+        buf = io.BytesIO()
+        self.model.save(buf)
+        return {"model": buf.getvalue(), "venv": self.venv.state_dict(), "num_timesteps": self.model.num_timesteps}
+
+    def load_state_dict(self, d: dict) -> None:
+        RecurrentPPO, _ = _sb3()
+        self.model = RecurrentPPO.load(io.BytesIO(d["model"]), env=self.venv, device=str(self.device))
+        self.venv.load_state_dict(d["venv"])
+        self.started = True
+
+
+class RecurrentPPOEvalPolicy:
+    """The trained SB3 model as a TrialPolicy for `metarl eval`: builds the RL² inputs itself and
+    carries the LSTM state through the trial (sampled actions, as the RL² evaluation)."""
+
+    def __init__(self, model, env, trial_length: int):
+        self.model, self.T = model, trial_length
+        self.discrete, self.A = env.discrete, env.num_actions
+        if not self.discrete:
+            self.low = torch.as_tensor(env.action_space.low, dtype=torch.float32)
+            self.high = torch.as_tensor(env.action_space.high, dtype=torch.float32)
+
+    def reset(self, num_envs: int, device) -> None:
+        self.state, self.starts = None, np.ones(num_envs, dtype=bool)
+        self.prev, self.t = (None, None, None), 0
+
+    @torch.no_grad()
+    def act(self, obs):
+        x = rl2_inputs(obs.cpu(), *self.prev, self.A, self.t / self.T)
+        a, self.state = self.model.predict(x.numpy(), state=self.state, episode_start=self.starts, deterministic=False)
+        self.starts = np.zeros_like(self.starts)
+        a = torch.as_tensor(a)
+        if self.discrete:
+            return a.long().view(-1).to(obs.device)
+        return (self.low + (a.float().clamp(-1, 1) + 1) * 0.5 * (self.high - self.low)).to(obs.device)
+
+    def observe(self, actions, rewards, dones, next_obs) -> None:
+        self.prev = (actions.cpu(), rewards.cpu(), dones.cpu())
+        self.t += 1
+
+
+def load_eval_policy(checkpoint: dict, env_spec: EnvSpec, env_cfg, cfg: RecurrentPPOConfig, device, seed: int):
+    RecurrentPPO, _ = _sb3()
+    torch.manual_seed(seed)  # SB3 samples actions from torch's global generator
+    model = RecurrentPPO.load(io.BytesIO(checkpoint["trainer"]["model"]), device="cpu")
+    env = env_spec.make_env(env_cfg, 1, torch.device("cpu"), torch.Generator())
+    T = env.horizon * env_spec.episodes_per_trial(env_cfg)
+    policy = RecurrentPPOEvalPolicy(model, env, T)
+    env.close()
+    return policy
+
+
+RECURRENT_PPO = AgentSpec("recurrent-ppo", RecurrentPPOConfig, RecurrentPPOTrainer, load_eval_policy)
