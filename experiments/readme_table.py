@@ -36,7 +36,7 @@ def row_tail(s: dict) -> str:
 def table() -> str:
     rows = ["| experiment | env | RL² | best classical baseline | Bayes-optimal-ish reference | paper | "
             "train time | commit | command |", "|---|---|---|---|---|---|---|---|---|"]
-    steps_rows, mw_rows, fs_rows = [], [], []
+    steps_rows, mw_rows, fs_rows, peer_rows = [], [], [], []
     for f in sorted((ROOT / "experiments" / "results").glob("*.json")):
         if f.stem.endswith("_timing"):  # per-iteration costs (experiments/wall_clock.py), shown in ml10_table
             continue
@@ -50,6 +50,9 @@ def table() -> str:
             continue
         if m.get("protocol") == "fewshot":
             fs_rows.append(fewshot_row(s))
+            continue
+        if m.get("protocol") == "peer":
+            peer_rows.append(peer_row(s))
             continue
         res = m["results"]
         agent = res[m["agent"]]
@@ -81,6 +84,15 @@ def table() -> str:
                 "that adapt in closed form), ± half-width of the 95% CI.\n\n"
                 "| experiment | task family | learner | 0 steps | 1 step | 5 steps | 10 steps | paper | train time | "
                 "commit | command |\n|---|---|---|---|---|---|---|---|---|---|---|\n" + "\n".join(fs_rows))
+    if peer_rows:
+        out += ("\n\nmetarl's RL² against sb3-contrib's RecurrentPPO on the same trial env and budget (env steps), "
+                "on the same held-out tasks: mean total reward ± half-width of the 95% CI; score ratio = (RL² − random) / "
+                "(RecurrentPPO − random); time ratio = RecurrentPPO's training time / the time RL² took to reach "
+                "RecurrentPPO's final training score; P(RL² better) paired by task (`metarl compare`, report in "
+                "experiments/results/NAME/).\n\n"
+                "| experiment | env | budget | RL² | RecurrentPPO | random | score ratio | P(RL² better) | time ratio | "
+                "train time (RL² / RecurrentPPO) | commit | command |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n"
+                + "\n".join(peer_rows))
     out += "\n\n" + ml10_table()
     return out
 
@@ -105,6 +117,18 @@ def mse_cell(c: dict) -> str:
     if c.get("diverged"):  # a few tasks blew up: say so, and what the others did
         cell += f" ({c['diverged']} of {c['n']} diverged; median {c['median']:.3f})"
     return cell
+
+
+def peer_row(s: dict) -> str:
+    m = s["metrics"]
+    envc = ", ".join(f"{k}={v}" for k, v in m["env_config"].items())
+    t = m["train_time_s"]
+    reach = f"{m['time_ratio']:.2f}" if m.get("time_ratio") else "RL² never reached it"
+    poi = m["p_rl2_better"]
+    return (f"| {s['experiment']} | {m['env']} ({envc}), {m['held_out_tasks']} held-out tasks | "
+            f"{m['budget_env_steps']['rl2']:,} | {fmt(m['score']['rl2'])} | {fmt(m['score']['recurrent-ppo'])} | "
+            f"{fmt(m['random'])} | {m['score_ratio']:.2f} | {poi[0]:.2f} [{poi[1]:.2f}, {poi[2]:.2f}] | {reach} | "
+            f"{t['rl2'] / 60:.1f} / {t['recurrent-ppo'] / 60:.1f} min | {s['commit']} | `{s['command']}` |")
 
 
 def pct(r: dict) -> str:

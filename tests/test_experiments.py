@@ -26,7 +26,8 @@ def test_readme_results_table_is_generated_from_results_files():
             assert (ROOT / "experiments" / "configs" / f"{name}.toml").exists() and s["command"] in table
             continue
         assert {"experiment", "command", "commit", "device", "wall_clock_s", "metrics"} <= set(s)
-        assert s["command"].startswith(f"python experiments/run.py {f.stem}")
+        script = "peer.py" if s["metrics"].get("protocol") == "peer" else "run.py"
+        assert s["command"].startswith(f"python experiments/{script} {f.stem}")
         assert (ROOT / "experiments" / "configs" / f"{f.stem}.toml").exists()
         assert f"| {f.stem} |" in table
 
@@ -42,7 +43,15 @@ def test_experiment_runner_detects_a_changed_config(tmp_path):
 @pytest.mark.parametrize("cfg", sorted((ROOT / "experiments" / "configs").glob("*.toml")), ids=lambda p: p.stem)
 def test_every_experiment_config_resolves(cfg):
     """Every key of every experiment config is a real option with a valid value."""
-    from metarl.config import load_toml
+    from metarl.config import load_toml, tomllib
     from metarl.workflows import resolve_config
-    raw = load_toml(str(cfg))
-    resolve_config(raw["run"]["agent"], raw["run"]["env"], raw)
+    raw = tomllib.loads(cfg.read_text())
+    if "agent" in raw["run"]:
+        raw = load_toml(str(cfg))  # also refuses unknown sections
+        resolve_config(raw["run"]["agent"], raw["run"]["env"], raw)
+        return
+    peer = _load("peer")  # experiments/peer.py: one table of options per agent, one budget
+    assert raw["experiment"]["total_steps"] > 0
+    for agent in peer.AGENTS:
+        resolve_config(agent, raw["run"]["env"], {"run": raw["run"], "env": raw.get("env", {}),
+                                                  "agent": {**raw[agent], "total_steps": raw["experiment"]["total_steps"]}})
