@@ -55,6 +55,11 @@ class RecurrentPPOConfig:
     checkpoint_every: int = option(10, "iterations between checkpoints", ge=1)
 
 
+def unit_to_bounds(a: torch.Tensor, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
+    """Actions [B, A] in [-1, 1] (what SB3's Gaussian policies are tuned for) -> the env's box."""
+    return low + (a.float().clamp(-1, 1) + 1) * 0.5 * (high - low)
+
+
 def trial_vec_env(env_spec: EnvSpec, env_cfg, num_envs: int, seed: int):
     """A TrialVecEnv (built lazily: SB3's VecEnv base class is an optional dependency)."""
     _, VecEnv = _sb3()
@@ -97,7 +102,7 @@ def trial_vec_env(env_spec: EnvSpec, env_cfg, num_envs: int, seed: int):
             if self.discrete:
                 a = a.long().view(-1)
             else:
-                a = self.low + (a.float().clamp(-1, 1) + 1) * 0.5 * (self.high - self.low)
+                a = unit_to_bounds(a, self.low, self.high)
             x, r, _ = self.trial.step(a)
             self.returns += r
             infos = [{} for _ in range(self.num_envs)]
@@ -204,7 +209,7 @@ class RecurrentPPOEvalPolicy:
         a = torch.as_tensor(a)
         if self.discrete:
             return a.long().view(-1).to(obs.device)
-        return (self.low + (a.float().clamp(-1, 1) + 1) * 0.5 * (self.high - self.low)).to(obs.device)
+        return unit_to_bounds(a, self.low, self.high).to(obs.device)
 
     def observe(self, actions, rewards, dones, next_obs) -> None:
         self.prev = (actions.cpu(), rewards.cpu(), dones.cpu())
