@@ -24,6 +24,10 @@ GYM_IDS = {"metarl/BernoulliBandit-v0": "bandit", "metarl/GaussianBandit-v0": "g
 # MuJoCo families: one simulation worker per gymnasium env (needs the mujoco extra).
 MUJOCO_GYM_IDS = {"metarl/HalfCheetahVel-v0": "halfcheetah-vel", "metarl/HalfCheetahDir-v0": "halfcheetah-dir",
                   "metarl/AntDir-v0": "ant-dir", "metarl/AntGoal-v0": "ant-goal"}
+# Meta-World (metaworld extra): a training task of the benchmark per reset (ML1: env.task picks
+# the task, e.g. gym.make("metarl/ML1-v0", task="push-v3")); one simulation worker per env.
+METAWORLD_GYM_IDS = {"metarl/ML1-v0": "ml1", "metarl/ML10-v0": "ml10", "metarl/ML25-v0": "ml25",
+                     "metarl/ML45-v0": "ml45"}
 
 
 class SingleTaskEnv(gym.Env):
@@ -51,7 +55,8 @@ class SingleTaskEnv(gym.Env):
         if options and "task" in options:
             self.task = {k: torch.as_tensor(v, dtype=torch.float32).unsqueeze(0) for k, v in options["task"].items()}
         else:
-            self.task = self.dist.sample(1, self._gen)
+            # Meta-World draws class-major batches; one task at a time takes any class
+            self.task = getattr(self.dist, "sample_any", self.dist.sample)(1, self._gen)
         self.env.set_tasks(self.task)
         self.t = 0
         obs = self._obs(self.env.reset(), None, None, None)
@@ -78,7 +83,7 @@ class SingleTaskEnv(gym.Env):
 
 
 def register_gym_envs() -> None:
-    for ids, extra in ((GYM_IDS, {}), (MUJOCO_GYM_IDS, {"workers": 1})):
+    for ids, extra in ((GYM_IDS, {}), (MUJOCO_GYM_IDS, {"workers": 1}), (METAWORLD_GYM_IDS, {"workers": 1})):
         for gym_id, name in ids.items():
             if gym_id not in gym.registry:
                 gym.register(gym_id, entry_point="metarl.envs.gym_adapter:SingleTaskEnv",

@@ -124,6 +124,16 @@ class MetaWorldDistribution(TaskDistribution):
         goal = (torch.rand(n, generator=generator, device=dev) * sizes[cls]).long()
         return {"split": torch.full((n,), SPLITS.index(split), device=dev), "cls": cls, "goal": goal}
 
+    def sample_any(self, n: int, generator: torch.Generator, split: str = "train") -> Tasks:
+        """n tasks with classes drawn uniformly (no class-major batch): the one-task-at-a-time
+        gymnasium envs draw from here."""
+        dev = generator.device
+        C = len(self.names[split])
+        cls = (torch.rand(n, generator=generator, device=dev) * C).long()
+        sizes = torch.tensor([len(self.lists[split][name]) for name in self.names[split]], device=dev)
+        goal = (torch.rand(n, generator=generator, device=dev) * sizes[cls]).long()
+        return {"split": torch.full((n,), SPLITS.index(split), device=dev), "cls": cls, "goal": goal}
+
     def enumerate(self, split: str, goals_per_class: int) -> Tasks:
         """Every (class, goal) pair of a split with the first `goals_per_class` goals of each
         class, class-major: the official evaluation set (test classes x 40 goals)."""

@@ -264,3 +264,20 @@ def test_meta_batch_not_divisible_by_ml10_classes_is_one_line(cli, tmp_path):
                        "--run-dir", rd)
     assert code == 2 and "multiple of 10" in err and len(err.strip().splitlines()) == 1
     assert not rd.exists()  # nothing left behind
+
+
+@pytest.mark.parametrize("gym_id,kw", [("metarl/ML1-v0", {"task": "push-v3"}), ("metarl/ML10-v0", {})])
+def test_metaworld_gym_ids_pass_gymnasium_and_sb3_checkers(gym_id, kw, sb3_checker):
+    import gymnasium as gym
+    from gymnasium.utils.env_checker import check_env
+    import metarl.envs  # noqa: F401  registers the ids
+    env = gym.make(gym_id, horizon=20, **kw)
+    try:
+        check_env(env.unwrapped, skip_render_check=True)
+        sb3_checker(env.unwrapped)
+        _, info = env.reset(seed=3)
+        assert info["task"]["split"] == 0  # a training task
+        classes = {int(env.reset(seed=s)[1]["task"]["cls"]) for s in range(30)}
+        assert len(classes) > (1 if gym_id.startswith("metarl/ML10") else 0)  # any class, one task at a time
+    finally:
+        env.close()
