@@ -228,3 +228,78 @@ def load_eval_policy(checkpoint: dict, env_spec: EnvSpec, env_cfg, cfg: Recurren
 
 
 RECURRENT_PPO = AgentSpec("recurrent-ppo", RecurrentPPOConfig, RecurrentPPOTrainer, load_eval_policy)
+
+
+class _Spaces(gym.Env):
+    """A stand-in gymnasium env that only carries spaces: SB3 builds a model from it; the steps
+    come from metarl's batched env."""
+
+    def __init__(self, observation_space, action_space):
+        self.observation_space, self.action_space = observation_space, action_space
+
+    def reset(self, *, seed=None, options=None):
+        return self.observation_space.sample(), {}
+
+    def step(self, action):
+        raise RuntimeError("stand-in env: not stepped")
+
+
+class PPOFromScratch:
+    """Baseline `ppo-scratch`: stable-baselines3's PPO trained from scratch on each held-out task
+    during that task's trial, so it gets exactly the episodes the meta-learners get to adapt,
+    and its score is the reward it collects meanwhile (what an RL² trial counts). One PPO per
+    sub-env, each updated after every n_steps = min(32, max(4, horizon / 2)) steps of its own
+    experience; SB3's other defaults. A TrialPolicy: `metarl eval RUN --baselines ppo-scratch`
+    (opt-in: one network per task is slow for thousands of tasks)."""
+
+    def __init__(self, env, env_cfg, seed: int):
+        _sb3()
+        self.env, self.seed = env, seed
+        self.discrete = env.discrete
+        self.obs_space = gym.spaces.Box(-np.inf, np.inf, (env.obs_dim,), np.float32)
+        self.n_steps = max(4, min(32, env.horizon // 2))
+
+    def reset(self, num_envs: int, device) -> None:
+        from stable_baselines3 import PPO
+        from stable_baselines3.common.logger import configure
+        stand_in = _Spaces(self.obs_space, self.env.action_space)
+        self.models = []
+        for i in range(num_envs):
+            m = PPO("MlpPolicy", stand_in, n_steps=self.n_steps, batch_size=self.n_steps, seed=self.seed + i,
+                    device="cpu")
+            m.set_logger(configure(None, []))  # no log output
+            self.models.append(m)
+        self.t, self.last = 0, None
+
+    @torch.no_grad()
+    def act(self, obs):
+        self.obs = obs.cpu().numpy().astype(np.float32)
+        acts, self.last = [], []
+        for m, o in zip(self.models, self.obs):
+            a, v, logp = m.policy(torch.as_tensor(o).unsqueeze(0))
+            acts.append(a[0])
+            self.last.append((a.numpy(), v, logp))
+        a = torch.stack(acts)
+        if self.discrete:
+            return a.long().to(obs.device)
+        low = torch.as_tensor(self.env.action_space.low)
+        high = torch.as_tensor(self.env.action_space.high)
+        return torch.maximum(torch.minimum(a.float(), high), low).to(obs.device)
+
+    def observe(self, actions, rewards, dones, next_obs) -> None:
+        r, d = rewards.cpu().numpy(), dones.cpu().numpy()
+        self.t += 1
+        for i, (m, (a, v, logp)) in enumerate(zip(self.models, self.last)):
+            m.rollout_buffer.add(self.obs[i:i + 1], a, r[i:i + 1], np.array([self.t == 1 or bool(self._prev_done(i))]),
+                                 v, logp)
+            if m.rollout_buffer.full:
+                with torch.no_grad():
+                    last_v = m.policy.predict_values(torch.as_tensor(next_obs[i:i + 1].cpu().numpy()))
+                m.rollout_buffer.compute_returns_and_advantage(last_v, d[i:i + 1])
+                with torch.enable_grad():  # evaluation plays trials under no_grad
+                    m.train()
+                m.rollout_buffer.reset()
+        self.prev_dones = d
+
+    def _prev_done(self, i: int) -> bool:
+        return self.t > 1 and bool(self.prev_dones[i])

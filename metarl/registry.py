@@ -88,6 +88,10 @@ BASELINES: dict[str, Entry] = {
     "gittins": Entry("metarl.agents.gittins:GittinsPolicy",
                      "Gittins index, discounted approximation (Bernoulli bandits)", ("bernoulli",)),
     "psrl": Entry("metarl.agents.mdp_baselines:PSRL", "posterior sampling RL (Osband et al. 2013)", ("mdp",)),
+    "ppo-scratch": Entry("metarl.agents.sb3_baselines:PPOFromScratch",
+                         "stable-baselines3 PPO trained from scratch on each held-out task during its trial "
+                         "(sb3 extra; opt-in: name it in --baselines)",
+                         ("bandit", "mdp", "navigation", "mujoco", "metaworld")),
     "mdp-greedy": Entry("metarl.agents.mdp_baselines:CertaintyEquivalent",
                         "plans on the posterior-mean MDP each episode", ("mdp",)),
 }
@@ -124,5 +128,11 @@ def lookup(kind: str, table: dict[str, Entry], name: str) -> Any:
     return load(table[name].target)
 
 
-def baselines_for(families: tuple[str, ...]) -> list[str]:
-    return [n for n, e in BASELINES.items() if set(e.families) & set(families)]
+# Baselines that learn a network per task: slow for thousands of tasks, so only run when named
+OPT_IN_BASELINES = ("ppo-scratch",)
+
+
+def baselines_for(families: tuple[str, ...], opt_in: bool = False) -> list[str]:
+    """Baselines that apply to an env with these families (the opt-in ones only with opt_in)."""
+    return [n for n, e in BASELINES.items() if set(e.families) & set(families)
+            and (opt_in or n not in OPT_IN_BASELINES)]

@@ -107,9 +107,9 @@ def train(agent: str, env: str, *, config_file: str | None = None, sets: list[st
 
 
 def choose_baselines(spec, names: str) -> list[str]:
-    applicable = baselines_for(spec.families)
+    applicable = baselines_for(spec.families, opt_in=True)
     if names in ("all", ""):
-        return applicable
+        return baselines_for(spec.families)
     if names == "none":
         return []
     chosen = [n.strip() for n in names.split(",") if n.strip()]
