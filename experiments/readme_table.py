@@ -116,6 +116,8 @@ def mse_cell(c: dict) -> str:
     cell = f"{c['mean']:.3f} ± {c['mean'] - c['ci_low']:.3f}"
     if c.get("diverged"):  # a few tasks blew up: say so, and what the others did
         cell += f" ({c['diverged']} of {c['n']} diverged; median {c['median']:.3f})"
+    elif "median" in c and c["mean"] - c["ci_low"] > c["mean"]:  # heavy tail: a few tasks far off
+        cell += f" (heavy tail; median {c['median']:.3f})"
     return cell
 
 
