@@ -8,7 +8,8 @@ Both are trained in runs/experiments/NAME/{rl2,recurrent-ppo} (resumed when star
 evaluated on the same held-out tasks with the random baseline, compared by `metarl compare`
 (report in experiments/results/NAME/), and experiments/results/NAME.json gets, from this one
 run:
-- score_ratio: (RL² - random) / (RecurrentPPO - random), final scores on the held-out tasks;
+- score_ratio: RL²'s final score on the held-out tasks over RecurrentPPO's (for negative returns
+  the inverse), so > 1 means RL² is better; gain_over_random: each one's score minus random's;
 - time_ratio: RecurrentPPO's training wall-clock over the wall-clock RL² took to reach
   RecurrentPPO's final training score (training trial return, mean of the last 10% of
   iterations for RecurrentPPO, a moving average over the same share of RL²'s iterations).
@@ -44,6 +45,11 @@ def smoothed(values: list[float], window: int) -> list[float]:
             acc -= values[i - window]
         out.append(acc / min(i + 1, window))
     return out
+
+
+def ratio(rl2: float, peer: float) -> float:
+    """> 1 when RL² scores better: RL² / peer for rewards, peer / RL² for negative returns (costs)."""
+    return rl2 / peer if peer > 0 else peer / rl2
 
 
 def time_to_reach(metrics: list[dict], timing: list[dict], target: float, window: int) -> float | None:
@@ -100,7 +106,8 @@ def main(argv=None) -> int:
             "protocol": "peer", "env": env, "env_config": evals["rl2"]["env_config"], "held_out_tasks": tasks,
             "budget_env_steps": {a: evals[a]["env_steps"] for a in AGENTS},
             "score": score, "random": evals["rl2"]["results"]["random"]["total"],
-            "score_ratio": (score["rl2"]["mean"] - random) / (score["recurrent-ppo"]["mean"] - random),
+            "score_ratio": ratio(score["rl2"]["mean"], score["recurrent-ppo"]["mean"]),
+            "gain_over_random": {a: score[a]["mean"] - random for a in AGENTS},
             "p_rl2_better": summary["probability_of_improvement"]["rl2"]["recurrent-ppo"],
             "train_time_s": train_s,
             "recurrent_ppo_final_train_return": target,

@@ -86,8 +86,8 @@ def table() -> str:
                 "commit | command |\n|---|---|---|---|---|---|---|---|---|---|---|\n" + "\n".join(fs_rows))
     if peer_rows:
         out += ("\n\nmetarl's RL² against sb3-contrib's RecurrentPPO on the same trial env and budget (env steps), "
-                "on the same held-out tasks: mean total reward ± half-width of the 95% CI; score ratio = (RL² − random) / "
-                "(RecurrentPPO − random); time ratio = RecurrentPPO's training time / the time RL² took to reach "
+                "on the same held-out tasks: mean total reward ± half-width of the 95% CI; score ratio = RL² / "
+                "RecurrentPPO (inverse for negative returns: > 1 means RL² is better); time ratio = RecurrentPPO's training time / the time RL² took to reach "
                 "RecurrentPPO's final training score; P(RL² better) paired by task (`metarl compare`, report in "
                 "experiments/results/NAME/).\n\n"
                 "| experiment | env | budget | RL² | RecurrentPPO | random | score ratio | P(RL² better) | time ratio | "
