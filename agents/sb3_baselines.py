@@ -258,6 +258,9 @@ class PPOFromScratch:
         self.discrete = env.discrete
         self.obs_space = gym.spaces.Box(-np.inf, np.inf, (env.obs_dim,), np.float32)
         self.n_steps = max(4, min(32, env.horizon // 2))
+        if not self.discrete:
+            self.low = torch.as_tensor(env.action_space.low, dtype=torch.float32)
+            self.high = torch.as_tensor(env.action_space.high, dtype=torch.float32)
 
     def reset(self, num_envs: int, device) -> None:
         from stable_baselines3 import PPO
@@ -269,7 +272,8 @@ class PPOFromScratch:
                     device="cpu")
             m.set_logger(configure(None, []))  # no log output
             self.models.append(m)
-        self.t, self.last = 0, None
+        self.starts = np.ones(num_envs, dtype=bool)  # [B] the next stored step begins an episode
+        self.last = None
 
     @torch.no_grad()
     def act(self, obs):
@@ -282,24 +286,18 @@ class PPOFromScratch:
         a = torch.stack(acts)
         if self.discrete:
             return a.long().to(obs.device)
-        low = torch.as_tensor(self.env.action_space.low)
-        high = torch.as_tensor(self.env.action_space.high)
-        return torch.maximum(torch.minimum(a.float(), high), low).to(obs.device)
+        return torch.maximum(torch.minimum(a.float(), self.high), self.low).to(obs.device)
 
     def observe(self, actions, rewards, dones, next_obs) -> None:
         r, d = rewards.cpu().numpy(), dones.cpu().numpy()
-        self.t += 1
+        nxt = next_obs.cpu().float()
         for i, (m, (a, v, logp)) in enumerate(zip(self.models, self.last)):
-            m.rollout_buffer.add(self.obs[i:i + 1], a, r[i:i + 1], np.array([self.t == 1 or bool(self._prev_done(i))]),
-                                 v, logp)
+            m.rollout_buffer.add(self.obs[i:i + 1], a, r[i:i + 1], self.starts[i:i + 1], v, logp)
             if m.rollout_buffer.full:
                 with torch.no_grad():
-                    last_v = m.policy.predict_values(torch.as_tensor(next_obs[i:i + 1].cpu().numpy()))
+                    last_v = m.policy.predict_values(nxt[i:i + 1])
                 m.rollout_buffer.compute_returns_and_advantage(last_v, d[i:i + 1])
                 with torch.enable_grad():  # evaluation plays trials under no_grad
                     m.train()
                 m.rollout_buffer.reset()
-        self.prev_dones = d
-
-    def _prev_done(self, i: int) -> bool:
-        return self.t > 1 and bool(self.prev_dones[i])
+        self.starts = d.astype(bool)

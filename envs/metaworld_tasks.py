@@ -118,18 +118,18 @@ class MetaWorldDistribution(TaskDistribution):
 
     def sample(self, n: int, generator: torch.Generator, split: str = "train") -> Tasks:
         C = self.check_batch(n, split)
-        dev = generator.device
-        cls = torch.arange(C, device=dev).repeat_interleave(n // C)
-        sizes = torch.tensor([len(self.lists[split][name]) for name in self.names[split]], device=dev)
-        goal = (torch.rand(n, generator=generator, device=dev) * sizes[cls]).long()
-        return {"split": torch.full((n,), SPLITS.index(split), device=dev), "cls": cls, "goal": goal}
+        cls = torch.arange(C, device=generator.device).repeat_interleave(n // C)
+        return self._with_goals(cls, generator, split)
 
     def sample_any(self, n: int, generator: torch.Generator, split: str = "train") -> Tasks:
         """n tasks with classes drawn uniformly (no class-major batch): the one-task-at-a-time
         gymnasium envs draw from here."""
-        dev = generator.device
-        C = len(self.names[split])
-        cls = (torch.rand(n, generator=generator, device=dev) * C).long()
+        cls = (torch.rand(n, generator=generator, device=generator.device) * len(self.names[split])).long()
+        return self._with_goals(cls, generator, split)
+
+    def _with_goals(self, cls: torch.Tensor, generator: torch.Generator, split: str) -> Tasks:
+        """Tasks for classes cls [n], each with a goal drawn uniformly from its class's list."""
+        dev, n = generator.device, cls.shape[0]
         sizes = torch.tensor([len(self.lists[split][name]) for name in self.names[split]], device=dev)
         goal = (torch.rand(n, generator=generator, device=dev) * sizes[cls]).long()
         return {"split": torch.full((n,), SPLITS.index(split), device=dev), "cls": cls, "goal": goal}

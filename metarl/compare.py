@@ -301,13 +301,12 @@ def training_plots(runs: list[Run], labels: list[str], out_dir: Path) -> list[Pa
     return outs
 
 
-def per_task_success(runs: list[Run], labels: list[str], baselines: bool) -> tuple[list[str], dict[str, np.ndarray]]:
+def per_task_success(runs: list[Run], scores: dict[str, np.ndarray]) -> tuple[list[str], dict[str, np.ndarray]]:
     """Tasks with names (Meta-World: class and goal): task names and method -> mean success over
     runs per task [T]; empty when the tasks have no names."""
     if "per_task" not in runs[0].result:
         return [], {}
     names = [f"{t['class']} #{t['goal']}" for t in runs[0].result["per_task"]]
-    scores = gather_scores(runs, labels, baselines)
     return names, {k: v.mean(0) for k, v in scores.items()}
 
 
@@ -367,7 +366,7 @@ def compare(run_dirs: list[str], out: str, *, reps: int = 2000, seed: int = 0, b
         for a in methods:
             for b, v in poi[a].items():
                 w.writerow([a, b, *v])
-    names, success_table = per_task_success(runs, labels, baselines)
+    names, success_table = per_task_success(runs, scores)
     with open(out_dir / "per_task.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["method", "run", "task", "task_name", "score"])
