@@ -40,6 +40,8 @@ def table() -> str:
     for f in sorted((ROOT / "experiments" / "results").glob("*.json")):
         if f.stem.endswith("_timing"):  # per-iteration costs (experiments/wall_clock.py), shown in ml10_table
             continue
+        if f.stem.startswith("gpu_check"):  # experiments/device_check.sh, shown in gpu_table
+            continue
         s = json.loads(f.read_text())
         m = s["metrics"]
         if m.get("protocol") == "inner-steps":
@@ -94,7 +96,53 @@ def table() -> str:
                 "train time (RL² / RecurrentPPO) | commit | command |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n"
                 + "\n".join(peer_rows))
     out += "\n\n" + ml10_table()
+    for f in sorted((ROOT / "experiments" / "results").glob("gpu_check*.json")):
+        out += "\n\n" + gpu_table(json.loads(f.read_text()), f.name)
     return out
+
+
+def gpu_table(g: dict, name: str) -> str:
+    """The CUDA check (experiments/device_check.sh): which paths ran with --device cuda, and GPU
+    throughput beside the same machine's CPU, from one run."""
+    st = g["steps"]
+    fig = lambda k: st.get(k, {}).get("figures", {})  # noqa: E731
+    checked = [k for k in st if k.endswith("_cuda") and "rc" in st[k]]
+    ok = [k for k in checked if st[k]["rc"] == 0]
+    bc, bp = fig("bench_bandit_cuda"), fig("bench_bandit_cpu")
+    il, ms, mj = fig("bench_inner_loop_cuda"), fig("bench_maml_sinusoid_cuda"), fig("bench_mujoco_cpu")
+    big = st.get("runs", {}).get("rl2b4096", {}).get("last_timing", {})
+    rows = [f"GPU check on {g['device']} at {g['commit']} (`{g['command']}` on that machine, condensed into "
+            f"experiments/results/{name} by experiments/device_summary.py): {len(ok)} of {len(checked)} "
+            f"`--device cuda` training and evaluation paths ran to exit 0 ("
+            + ", ".join(k.removesuffix("_cuda") for k in ok) + ").", "",
+            "| measure | GPU | CPU (same machine) | ratio |", "|---|---|---|---|"]
+    if bc and bp:
+        rows.append(f"| bandit env alone, steps/s ({bc['num_envs']} tasks) | {bc['env_steps_per_s'] / 1e6:.1f}M | "
+                    f"{bp['env_steps_per_s'] / 1e6:.1f}M ({bp['threads']} threads) | "
+                    f"{bc['env_steps_per_s'] / bp['env_steps_per_s']:.2f} |")
+        rows.append(f"| RL² rollout with the policy in the loop, steps/s | {bc['rollout_steps_per_s'] / 1e6:.2f}M | "
+                    f"{bp['rollout_steps_per_s'] / 1e6:.2f}M | {bc['rollout_steps_per_s'] / bp['rollout_steps_per_s']:.2f} |")
+    if big:
+        rows.append(f"| RL² training (bandit k=5 n=100, 4096 trials, PPO update included), env steps/s | "
+                    f"{big['steps_per_s'] / 1e6:.2f}M | – | – |")
+    if il:
+        rows.append(f"| MAML inner step, 40 tasks: vmap vs per-task loop, tasks/s | {il['vmap_tasks_per_s']:,.0f} vs "
+                    f"{il['loop_tasks_per_s']:,.0f} | – | {il['speedup']:.1f}x |")
+    if ms:
+        rows.append(f"| supervised MAML sinusoid meta-iterations/s (vs per-task loop) | {ms['meta_iters_per_s']:.0f} "
+                    f"({ms['speedup']:.1f}x the loop; 70k iterations in {ms['minutes_for_70k_iterations']:.1f} min) | – | – |")
+    if mj:
+        rows.append(f"| MuJoCo workers, {mj['cores']} cores, policy in the loop: steps/s (efficiency vs cores x one env) | – | "
+                    f"{mj['parallel_steps_per_s']:,.0f} ({mj['efficiency']:.2f}; independent processes reach "
+                    f"{mj['ceiling_efficiency']:.2f}) | – |")
+    if "pytest" in st:
+        tail = st["pytest"].get("output_tail", "")
+        passed = sum(len(m) for m in re.findall(r"^[.s]+", tail, re.M)) if st["pytest"].get("rc") else None
+        rows.append("")
+        rows.append(f"Test suite with CUDA visible: exit {st['pytest'].get('rc')}"
+                    + (f" (cut by its {st['pytest'].get('seconds', 0):.0f} s limit after about {passed} tests, "
+                       "none failed)" if passed else "") + ".")
+    return "\n".join(rows)
 
 
 def fewshot_row(s: dict) -> str:

@@ -77,9 +77,12 @@ def build_parser(full_help: bool = False) -> argparse.ArgumentParser:
     t.add_argument("--quiet", action="store_true", help="no progress bar or messages")
 
     e = sub.add_parser("eval", help="evaluate a trained run against baselines on held-out tasks",
-                       description="Play one trial on each held-out task (test split) with the trained agent and "
-                                   "with each baseline, on identical tasks; print mean total reward with a 95%% CI "
-                                   "and save eval.json and eval_adaptation.png in the run directory.")
+                       description="Evaluate the trained agent and each baseline on the same held-out tasks (test "
+                                   "split), each figure with a 95% CI: RL² plays one trial per task (mean total "
+                                   "reward); MAML agents report the return before and after 1, 2 and 3 inner steps; "
+                                   "few-shot learners report query MSE or accuracy after 0, 1, 5 and 10 steps; "
+                                   "Meta-World runs use the benchmark's protocol (success rate). Saves eval.json "
+                                   "and eval_adaptation.png in the run directory.")
     e.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by metarl train")
     e.add_argument("--tasks", type=int, default=1000, help="number of held-out tasks (default 1000)")
     e.add_argument("--baselines", default="all",
@@ -94,7 +97,7 @@ def build_parser(full_help: bool = False) -> argparse.ArgumentParser:
 
     c = sub.add_parser("compare", help="one report across evaluated runs: curves, interval statistics, per-task tables",
                        description="Compare evaluated runs (agents and seeds) on their shared held-out tasks: "
-                                   "mean and interquartile mean with 95%% stratified-bootstrap CIs (rliable), the "
+                                   "mean and interquartile mean with 95% stratified-bootstrap CIs (rliable), the "
                                    "probability of improvement of every pair, adaptation and training curves (PNG), "
                                    "per-task tables and, for Meta-World, a per-task success heatmap. Writes "
                                    "report.md, summary.csv, poi.csv, per_task.csv and the PNGs into --out. Runs "

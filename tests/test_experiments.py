@@ -25,6 +25,9 @@ def test_readme_results_table_is_generated_from_results_files():
             assert s["command"].startswith(f"python experiments/wall_clock.py {name}")
             assert (ROOT / "experiments" / "configs" / f"{name}.toml").exists() and s["command"] in table
             continue
+        if f.stem.startswith("gpu_check"):  # experiments/device_check.sh on a GPU machine
+            assert s["command"].startswith("OUT=DIR bash experiments/device_check.sh") and f.name in table
+            continue
         assert {"experiment", "command", "commit", "device", "wall_clock_s", "metrics"} <= set(s)
         script = "peer.py" if s["metrics"].get("protocol") == "peer" else "run.py"
         assert s["command"].startswith(f"python experiments/{script} {f.stem}")
@@ -55,3 +58,23 @@ def test_every_experiment_config_resolves(cfg):
     for agent in peer.AGENTS:
         resolve_config(agent, raw["run"]["env"], {"run": raw["run"], "env": raw.get("env", {}),
                                                   "agent": {**raw[agent], "total_steps": raw["experiment"]["total_steps"]}})
+
+
+def test_device_summary_condenses_a_check_log(tmp_path):
+    """device_summary.py keeps exit codes, seconds, bench figures and eval headlines, and splits a step
+    whose output lacked a final newline (a pytest cut by its timeout) from the next one."""
+    ds = _load("device_summary")
+    report = {"metric": "mean total reward", "tasks": 3, "results": {
+        "rl2": {"total": {"mean": 1.5, "ci_low": 1.0, "ci_high": 2.0}},
+        "maml": {"per_step": {"0": {"mean": 3.0, "ci_low": 2.0, "ci_high": 4.0}}}}}
+    log = ("=== bench_x_cuda: bench x\n" + json.dumps({"figures": {"steps_per_s": 10.0}}) + "\n"
+           "=== ev_cuda: eval r\n" + json.dumps(report, indent=1) + "\n"
+           "=== pytest: pytest\n....s.. [ 50%]\n...=== bench_y: bench y\nTraceback\nboom\n")
+    steps = ds.parse_log(log)
+    assert steps["bench_x_cuda"]["figures"] == {"steps_per_s": 10.0}
+    assert steps["ev_cuda"]["figures"]["results"] == {"rl2": [1.5, 1.0, 2.0], "maml": {"0": [3.0, 2.0, 4.0]}}
+    assert steps["pytest"]["output_tail"].endswith("...") and "boom" in steps["bench_y"]["output_tail"]
+    ds.parse_summary('bench_x_cuda rc=0 1.5s\npytest rc=124 180.0s\nrun a: {"env_steps": 5}\n'
+                     '  timing: {"steps_per_s": 7.0}\n', steps)
+    assert steps["bench_x_cuda"]["rc"] == 0 and steps["pytest"] == {**steps["pytest"], "rc": 124, "seconds": 180.0}
+    assert steps["runs"]["a"] == {"last_metrics": {"env_steps": 5}, "last_timing": {"steps_per_s": 7.0}}
