@@ -60,8 +60,10 @@ def unit_to_bounds(a: torch.Tensor, low: torch.Tensor, high: torch.Tensor) -> to
     return low + (a.float().clamp(-1, 1) + 1) * 0.5 * (high - low)
 
 
-def trial_vec_env(env_spec: EnvSpec, env_cfg, num_envs: int, seed: int):
-    """A TrialVecEnv (built lazily: SB3's VecEnv base class is an optional dependency)."""
+def trial_vec_env(env_spec: EnvSpec, env_cfg, num_envs: int, seed: int, obs_only: bool = False):
+    """A TrialVecEnv (built lazily: SB3's VecEnv base class is an optional dependency).
+    obs_only: plain episodes for a memoryless learner (multi-task PPO): one episode per SB3
+    episode, the env's observation alone (no RL² inputs), a fresh training task each episode."""
     _, VecEnv = _sb3()
 
     class TrialVecEnv(VecEnv):
@@ -77,7 +79,9 @@ def trial_vec_env(env_spec: EnvSpec, env_cfg, num_envs: int, seed: int):
             self.task_gen = split_generator(seed, "train")
             self.env_gen = make_generator(seed, "env")
             env = env_spec.make_env(env_cfg, num_envs, torch.device("cpu"), self.env_gen)
-            self.trial = TrialEnv(env, env_spec.episodes_per_trial(env_cfg), time_feature=True)
+            self.trial = TrialEnv(env, 1 if obs_only else env_spec.episodes_per_trial(env_cfg),
+                                  time_feature=not obs_only)
+            self.obs_dim = env.obs_dim
             self.discrete = env.discrete
             if self.discrete:
                 actions = env.action_space
@@ -85,14 +89,17 @@ def trial_vec_env(env_spec: EnvSpec, env_cfg, num_envs: int, seed: int):
                 self.low = torch.as_tensor(env.action_space.low, dtype=torch.float32)
                 self.high = torch.as_tensor(env.action_space.high, dtype=torch.float32)
                 actions = gym.spaces.Box(-1.0, 1.0, env.action_space.shape, np.float32)
-            obs = gym.spaces.Box(-np.inf, np.inf, (self.trial.input_dim,), np.float32)
+            obs = gym.spaces.Box(-np.inf, np.inf, (self.obs_dim if obs_only else self.trial.input_dim,), np.float32)
             super().__init__(num_envs, obs, actions)
             self.returns = torch.zeros(num_envs)
             self.finished: list[torch.Tensor] = []  # returns [B] of the trials finished since the last pop
 
+        def _view(self, x: torch.Tensor) -> torch.Tensor:
+            return x[:, :self.obs_dim] if obs_only else x  # the RL² input begins with the observation
+
         def reset(self):
             self.returns.zero_()
-            return self.trial.start(self.dist.sample(self.num_envs, self.task_gen)).numpy()
+            return self._view(self.trial.start(self.dist.sample(self.num_envs, self.task_gen))).numpy()
 
         def step_async(self, actions):
             self._actions = actions
@@ -104,6 +111,7 @@ def trial_vec_env(env_spec: EnvSpec, env_cfg, num_envs: int, seed: int):
             else:
                 a = unit_to_bounds(a, self.low, self.high)
             x, r, _ = self.trial.step(a)
+            x = self._view(x)
             self.returns += r
             infos = [{} for _ in range(self.num_envs)]
             done = self.trial.t >= self.trial.trial_length
@@ -249,27 +257,35 @@ class PPOFromScratch:
     during that task's trial, so it gets exactly the episodes the meta-learners get to adapt,
     and its score is the reward it collects meanwhile (what an RL² trial counts). One PPO per
     sub-env, each updated after every n_steps = min(32, max(4, horizon / 2)) steps of its own
-    experience; SB3's other defaults. A TrialPolicy: `metarl eval RUN --baselines ppo-scratch`
-    (opt-in: one network per task is slow for thousands of tasks)."""
+    experience; SB3's other defaults. Continuous actions are learned in [-1, 1] and scaled to the
+    env's bounds (SB3's convention). A TrialPolicy: `metarl eval RUN --baselines ppo-scratch`
+    (opt-in: one network per task is slow for thousands of tasks).
+    init, policy_kwargs: a policy state_dict every per-task PPO starts from, and the network it
+    needs (multi-task PPO fine-tuning)."""
 
-    def __init__(self, env, env_cfg, seed: int):
+    def __init__(self, env, env_cfg, seed: int, init: dict | None = None, policy_kwargs: dict | None = None):
         _sb3()
-        self.env, self.seed = env, seed
+        self.env, self.seed, self.init, self.policy_kwargs = env, seed, init, policy_kwargs
         self.discrete = env.discrete
         self.obs_space = gym.spaces.Box(-np.inf, np.inf, (env.obs_dim,), np.float32)
         self.n_steps = max(4, min(32, env.horizon // 2))
-        if not self.discrete:
+        if self.discrete:
+            self.act_space = env.action_space
+        else:
             self.low = torch.as_tensor(env.action_space.low, dtype=torch.float32)
             self.high = torch.as_tensor(env.action_space.high, dtype=torch.float32)
+            self.act_space = gym.spaces.Box(-1.0, 1.0, env.action_space.shape, np.float32)
 
     def reset(self, num_envs: int, device) -> None:
         from stable_baselines3 import PPO
         from stable_baselines3.common.logger import configure
-        stand_in = _Spaces(self.obs_space, self.env.action_space)
+        stand_in = _Spaces(self.obs_space, self.act_space)
         self.models = []
         for i in range(num_envs):
             m = PPO("MlpPolicy", stand_in, n_steps=self.n_steps, batch_size=self.n_steps, seed=self.seed + i,
-                    device="cpu")
+                    device="cpu", policy_kwargs=self.policy_kwargs)
+            if self.init is not None:
+                m.policy.load_state_dict(self.init)
             m.set_logger(configure(None, []))  # no log output
             self.models.append(m)
         self.starts = np.ones(num_envs, dtype=bool)  # [B] the next stored step begins an episode
@@ -286,7 +302,7 @@ class PPOFromScratch:
         a = torch.stack(acts)
         if self.discrete:
             return a.long().to(obs.device)
-        return torch.maximum(torch.minimum(a.float(), self.high), self.low).to(obs.device)
+        return unit_to_bounds(a, self.low, self.high).to(obs.device)
 
     def observe(self, actions, rewards, dones, next_obs) -> None:
         r, d = rewards.cpu().numpy(), dones.cpu().numpy()

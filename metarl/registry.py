@@ -60,6 +60,9 @@ AGENTS: dict[str, Entry] = {
     "recurrent-ppo": Entry("metarl.agents.sb3_baselines:RECURRENT_PPO",
                            "sb3-contrib's RecurrentPPO (LSTM) on the RL² trial env: an off-the-shelf RL² peer "
                            "(sb3 extra)"),
+    "multitask-ppo": Entry("metarl.agents.multitask_ppo:MULTITASK_PPO",
+                           "baseline: SB3 PPO pretrained on the training tasks (observation only), evaluated "
+                           "fine-tuned on each held-out task during its trial and zero-shot (sb3 extra)"),
     "maml-trpo": Entry("metarl.agents.maml:MAML_TRPO",
                        "MAML (Finn et al. 2017): policy-gradient inner step, TRPO outer step"),
     "maml-ppo": Entry("metarl.agents.maml:MAML_PPO",

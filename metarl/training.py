@@ -43,6 +43,8 @@ class AgentSpec:
         "inner-steps" (MAML: return before and after each gradient step).
     curve_keys: training metrics drawn in learning_curve.png.
     select_key: a training metric to keep the best iteration of (`metarl eval --checkpoint best`).
+    extra_eval(checkpoint, env_spec, env_cfg, agent_cfg, device, seed) -> {label: make_policy(env)}:
+        more TrialPolicies of the same run, reported as "NAME (label)" (multi-task PPO: zero-shot).
     """
     name: str
     config_cls: type
@@ -51,6 +53,7 @@ class AgentSpec:
     protocol: str = "trial"
     curve_keys: tuple[str, ...] = ("trial_return",)
     select_key: str | None = None  # training metric whose best iteration is kept as checkpoints/best.pt
+    extra_eval: Callable[..., dict] | None = None
 
 
 class Interrupted(Exception):

@@ -151,6 +151,8 @@ def evaluate_run(run_dir: str, *, tasks: int = 1000, baselines: str = "all", see
         results = {agent_name: summarize(evaluate(
             lambda env: spec.load_eval_policy(ck, env_spec, env_cfg, cfg["agent"], dev, seed),
             env_spec, env_cfg, tasks, seed, dev))}
+        for label, make in _extra_policies(spec, ck, cfg, dev, seed).items():
+            results[f"{agent_name} ({label})"] = summarize(evaluate(make, env_spec, env_cfg, tasks, seed, dev))
         summary = summarize
     for name in names:
         cls = lookup("baseline", BASELINES, name)
@@ -161,6 +163,13 @@ def evaluate_run(run_dir: str, *, tasks: int = 1000, baselines: str = "all", see
               "protocol": spec.protocol, "metric": "mean episode return" if inner_steps else "mean total reward",
               "results": results}
     return _write_report(path, report)
+
+
+def _extra_policies(spec, ck: dict, cfg: dict, dev, seed: int) -> dict:
+    """{label: make_policy(env)}: the run's other evaluated forms (AgentSpec.extra_eval)."""
+    if spec.extra_eval is None:
+        return {}
+    return spec.extra_eval(ck, cfg["env_spec"], cfg["env"], cfg["agent"], dev, seed)
 
 
 def _write_report(path: Path, report: dict) -> dict:
@@ -182,6 +191,9 @@ def _evaluate_success_run(path: Path, saved: dict, cfg: dict, ck: dict, names: l
     agent = spec.load_eval_policy(ck, env_spec, env_cfg, cfg["agent"], dev, seed)
     results = {saved["run"]["agent"]: summarize_success(
         evaluate_success(lambda env: agent, spec.protocol, env_spec, env_cfg, goals, seed, dev))}
+    for label, make in _extra_policies(spec, ck, cfg, dev, seed).items():
+        results[f"{saved['run']['agent']} ({label})"] = summarize_success(
+            evaluate_success(make, "trial", env_spec, env_cfg, goals, seed, dev))
     for name in names:
         cls = lookup("baseline", BASELINES, name)
         results[name] = summarize_success(evaluate_success(

@@ -99,3 +99,53 @@ def test_ppo_from_scratch_learns_within_each_task_and_is_opt_in(cli, tmp_path):
     code, _, err = cli("eval", run, "--tasks", 20, "--baselines", "ppo-scratch,greedy")
     assert code == 0, err
     assert len(json.loads((run / "eval.json").read_text())["results"]["ppo-scratch"]["scores"]) == 20
+
+
+# ---- multi-task PPO: pretrained on the training tasks, evaluated fine-tuned and zero-shot ----------
+
+MT = ["--set", "env.horizon=10", "--set", "env.goal_low=0.2", "--set", "env.goal_high=0.3",
+      "--set", "agent.num_envs=32", "--quiet", "--device", "cpu"]
+
+
+def test_obs_only_vec_env_gives_plain_episodes_in_fresh_tasks():
+    cfg = build(NAVIGATION.config_cls, {"horizon": 3, "episodes": 2}, "env")
+    venv = trial_vec_env(NAVIGATION, cfg, 4, seed=0, obs_only=True)
+    obs = venv.reset()
+    assert obs.shape == (4, 2) == (4, venv.observation_space.shape[0]) and np.allclose(obs, 0)
+    goals = venv.trial.env.goal.clone()
+    total = np.zeros(4)
+    for t in range(3):  # one episode (not the 2-episode trial) is one SB3 episode
+        venv.step_async(np.ones((4, 2), dtype=np.float32))
+        obs, r, done, infos = venv.step_wait()
+        total += r
+        assert done.all() == (t == 2) and (t == 2 or np.allclose(obs, 0.1 * (t + 1), atol=1e-6))
+    assert [i["episode"]["r"] for i in infos] == pytest.approx(total.tolist()) and np.allclose(obs, 0)
+    assert not torch.equal(venv.trial.env.goal, goals)  # the next episode is in new training tasks
+
+
+def test_multitask_ppo_pretrains_then_evaluates_zero_shot_and_fine_tuned(cli, tmp_path):
+    """Goals all lie up and to the right: the pretrained policy heads there zero-shot and beats random
+    clearly; fine-tuning starts from exactly the pretrained weights; runs are seeded."""
+    from metarl.agents.multitask_ppo import MULTITASK_PPO
+    from metarl.run import load_checkpoint
+    a, b = tmp_path / "a", tmp_path / "b"
+    for run in (a, b):
+        code, _, err = cli("train", "multitask-ppo", "--env", "navigation-2d", "--set", "agent.total_steps=6000",
+                           "--run-dir", run, *MT)
+        assert code == 0, err
+    assert (a / "metrics.jsonl").read_text() == (b / "metrics.jsonl").read_text()
+    code, _, err = cli("eval", a, "--tasks", 30, "--baselines", "random")
+    assert code == 0, err
+    res = json.loads((a / "eval.json").read_text())["results"]
+    assert set(res) == {"multitask-ppo", "multitask-ppo (zero-shot)", "random"}
+    assert all(len(r["scores"]) == 30 for r in res.values())
+    assert res["multitask-ppo (zero-shot)"]["total"]["mean"] > res["random"]["total"]["mean"] + 2
+    ck = load_checkpoint(a, map_location="cpu")
+    cfg = build(NAVIGATION.config_cls, {"horizon": 10}, "env")
+    agent_cfg = build(MULTITASK_PPO.config_cls, {"num_envs": 32}, "agent")
+    fine = MULTITASK_PPO.load_eval_policy(ck, NAVIGATION, cfg, agent_cfg, "cpu", 0)
+    fine.reset(2, "cpu")
+    env = NAVIGATION.make_env(cfg, 2, torch.device("cpu"), torch.Generator())
+    zero = MULTITASK_PPO.extra_eval(ck, NAVIGATION, cfg, agent_cfg, "cpu", 0)["zero-shot"](env).model
+    for k, v in zero.policy.state_dict().items():
+        assert torch.equal(fine.models[1].policy.state_dict()[k], v)
