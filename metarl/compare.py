@@ -111,11 +111,16 @@ def gather_scores(runs: list[Run], labels: list[str], baselines: bool = True) ->
     """method -> score matrix [runs, tasks]. Baselines are taken once (every run was evaluated on
     the same tasks with the same seed, so their scores are identical across runs)."""
     rows: dict[str, list] = {}
+    forms = set()
     for r, label in zip(runs, labels):
         rows.setdefault(label, []).append(r.result["scores"])
+        for name, res in r.report["results"].items():  # the run's other forms, e.g. "multitask-ppo (zero-shot)"
+            if name.startswith(r.agent + " ("):
+                forms.add(name)
+                rows.setdefault(label + name[len(r.agent):], []).append(res["scores"])
     if baselines:
         for name, res in runs[0].report["results"].items():
-            if name != runs[0].agent and name not in rows:
+            if name != runs[0].agent and name not in rows and name not in forms:
                 rows[name] = [res["scores"]]
     return {k: np.asarray(v, dtype=np.float64) for k, v in rows.items()}
 
@@ -231,10 +236,14 @@ def adaptation_plot(runs: list[Run], labels: list[str], out: Path, metric: str, 
         c = adaptation_of(r.result, metric)
         if c:
             curves.setdefault(c[0], {}).setdefault(label, []).append((c[1], c[2]))
+        for name, res in r.report["results"].items():  # the run's other forms (multitask-ppo (zero-shot))
+            c = adaptation_of(res, metric) if name.startswith(r.agent + " (") else None
+            if c:
+                curves.setdefault(c[0], {}).setdefault(label + name[len(r.agent):], []).append((c[1], c[2]))
     if baselines:
         for name, res in runs[0].report["results"].items():
             c = adaptation_of(res, metric) if name != runs[0].agent else None
-            if c and name not in labels:
+            if c and name not in labels and not name.startswith(runs[0].agent + " ("):
                 curves.setdefault(c[0], {})[name] = [(c[1], c[2])]
     plt = _plt()
     kinds = list(curves) or [("(no adaptation curves)", metric)]

@@ -119,3 +119,19 @@ def test_mismatched_tasks_or_budgets_are_refused(cli, tiny, tmp_path):
     assert cli("eval", e, "--tasks", 40)[0] == 0
     code, _, err = cli("compare", a, e, "--out", tmp_path / "o5")
     assert code == 2 and "env options" in err
+
+
+def test_a_runs_other_forms_are_methods_of_their_own_over_all_its_seeds(tmp_path):
+    """multitask-ppo reports "multitask-ppo (zero-shot)" beside itself: every seed's zero-shot scores
+    form one method, not a baseline taken from the first run only."""
+    from metarl.compare import Run, gather_scores
+
+    def run(agent, seed, extra):
+        res = {agent: {"scores": [seed, seed + 1.0]}, "random": {"scores": [0.0, 0.5]}}
+        res.update({f"{agent} (zero-shot)": {"scores": [v, v]} for v in extra})
+        return Run(tmp_path, agent, seed, {}, {"results": res})
+    runs = [run("rl2", 0, []), run("multitask-ppo", 1, [7.0]), run("multitask-ppo", 2, [9.0])]
+    scores = gather_scores(runs, ["rl2", "multitask-ppo", "multitask-ppo"])
+    assert set(scores) == {"rl2", "multitask-ppo", "multitask-ppo (zero-shot)", "random"}
+    assert scores["multitask-ppo (zero-shot)"].tolist() == [[7.0, 7.0], [9.0, 9.0]]
+    assert scores["multitask-ppo"].shape == (2, 2) and scores["random"].shape == (1, 2)
