@@ -36,7 +36,7 @@ def row_tail(s: dict) -> str:
 def table() -> str:
     rows = ["| experiment | env | RL² | best classical baseline | Bayes-optimal-ish reference | paper | "
             "train time | commit | command |", "|---|---|---|---|---|---|---|---|---|"]
-    steps_rows, mw_rows, fs_rows, peer_rows = [], [], [], []
+    steps_rows, mw_rows, fs_rows, peer_rows, mt_rows = [], [], [], [], []
     for f in sorted((ROOT / "experiments" / "results").glob("*.json")):
         if f.stem.endswith("_timing"):  # per-iteration costs (experiments/wall_clock.py), shown in ml10_table
             continue
@@ -55,6 +55,9 @@ def table() -> str:
             continue
         if m.get("protocol") == "peer":
             peer_rows.append(peer_row(s))
+            continue
+        if m["agent"] == "multitask-ppo":
+            mt_rows.append(multitask_row(s))
             continue
         res = m["results"]
         agent = res[m["agent"]]
@@ -95,6 +98,13 @@ def table() -> str:
                 "| experiment | env | budget | RL² | RecurrentPPO | random | score ratio | P(RL² better) | time ratio | "
                 "train time (RL² / RecurrentPPO) | commit | command |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n"
                 + "\n".join(peer_rows))
+    if mt_rows:
+        out += ("\n\nMulti-task PPO (stable-baselines3, observation only) pretrained on the training tasks, on the "
+                "held-out tasks: fine-tuned during each task's trial (PPO continues from the pretrained weights), "
+                "zero-shot (no updates), and PPO from scratch on the same tasks; mean total reward per trial ± "
+                "half-width of the 95% CI.\n\n"
+                "| experiment | env | pretraining budget | fine-tuned | zero-shot | PPO from scratch | random | "
+                "train time | commit | command |\n|---|---|---|---|---|---|---|---|---|---|\n" + "\n".join(mt_rows))
     out += "\n\n" + ml10_table()
     for f in sorted((ROOT / "experiments" / "results").glob("gpu_check*.json")):
         out += "\n\n" + gpu_table(json.loads(f.read_text()), f.name)
@@ -143,6 +153,16 @@ def gpu_table(g: dict, name: str) -> str:
                     + (f" (cut by its {st['pytest'].get('seconds', 0):.0f} s limit after about {passed} tests, "
                        "none failed)" if passed else "") + ".")
     return "\n".join(rows)
+
+
+def multitask_row(s: dict) -> str:
+    m = s["metrics"]
+    res = m["results"]
+    cell = lambda n: fmt(res[n]) if n in res else "–"  # noqa: E731
+    envc = ", ".join(f"{k}={v}" for k, v in m["env_config"].items() if k in ("horizon", "episodes", "k", "n"))
+    return (f"| {s['experiment']} | {m['env']} ({envc}), {m['held_out_tasks']} held-out tasks | {m['env_steps']:,} | "
+            f"{cell(m['agent'])} | {cell(m['agent'] + ' (zero-shot)')} | {cell('ppo-scratch')} | {cell('random')} | "
+            f"{s['wall_clock_s'] / 60:.1f} min | {s['commit']} | `{s['command']}` |")
 
 
 def fewshot_row(s: dict) -> str:

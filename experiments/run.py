@@ -75,7 +75,7 @@ def main(argv=None) -> int:
             train(run["agent"], run["env"], config_file=str(cfg_file), run_dir=str(run_dir), resume=resume,
                   device=args.device, quiet=args.quiet)
         report = evaluate_run(str(run_dir), tasks=args.tasks, device=args.device,
-                              checkpoint=meta.get("checkpoint", "latest"))
+                              checkpoint=meta.get("checkpoint", "latest"), baselines=meta.get("baselines", "all"))
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
