@@ -25,7 +25,8 @@ from metarl.config import option
 from metarl.errors import UserError
 from metarl.training import AgentSpec
 
-from metarl.agents.sb3_baselines import PPOFromScratch, _sb3, trial_vec_env, unit_to_bounds
+from metarl.agents.sb3_baselines import _sb3, trial_vec_env, unit_to_bounds
+from metarl.agents.sb3_scratch import PPOFromScratch
 
 
 @dataclass

@@ -87,7 +87,7 @@ def build_parser(full_help: bool = False) -> argparse.ArgumentParser:
     e.add_argument("--tasks", type=int, default=1000, help="number of held-out tasks (default 1000)")
     e.add_argument("--baselines", default="all",
                    help="comma-separated baseline names, 'all' (those that apply to the env, except the slow "
-                        "per-task learner ppo-scratch, which runs only when named) or 'none'")
+                        "per-task learners ppo-scratch and sac-scratch, which run only when named) or 'none'")
     e.add_argument("--seed", type=int, default=0, help="evaluation seed: picks the held-out tasks (default 0)")
     e.add_argument("--checkpoint", default="latest", choices=("latest", "best"),
                    help="latest (default) or best: the training iteration with the best selection metric "

@@ -91,10 +91,13 @@ BASELINES: dict[str, Entry] = {
     "gittins": Entry("metarl.agents.gittins:GittinsPolicy",
                      "Gittins index, discounted approximation (Bernoulli bandits)", ("bernoulli",)),
     "psrl": Entry("metarl.agents.mdp_baselines:PSRL", "posterior sampling RL (Osband et al. 2013)", ("mdp",)),
-    "ppo-scratch": Entry("metarl.agents.sb3_baselines:PPOFromScratch",
+    "ppo-scratch": Entry("metarl.agents.sb3_scratch:PPOFromScratch",
                          "stable-baselines3 PPO trained from scratch on each held-out task during its trial "
                          "(sb3 extra; opt-in: name it in --baselines)",
                          ("bandit", "mdp", "navigation", "mujoco", "metaworld")),
+    "sac-scratch": Entry("metarl.agents.sb3_scratch:SACFromScratch",
+                         "stable-baselines3 SAC trained from scratch on each held-out task during its trial "
+                         "(continuous control; sb3 extra; opt-in: name it in --baselines)", ("continuous",)),
     "mdp-greedy": Entry("metarl.agents.mdp_baselines:CertaintyEquivalent",
                         "plans on the posterior-mean MDP each episode", ("mdp",)),
 }
@@ -132,7 +135,7 @@ def lookup(kind: str, table: dict[str, Entry], name: str) -> Any:
 
 
 # Baselines that learn a network per task: slow for thousands of tasks, so only run when named
-OPT_IN_BASELINES = ("ppo-scratch",)
+OPT_IN_BASELINES = ("ppo-scratch", "sac-scratch")
 
 
 def baselines_for(families: tuple[str, ...], opt_in: bool = False) -> list[str]:

@@ -75,7 +75,7 @@ def test_ppo_from_scratch_learns_within_each_task_and_is_opt_in(cli, tmp_path):
     """One SB3 PPO per held-out task, trained during the trial: on bandits where one arm always
     pays and the other never does, it must end a 1000-pull trial pulling that arm well above
     chance (SB3's defaults learn slowly: a 100-pull trial is too short to show it)."""
-    from metarl.agents.sb3_baselines import PPOFromScratch
+    from metarl.agents.sb3_scratch import PPOFromScratch
     cfg = build(BERNOULLI_BANDIT.config_cls, {"k": 2, "n": 1000}, "env")
     env = BERNOULLI_BANDIT.make_env(cfg, 2, torch.device("cpu"), torch.Generator().manual_seed(0))
     env.set_tasks({"means": torch.tensor([[1.0, 0.0], [0.0, 1.0]])})
@@ -149,3 +149,35 @@ def test_multitask_ppo_pretrains_then_evaluates_zero_shot_and_fine_tuned(cli, tm
     zero = MULTITASK_PPO.extra_eval(ck, NAVIGATION, cfg, agent_cfg, "cpu", 0)["zero-shot"](env).model
     for k, v in zero.policy.state_dict().items():
         assert torch.equal(fine.models[1].policy.state_dict()[k], v)
+
+
+def test_sac_from_scratch_trains_per_task_in_bounds_and_is_opt_in(cli, tmp_path):
+    """One SB3 SAC per held-out task: uniform warm-up actions, then a gradient step per env step, each
+    model on its own task's transitions only, actions within the env's bounds; opt-in for eval."""
+    from metarl.agents.sb3_scratch import SACFromScratch
+    cfg = build(NAVIGATION.config_cls, {"horizon": 60, "episodes": 2}, "env")
+    env = NAVIGATION.make_env(cfg, 2, torch.device("cpu"), torch.Generator().manual_seed(0))
+    env.set_tasks({"goal": torch.tensor([[0.3, 0.3], [-0.3, -0.3]])})
+    policy = SACFromScratch(env, cfg, seed=0)
+    policy.reset(2, "cpu")
+    obs = env.reset()
+    for t in range(120):
+        a = policy.act(obs)
+        assert a.abs().max() <= 0.1 + 1e-6  # the env's max action
+        nxt, r, d = env.step(a)
+        policy.observe(a, r, d, nxt)
+        obs = nxt
+    m0, m1 = policy.models
+    assert m0._n_updates == m1._n_updates == 120 - m0.learning_starts + 1
+    assert m0.replay_buffer.size() == 120 and not np.allclose(m0.replay_buffer.rewards[:120], m1.replay_buffer.rewards[:120])
+    run = tmp_path / "run"
+    assert cli("train", "rl2", "--env", "navigation-2d", "--set", "env.horizon=5", "--set", "agent.total_steps=160",
+               "--set", "agent.num_envs=16", "--set", "agent.hidden_size=8", "--run-dir", run, "--quiet",
+               "--device", "cpu")[0] == 0
+    assert cli("eval", run, "--tasks", 3)[0] == 0
+    assert "sac-scratch" not in json.loads((run / "eval.json").read_text())["results"]
+    code, _, err = cli("eval", run, "--tasks", 3, "--baselines", "sac-scratch")
+    assert code == 0, err
+    assert len(json.loads((run / "eval.json").read_text())["results"]["sac-scratch"]["scores"]) == 3
+    code, _, err = cli("eval", run, "--tasks", 3, "--baselines", "sac-scratch,greedy")
+    assert code == 2 and "does not apply" in err
