@@ -14,7 +14,6 @@ Evaluation on the held-out tasks, the same tasks and trials as every other metho
 """
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,10 +21,9 @@ import torch
 
 from metarl.batched_env import EnvSpec
 from metarl.config import option
-from metarl.errors import UserError
 from metarl.training import AgentSpec
 
-from metarl.agents.sb3_baselines import _sb3, trial_vec_env, unit_to_bounds
+from metarl.agents.sb3_baselines import SB3Trainer, _sb3, bounds, load_sb3_model, to_env_actions
 from metarl.agents.sb3_scratch import PPOFromScratch
 
 
@@ -48,48 +46,19 @@ class MultitaskPPOConfig:
     checkpoint_every: int = option(10, "iterations between checkpoints", ge=1)
 
 
-def _policy_kwargs(cfg: MultitaskPPOConfig) -> dict:
-    return {"net_arch": [cfg.hidden_size, cfg.hidden_size]}
-
-
-class MultitaskPPOTrainer:
+class MultitaskPPOTrainer(SB3Trainer):
     """One iteration = one episode in each of num_envs fresh training tasks, then SB3's update."""
+    policy, metric, obs_only = "MlpPolicy", "episode_return", True
 
     def __init__(self, env_spec: EnvSpec, env_cfg, cfg: MultitaskPPOConfig, seed: int, device: torch.device):
         _sb3()
         from stable_baselines3 import PPO
-        self.PPO, self.cfg, self.device = PPO, cfg, device
-        if device.type == "cpu":
-            torch.set_num_threads(1)  # SB3 runs a small MLP per env step: one thread is fastest
-        self.venv = trial_vec_env(env_spec, env_cfg, cfg.num_envs, seed, obs_only=True)
-        H = self.venv.trial.trial_length  # one episode
-        self.steps_per_iteration = cfg.num_envs * H
-        if self.steps_per_iteration % cfg.num_minibatches:
-            raise UserError(f"agent.num_minibatches={cfg.num_minibatches} must divide the {self.steps_per_iteration} "
-                            f"steps of a rollout (num_envs x episode length)")
-        self.iterations = -(-cfg.total_steps // self.steps_per_iteration)
-        self.model = PPO("MlpPolicy", self.venv, n_steps=H, batch_size=self.steps_per_iteration // cfg.num_minibatches,
-                         n_epochs=cfg.epochs, learning_rate=cfg.lr, gamma=cfg.gamma, gae_lambda=cfg.gae_lambda,
-                         clip_range=cfg.clip, ent_coef=cfg.ent_coef, vf_coef=cfg.vf_coef,
-                         max_grad_norm=cfg.max_grad_norm, policy_kwargs=_policy_kwargs(cfg), seed=seed,
-                         device=str(device))
-        self.started = False
+        self.algo = PPO
+        super().__init__(env_spec, env_cfg, cfg, seed, device)
 
-    def train_iteration(self, it: int) -> dict[str, float]:
-        self.model.learn(self.steps_per_iteration, reset_num_timesteps=not self.started)  # exactly one rollout
-        self.started = True
-        returns = self.venv.pop_trial_returns()
-        return {"episode_return": float(returns.mean()) if returns.numel() else float("nan")}
-
-    def state_dict(self) -> dict:
-        buf = io.BytesIO()
-        self.model.save(buf)
-        return {"model": buf.getvalue(), "venv": self.venv.state_dict(), "num_timesteps": self.model.num_timesteps}
-
-    def load_state_dict(self, d: dict) -> None:
-        self.model = self.PPO.load(io.BytesIO(d["model"]), env=self.venv, device=str(self.device))
-        self.venv.load_state_dict(d["venv"])
-        self.started = True
+    @staticmethod
+    def policy_kwargs(cfg) -> dict:
+        return {"net_arch": [cfg.hidden_size, cfg.hidden_size]}
 
 
 class ZeroShot:
@@ -99,8 +68,7 @@ class ZeroShot:
     def __init__(self, model, env):
         self.model, self.discrete = model, env.discrete
         if not self.discrete:
-            self.low = torch.as_tensor(env.action_space.low, dtype=torch.float32)
-            self.high = torch.as_tensor(env.action_space.high, dtype=torch.float32)
+            self.low, self.high = bounds(env.action_space)
 
     def reset(self, num_envs: int, device) -> None:
         pass
@@ -108,28 +76,28 @@ class ZeroShot:
     @torch.no_grad()
     def act(self, obs):
         a, _ = self.model.predict(obs.cpu().numpy().astype(np.float32), deterministic=False)
-        a = torch.as_tensor(a)
-        if self.discrete:
-            return a.long().view(-1).to(obs.device)
-        return unit_to_bounds(a, self.low, self.high).to(obs.device)
+        return to_env_actions(a, self, obs.device)
 
     def observe(self, actions, rewards, dones, next_obs) -> None:
         pass
 
 
 def _load_model(checkpoint: dict, seed: int):
-    from stable_baselines3 import PPO
     _sb3()
-    torch.manual_seed(seed)  # SB3 samples actions from torch's global generator
-    return PPO.load(io.BytesIO(checkpoint["trainer"]["model"]), device="cpu")
+    from stable_baselines3 import PPO
+    return load_sb3_model(PPO, checkpoint, seed)
 
 
 def load_eval_policy(checkpoint: dict, env_spec: EnvSpec, env_cfg, cfg: MultitaskPPOConfig, device, seed: int):
-    """Fine-tuned: per-task SB3 PPO from the pretrained weights (built per eval batch by `metarl eval`)."""
+    """Fine-tuned: on every held-out task an SB3 PPO starts from the pretrained weights (new
+    copies at each reset, i.e. each batch of tasks), with the pretraining's discount and GAE
+    lambda and ppo-scratch's update schedule."""
     model = _load_model(checkpoint, seed)
     env = env_spec.make_env(env_cfg, 1, torch.device("cpu"), torch.Generator())
     try:
-        return PPOFromScratch(env, env_cfg, seed, init=model.policy.state_dict(), policy_kwargs=_policy_kwargs(cfg))
+        return PPOFromScratch(env, env_cfg, seed, init=model.policy.state_dict(),
+                              policy_kwargs=MultitaskPPOTrainer.policy_kwargs(cfg),
+                              ppo_kwargs={"gamma": cfg.gamma, "gae_lambda": cfg.gae_lambda})
     finally:
         env.close()
 

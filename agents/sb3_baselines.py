@@ -27,13 +27,29 @@ from metarl.trial import TrialEnv, rl2_inputs
 
 
 def _sb3():
+    """(RecurrentPPO, VecEnv), or the one-line install hint when the sb3 extra is missing."""
     try:
         from sb3_contrib import RecurrentPPO
         from stable_baselines3.common.vec_env import VecEnv
     except ImportError:
-        raise UserError('the recurrent-ppo baseline needs stable-baselines3 and sb3-contrib: '
-                        'pip install -e ".[sb3]"') from None
+        raise UserError('the stable-baselines3 agents and baselines (recurrent-ppo, multitask-ppo, ppo-scratch, '
+                        'sac-scratch) need stable-baselines3 and sb3-contrib: pip install -e ".[sb3]"') from None
     return RecurrentPPO, VecEnv
+
+
+def quiet_logger():
+    """An SB3 logger that writes nothing (SB3's configure(None, []) makes a temp folder per call)."""
+    from stable_baselines3.common.logger import Logger
+    return Logger(folder=None, output_formats=[])
+
+
+def unit_box(space: gym.spaces.Box) -> gym.spaces.Box:
+    """The [-1, 1] box of `space`'s shape: SB3's Gaussian policies learn there (unit_to_bounds maps back)."""
+    return gym.spaces.Box(-1.0, 1.0, space.shape, np.float32)
+
+
+def bounds(space: gym.spaces.Box) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.as_tensor(space.low, dtype=torch.float32), torch.as_tensor(space.high, dtype=torch.float32)
 
 
 @dataclass
@@ -86,9 +102,8 @@ def trial_vec_env(env_spec: EnvSpec, env_cfg, num_envs: int, seed: int, obs_only
             if self.discrete:
                 actions = env.action_space
             else:
-                self.low = torch.as_tensor(env.action_space.low, dtype=torch.float32)
-                self.high = torch.as_tensor(env.action_space.high, dtype=torch.float32)
-                actions = gym.spaces.Box(-1.0, 1.0, env.action_space.shape, np.float32)
+                self.low, self.high = bounds(env.action_space)
+                actions = unit_box(env.action_space)
             obs = gym.spaces.Box(-np.inf, np.inf, (self.obs_dim if obs_only else self.trial.input_dim,), np.float32)
             super().__init__(num_envs, obs, actions)
             self.returns = torch.zeros(num_envs)
@@ -153,34 +168,45 @@ def trial_vec_env(env_spec: EnvSpec, env_cfg, num_envs: int, seed: int, obs_only
     return TrialVecEnv()
 
 
-class RecurrentPPOTrainer:
-    """One iteration = one rollout of one trial in each of num_envs tasks, then SB3's update."""
+class SB3Trainer:
+    """An SB3 algorithm on a TrialVecEnv as a metarl Trainer: one iteration = one rollout of
+    `rollout_len` steps in each of num_envs sub-envs (one trial, or one episode), then SB3's
+    update; checkpoints hold SB3's own save and the task and env generators.
+    Subclasses set algo (the SB3 class), policy and policy_kwargs, metric, obs_only."""
+    algo: type
+    policy: str
+    metric: str
+    obs_only = False
 
-    def __init__(self, env_spec: EnvSpec, env_cfg, cfg: RecurrentPPOConfig, seed: int, device: torch.device):
-        RecurrentPPO, _ = _sb3()
+    def __init__(self, env_spec: EnvSpec, env_cfg, cfg, seed: int, device: torch.device):
+        _sb3()
         self.cfg, self.device = cfg, device
         if device.type == "cpu":
-            torch.set_num_threads(1)  # SB3 steps a small LSTM per env step: one thread is fastest
-        self.venv = trial_vec_env(env_spec, env_cfg, cfg.num_envs, seed)
+            torch.set_num_threads(1)  # SB3 runs a small network per env step: one thread is fastest
+        self.venv = trial_vec_env(env_spec, env_cfg, cfg.num_envs, seed, obs_only=self.obs_only)
         T = self.venv.trial.trial_length
         self.steps_per_iteration = cfg.num_envs * T
         if self.steps_per_iteration % cfg.num_minibatches:
             raise UserError(f"agent.num_minibatches={cfg.num_minibatches} must divide the {self.steps_per_iteration} "
-                            f"steps of a rollout (num_envs x trial length)")
+                            f"steps of a rollout (num_envs x {'episode' if self.obs_only else 'trial'} length)")
         self.iterations = -(-cfg.total_steps // self.steps_per_iteration)
         self.kwargs = dict(n_steps=T, batch_size=self.steps_per_iteration // cfg.num_minibatches, n_epochs=cfg.epochs,
                            learning_rate=cfg.lr, gamma=cfg.gamma, gae_lambda=cfg.gae_lambda, clip_range=cfg.clip,
                            ent_coef=cfg.ent_coef, vf_coef=cfg.vf_coef, max_grad_norm=cfg.max_grad_norm)
-        self.model = RecurrentPPO("MlpLstmPolicy", self.venv, policy_kwargs={"lstm_hidden_size": cfg.hidden_size},
-                                  seed=seed, device=str(device), **self.kwargs)
+        self.model = self.algo(self.policy, self.venv, policy_kwargs=self.policy_kwargs(cfg), seed=seed,
+                               device=str(device), **self.kwargs)
         self.started = False
+
+    @staticmethod
+    def policy_kwargs(cfg) -> dict:
+        raise NotImplementedError
 
     def train_iteration(self, it: int) -> dict[str, float]:
         # learn() continues from the model's timestep count; it collects exactly one rollout
         self.model.learn(self.steps_per_iteration, reset_num_timesteps=not self.started)
         self.started = True
         returns = self.venv.pop_trial_returns()
-        return {"trial_return": float(returns.mean()) if returns.numel() else float("nan")}
+        return {self.metric: float(returns.mean()) if returns.numel() else float("nan")}
 
     def state_dict(self) -> dict:
         buf = io.BytesIO()
@@ -188,10 +214,29 @@ class RecurrentPPOTrainer:
         return {"model": buf.getvalue(), "venv": self.venv.state_dict(), "num_timesteps": self.model.num_timesteps}
 
     def load_state_dict(self, d: dict) -> None:
-        RecurrentPPO, _ = _sb3()
-        self.model = RecurrentPPO.load(io.BytesIO(d["model"]), env=self.venv, device=str(self.device))
+        self.model = self.algo.load(io.BytesIO(d["model"]), env=self.venv, device=str(self.device))
         self.venv.load_state_dict(d["venv"])
         self.started = True
+
+
+def load_sb3_model(algo: type, checkpoint: dict, seed: int):
+    """The trained SB3 model of a checkpoint, on CPU, with torch's global generator seeded (SB3
+    samples actions from it)."""
+    torch.manual_seed(seed)
+    return algo.load(io.BytesIO(checkpoint["trainer"]["model"]), device="cpu")
+
+
+class RecurrentPPOTrainer(SB3Trainer):
+    """sb3-contrib's RecurrentPPO: one iteration = one trial in each of num_envs tasks."""
+    policy, metric = "MlpLstmPolicy", "trial_return"
+
+    def __init__(self, env_spec: EnvSpec, env_cfg, cfg: RecurrentPPOConfig, seed: int, device: torch.device):
+        self.algo = _sb3()[0]
+        super().__init__(env_spec, env_cfg, cfg, seed, device)
+
+    @staticmethod
+    def policy_kwargs(cfg) -> dict:
+        return {"lstm_hidden_size": cfg.hidden_size}
 
 
 class RecurrentPPOEvalPolicy:
@@ -202,8 +247,7 @@ class RecurrentPPOEvalPolicy:
         self.model, self.T = model, trial_length
         self.discrete, self.A = env.discrete, env.num_actions
         if not self.discrete:
-            self.low = torch.as_tensor(env.action_space.low, dtype=torch.float32)
-            self.high = torch.as_tensor(env.action_space.high, dtype=torch.float32)
+            self.low, self.high = bounds(env.action_space)
 
     def reset(self, num_envs: int, device) -> None:
         self.state, self.starts = None, np.ones(num_envs, dtype=bool)
@@ -214,20 +258,24 @@ class RecurrentPPOEvalPolicy:
         x = rl2_inputs(obs.cpu(), *self.prev, self.A, self.t / self.T)
         a, self.state = self.model.predict(x.numpy(), state=self.state, episode_start=self.starts, deterministic=False)
         self.starts = np.zeros_like(self.starts)
-        a = torch.as_tensor(a)
-        if self.discrete:
-            return a.long().view(-1).to(obs.device)
-        return unit_to_bounds(a, self.low, self.high).to(obs.device)
+        return to_env_actions(a, self, obs.device)
 
     def observe(self, actions, rewards, dones, next_obs) -> None:
         self.prev = (actions.cpu(), rewards.cpu(), dones.cpu())
         self.t += 1
 
 
+def to_env_actions(a, policy, device) -> torch.Tensor:
+    """SB3's actions (numpy) -> the env's: long [B] for discrete, the unit box scaled to the
+    policy's (low, high) bounds for continuous."""
+    a = torch.as_tensor(a)
+    if policy.discrete:
+        return a.long().view(-1).to(device)
+    return unit_to_bounds(a, policy.low, policy.high).to(device)
+
+
 def load_eval_policy(checkpoint: dict, env_spec: EnvSpec, env_cfg, cfg: RecurrentPPOConfig, device, seed: int):
-    RecurrentPPO, _ = _sb3()
-    torch.manual_seed(seed)  # SB3 samples actions from torch's global generator
-    model = RecurrentPPO.load(io.BytesIO(checkpoint["trainer"]["model"]), device="cpu")
+    model = load_sb3_model(_sb3()[0], checkpoint, seed)
     env = env_spec.make_env(env_cfg, 1, torch.device("cpu"), torch.Generator())
     T = env.horizon * env_spec.episodes_per_trial(env_cfg)
     policy = RecurrentPPOEvalPolicy(model, env, T)

@@ -12,7 +12,9 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from metarl.agents.sb3_baselines import _sb3, unit_to_bounds
+from metarl.errors import UserError
+
+from metarl.agents.sb3_baselines import _sb3, bounds, quiet_logger, unit_box, unit_to_bounds
 
 
 class _Spaces(gym.Env):
@@ -37,33 +39,33 @@ class PPOFromScratch:
     experience; SB3's other defaults. Continuous actions are learned in [-1, 1] and scaled to the
     env's bounds (SB3's convention). A TrialPolicy: `metarl eval RUN --baselines ppo-scratch`
     (opt-in: one network per task is slow for thousands of tasks).
-    init, policy_kwargs: a policy state_dict every per-task PPO starts from, and the network it
-    needs (multi-task PPO fine-tuning)."""
+    init, policy_kwargs, ppo_kwargs: a policy state_dict every per-task PPO starts from, the network
+    it needs, and PPO options other than SB3's defaults (multi-task PPO fine-tuning)."""
 
-    def __init__(self, env, env_cfg, seed: int, init: dict | None = None, policy_kwargs: dict | None = None):
+    def __init__(self, env, env_cfg, seed: int, init: dict | None = None, policy_kwargs: dict | None = None,
+                 ppo_kwargs: dict | None = None):
         _sb3()
         self.env, self.seed, self.init, self.policy_kwargs = env, seed, init, policy_kwargs
+        self.ppo_kwargs = ppo_kwargs or {}
         self.discrete = env.discrete
         self.obs_space = gym.spaces.Box(-np.inf, np.inf, (env.obs_dim,), np.float32)
         self.n_steps = max(4, min(32, env.horizon // 2))
         if self.discrete:
             self.act_space = env.action_space
         else:
-            self.low = torch.as_tensor(env.action_space.low, dtype=torch.float32)
-            self.high = torch.as_tensor(env.action_space.high, dtype=torch.float32)
-            self.act_space = gym.spaces.Box(-1.0, 1.0, env.action_space.shape, np.float32)
+            self.low, self.high = bounds(env.action_space)
+            self.act_space = unit_box(env.action_space)
 
     def reset(self, num_envs: int, device) -> None:
         from stable_baselines3 import PPO
-        from stable_baselines3.common.logger import configure
         stand_in = _Spaces(self.obs_space, self.act_space)
         self.models = []
         for i in range(num_envs):
             m = PPO("MlpPolicy", stand_in, n_steps=self.n_steps, batch_size=self.n_steps, seed=self.seed + i,
-                    device="cpu", policy_kwargs=self.policy_kwargs)
+                    device="cpu", policy_kwargs=self.policy_kwargs, **self.ppo_kwargs)
             if self.init is not None:
                 m.policy.load_state_dict(self.init)
-            m.set_logger(configure(None, []))  # no log output
+            m.set_logger(quiet_logger())
             self.models.append(m)
         self.starts = np.ones(num_envs, dtype=bool)  # [B] the next stored step begins an episode
         self.last = None
@@ -104,25 +106,26 @@ class SACFromScratch:
     scaled to the env's bounds. An episode's last step counts as terminal (the batched env
     resets at once, so there is no final observation to bootstrap from), as for ppo-scratch."""
 
-    def __init__(self, env, env_cfg, seed: int, episodes: int | None = None):
+    def __init__(self, env, env_cfg, seed: int):
         _sb3()
         if env.discrete:
-            raise ValueError("sac-scratch needs a continuous action space")
+            raise UserError("sac-scratch needs continuous actions; use ppo-scratch for discrete ones")
         self.env, self.seed = env, seed
         self.obs_space = gym.spaces.Box(-np.inf, np.inf, (env.obs_dim,), np.float32)
-        self.act_space = gym.spaces.Box(-1.0, 1.0, env.action_space.shape, np.float32)
-        self.low = torch.as_tensor(env.action_space.low, dtype=torch.float32)
-        self.high = torch.as_tensor(env.action_space.high, dtype=torch.float32)
-        self.buffer = env.horizon * (episodes or getattr(env_cfg, "episodes", 1))
+        self.act_space = unit_box(env.action_space)
+        self.low, self.high = bounds(env.action_space)
+        # the longest trial any protocol plays: RL² episodes, or Meta-World's adaptation + evaluation episodes
+        episodes = max(getattr(env_cfg, "episodes", 1),
+                       getattr(env_cfg, "adapt_episodes", 0) + getattr(env_cfg, "eval_episodes", 0))
+        self.buffer = env.horizon * episodes
 
     def reset(self, num_envs: int, device) -> None:
         from stable_baselines3 import SAC
-        from stable_baselines3.common.logger import configure
         stand_in = _Spaces(self.obs_space, self.act_space)
         self.models = []
         for i in range(num_envs):
             m = SAC("MlpPolicy", stand_in, buffer_size=self.buffer + 1, seed=self.seed + i, device="cpu")
-            m.set_logger(configure(None, []))  # no log output
+            m.set_logger(quiet_logger())
             self.models.append(m)
         self.steps = 0
 

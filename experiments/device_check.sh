@@ -77,12 +77,17 @@ step rl2_ml1_cuda 200 $M train rl2 --env ml1 --set env.task=reach-v3 --set env.w
 step rl2_ml1_eval_cuda 200 $M eval $R/ml1 --device cuda --tasks 8 --json
 step recurrent_ppo_cuda 120 $M train recurrent-ppo --env bandit --set env.n=10 --set agent.total_steps=20000 \
   --device cuda --quiet --run-dir $R/rppo
+step recurrent_ppo_eval_cuda 120 $M eval $R/rppo --device cuda --tasks 200 --baselines greedy --json
+step multitask_ppo_cuda 120 $M train multitask-ppo --env navigation-2d --set agent.total_steps=20000 \
+  --device cuda --quiet --run-dir $R/mtppo
+step multitask_ppo_eval_cuda 180 $M eval $R/mtppo --device cuda --tasks 50 --baselines ppo-scratch,sac-scratch --json
 # RL² at GPU scale: 4096 parallel trials.
 step rl2_bandit_4096_cuda 200 $M train rl2 --env bandit --config experiments/configs/bandit_k5_n100.toml \
   --set agent.num_envs=4096 --set agent.total_steps=8192000 --set agent.checkpoint_every=100 --device cuda --quiet \
   --run-dir $R/rl2b4096
 runinfo
 # The suite with CUDA visible (tests pick their own devices; this catches any that assume CPU).
-step pytest 180 python3 -m pytest -q -x -p no:cacheprovider -n 8 tests
+XDIST=$(python3 -c "import xdist" 2>/dev/null && echo "-n 8")
+step pytest 180 python3 -m pytest -q -x -p no:cacheprovider $XDIST tests
 step bench_mujoco_cpu 120 $M bench mujoco --json
 cp "$SUMMARY" "$OUT/summary_final.txt"

@@ -61,9 +61,17 @@ def parse_summary(text: str, steps: dict) -> None:
             steps[m.group(1)].update(rc=int(m.group(2)), seconds=float(m.group(3)))
         elif line.startswith("run "):
             run, _, rest = line[4:].partition(": ")
-            steps.setdefault("runs", {})[run] = {"last_metrics": json.loads(rest)}
+            steps.setdefault("runs", {})[run] = {"last_metrics": _json_or_text(rest)}
         elif line.strip().startswith("timing: ") and run:
-            steps["runs"][run]["last_timing"] = json.loads(line.strip()[len("timing: "):])
+            steps["runs"][run]["last_timing"] = _json_or_text(line.strip()[len("timing: "):])
+
+
+def _json_or_text(text: str):
+    """A JSON line, or the text itself where device_check.sh cut a long line."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
 
 
 def main() -> None:

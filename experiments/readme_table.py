@@ -147,7 +147,8 @@ def gpu_table(g: dict, name: str) -> str:
                     f"{mj['ceiling_efficiency']:.2f}) | – |")
     if "pytest" in st:
         tail = st["pytest"].get("output_tail", "")
-        passed = sum(len(m) for m in re.findall(r"^[.s]+", tail, re.M)) if st["pytest"].get("rc") else None
+        cut = st["pytest"].get("rc") == 124 and not re.search(r"^[.s]*[FE]", tail, re.M)
+        passed = sum(len(m) for m in re.findall(r"^[.s]+", tail, re.M)) if cut else None
         rows.append("")
         rows.append(f"Test suite with CUDA visible: exit {st['pytest'].get('rc')}"
                     + (f" (cut by its {st['pytest'].get('seconds', 0):.0f} s limit after about {passed} tests, "

@@ -1,5 +1,6 @@
 """Run a named experiment: train with experiments/configs/NAME.toml, evaluate the agent and
-every applicable baseline on the same held-out tasks, and write experiments/results/NAME.json
+the baselines on the same held-out tasks ([experiment] baselines = "a,b", default every
+applicable one), and write experiments/results/NAME.json
 (+ NAME_curve.png, NAME_adaptation.png) with the exact command and commit.
 
     python experiments/run.py bandit_k5_n10            # trains (or resumes) then evaluates
@@ -89,6 +90,8 @@ def main(argv=None) -> int:
     refs = {f"{n} (eval)": r["total"]["mean"] for n, r in results.items() if n != agent and n != "random"}
     refs.update({f"paper: {k}": v for k, v in meta.get("paper", {}).items()})
     spec = lookup("agent", AGENTS, agent)
+    if "episode_return" in spec.curve_keys:  # one episode per point: trial totals scaled to one episode
+        refs = {k: v / report["env_config"].get("episodes", 1) for k, v in refs.items()}
     fewshot = report["protocol"] == "fewshot"
     learning_curve(metrics, out / f"{args.name}_curve.png", f"{args.name}: {agent} training", keys=spec.curve_keys,
                    references=None if fewshot else refs, xlabel="meta-iterations" if fewshot else "env steps")

@@ -50,8 +50,11 @@ def test_every_experiment_config_resolves(cfg):
     from metarl.workflows import resolve_config
     raw = tomllib.loads(cfg.read_text())
     if "agent" in raw["run"]:
+        from metarl.workflows import choose_baselines
+        baselines = raw.get("experiment", {}).get("baselines", "all")
         raw = load_toml(str(cfg))  # also refuses unknown sections
-        resolve_config(raw["run"]["agent"], raw["run"]["env"], raw)
+        resolved = resolve_config(raw["run"]["agent"], raw["run"]["env"], raw)
+        choose_baselines(resolved["env_spec"], baselines)  # [experiment] baselines names real, applicable ones
         return
     peer = _load("peer")  # experiments/peer.py: one table of options per agent, one budget
     assert raw["experiment"]["total_steps"] > 0

@@ -104,7 +104,7 @@ def test_ppo_from_scratch_learns_within_each_task_and_is_opt_in(cli, tmp_path):
 # ---- multi-task PPO: pretrained on the training tasks, evaluated fine-tuned and zero-shot ----------
 
 MT = ["--set", "env.horizon=10", "--set", "env.goal_low=0.2", "--set", "env.goal_high=0.3",
-      "--set", "agent.num_envs=32", "--quiet", "--device", "cpu"]
+      "--set", "agent.num_envs=32", "--set", "agent.hidden_size=32", "--quiet", "--device", "cpu"]
 
 
 def test_obs_only_vec_env_gives_plain_episodes_in_fresh_tasks():
@@ -142,13 +142,23 @@ def test_multitask_ppo_pretrains_then_evaluates_zero_shot_and_fine_tuned(cli, tm
     assert res["multitask-ppo (zero-shot)"]["total"]["mean"] > res["random"]["total"]["mean"] + 2
     ck = load_checkpoint(a, map_location="cpu")
     cfg = build(NAVIGATION.config_cls, {"horizon": 10}, "env")
-    agent_cfg = build(MULTITASK_PPO.config_cls, {"num_envs": 32}, "agent")
+    agent_cfg = build(MULTITASK_PPO.config_cls, {"num_envs": 32, "hidden_size": 32}, "agent")
     fine = MULTITASK_PPO.load_eval_policy(ck, NAVIGATION, cfg, agent_cfg, "cpu", 0)
     fine.reset(2, "cpu")
     env = NAVIGATION.make_env(cfg, 2, torch.device("cpu"), torch.Generator())
     zero = MULTITASK_PPO.extra_eval(ck, NAVIGATION, cfg, agent_cfg, "cpu", 0)["zero-shot"](env).model
     for k, v in zero.policy.state_dict().items():
         assert torch.equal(fine.models[1].policy.state_dict()[k], v)
+    # fine-tuning moves each task's copy: after its first update (every 5 steps at horizon 10) it differs
+    env.set_tasks({"goal": torch.tensor([[0.25, 0.25], [0.3, 0.2]])})
+    obs = env.reset()
+    for _ in range(fine.n_steps):
+        a = fine.act(obs)
+        nxt, r, d = env.step(a)
+        fine.observe(a, r, d, nxt)
+        obs = nxt
+    tuned = fine.models[0].policy.state_dict()
+    assert fine.models[0]._n_updates > 0 and any(not torch.equal(tuned[k], v) for k, v in zero.policy.state_dict().items())
 
 
 def test_sac_from_scratch_trains_per_task_in_bounds_and_is_opt_in(cli, tmp_path):
