@@ -169,9 +169,9 @@ def trial_vec_env(env_spec: EnvSpec, env_cfg, num_envs: int, seed: int, obs_only
 
 
 class SB3Trainer:
-    """An SB3 algorithm on a TrialVecEnv as a metarl Trainer: one iteration = one rollout of
-    `rollout_len` steps in each of num_envs sub-envs (one trial, or one episode), then SB3's
-    update; checkpoints hold SB3's own save and the task and env generators.
+    """An SB3 algorithm on a TrialVecEnv as a metarl Trainer: one iteration = one rollout of one
+    trial (obs_only: one episode) in each of num_envs sub-envs, then SB3's update; checkpoints
+    hold SB3's own save and the task and env generators.
     Subclasses set algo (the SB3 class), policy and policy_kwargs, metric, obs_only."""
     algo: type
     policy: str
@@ -179,7 +179,6 @@ class SB3Trainer:
     obs_only = False
 
     def __init__(self, env_spec: EnvSpec, env_cfg, cfg, seed: int, device: torch.device):
-        _sb3()
         self.cfg, self.device = cfg, device
         if device.type == "cpu":
             torch.set_num_threads(1)  # SB3 runs a small network per env step: one thread is fastest

@@ -14,7 +14,7 @@ import torch
 
 from metarl.errors import UserError
 
-from metarl.agents.sb3_baselines import _sb3, bounds, quiet_logger, unit_box, unit_to_bounds
+from metarl.agents.sb3_baselines import _sb3, bounds, quiet_logger, to_env_actions, unit_box, unit_to_bounds
 
 
 class _Spaces(gym.Env):
@@ -78,10 +78,7 @@ class PPOFromScratch:
             a, v, logp = m.policy(torch.as_tensor(o).unsqueeze(0))
             acts.append(a[0])
             self.last.append((a.numpy(), v, logp))
-        a = torch.stack(acts)
-        if self.discrete:
-            return a.long().to(obs.device)
-        return unit_to_bounds(a, self.low, self.high).to(obs.device)
+        return to_env_actions(torch.stack(acts), self, obs.device)
 
     def observe(self, actions, rewards, dones, next_obs) -> None:
         r, d = rewards.cpu().numpy(), dones.cpu().numpy()

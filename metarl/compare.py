@@ -107,6 +107,12 @@ def method_labels(runs: list[Run]) -> list[str]:
     return [r.agent if len(configs[r.agent]) == 1 else f"{r.agent} ({r.path.name})" for r in runs]
 
 
+def other_forms(r: Run) -> dict[str, dict]:
+    """The run's other evaluated forms, keyed by their suffix: {" (zero-shot)": result} for the
+    report's "multitask-ppo (zero-shot)" (AgentSpec.extra_eval)."""
+    return {name[len(r.agent):]: res for name, res in r.report["results"].items() if name.startswith(r.agent + " (")}
+
+
 def gather_scores(runs: list[Run], labels: list[str], baselines: bool = True) -> dict[str, np.ndarray]:
     """method -> score matrix [runs, tasks]. Baselines are taken once (every run was evaluated on
     the same tasks with the same seed, so their scores are identical across runs)."""
@@ -114,10 +120,9 @@ def gather_scores(runs: list[Run], labels: list[str], baselines: bool = True) ->
     forms = set()
     for r, label in zip(runs, labels):
         rows.setdefault(label, []).append(r.result["scores"])
-        for name, res in r.report["results"].items():  # the run's other forms, e.g. "multitask-ppo (zero-shot)"
-            if name.startswith(r.agent + " ("):
-                forms.add(name)
-                rows.setdefault(label + name[len(r.agent):], []).append(res["scores"])
+        for suffix, res in other_forms(r).items():
+            forms.add(r.agent + suffix)
+            rows.setdefault(label + suffix, []).append(res["scores"])
     if baselines:
         for name, res in runs[0].report["results"].items():
             if name != runs[0].agent and name not in rows and name not in forms:
@@ -236,14 +241,14 @@ def adaptation_plot(runs: list[Run], labels: list[str], out: Path, metric: str, 
         c = adaptation_of(r.result, metric)
         if c:
             curves.setdefault(c[0], {}).setdefault(label, []).append((c[1], c[2]))
-        for name, res in r.report["results"].items():  # the run's other forms (multitask-ppo (zero-shot))
-            c = adaptation_of(res, metric) if name.startswith(r.agent + " (") else None
+        for suffix, res in other_forms(r).items():
+            c = adaptation_of(res, metric)
             if c:
-                curves.setdefault(c[0], {}).setdefault(label + name[len(r.agent):], []).append((c[1], c[2]))
+                curves.setdefault(c[0], {}).setdefault(label + suffix, []).append((c[1], c[2]))
     if baselines:
         for name, res in runs[0].report["results"].items():
             c = adaptation_of(res, metric) if name != runs[0].agent else None
-            if c and name not in labels and not name.startswith(runs[0].agent + " ("):
+            if c and name not in labels and name[len(runs[0].agent):] not in other_forms(runs[0]):
                 curves.setdefault(c[0], {})[name] = [(c[1], c[2])]
     plt = _plt()
     kinds = list(curves) or [("(no adaptation curves)", metric)]
