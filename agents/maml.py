@@ -14,13 +14,14 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+import gymnasium as gym
 import torch
 import torch.nn as nn
 from torch.func import functional_call, vmap
 
 from metarl.batched_env import BatchedEnv, EnvSpec
 from metarl.config import option
-from metarl.distributions import make_head
+from metarl.distributions import box_bounds, make_head, unit_to_bounds
 from metarl.episodes import discounted_returns, gae
 from metarl.errors import UserError
 from metarl.functional import Params, adapt, adapt_batch, params_of
@@ -40,6 +41,9 @@ class MAMLConfig:
     layers: int = option(2, "hidden layers", ge=1)
     activation: str = option("relu", "hidden activation", choices=("relu", "tanh"))
     init_std: float = option(1.0, "initial action std (continuous actions)", gt=0.0)
+    unit_actions: bool = option(True, "continuous actions: the policy acts in [-1, 1] per dimension, scaled to the "
+                                      "env's bounds and clipped (rllab's normalize(), as in the MAML paper's code; "
+                                      "a no-op on [-1, 1] boxes such as MuJoCo and Meta-World)")
     inner_lr: float = option(0.1, "inner-loop (adaptation) step size", gt=0.0)
     inner_steps: int = option(1, "gradient steps of adaptation during meta-training", ge=1)
     first_order: bool = option(False, "first-order MAML: no second derivatives through the inner step")
@@ -86,6 +90,14 @@ class MAMLLearner:
         self.cfg = cfg
         self.net = PolicyMLP(env.obs_dim, env.action_space, cfg, generator).to(env.device)
         self.dist = self.net.head.dist
+        space = env.action_space
+        self.bounds = None  # (low [A], high [A]) when the policy acts in the unit box
+        if cfg.unit_actions and isinstance(space, gym.spaces.Box):
+            self.bounds = tuple(b.to(env.device) for b in box_bounds(space))
+
+    def env_actions(self, a: torch.Tensor) -> torch.Tensor:
+        """The policy's actions [B(, A)] -> the env's (scaled to its box under unit_actions)."""
+        return a if self.bounds is None else unit_to_bounds(a, *self.bounds)
 
     # -- policy evaluation with shared params {name: [...]} or per-task params {name: [N, ...]}
     def forward(self, params: Params, obs: torch.Tensor, per_task: bool) -> torch.Tensor:
@@ -112,7 +124,7 @@ class MAMLLearner:
                 a = a.reshape(N * R, *a.shape[2:])
                 obs_buf.append(obs)
                 act_buf.append(a)
-                obs, r, _ = env.step(a)
+                obs, r, _ = env.step(self.env_actions(a))
                 rew_buf.append(r)
                 if "success" in env.info:
                     s = env.info["success"].to(r.device).view(N, R)

@@ -23,7 +23,8 @@ from metarl.batched_env import EnvSpec
 from metarl.config import option
 from metarl.training import AgentSpec
 
-from metarl.agents.sb3_baselines import SB3Trainer, _sb3, bounds, load_sb3_model, to_env_actions
+from metarl.agents.sb3_baselines import SB3Trainer, _sb3, load_sb3_model, to_env_actions
+from metarl.distributions import box_bounds
 from metarl.agents.sb3_scratch import PPOFromScratch
 
 
@@ -68,7 +69,7 @@ class ZeroShot:
     def __init__(self, model, env):
         self.model, self.discrete = model, env.discrete
         if not self.discrete:
-            self.low, self.high = bounds(env.action_space)
+            self.low, self.high = box_bounds(env.action_space)
 
     def reset(self, num_envs: int, device) -> None:
         pass

@@ -19,6 +19,7 @@ import torch
 
 from metarl.batched_env import EnvSpec
 from metarl.config import option
+from metarl.distributions import box_bounds, unit_to_bounds
 from metarl.errors import UserError
 from metarl.seeding import make_generator
 from metarl.tasks import split_generator
@@ -48,10 +49,6 @@ def unit_box(space: gym.spaces.Box) -> gym.spaces.Box:
     return gym.spaces.Box(-1.0, 1.0, space.shape, np.float32)
 
 
-def bounds(space: gym.spaces.Box) -> tuple[torch.Tensor, torch.Tensor]:
-    return torch.as_tensor(space.low, dtype=torch.float32), torch.as_tensor(space.high, dtype=torch.float32)
-
-
 @dataclass
 class RecurrentPPOConfig:
     total_steps: int = option(2_000_000, "env steps to train for (rounded up to whole rollouts of one trial per env)",
@@ -69,11 +66,6 @@ class RecurrentPPOConfig:
     vf_coef: float = option(0.5, "value loss weight", ge=0.0)
     max_grad_norm: float = option(0.5, "gradient clipping norm", gt=0.0)
     checkpoint_every: int = option(10, "iterations between checkpoints", ge=1)
-
-
-def unit_to_bounds(a: torch.Tensor, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
-    """Actions [B, A] in [-1, 1] (what SB3's Gaussian policies are tuned for) -> the env's box."""
-    return low + (a.float().clamp(-1, 1) + 1) * 0.5 * (high - low)
 
 
 def trial_vec_env(env_spec: EnvSpec, env_cfg, num_envs: int, seed: int, obs_only: bool = False):
@@ -102,7 +94,7 @@ def trial_vec_env(env_spec: EnvSpec, env_cfg, num_envs: int, seed: int, obs_only
             if self.discrete:
                 actions = env.action_space
             else:
-                self.low, self.high = bounds(env.action_space)
+                self.low, self.high = box_bounds(env.action_space)
                 actions = unit_box(env.action_space)
             obs = gym.spaces.Box(-np.inf, np.inf, (self.obs_dim if obs_only else self.trial.input_dim,), np.float32)
             super().__init__(num_envs, obs, actions)
@@ -246,7 +238,7 @@ class RecurrentPPOEvalPolicy:
         self.model, self.T = model, trial_length
         self.discrete, self.A = env.discrete, env.num_actions
         if not self.discrete:
-            self.low, self.high = bounds(env.action_space)
+            self.low, self.high = box_bounds(env.action_space)
 
     def reset(self, num_envs: int, device) -> None:
         self.state, self.starts = None, np.ones(num_envs, dtype=bool)

@@ -14,7 +14,8 @@ import torch
 
 from metarl.errors import UserError
 
-from metarl.agents.sb3_baselines import _sb3, bounds, quiet_logger, to_env_actions, unit_box, unit_to_bounds
+from metarl.agents.sb3_baselines import _sb3, quiet_logger, to_env_actions, unit_box
+from metarl.distributions import box_bounds, unit_to_bounds
 
 
 class _Spaces(gym.Env):
@@ -53,7 +54,7 @@ class PPOFromScratch:
         if self.discrete:
             self.act_space = env.action_space
         else:
-            self.low, self.high = bounds(env.action_space)
+            self.low, self.high = box_bounds(env.action_space)
             self.act_space = unit_box(env.action_space)
 
     def reset(self, num_envs: int, device) -> None:
@@ -110,7 +111,7 @@ class SACFromScratch:
         self.env, self.seed = env, seed
         self.obs_space = gym.spaces.Box(-np.inf, np.inf, (env.obs_dim,), np.float32)
         self.act_space = unit_box(env.action_space)
-        self.low, self.high = bounds(env.action_space)
+        self.low, self.high = box_bounds(env.action_space)
         # the longest trial any protocol plays: RL² episodes, or Meta-World's adaptation + evaluation episodes
         episodes = max(getattr(env_cfg, "episodes", 1),
                        getattr(env_cfg, "adapt_episodes", 0) + getattr(env_cfg, "eval_episodes", 0))

@@ -119,6 +119,18 @@ def make_head(hidden: int, space: gym.Space, init_std: float = 1.0) -> Categoric
     raise ValueError(f"unsupported action space {space}; metarl supports Discrete and 1-D Box")
 
 
+def box_bounds(space: gym.spaces.Box) -> tuple[torch.Tensor, torch.Tensor]:
+    """(low [A], high [A]) of a Box as float32 tensors."""
+    return torch.as_tensor(space.low, dtype=torch.float32), torch.as_tensor(space.high, dtype=torch.float32)
+
+
+def unit_to_bounds(a: torch.Tensor, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
+    """Actions [..., A] of a policy that acts in [-1, 1] -> the env's box [low, high], clipped
+    (rllab's normalize(), which the MAML paper's code wraps around every env; SB3's Gaussian
+    policies are tuned for the same unit box)."""
+    return low + (a.float().clamp(-1, 1) + 1) * 0.5 * (high - low)
+
+
 def action_dim(space: gym.Space) -> int:
     """Width of an action as a policy input: one-hot size for Discrete, vector size for Box."""
     return int(space.n) if isinstance(space, gym.spaces.Discrete) else int(space.shape[0])

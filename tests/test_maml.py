@@ -83,6 +83,28 @@ def test_batched_adaptation_equals_per_task_autograd(first_order):
     assert torch.allclose(flat(g_vmap), flat(g_loop), atol=1e-4)
 
 
+@pytest.mark.parametrize("unit", [True, False])
+def test_unit_actions_scale_the_policy_to_the_env_box(unit):
+    """With unit_actions (the default) the policy acts in [-1, 1], which the learner maps onto
+    the navigation box [-0.1, 0.1] (clipped) before the env sees it; without, it acts in the box."""
+    _, env, L = _learner(unit_actions=unit)
+    a = torch.tensor([[1.0, -1.0], [0.5, 0.0], [3.0, -0.05]])
+    want = torch.tensor([[0.1, -0.1], [0.05, 0.0], [0.1, -0.005]]) if unit else a
+    assert torch.allclose(L.env_actions(a), want)
+    # In a rollout the env moves by the mapped action: a policy whose mean is pinned at 0.5 with a
+    # tiny std moves 0.05 per step under unit_actions, 0.1 (the clip) without.
+    with torch.no_grad():
+        L.net.head.linear.weight.zero_()
+        L.net.head.linear.bias.fill_(0.5)
+        L.net.head.log_std.fill_(-20.0)
+    env.set_tasks(repeat_tasks({"goal": torch.tensor([[-0.5, -0.5], [-0.5, -0.5]])}, 3))
+    params = {k: v.detach() for k, v in params_of(L.net).items()}
+    data = L.rollout(env, params, False, torch.Generator().manual_seed(0))
+    assert torch.allclose(data["actions"], torch.tensor(0.5), atol=1e-6)  # stored in the policy's units
+    step = 0.05 if unit else 0.1
+    assert torch.allclose(data["obs"][0, 1:], torch.arange(1, 6).view(5, 1, 1).expand(5, 3, 2) * step, atol=1e-5)
+
+
 def test_adaptation_returns_have_one_column_per_step():
     from metarl.agents.maml import MAMLEvalLearner
     cfg, env, L = _learner()
