@@ -143,19 +143,36 @@ def bench_mujoco(device: torch.device, env: str = "halfcheetah-vel", envs_per_wo
         learner.net.to(device)
         penv.set_tasks(spec.make_distribution(cfg).sample(penv.num_envs, gen))
         obs = penv.reset()
+        penv.worker_stats()  # zero the workers' timers
         t0 = time.perf_counter()
         with torch.no_grad(), penv.rollout_context():
             for _ in range(steps):
                 a = learner.dist(learner.net(obs.to(device))).sample(gen if device.type == "cpu" else None)
                 obs, _, _ = penv.step(a.cpu())
-        par_sps = penv.num_envs * steps / (time.perf_counter() - t0)
+        wall = time.perf_counter() - t0
+        par_sps = penv.num_envs * steps / wall
+        breakdown = worker_breakdown(penv.worker_stats(), wall, single_sps)
     finally:
         penv.close()
     return {"bench": "mujoco", "device": str(device),
             "figures": {"single_env_steps_per_s": single_sps, "parallel_steps_per_s": par_sps, "cores": cores,
                         "efficiency": par_sps / (cores * single_sps), "independent_steps_per_s": ceiling_sps,
                         "ceiling_efficiency": ceiling_sps / (cores * single_sps),
-                        "efficiency_vs_ceiling": par_sps / ceiling_sps, "envs": cores * envs_per_worker, "env": env}}
+                        "efficiency_vs_ceiling": par_sps / ceiling_sps, "envs": cores * envs_per_worker, "env": env,
+                        **breakdown}}
+
+
+def worker_breakdown(stats: list[dict], wall: float, single_sps: float) -> dict:
+    """Where a parallel rollout's time went, from ParallelEnv.worker_stats() over `wall` seconds:
+    worker_busy_fraction (mean share of the wall clock a worker spent stepping its envs; the rest
+    it waited for the policy, the messages and the slowest worker), worker_us_per_env_step and
+    its CPU-time twin (one env step inside a worker) beside single_env_us_per_step (alone in
+    this process). efficiency ~= busy fraction * single / worker per-step time * workers / cores."""
+    n = sum(s["steps"] * s["envs"] for s in stats)
+    return {"worker_busy_fraction": sum(s["step_s"] for s in stats) / (len(stats) * wall),
+            "worker_us_per_env_step": 1e6 * sum(s["step_s"] for s in stats) / n,
+            "worker_cpu_us_per_env_step": 1e6 * sum(s["step_cpu_s"] for s in stats) / n,
+            "single_env_us_per_step": 1e6 / single_sps}
 
 
 def _mujoco_stepper(robot: str, task: str, steps: int):
@@ -282,16 +299,23 @@ def bench_metaworld(device: torch.device, benchmark: str = "ML10", envs_per_work
         learner = MAMLLearner(penv, mcfg, make_generator(0, "bench-init"))
         learner.net.to(device)
         penv.set_tasks(dist.sample(num_envs, gen))
-        par_sps = 0.0
+        par_sps, breakdown = 0.0, {}
         with penv.rollout_context():
             for _ in range(repeats):  # best of several episodes (shared, noisy machines)
-                par_sps = max(par_sps, policy_steps(lambda a: penv.step(a)[0], penv.reset(), learner))
+                obs = penv.reset()
+                penv.worker_stats()  # zero the workers' timers
+                sps = policy_steps(lambda a: penv.step(a)[0], obs, learner)
+                stats = penv.worker_stats()
+                if sps > par_sps:
+                    par_sps = sps
+                    breakdown = worker_breakdown(stats, num_envs * cfg.horizon / sps, single_sps)
     finally:
         penv.close()
     figures = {"single_env_steps_per_s": single_sps, "parallel_steps_per_s": par_sps, "cores": cores,
                "efficiency": par_sps / (cores * single_sps), "independent_steps_per_s": ceiling_sps,
                "ceiling_efficiency": ceiling_sps / (cores * single_sps),
-               "efficiency_vs_ceiling": par_sps / ceiling_sps, "envs": num_envs, "benchmark": benchmark}
+               "efficiency_vs_ceiling": par_sps / ceiling_sps, "envs": num_envs, "benchmark": benchmark,
+               **breakdown}
     if compare:
         import metaworld
         per_cls = num_envs // C  # sub-envs per class; metaworld wants each class's goals to split evenly

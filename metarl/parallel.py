@@ -65,9 +65,12 @@ def _worker(index: int, rows: list[int], factory: Callable, obs: torch.Tensor, a
         envs = [factory() for _ in rows]
         obs_np, act_np, rew_np, info_np = obs.numpy(), act.numpy(), rew.numpy(), info.numpy()
         conn.send(("ready", os.getpid()))
+        # [step commands, seconds stepping (wall), seconds stepping (this process's CPU)]
+        stats = [0, 0.0, 0.0]
         while True:
             cmd, arg = conn.recv()
             if cmd == "step":
+                t0, c0 = time.perf_counter(), time.process_time()
                 for b, e in zip(rows, envs):
                     o, r, *extra = e.step(act_np[b])
                     obs_np[b] = o
@@ -75,6 +78,13 @@ def _worker(index: int, rows: list[int], factory: Callable, obs: torch.Tensor, a
                     if info_keys:
                         d = extra[0] if extra else {}
                         info_np[b] = [float(d.get(k, 0.0)) for k in info_keys]
+                stats[0] += 1
+                stats[1] += time.perf_counter() - t0
+                stats[2] += time.process_time() - c0
+            elif cmd == "stats":  # read and reset the step timings
+                conn.send(("ok", {"steps": stats[0], "envs": len(rows), "step_s": stats[1], "step_cpu_s": stats[2]}))
+                stats = [0, 0.0, 0.0]
+                continue
             elif cmd == "reset":
                 for j, e in enumerate(envs):
                     obs_np[rows[j]] = e.reset(int(arg[j]))
@@ -247,6 +257,14 @@ class ParallelEnv(BatchedEnv):
         if self.t >= self.horizon:
             return self.reset(), reward, self._done
         return self._obs.to(self.device, copy=True), reward, self._not_done
+
+    def worker_stats(self) -> list[dict]:
+        """Per worker, since the last call: step commands, sub-envs, and the seconds spent
+        stepping them (wall clock and the worker's CPU time). With the caller's wall clock this
+        splits a rollout's cost into simulation inside the workers and everything else
+        (policy, messages, workers waiting for each other)."""
+        self._broadcast("stats")
+        return self._gather("stats", self.timeout)
 
     def close(self) -> None:
         if not self._closed:

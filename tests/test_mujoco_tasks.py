@@ -79,5 +79,7 @@ def test_mujoco_bench_reports_stable_keys(cli):
     code, out, err = cli("bench", "mujoco", "--json")
     assert code == 0, err
     f = json.loads(out)["figures"]
-    assert {"single_env_steps_per_s", "parallel_steps_per_s", "cores", "efficiency"} <= set(f)
+    assert {"single_env_steps_per_s", "parallel_steps_per_s", "cores", "efficiency", "worker_busy_fraction",
+            "worker_us_per_env_step", "single_env_us_per_step"} <= set(f)
+    assert 0.0 < f["worker_busy_fraction"] <= 1.0 and f["worker_us_per_env_step"] > 0
     assert f["efficiency"] == pytest.approx(f["parallel_steps_per_s"] / (f["cores"] * f["single_env_steps_per_s"]))

@@ -31,6 +31,8 @@ class Toy:
             time.sleep(3600)
         if self.mode == "raise":
             raise RuntimeError("simulator exploded")
+        if self.mode == "slow":
+            time.sleep(0.005)
         self.pos += float(action[0])
         return np.array([self.pos, self.goal]), -abs(self.pos - self.goal)
 
@@ -61,6 +63,26 @@ def test_parallel_env_matches_in_process_stepping():
         env.step(a)
         _, _, d = env.step(a)
         assert d.all()  # fixed horizon of 3, then auto-reset
+    finally:
+        env.close()
+
+
+def test_worker_stats_count_steps_and_time_spent_stepping():
+    """worker_stats(): per worker, the step commands and sub-envs since the last call, and the
+    seconds spent stepping them (here each env step sleeps 5 ms); a call resets the counters."""
+    env = make("slow", num_envs=5, workers=2)
+    try:
+        env.set_tasks({"goal": torch.zeros(5, 1)})
+        env.reset()
+        env.worker_stats()
+        for _ in range(2):
+            env.step(torch.zeros(5, 1))
+        stats = env.worker_stats()
+        assert [s["steps"] for s in stats] == [2, 2] and sorted(s["envs"] for s in stats) == [2, 3]
+        for s in stats:
+            assert s["step_s"] >= 2 * s["envs"] * 0.005 * 0.9
+            assert 0.0 <= s["step_cpu_s"] < s["step_s"]  # sleeping is not CPU time
+        assert all(s["steps"] == 0 and s["step_s"] == 0.0 for s in env.worker_stats())
     finally:
         env.close()
 
