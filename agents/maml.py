@@ -114,28 +114,27 @@ class MAMLLearner:
         signal success [N, R] (1 where any step of the rollout succeeded)."""
         R, H = rollouts or self.cfg.rollouts, env.horizon
         N = env.num_envs // R
-        obs_buf, act_buf, rew_buf = [], [], []
-        success = None
+        # Sub-env n * R + r runs rollout r of task n. On a pipelined env (simulation workers) the
+        # rollouts split in two groups (r < R/2 and the rest), so every worker holds both and
+        # steps one group while the policy acts for the other.
+        cuts = [0, (R + 1) // 2, R] if env.pipelined and R >= 2 else [0, R]
+        rows = torch.arange(env.num_envs, device=env.device).view(N, R)
+        groups = [rows[:, lo:hi].reshape(-1) for lo, hi in zip(cuts, cuts[1:])] if len(cuts) > 2 else None
+
+        def act(obs_g, g):  # obs_g [N * R_g, D] -> actions [N * R_g(, A)] in the policy's units
+            out = self.forward(params, obs_g.view(N, cuts[g + 1] - cuts[g], -1), per_task)
+            a = self.dist(out).sample(generator)
+            return a.reshape(-1, *a.shape[2:])
+
         with env.rollout_context():
-            obs = env.reset()
-            for _ in range(H):
-                out = self.forward(params, obs.view(N, R, -1), per_task)  # [N, R, P]
-                a = self.dist(out).sample(generator)  # [N, R] or [N, R, A]
-                a = a.reshape(N * R, *a.shape[2:])
-                obs_buf.append(obs)
-                act_buf.append(a)
-                obs, r, _ = env.step(self.env_actions(a))
-                rew_buf.append(r)
-                if "success" in env.info:
-                    s = env.info["success"].to(r.device).view(N, R)
-                    success = s if success is None else torch.maximum(success, s)
+            ep = env.episode(env.reset(), act, groups, self.env_actions)
 
         def task_major(x):  # [H, N * R, ...] -> [N, H, R, ...]
-            x = torch.stack(x)
             return x.view(H, N, R, *x.shape[2:]).transpose(0, 1).contiguous()
-        out = {"obs": task_major(obs_buf), "actions": task_major(act_buf), "rewards": task_major(rew_buf)}
-        if success is not None:
-            out["success"] = success
+        out = {"obs": task_major(ep["obs"]), "actions": task_major(ep["actions"]),
+               "rewards": task_major(ep["rewards"])}
+        if "success" in ep["info"]:  # 1 where any step of the rollout succeeded: [N, R]
+            out["success"] = ep["info"]["success"].amax(0).to(out["rewards"].device).view(N, R)
         return out
 
     def advantages(self, data: dict) -> torch.Tensor:

@@ -106,9 +106,46 @@ def table() -> str:
                 "| experiment | env | pretraining budget | fine-tuned | zero-shot | PPO from scratch | random | "
                 "train time | commit | command |\n|---|---|---|---|---|---|---|---|---|---|\n" + "\n".join(mt_rows))
     out += "\n\n" + ml10_table()
+    bench = ROOT / "experiments" / "results" / "bench_cpu.json"
+    if bench.exists():
+        out += "\n\n" + cpu_bench_table(json.loads(bench.read_text()))
     for f in sorted((ROOT / "experiments" / "results").glob("gpu_check*.json")):
         out += "\n\n" + gpu_table(json.loads(f.read_text()), f.name)
     return out
+
+
+def cpu_bench_table(b: dict) -> str:
+    """Throughput on this machine's CPU (experiments/bench.py), each against its issue's target."""
+    rows = [f"Benchmarks on {b['machine']} (experiments/results/bench_cpu.json; run on a quiet machine):", "",
+            "| measure | figure | target | commit | command |", "|---|---|---|---|---|"]
+    tail = lambda e: f" | {e['commit']} | `{e['command']}` |"  # noqa: E731
+    for name, e in b["benches"].items():
+        f = e["figures"]
+        if name == "mujoco":
+            rows.append(f"| MuJoCo ({f['env']}) workers on {f['cores']} cores, MAML's sampler: steps/s (efficiency vs "
+                        f"cores x one env alone; workers busy; one step inside a worker vs alone) | "
+                        f"{f['parallel_steps_per_s']:,.0f} (**{f['efficiency']:.2f}**; "
+                        f"{f.get('worker_busy_fraction', float('nan')):.2f}; "
+                        f"{f.get('worker_us_per_env_step', float('nan')):.0f} vs "
+                        f"{f.get('single_env_us_per_step', float('nan')):.0f} µs) | efficiency 0.80" + tail(e))
+        elif name == "metaworld":
+            rows.append(f"| Meta-World {f['benchmark']} workers on {f['cores']} cores, MAML's sampler (2x512 policy): "
+                        f"steps/s (efficiency; workers busy) | {f['parallel_steps_per_s']:,.0f} "
+                        f"(**{f['efficiency']:.2f}**; {f.get('worker_busy_fraction', float('nan')):.2f}) | "
+                        "efficiency 0.85" + tail(e))
+            if "metaworld_async_steps_per_s" in f:
+                rows.append(f"| ... vs Meta-World's own async vector env, same policy | "
+                            f"{f['metaworld_async_steps_per_s']:,.0f} steps/s (metarl **{f['speedup_vs_metaworld_async']:.2f}x**) "
+                            "| beat it" + tail(e))
+        elif name == "inner-loop":
+            rows.append(f"| MAML inner step, {f['tasks']} tasks: vmap vs per-task autograd loop | "
+                        f"**{f['speedup']:.2f}x** | 5x" + tail(e))
+        elif name == "bandit":
+            rows.append(f"| bandit env alone, {f['num_envs']} tasks: steps/s | **{f['env_steps_per_s'] / 1e6:.1f}M** | "
+                        "5M" + tail(e))
+            rows.append(f"| ... RL² rollout with the policy in the loop: steps/s (env's share of the time) | "
+                        f"{f['rollout_steps_per_s'] / 1e6:.2f}M (**{f['env_time_fraction']:.0%}**) | at most 20%" + tail(e))
+    return "\n".join(rows)
 
 
 def gpu_table(g: dict, name: str) -> str:

@@ -47,6 +47,40 @@ class BatchedEnv(ABC):
         thread there); a no-op for pure-tensor envs."""
         return contextlib.nullcontext()
 
+    pipelined: bool = False  # episode() overlaps the policy with simulation (ParallelEnv)
+
+    def episode(self, obs: torch.Tensor, act: Callable[[torch.Tensor, int], torch.Tensor],
+                groups: list[torch.Tensor] | None = None,
+                to_env: Callable[[torch.Tensor], torch.Tensor] | None = None) -> dict[str, Any]:
+        """Step one whole episode (`horizon` steps) from `obs` [B, D], just returned by reset().
+
+        act(obs_g, g) -> actions for the sub-envs `groups[g]` (index tensors that partition
+        range(B); default one group of all): the policy sees each group's observations and
+        answers for that group alone, so an env that simulates elsewhere (ParallelEnv) steps one
+        group while the policy works on the next. to_env maps the policy's actions to the env's
+        (default identity). Returns obs [H, B, D] (what the policy saw), actions [H, B(, A)] (as
+        act returned them), rewards [H, B] and info {key: [H, B]}. The episode is over
+        afterwards: call reset() before stepping again.
+
+        This base version steps the groups in turn, each step synchronous."""
+        obs_buf, act_buf, rew_buf, info_buf = [], [], [], {}
+        for _ in range(self.horizon):
+            if groups is None:
+                a = act(obs, 0)
+            else:
+                parts = [act(obs[idx], g) for g, idx in enumerate(groups)]
+                a = parts[0].new_empty((self.num_envs, *parts[0].shape[1:]))
+                for idx, a_g in zip(groups, parts):
+                    a[idx] = a_g
+            obs_buf.append(obs)
+            act_buf.append(a)
+            obs, r, _ = self.step(to_env(a) if to_env else a)
+            rew_buf.append(r)
+            for k, v in self.info.items():
+                info_buf.setdefault(k, []).append(v)
+        return {"obs": torch.stack(obs_buf), "actions": torch.stack(act_buf), "rewards": torch.stack(rew_buf),
+                "info": {k: torch.stack(v) for k, v in info_buf.items()}}
+
     # Privileged training signals, optional: an env that knows its tasks' parameters may expose
     # them so a meta-learner can lower the variance of its training (an asymmetric critic,
     # expected rewards). The evaluated policy never sees them.

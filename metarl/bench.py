@@ -137,21 +137,11 @@ def bench_mujoco(device: torch.device, env: str = "halfcheetah-vel", envs_per_wo
     spec = lookup("env", ENVS, env)
     cfg = build(spec.config_cls, {"workers": cores, "horizon": steps}, "env")
     gen = make_generator(0, "bench", "cpu")
-    penv = spec.make_env(cfg, cores * envs_per_worker, "cpu", gen)
+    penv = spec.make_env(cfg, cores * envs_per_worker, device, gen)
     try:
         learner = MAMLLearner(penv, build(MAMLConfig, {}, "agent"), make_generator(0, "bench-init"))
-        learner.net.to(device)
         penv.set_tasks(spec.make_distribution(cfg).sample(penv.num_envs, gen))
-        obs = penv.reset()
-        penv.worker_stats()  # zero the workers' timers
-        t0 = time.perf_counter()
-        with torch.no_grad(), penv.rollout_context():
-            for _ in range(steps):
-                a = learner.dist(learner.net(obs.to(device))).sample(gen if device.type == "cpu" else None)
-                obs, _, _ = penv.step(a.cpu())
-        wall = time.perf_counter() - t0
-        par_sps = penv.num_envs * steps / wall
-        breakdown = worker_breakdown(penv.worker_stats(), wall, single_sps)
+        par_sps, breakdown = _sampler_rate(penv, learner, envs_per_worker, single_sps, device, repeats=1)
     finally:
         penv.close()
     return {"bench": "mujoco", "device": str(device),
@@ -160,6 +150,27 @@ def bench_mujoco(device: torch.device, env: str = "halfcheetah-vel", envs_per_wo
                         "ceiling_efficiency": ceiling_sps / (cores * single_sps),
                         "efficiency_vs_ceiling": par_sps / ceiling_sps, "envs": cores * envs_per_worker, "env": env,
                         **breakdown}}
+
+
+def _sampler_rate(penv, learner, rollouts: int, single_sps: float, device, repeats: int) -> tuple[float, dict]:
+    """Env steps/s of MAML's own sampler (MAMLLearner.rollout: one episode of every sub-env, the
+    policy in the loop, pipelined over the workers), best of `repeats` episodes, with the
+    workers' time breakdown of that episode."""
+    from metarl.functional import params_of
+    params = {k: v.detach() for k, v in params_of(learner.net).items()}
+    act_gen = make_generator(0, "bench-actions", device)
+    best, breakdown = 0.0, {}
+    for _ in range(repeats):
+        penv.worker_stats()  # zero the workers' timers
+        t0 = time.perf_counter()
+        learner.rollout(penv, params, False, act_gen, rollouts=rollouts)
+        _sync(device)
+        wall = time.perf_counter() - t0
+        sps = penv.num_envs * penv.horizon / wall
+        stats = penv.worker_stats()
+        if sps > best:
+            best, breakdown = sps, worker_breakdown(stats, wall, single_sps)
+    return best, breakdown
 
 
 def worker_breakdown(stats: list[dict], wall: float, single_sps: float) -> dict:
@@ -294,21 +305,12 @@ def bench_metaworld(device: torch.device, benchmark: str = "ML10", envs_per_work
                 obs = env_step(a.cpu())
         return num_envs * cfg.horizon / (time.perf_counter() - t0)
 
-    penv = spec.make_env(cfg, num_envs, "cpu", gen)
+    penv = spec.make_env(cfg, num_envs, device, gen)
     try:
         learner = MAMLLearner(penv, mcfg, make_generator(0, "bench-init"))
-        learner.net.to(device)
         penv.set_tasks(dist.sample(num_envs, gen))
-        par_sps, breakdown = 0.0, {}
-        with penv.rollout_context():
-            for _ in range(repeats):  # best of several episodes (shared, noisy machines)
-                obs = penv.reset()
-                penv.worker_stats()  # zero the workers' timers
-                sps = policy_steps(lambda a: penv.step(a)[0], obs, learner)
-                stats = penv.worker_stats()
-                if sps > par_sps:
-                    par_sps = sps
-                    breakdown = worker_breakdown(stats, num_envs * cfg.horizon / sps, single_sps)
+        # rollouts: sub-envs per worker, so each worker holds a share of both pipeline groups
+        par_sps, breakdown = _sampler_rate(penv, learner, num_envs // cores, single_sps, device, repeats)
     finally:
         penv.close()
     figures = {"single_env_steps_per_s": single_sps, "parallel_steps_per_s": par_sps, "cores": cores,

@@ -81,3 +81,15 @@ def test_device_summary_condenses_a_check_log(tmp_path):
                      '  timing: {"steps_per_s": 7.0}\n', steps)
     assert steps["bench_x_cuda"]["rc"] == 0 and steps["pytest"] == {**steps["pytest"], "rc": 124, "seconds": 180.0}
     assert steps["runs"]["a"] == {"last_metrics": {"env_steps": 5}, "last_timing": {"steps_per_s": 7.0}}
+
+
+def test_bench_script_records_figures_command_and_commit(tmp_path):
+    """experiments/bench.py keeps earlier benchmarks in its file and stamps each new one."""
+    out = tmp_path / "bench.json"
+    out.write_text(json.dumps({"benches": {"older": {"figures": {"x": 1}}}}))
+    assert _load("bench").main(["compare", "--out", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert data["benches"]["older"] == {"figures": {"x": 1}}
+    e = data["benches"]["compare"]
+    assert e["command"] == "python experiments/bench.py compare" and e["commit"] and e["figures"]["runs"] == 10
+    assert "cores" in data["machine"]

@@ -87,6 +87,65 @@ def test_worker_stats_count_steps_and_time_spent_stepping():
         env.close()
 
 
+def _policy(obs_g, g):
+    """A deterministic policy: step halfway towards the goal (clipped to the action space later)."""
+    return 0.5 * (obs_g[:, 1:2] - obs_g[:, 0:1]) + 0.3
+
+
+def _episode_in_process(goals):
+    """The same episode stepped with Toy envs in this process: obs [H, B, 2], rewards [H, B]."""
+    gen = torch.Generator().manual_seed(0)
+    seeds = torch.randint(2**31 - 1, (len(goals),), generator=gen).tolist()
+    envs = [Toy() for _ in goals]
+    obs = []
+    for e, g, sd in zip(envs, goals.tolist(), seeds):
+        e.set_task({"goal": [g]})
+        obs.append(e.reset(sd))
+    obs_buf, rew_buf = [], []
+    for _ in range(3):
+        o = torch.tensor(np.array(obs), dtype=torch.float32)
+        a = _policy(o, 0).clamp(-1, 1)
+        obs_buf.append(o)
+        steps = [e.step(a[i].numpy()) for i, e in enumerate(envs)]
+        obs = [s[0] for s in steps]
+        rew_buf.append(torch.tensor([s[1] for s in steps], dtype=torch.float32))
+    return torch.stack(obs_buf), torch.stack(rew_buf)
+
+
+@pytest.mark.parametrize("groups", [None, "halves", "interleaved"])
+def test_pipelined_episode_equals_stepping_in_process(groups):
+    """episode() with the policy answering group by group while workers step the other group
+    gives the same observations, actions and rewards as plain in-process stepping."""
+    env = make(num_envs=6, workers=2)
+    try:
+        goals = torch.linspace(-1, 1, 6)
+        env.set_tasks({"goal": goals.view(6, 1)})
+        idx = {None: None, "halves": [torch.arange(0, 3), torch.arange(3, 6)],
+               "interleaved": [torch.tensor([0, 2, 4]), torch.tensor([1, 3, 5])]}[groups]
+        seen = []
+
+        def act(obs_g, g):
+            seen.append(g)
+            return _policy(obs_g, g)
+        ep = env.episode(env.reset(), act, idx)
+        want_obs, want_rew = _episode_in_process(goals)
+        assert torch.allclose(ep["obs"], want_obs, atol=1e-5)
+        assert torch.allclose(ep["rewards"], want_rew, atol=1e-5)
+        assert torch.allclose(ep["actions"], _policy(want_obs.view(-1, 2), 0).view(3, 6, 1), atol=1e-5)
+        assert seen == ([0] * 3 if idx is None else [0, 1] * 3)
+        obs = env.reset()  # usable again after the episode
+        assert torch.allclose(env.step(torch.zeros(6, 1))[0], obs)
+    finally:
+        env.close()
+
+
+def test_pipelined_episode_reports_a_worker_error():
+    env = make("raise", num_envs=4)
+    env.set_tasks({"goal": torch.zeros(4, 1)})
+    with pytest.raises(WorkerError, match="simulator exploded"):
+        env.episode(env.reset(), _policy, [torch.tensor([0, 2]), torch.tensor([1, 3])])
+
+
 def test_killed_worker_raises_clear_error_quickly():
     env = make()
     try:
