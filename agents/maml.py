@@ -114,7 +114,7 @@ class MAMLLearner:
         signal success [N, R] (1 where any step of the rollout succeeded)."""
         R, H = rollouts or self.cfg.rollouts, env.horizon
         N = env.num_envs // R
-        # Sub-env n * R + r runs rollout r of task n. On a pipelined env (simulation workers) the
+        # Sub-env n * R + r runs rollout r of task n. On a pipelined env (env.pipelined) the
         # rollouts split in two groups (r < R/2 and the rest), so every worker holds both and
         # steps one group while the policy acts for the other.
         cuts = [0, (R + 1) // 2, R] if env.pipelined and R >= 2 else [0, R]

@@ -135,7 +135,12 @@ class ParallelEnv(BatchedEnv):
     task_rows(tasks) -> one picklable task per sub-env (default: each row as a dict of lists);
     info_keys: info values of each step to expose as `self.info` {key: [B]}."""
 
-    pipelined = True
+    # Samplers do not split into groups by default: measured on 2 cores (experiments/bench.py,
+    # HalfCheetahVel, 32 envs per worker) two pipelined groups reached efficiency 0.38 against
+    # 0.50 in lockstep. A worker's step got cheaper (28 us against 47; it no longer sleeps
+    # between steps) but the main process, now answering twice per step, became the bottleneck
+    # on 2 cores. episode() with groups stays available (and tested) for machines with more cores.
+    pipelined = False
 
     def rollout_context(self):
         return main_thread_only()
@@ -266,7 +271,7 @@ class ParallelEnv(BatchedEnv):
         """BatchedEnv.episode, pipelined: with G >= 2 groups each worker steps its rows of one
         group while the policy chooses the next group's actions, and the next command is
         already waiting when a worker finishes, so workers neither wait for the policy nor
-        sleep between steps (measured with one group: workers busy 66% of the time)."""
+        sleep between steps."""
         if groups is None or len(groups) < 2:
             return super().episode(obs, act, groups, to_env)
         H, B = self.horizon, self.num_envs
