@@ -42,6 +42,8 @@ def table() -> str:
             continue
         if f.stem.startswith("gpu_check"):  # experiments/device_check.sh, shown in gpu_table
             continue
+        if f.stem == "bench_cpu":  # experiments/bench.py, shown in cpu_bench_table
+            continue
         s = json.loads(f.read_text())
         m = s["metrics"]
         if m.get("protocol") == "inner-steps":
@@ -138,8 +140,9 @@ def cpu_bench_table(b: dict) -> str:
                             f"{f['metaworld_async_steps_per_s']:,.0f} steps/s (metarl **{f['speedup_vs_metaworld_async']:.2f}x**) "
                             "| beat it" + tail(e))
         elif name == "inner-loop":
-            rows.append(f"| MAML inner step, {f['tasks']} tasks: vmap vs per-task autograd loop | "
-                        f"**{f['speedup']:.2f}x** | 5x" + tail(e))
+            rows.append(f"| MAML inner step, {f['tasks']} tasks: vmap vs per-task autograd loop, "
+                        f"{f['rollouts']} rollouts x {f['horizon']} steps per task (1 rollout) | "
+                        f"**{f['speedup']:.2f}x** ({f['speedup_1_rollout']:.2f}x) | 5x" + tail(e))
         elif name == "bandit":
             rows.append(f"| bandit env alone, {f['num_envs']} tasks: steps/s | **{f['env_steps_per_s'] / 1e6:.1f}M** | "
                         "5M" + tail(e))
