@@ -148,6 +148,9 @@ def cpu_bench_table(b: dict) -> str:
                         "5M" + tail(e))
             rows.append(f"| ... RL² rollout with the policy in the loop: steps/s (env's share of the time) | "
                         f"{f['rollout_steps_per_s'] / 1e6:.2f}M (**{f['env_time_fraction']:.0%}**) | at most 20%" + tail(e))
+        else:  # any other benchmark: its numeric figures as they are
+            figs = ", ".join(f"{k} {v:,.4g}" for k, v in f.items() if isinstance(v, (int, float)))
+            rows.append(f"| {name} | {figs} | – " + tail(e))
     return "\n".join(rows)
 
 

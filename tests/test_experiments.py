@@ -28,6 +28,10 @@ def test_readme_results_table_is_generated_from_results_files():
         if f.stem.startswith("gpu_check"):  # experiments/device_check.sh on a GPU machine
             assert s["command"].startswith("OUT=DIR bash experiments/device_check.sh") and f.name in table
             continue
+        if f.stem == "bench_cpu":  # experiments/bench.py: every benchmark names its command and commit
+            for name, e in s["benches"].items():
+                assert e["command"] == f"python experiments/bench.py {name}" and e["commit"] and e["command"] in table
+            continue
         assert {"experiment", "command", "commit", "device", "wall_clock_s", "metrics"} <= set(s)
         script = "peer.py" if s["metrics"].get("protocol") == "peer" else "run.py"
         assert s["command"].startswith(f"python experiments/{script} {f.stem}")
