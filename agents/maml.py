@@ -117,9 +117,11 @@ class MAMLLearner:
         # Sub-env n * R + r runs rollout r of task n. On a pipelined env (env.pipelined) the
         # rollouts split in two groups (r < R/2 and the rest), so every worker holds both and
         # steps one group while the policy acts for the other.
-        cuts = [0, (R + 1) // 2, R] if env.pipelined and R >= 2 else [0, R]
-        rows = torch.arange(env.num_envs, device=env.device).view(N, R)
-        groups = [rows[:, lo:hi].reshape(-1) for lo, hi in zip(cuts, cuts[1:])] if len(cuts) > 2 else None
+        cuts, groups = [0, R], None
+        if env.pipelined and R >= 2:
+            cuts = [0, (R + 1) // 2, R]
+            rows = torch.arange(env.num_envs, device=env.device).view(N, R)
+            groups = [rows[:, lo:hi].reshape(-1) for lo, hi in zip(cuts, cuts[1:])]
 
         def act(obs_g, g):  # obs_g [N * R_g, D] -> actions [N * R_g(, A)] in the policy's units
             out = self.forward(params, obs_g.view(N, cuts[g + 1] - cuts[g], -1), per_task)

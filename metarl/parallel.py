@@ -35,6 +35,7 @@ import torch
 import torch.multiprocessing as mp
 
 from metarl.batched_env import BatchedEnv
+from metarl.distributions import box_bounds
 from metarl.errors import UserError
 from metarl.tasks import Tasks
 
@@ -167,7 +168,7 @@ class ParallelEnv(BatchedEnv):
         self._info = torch.zeros(num_envs, max(1, len(self.info_keys))).share_memory_()
         self.info = {k: torch.zeros(num_envs, device=self.device) for k in self.info_keys}
         if not self.discrete:  # actions are clipped to the space before they reach the workers
-            self._low, self._high = torch.as_tensor(action_space.low), torch.as_tensor(action_space.high)
+            self._low, self._high = box_bounds(action_space)
         self._done = torch.ones(num_envs, dtype=torch.bool, device=self.device)
         self._not_done = torch.zeros(num_envs, dtype=torch.bool, device=self.device)
         ctx = mp.get_context("spawn")
@@ -317,7 +318,7 @@ class ParallelEnv(BatchedEnv):
     def _clip(self, actions: torch.Tensor) -> torch.Tensor:
         """Actions on the CPU in the shared buffer's dtype, clipped to a Box action space."""
         a = actions.detach().to("cpu", self._act.dtype)
-        return a if self.discrete else torch.maximum(torch.minimum(a, self._high), self._low)
+        return a if self.discrete else a.clamp(self._low, self._high)
 
     def worker_stats(self) -> list[dict]:
         """Per worker, since the last call: step commands, sub-envs, and the seconds spent
