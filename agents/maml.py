@@ -11,6 +11,7 @@ action dim. A batched env holds N * R sub-envs, task-major (sub-env i runs task 
 """
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import dataclass
 
@@ -47,6 +48,10 @@ class MAMLConfig:
     inner_lr: float = option(0.1, "inner-loop (adaptation) step size", gt=0.0)
     inner_steps: int = option(1, "gradient steps of adaptation during meta-training", ge=1)
     first_order: bool = option(False, "first-order MAML: no second derivatives through the inner step")
+    lvc: bool = option(False, "TRPO outer step: ProMP's low-variance-curvature inner objective (pi / pi_old * A: "
+                              "the same inner step, better curvature in the outer gradient); MAML-PPO always uses it")
+    adapt_log_std: bool = option(True, "continuous actions: the inner step also adapts the action log-std "
+                                       "(off: only the mean network adapts; the log-std is meta-learned)")
     gamma: float = option(0.99, "discount", ge=0.0, le=1.0)
     gae_lambda: float = option(1.0, "GAE lambda (1.0: returns minus the linear baseline)", ge=0.0, le=1.0)
     outer: str = option("trpo", "outer optimiser", choices=("trpo", "ppo"))
@@ -94,6 +99,10 @@ class MAMLLearner:
         self.bounds = None  # (low [A], high [A]) when the policy acts in the unit box
         if cfg.unit_actions and isinstance(space, gym.spaces.Box):
             self.bounds = tuple(b.to(env.device) for b in box_bounds(space))
+        # the inner step size: one scalar, or per parameter with 0 for the log-std (adapt_log_std off)
+        self.step_size = cfg.inner_lr
+        if not cfg.adapt_log_std:
+            self.step_size = {k: 0.0 if k.endswith("log_std") else cfg.inner_lr for k, _ in self.net.named_parameters()}
 
     def env_actions(self, a: torch.Tensor) -> torch.Tensor:
         """The policy's actions [B(, A)] -> the env's (scaled to its box under unit_actions)."""
@@ -114,22 +123,12 @@ class MAMLLearner:
         signal success [N, R] (1 where any step of the rollout succeeded)."""
         R, H = rollouts or self.cfg.rollouts, env.horizon
         N = env.num_envs // R
-        # Sub-env n * R + r runs rollout r of task n. On a pipelined env (env.pipelined) the
-        # rollouts split in two groups (r < R/2 and the rest), so every worker holds both and
-        # steps one group while the policy acts for the other.
-        cuts, groups = [0, R], None
-        if env.pipelined and R >= 2:
-            cuts = [0, (R + 1) // 2, R]
-            rows = torch.arange(env.num_envs, device=env.device).view(N, R)
-            groups = [rows[:, lo:hi].reshape(-1) for lo, hi in zip(cuts, cuts[1:])]
-
-        def act(obs_g, g):  # obs_g [N * R_g, D] -> actions [N * R_g(, A)] in the policy's units
-            out = self.forward(params, obs_g.view(N, cuts[g + 1] - cuts[g], -1), per_task)
-            a = self.dist(out).sample(generator)
-            return a.reshape(-1, *a.shape[2:])
-
+        # The sampling noise of every step is drawn here, so the episode can run anywhere (inside
+        # simulation workers for a ParallelEnv) and its actions do not depend on where.
+        noise = self.net.head.draw_noise((H, env.num_envs), generator)
+        policy = MLPRows(self.net, params, per_task, R, noise, self.bounds)
         with env.rollout_context():
-            ep = env.episode(env.reset(), act, groups, self.env_actions)
+            ep = env.run_policy(policy)
 
         def task_major(x):  # [H, N * R, ...] -> [N, H, R, ...]
             return x.view(H, N, R, *x.shape[2:]).transpose(0, 1).contiguous()
@@ -171,14 +170,55 @@ class MAMLLearner:
         first_order = cfg.first_order if first_order is None else first_order
         batch = {k: data[k] for k in ("obs", "actions", "adv", "old_logp") if k in data}
         if not per_task:
-            return adapt_batch(self.inner_loss, params, batch, steps, cfg.inner_lr, first_order)
+            return adapt_batch(self.inner_loss, params, batch, steps, self.step_size, first_order)
         # Continue from per-task params: vmap the one-task adaptation over params and data.
-        return vmap(lambda p, d: adapt(self.inner_loss, p, d, steps, cfg.inner_lr, first_order))(params, batch)
+        return vmap(lambda p, d: adapt(self.inner_loss, p, d, steps, self.step_size, first_order))(params, batch)
 
     @staticmethod
     def mean_episode_return(data: dict) -> torch.Tensor:
         """[N] mean undiscounted return of each task's rollouts."""
         return data["rewards"].sum(1).mean(1)
+
+
+class MLPRows:
+    """The MAML policy as a RowPolicy (metarl.batched_env): the network, its parameters (shared
+    {name: [...]} or per task {name: [N, ...]}, task n acting for sub-envs n * R .. n * R + R - 1)
+    and the sampling noise noise [H, B, ...] drawn ahead. `first` is the sub-env offset of row 0
+    within its task's block, for a slice that starts mid-task."""
+
+    def __init__(self, net: nn.Module, params: Params, per_task: bool, rollouts: int, noise: torch.Tensor,
+                 bounds: tuple[torch.Tensor, torch.Tensor] | None, first: int = 0):
+        self.net, self.params, self.per_task, self.R = net, params, per_task, rollouts
+        self.noise, self.bounds, self.first = noise, bounds, first
+
+    def rows(self, lo: int, hi: int) -> "MLPRows":
+        """Sub-envs [lo, hi) as a CPU copy (sent to a simulation worker)."""
+        cpu = lambda x: x.detach().to("cpu", copy=True)  # noqa: E731 (fresh storage to pickle)
+        params, first = self.params, 0
+        if self.per_task:
+            t0, t1 = (self.first + lo) // self.R, (self.first + hi - 1) // self.R + 1
+            params, first = {k: v[t0:t1] for k, v in params.items()}, (self.first + lo) % self.R
+        net = copy.deepcopy(self.net).to("cpu")
+        bounds = None if self.bounds is None else tuple(cpu(b) for b in self.bounds)
+        return MLPRows(net, {k: cpu(v) for k, v in params.items()}, self.per_task, self.R,
+                       cpu(self.noise[:, lo:hi]), bounds, first)
+
+    def act(self, obs: torch.Tensor, t: int) -> torch.Tensor:
+        """obs [b, D] -> actions [b(, A)] of step t."""
+        b, R = obs.shape[0], self.R
+        if not self.per_task:
+            out = functional_call(self.net, self.params, (obs,))
+        elif self.first == 0 and b % R == 0:  # whole tasks: one vmapped call over [N, R, D]
+            out = vmap(lambda p, o: functional_call(self.net, p, (o,)))(self.params, obs.view(b // R, R, -1))
+            out = out.reshape(b, -1)
+        else:  # a block that starts or ends mid-task: one call per task it touches
+            cuts = list(range(0, b, R)) if self.first == 0 else [0, *range(R - self.first, b, R)]
+            out = torch.cat([functional_call(self.net, {k: v[i] for k, v in self.params.items()}, (obs[lo:hi],))
+                             for i, (lo, hi) in enumerate(zip(cuts, cuts[1:] + [b]))])
+        return self.net.head.dist(out).sample_with(self.noise[t])
+
+    def to_env(self, a: torch.Tensor) -> torch.Tensor:
+        return a if self.bounds is None else unit_to_bounds(a, *self.bounds)
 
 
 def repeat_tasks(tasks: Tasks, rollouts: int) -> Tasks:
@@ -216,7 +256,7 @@ class MAMLTrainer:
         params = {k: v.detach() for k, v in params_of(self.net).items()}
         pre = L.rollout(self.env, params, False, self.act_gen)
         pre["adv"] = L.advantages(pre)
-        if cfg.outer == "ppo":
+        if cfg.outer == "ppo" or cfg.lvc:
             with torch.no_grad():
                 pre["old_logp"] = L.dist(L.forward(params, pre["obs"], False)).log_prob(pre["actions"])
         with torch.no_grad():

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 import gymnasium as gym
 import torch
@@ -47,31 +47,17 @@ class BatchedEnv(ABC):
         thread there); a no-op for pure-tensor envs."""
         return contextlib.nullcontext()
 
-    pipelined: bool = False  # episode() overlaps the policy with simulation (ParallelEnv)
-
-    def episode(self, obs: torch.Tensor, act: Callable[[torch.Tensor, int], torch.Tensor],
-                groups: list[torch.Tensor] | None = None,
+    def episode(self, obs: torch.Tensor, act: Callable[[torch.Tensor], torch.Tensor],
                 to_env: Callable[[torch.Tensor], torch.Tensor] | None = None) -> dict[str, Any]:
         """Step one whole episode (`horizon` steps) from `obs` [B, D], just returned by reset().
 
-        act(obs_g, g) -> actions for the sub-envs `groups[g]` (index tensors that partition
-        range(B); default one group of all): the policy sees each group's observations and
-        answers for that group alone, so an env that simulates elsewhere (ParallelEnv) steps one
-        group while the policy works on the next. to_env maps the policy's actions to the env's
+        act(obs [B, D]) -> actions [B(, A)] in the policy's units; to_env maps them to the env's
         (default identity). Returns obs [H, B, D] (what the policy saw), actions [H, B(, A)] (as
         act returned them), rewards [H, B] and info {key: [H, B]}. The episode is over
-        afterwards: call reset() before stepping again.
-
-        This base version steps the groups in turn, each step synchronous."""
+        afterwards: call reset() before stepping again."""
         obs_buf, act_buf, rew_buf, info_buf = [], [], [], {}
         for _ in range(self.horizon):
-            if groups is None:
-                a = act(obs, 0)
-            else:
-                parts = [act(obs[idx], g) for g, idx in enumerate(groups)]
-                a = parts[0].new_empty((self.num_envs, *parts[0].shape[1:]))
-                for idx, a_g in zip(groups, parts):
-                    a[idx] = a_g
+            a = act(obs)
             obs_buf.append(obs)
             act_buf.append(a)
             obs, r, _ = self.step(to_env(a) if to_env else a)
@@ -80,6 +66,15 @@ class BatchedEnv(ABC):
                 info_buf.setdefault(k, []).append(v)
         return {"obs": torch.stack(obs_buf), "actions": torch.stack(act_buf), "rewards": torch.stack(rew_buf),
                 "info": {k: torch.stack(v) for k, v in info_buf.items()}}
+
+    runs_policy_in_workers: bool = False  # ParallelEnv: run_policy() acts inside the simulation workers
+
+    def run_policy(self, policy: "RowPolicy") -> dict[str, Any]:
+        """Reset, then one whole episode of a feed-forward policy whose randomness is drawn
+        ahead (see RowPolicy); returns what episode() returns. An env that simulates in worker
+        processes runs each worker's share of the policy there, with no round trip per step."""
+        steps = iter(range(self.horizon))
+        return self.episode(self.reset(), lambda o: policy.act(o, next(steps)), policy.to_env)
 
     # Privileged training signals, optional: an env that knows its tasks' parameters may expose
     # them so a meta-learner can lower the variance of its training (an asymmetric critic,
@@ -125,3 +120,19 @@ class EnvSpec:
     def trial_length(self, cfg) -> int:
         env = self.make_env(cfg, 1, torch.device("cpu"), torch.Generator())
         return env.horizon * self.episodes_per_trial(cfg)
+
+
+class RowPolicy(Protocol):
+    """A policy that can act for any block of sub-envs on its own: picklable, holding its
+    parameters and its pre-drawn sampling noise for every step, so a simulation worker runs it
+    without a generator or the main process, and the actions do not depend on how the
+    sub-envs are split among workers."""
+
+    def rows(self, lo: int, hi: int) -> "RowPolicy":
+        """The policy of sub-envs [lo, hi) alone (their rows become 0 .. hi - lo)."""
+
+    def act(self, obs: torch.Tensor, t: int) -> torch.Tensor:
+        """obs [b, D] of this policy's sub-envs at step t -> actions [b(, A)] in its units."""
+
+    def to_env(self, a: torch.Tensor) -> torch.Tensor:
+        """The policy's actions -> the env's."""

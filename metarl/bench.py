@@ -154,7 +154,7 @@ def bench_mujoco(device: torch.device, env: str = "halfcheetah-vel", envs_per_wo
 
 def _sampler_rate(penv, learner, rollouts: int, single_sps: float, device, repeats: int) -> tuple[float, dict]:
     """Env steps/s of MAML's own sampler (MAMLLearner.rollout: one episode of every sub-env, the
-    policy in the loop, pipelined over the workers), best of `repeats` episodes, with the
+    policy in the loop, run inside the workers), best of `repeats` episodes, with the
     workers' time breakdown of that episode."""
     from metarl.functional import params_of
     params = {k: v.detach() for k, v in params_of(learner.net).items()}
@@ -176,11 +176,13 @@ def _sampler_rate(penv, learner, rollouts: int, single_sps: float, device, repea
 def worker_breakdown(stats: list[dict], wall: float, single_sps: float) -> dict:
     """Where a parallel rollout's time went, from ParallelEnv.worker_stats() over `wall` seconds:
     worker_busy_fraction (mean share of the wall clock a worker spent stepping its envs; the rest
-    it waited for the policy, the messages and the slowest worker), worker_us_per_env_step and
+    went to the policy, the messages and waiting for the slowest worker), worker_policy_fraction
+    (the share a worker spent acting, when the policy runs inside it), worker_us_per_env_step and
     its CPU-time twin (one env step inside a worker) beside single_env_us_per_step (alone in
     this process). efficiency ~= busy fraction * single / worker per-step time * workers / cores."""
     n = sum(s["steps"] * s["envs"] for s in stats)
     return {"worker_busy_fraction": sum(s["step_s"] for s in stats) / (len(stats) * wall),
+            "worker_policy_fraction": sum(s.get("policy_s", 0.0) for s in stats) / (len(stats) * wall),
             "worker_us_per_env_step": 1e6 * sum(s["step_s"] for s in stats) / n,
             "worker_cpu_us_per_env_step": 1e6 * sum(s["step_cpu_s"] for s in stats) / n,
             "single_env_us_per_step": 1e6 / single_sps}
@@ -309,7 +311,6 @@ def bench_metaworld(device: torch.device, benchmark: str = "ML10", envs_per_work
     try:
         learner = MAMLLearner(penv, mcfg, make_generator(0, "bench-init"))
         penv.set_tasks(dist.sample(num_envs, gen))
-        # rollouts: sub-envs per worker, so each worker holds a share of both pipeline groups
         par_sps, breakdown = _sampler_rate(penv, learner, num_envs // cores, single_sps, device, repeats)
     finally:
         penv.close()

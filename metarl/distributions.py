@@ -24,6 +24,10 @@ class Categorical:
         flat = p.reshape(-1, p.shape[-1])
         return torch.multinomial(flat, 1, generator=generator).view(p.shape[:-1])
 
+    def sample_with(self, noise: torch.Tensor) -> torch.Tensor:
+        """The sample given Gumbel noise [..., A] (CategoricalHead.draw_noise): argmax(logp + g)."""
+        return (self.logp_all + noise).argmax(-1)
+
     def mode(self) -> torch.Tensor:
         return self.logp_all.argmax(-1)
 
@@ -52,6 +56,10 @@ class DiagGaussian:
     def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
         eps = torch.randn(self.mean.shape, generator=generator, device=self.mean.device, dtype=self.mean.dtype)
         return self.mean + self.log_std.exp() * eps
+
+    def sample_with(self, noise: torch.Tensor) -> torch.Tensor:
+        """The sample given standard normal noise [..., A] (GaussianHead.draw_noise)."""
+        return self.mean + self.log_std.exp() * noise
 
     def mode(self) -> torch.Tensor:
         return self.mean
@@ -90,6 +98,12 @@ class CategoricalHead(nn.Module):
     def dist(out: torch.Tensor) -> Categorical:
         return Categorical(out)
 
+    def draw_noise(self, shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
+        """Gumbel noise [*shape, A] for Categorical.sample_with: the sampling randomness drawn
+        ahead, so whoever acts (e.g. a simulation worker) needs no generator of its own."""
+        u = torch.rand((*shape, self.linear.out_features), generator=generator, device=generator.device)
+        return -torch.log(-torch.log(u.clamp_min(1e-20)))
+
 
 class GaussianHead(nn.Module):
     """features [..., H] -> [mean, log_std] [..., 2A]; the log std is a state-independent
@@ -108,6 +122,10 @@ class GaussianHead(nn.Module):
     def dist(out: torch.Tensor) -> DiagGaussian:
         mean, log_std = out.chunk(2, -1)
         return DiagGaussian(mean, log_std)
+
+    def draw_noise(self, shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
+        """Standard normal noise [*shape, A] for DiagGaussian.sample_with (see CategoricalHead)."""
+        return torch.randn((*shape, self.linear.out_features), generator=generator, device=generator.device)
 
 
 def make_head(hidden: int, space: gym.Space, init_std: float = 1.0) -> CategoricalHead | GaussianHead:

@@ -59,36 +59,55 @@ def main_thread_only():
 
 
 def _worker(index: int, rows: list[int], factory: Callable, obs: torch.Tensor, act: torch.Tensor,
-            rew: torch.Tensor, info: torch.Tensor, info_keys: tuple, conn) -> None:
+            rew: torch.Tensor, info: torch.Tensor, info_keys: tuple, episode: tuple, progress: torch.Tensor,
+            conn) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process owns Ctrl-C
     torch.set_num_threads(1)
     try:
         envs = [factory() for _ in rows]
         obs_np, act_np, rew_np, info_np = obs.numpy(), act.numpy(), rew.numpy(), info.numpy()
         conn.send(("ready", os.getpid()))
-        # [step commands, seconds stepping (wall), seconds stepping (this process's CPU)]
-        stats = [0, 0.0, 0.0]
-        pairs = list(zip(rows, envs))  # what a "step" command steps
-        by_group: list[list] = [pairs]  # what ("step", g) steps once set_groups has run
+        lo, hi = rows[0], rows[-1] + 1  # this worker's block of sub-envs
+        ep_obs, ep_act, ep_rew, ep_info = episode
+        # [steps, seconds stepping (wall), seconds stepping (this process's CPU), seconds in the policy]
+        stats = [0, 0.0, 0.0, 0.0]
+
+        def step_all():
+            t0, c0 = time.perf_counter(), time.process_time()
+            for b, e in zip(rows, envs):
+                o, r, *extra = e.step(act_np[b])
+                obs_np[b] = o
+                rew_np[b] = r
+                if info_keys:
+                    d = extra[0] if extra else {}
+                    info_np[b] = [float(d.get(k, 0.0)) for k in info_keys]
+            stats[0] += 1
+            stats[1] += time.perf_counter() - t0
+            stats[2] += time.process_time() - c0
+
         while True:
             cmd, arg = conn.recv()
             if cmd == "step":
-                t0, c0 = time.perf_counter(), time.process_time()
-                for b, e in (pairs if arg is None else by_group[arg]):
-                    o, r, *extra = e.step(act_np[b])
-                    obs_np[b] = o
-                    rew_np[b] = r
-                    if info_keys:
-                        d = extra[0] if extra else {}
-                        info_np[b] = [float(d.get(k, 0.0)) for k in info_keys]
-                stats[0] += 1
-                stats[1] += time.perf_counter() - t0
-                stats[2] += time.process_time() - c0
-            elif cmd == "set_groups":  # arg: (number of groups, the group of each of this worker's rows)
-                by_group = [[(b, e) for b, e, g in zip(rows, envs, arg[1]) if g == k] for k in range(arg[0])]
+                step_all()
+            elif cmd == "episode":  # arg: (RowPolicy for rows [lo, hi), action low, action high)
+                policy, low, high = arg
+                for t in range(ep_obs.shape[0]):
+                    t0 = time.perf_counter()
+                    o = obs[lo:hi].clone()
+                    a = policy.act(o, t)
+                    ep_obs[t, lo:hi] = o
+                    ep_act[t, lo:hi] = a
+                    a = policy.to_env(a).to(act.dtype)
+                    act[lo:hi] = a if low is None else a.clamp(low, high)
+                    stats[3] += time.perf_counter() - t0
+                    step_all()
+                    ep_rew[t, lo:hi] = rew[lo:hi]
+                    ep_info[t, lo:hi] = info[lo:hi]
+                    progress[index] += 1
             elif cmd == "stats":  # read and reset the step timings
-                conn.send(("ok", {"steps": stats[0], "envs": len(rows), "step_s": stats[1], "step_cpu_s": stats[2]}))
-                stats = [0, 0.0, 0.0]
+                conn.send(("ok", {"steps": stats[0], "envs": len(rows), "step_s": stats[1], "step_cpu_s": stats[2],
+                                  "policy_s": stats[3]}))
+                stats = [0, 0.0, 0.0, 0.0]
                 continue
             elif cmd == "reset":
                 for j, e in enumerate(envs):
@@ -136,12 +155,7 @@ class ParallelEnv(BatchedEnv):
     task_rows(tasks) -> one picklable task per sub-env (default: each row as a dict of lists);
     info_keys: info values of each step to expose as `self.info` {key: [B]}."""
 
-    # Samplers do not split into groups by default: measured on 2 cores (experiments/bench.py,
-    # HalfCheetahVel, 32 envs per worker) two pipelined groups reached efficiency 0.38 against
-    # 0.50 in lockstep. A worker's step got cheaper (28 us against 47; it no longer sleeps
-    # between steps) but the main process, now answering twice per step, became the bottleneck
-    # on 2 cores. episode() with groups stays available (and tested) for machines with more cores.
-    pipelined = False
+    runs_policy_in_workers = True  # run_policy(): each worker runs the policy for its own sub-envs
 
     def rollout_context(self):
         return main_thread_only()
@@ -167,6 +181,14 @@ class ParallelEnv(BatchedEnv):
         self.info_keys, self._task_rows = tuple(info_keys), task_rows
         self._info = torch.zeros(num_envs, max(1, len(self.info_keys))).share_memory_()
         self.info = {k: torch.zeros(num_envs, device=self.device) for k in self.info_keys}
+        # run_policy(): whole episodes, written by the workers in place: obs [H, B, D], actions
+        # [H, B(, A)], rewards [H, B], info [H, B, K]; progress [W] counts each worker's steps.
+        self._episode = (torch.zeros(horizon, num_envs, self.obs_dim).share_memory_(),
+                         torch.zeros((horizon, *act_shape),
+                                     dtype=self._act.dtype).share_memory_(),
+                         torch.zeros(horizon, num_envs).share_memory_(),
+                         torch.zeros(horizon, num_envs, self._info.shape[1]).share_memory_())
+        self._progress = torch.zeros(W, dtype=torch.int64).share_memory_()
         if not self.discrete:  # actions are clipped to the space before they reach the workers
             self._low, self._high = box_bounds(action_space)
         self._done = torch.ones(num_envs, dtype=torch.bool, device=self.device)
@@ -176,14 +198,13 @@ class ParallelEnv(BatchedEnv):
         for i, rows in enumerate(self._rows):
             parent, child = ctx.Pipe()
             p = ctx.Process(target=_worker, args=(i, rows, factory, self._obs, self._act, self._rew, self._info,
-                                                       self.info_keys, child),
+                                                       self.info_keys, self._episode, self._progress, child),
                             daemon=True, name=f"metarl-sim-{i}")
             p.start()
             child.close()
             self._procs.append(p)
             self._conns.append(parent)
         self._closed = False
-        self._groups = None  # [B] the group of each sub-env last sent to the workers (episode())
         self._finalizer = weakref.finalize(self, _shutdown, self._procs, self._conns)
         atexit.register(self._finalizer)
         self.pids = [pid for pid in self._gather("start", start_timeout, expect="ready")]
@@ -200,15 +221,22 @@ class ParallelEnv(BatchedEnv):
                 self._fail(f"worker {i} (pid {self._procs[i].pid}) is gone (exit code {self._procs[i].exitcode}) "
                            f"before {cmd}")
 
-    def _gather(self, what: str, timeout: float, expect: str = "ok") -> list:
+    def _gather(self, what: str, timeout: float, expect: str = "ok", progress: bool = False) -> list:
+        """Every worker's reply to `what`. A worker that neither answers nor (with `progress`, for
+        whole episodes) steps for `timeout` seconds is hung."""
         replies = [None] * len(self._conns)
         pending = {c: i for i, c in enumerate(self._conns)}
         sentinels = {self._procs[i].sentinel: i for i in range(len(self._procs))}
         deadline = time.monotonic() + timeout
+        seen = self._progress.clone()
         while pending:
             left = deadline - time.monotonic()
             ready = wait(list(pending) + [s for s, i in sentinels.items() if i in pending.values()],
                          timeout=max(0.0, left))
+            if not ready and progress and not torch.equal(self._progress, seen):
+                seen = self._progress.clone()  # still stepping: a long episode, not a hang
+                deadline = time.monotonic() + timeout
+                continue
             if not ready:
                 late = sorted(pending.values())
                 self._fail(f"worker {late[0]} (pid {self._procs[late[0]].pid}) did not answer {what} within "
@@ -268,52 +296,24 @@ class ParallelEnv(BatchedEnv):
             return self.reset(), reward, self._done
         return self._obs.to(self.device, copy=True), reward, self._not_done
 
-    def episode(self, obs, act, groups=None, to_env=None):
-        """BatchedEnv.episode, pipelined: with G >= 2 groups each worker steps its rows of one
-        group while the policy chooses the next group's actions, and the next command is
-        already waiting when a worker finishes, so workers neither wait for the policy nor
-        sleep between steps."""
-        if groups is None or len(groups) < 2:
-            return super().episode(obs, act, groups, to_env)
-        H, B = self.horizon, self.num_envs
-        cpu_groups = [g.to("cpu") for g in groups]
-        group_of = torch.empty(B, dtype=torch.long)
-        for k, idx in enumerate(cpu_groups):
-            group_of[idx] = k
-        if self._groups is None or not torch.equal(self._groups, group_of):
-            self._broadcast("set_groups", [(len(groups), group_of[r].tolist()) for r in self._rows])
-            self._gather("set_groups", self.timeout)
-            self._groups = group_of
-        obs_buf = torch.empty(H, B, self.obs_dim)
-        rew_buf = torch.empty(H, B)
-        info_buf = torch.empty(H, B, self._info.shape[1])
-        act_buf = None
-        for t in range(H):
-            for k, idx in enumerate(cpu_groups):
-                if t == 0:
-                    o = obs[groups[k]].to("cpu")
-                else:  # the reply to this group's previous step (replies come back in order)
-                    self._gather("step", self.timeout)
-                    o = self._obs[idx]
-                    rew_buf[t - 1, idx] = self._rew[idx]
-                    info_buf[t - 1, idx] = self._info[idx]
-                obs_buf[t, idx] = o
-                a = act(o.to(self.device), k)
-                if act_buf is None:
-                    act_buf = torch.empty((H, B, *a.shape[1:]), dtype=a.dtype)
-                act_buf[t, idx] = a.detach().to("cpu")
-                self._act[idx] = self._clip(to_env(a) if to_env else a)
-                self._broadcast("step", [k] * len(self._conns))
-        for idx in cpu_groups:
-            self._gather("step", self.timeout)
-            rew_buf[H - 1, idx] = self._rew[idx]
-            info_buf[H - 1, idx] = self._info[idx]
-        self.t = H  # the episode is over: reset() before stepping again
-        info = {k: info_buf[:, :, i].to(self.device) for i, k in enumerate(self.info_keys)}
+    def run_policy(self, policy) -> dict:
+        """BatchedEnv.run_policy with the policy inside the workers: each worker gets
+        policy.rows(lo, hi) for its block of sub-envs and runs the whole episode, acting and
+        stepping with no message to the main process per step, which only waits. (A policy in
+        the main process leaves the workers idle while it acts and costs a round trip per step:
+        efficiency 0.43-0.53 on 2 cores, experiments/bench.py.)"""
+        self.reset()
+        bounds = (None, None) if self.discrete else (self._low, self._high)
+        self._progress.zero_()
+        self._broadcast("episode", [(policy.rows(r[0], r[-1] + 1), *bounds) for r in self._rows])
+        self._gather("episode", self.timeout, progress=True)
+        self.t = self.horizon  # the episode is over: reset() before stepping again
+        ep_obs, ep_act, ep_rew, ep_info = self._episode
+        info = {k: ep_info[:, :, i].to(self.device, copy=True) for i, k in enumerate(self.info_keys)}
         if self.info_keys:
             self.info = {k: v[-1] for k, v in info.items()}
-        return {"obs": obs_buf.to(self.device), "actions": act_buf.to(self.device), "rewards": rew_buf.to(self.device),
-                "info": info}
+        return {"obs": ep_obs.to(self.device, copy=True), "actions": ep_act.to(self.device, copy=True),
+                "rewards": ep_rew.to(self.device, copy=True), "info": info}
 
     def _clip(self, actions: torch.Tensor) -> torch.Tensor:
         """Actions on the CPU in the shared buffer's dtype, clipped to a Box action space."""

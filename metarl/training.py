@@ -7,6 +7,7 @@ A trainer implements:
 """
 from __future__ import annotations
 
+import copy
 import math
 import signal
 import sys
@@ -73,14 +74,15 @@ def train_loop(trainer: Trainer, run: RunDir, iterations: int, config: dict, *, 
     """Run iterations [start_iteration, iterations). Checkpoint every `checkpoint_every`
     iterations and at the end (the progress bar shows the metrics named in `shown`); with
     `select`, also keep checkpoints/best.pt, the iteration with the highest metrics[select] so far
-    (the MAML paper evaluates "the model with the best average return during training"). A
+    (the MAML paper evaluates "the model with the best average return during training"): the
+    state from before that iteration's update, i.e. the parameters that earned the metric. A
     non-finite metric stops training without touching the last good checkpoint; Ctrl-C finishes
     the iteration, checkpoints it and raises Interrupted."""
     spi = trainer.steps_per_iteration
 
-    def state(next_it: int, **extra):
-        return {"iteration": next_it, "env_steps": next_it * spi, "config": config, "trainer": trainer.state_dict(),
-                **extra}
+    def state(next_it: int, trainer_state=None, **extra):
+        return {"iteration": next_it, "env_steps": next_it * spi, "config": config,
+                "trainer": trainer.state_dict() if trainer_state is None else trainer_state, **extra}
 
     def save(next_it: int):
         run.save_checkpoint(state(next_it))
@@ -97,6 +99,9 @@ def train_loop(trainer: Trainer, run: RunDir, iterations: int, config: dict, *, 
         with stop:
             for it in range(start_iteration, iterations):
                 t0 = time.perf_counter()
+                # The metric of iteration `it` measures the parameters it starts from; keep them
+                # (a copy: state_dict tensors alias the live parameters the update changes).
+                before = copy.deepcopy(trainer.state_dict()) if select else None
                 metrics = trainer.train_iteration(it)
                 dt = time.perf_counter() - t0
                 bad = [k for k, v in metrics.items() if isinstance(v, float) and not math.isfinite(v)]
@@ -109,7 +114,7 @@ def train_loop(trainer: Trainer, run: RunDir, iterations: int, config: dict, *, 
                          **getattr(trainer, "last_timing", {})})
                 if select and select in metrics and metrics[select] > best:
                     best = metrics[select]
-                    run.save_checkpoint(state(it + 1, select=select, select_value=best), "best")
+                    run.save_checkpoint(state(it, before, select=select, select_value=best), "best")
                 bar.update(spi)
                 postfix = {k: f"{metrics[k]:.3f}" for k in shown if k in metrics}
                 if postfix:

@@ -35,3 +35,33 @@ def test_kill_during_checkpoint_write_keeps_the_previous(tmp_path):
     # the next save replaces the torn temporary file and succeeds
     run.save_checkpoint({"iteration": 3})
     assert load_checkpoint(tmp_path / "run")["iteration"] == 3
+
+
+class _ScoreTrainer:
+    """Scores its parameter, then changes it: iteration it reports the value it started from."""
+    steps_per_iteration = 1
+
+    def __init__(self, values):
+        self.w, self.values = torch.zeros(1), values
+
+    def train_iteration(self, it):
+        score = float(self.w)
+        self.w.copy_(torch.tensor([self.values[it]]))  # in place, as an optimiser step is
+        return {"score": score}
+
+    def state_dict(self):
+        return {"w": self.w}
+
+    def load_state_dict(self, d):
+        self.w.copy_(d["w"])
+
+
+def test_best_checkpoint_keeps_the_parameters_that_earned_the_metric(tmp_path):
+    from metarl.training import train_loop
+    run = RunDir(tmp_path / "run", tensorboard=False)
+    # scores: it0 sees w=0, it1 sees 5, it2 sees -1, it3 sees 2 -> best is iteration 1 with w=5
+    train_loop(_ScoreTrainer([5.0, -1.0, 2.0, 0.5]), run, 4, {}, quiet=True, select="score")
+    best = load_checkpoint(tmp_path / "run", which="best")
+    assert best["select_value"] == 5.0 and best["iteration"] == 1
+    assert float(best["trainer"]["w"]) == 5.0  # not the value after iteration 1's update (-1)
+    assert float(load_checkpoint(tmp_path / "run")["trainer"]["w"]) == 0.5

@@ -83,6 +83,86 @@ def test_batched_adaptation_equals_per_task_autograd(first_order):
     assert torch.allclose(flat(g_vmap), flat(g_loop), atol=1e-4)
 
 
+def _nav_batch(L, env, seed=3):
+    """Pre-adaptation rollouts of two navigation tasks with advantages and sampling log-probs."""
+    env.set_tasks(repeat_tasks({"goal": torch.tensor([[0.2, -0.3], [-0.4, 0.1]])}, 3))
+    params = {k: v.detach() for k, v in params_of(L.net).items()}
+    data = L.rollout(env, params, False, torch.Generator().manual_seed(seed))
+    data["adv"] = L.advantages(data)
+    with torch.no_grad():
+        data["old_logp"] = L.dist(L.forward(params, data["obs"], False)).log_prob(data["actions"])
+    return data
+
+
+def test_lvc_inner_step_equals_vanilla_and_adds_the_score_outer_product_to_the_meta_gradient():
+    """ProMP's LVC objective mean(pi / pi_old * A) has the vanilla policy gradient at the sampling
+    parameters, so the adapted parameters are the same; its Hessian adds mean(A g g^T) (g the
+    per-sample score), so the meta-gradient of f(theta') = |theta'|^2 gains
+    -lr * mean(A g (g . 2 theta')) per task."""
+    cfg, env, L = _learner(inner_lr=0.3)
+    data = _nav_batch(L, env)
+    meta = params_of(L.net)
+    names = list(meta)
+    vanilla = L.adapt(meta, {k: v for k, v in data.items() if k != "old_logp"}, per_task=False)
+    lvc = L.adapt(meta, data, per_task=False)
+    for n in names:
+        assert torch.allclose(vanilla[n], lvc[n], atol=1e-6)
+    outer = lambda a: sum(v.pow(2).sum() for v in a.values())  # noqa: E731
+    g_van = flat(torch.autograd.grad(outer(vanilla), list(meta.values())))
+    g_lvc = flat(torch.autograd.grad(outer(lvc), list(meta.values())))
+    want = torch.zeros_like(g_van)
+    for i in range(2):
+        u = flat([2 * lvc[n][i].detach() for n in names])  # d outer / d theta'_i
+        obs, act, adv = data["obs"][i].reshape(-1, 2), data["actions"][i].reshape(-1, 2), data["adv"][i].reshape(-1)
+        for t in range(obs.shape[0]):
+            score = flat(torch.autograd.grad(L.dist(L.net(obs[t])).log_prob(act[t]), list(meta.values())))
+            # d theta'/d theta = I - lr * H with H the Hessian of the inner LOSS -mean(ratio * A)
+            want += 0.3 * adv[t] * score * (score @ u) / obs.shape[0]
+    assert not torch.allclose(g_lvc, g_van, atol=1e-4)
+    assert torch.allclose(g_lvc - g_van, want, atol=1e-4)
+
+
+def test_adapt_log_std_off_keeps_the_meta_log_std_and_adapts_the_rest_the_same():
+    _, env, L_on = _learner(inner_lr=0.3)
+    _, _, L_off = _learner(inner_lr=0.3, adapt_log_std=False)
+    L_off.net.load_state_dict(L_on.net.state_dict())
+    data = _nav_batch(L_on, env)
+    on = L_on.adapt(params_of(L_on.net), data, per_task=False)
+    off = L_off.adapt(params_of(L_off.net), data, per_task=False)
+    meta_std = L_off.net.head.log_std.detach()
+    assert torch.equal(off["head.log_std"], meta_std.expand_as(off["head.log_std"]))
+    assert not torch.allclose(on["head.log_std"], off["head.log_std"])
+    for n in on:
+        if n != "head.log_std":
+            assert torch.allclose(on[n], off[n], atol=1e-6), n  # one step: the same gradient at theta
+    # a second step from the adapted (per-task) params still leaves the log-std alone
+    off2 = L_off.adapt(off, data, per_task=True, steps=1)
+    assert torch.equal(off2["head.log_std"], off["head.log_std"])
+
+
+@pytest.mark.parametrize("per_task", [True, False])
+def test_row_policy_of_any_block_of_sub_envs_acts_as_the_whole(per_task):
+    """MLPRows.rows(lo, hi) (what a simulation worker runs) gives the same actions for its
+    sub-envs as the whole policy, for blocks that start or end mid-task; actions are the
+    distribution's mean plus std times the pre-drawn noise."""
+    from metarl.agents.maml import MLPRows
+    cfg, env, L = _learner(rollouts=4)
+    g = torch.Generator().manual_seed(5)
+    params = {k: v.detach() for k, v in params_of(L.net).items()}
+    if per_task:  # three tasks with different parameters
+        params = {k: v + 0.1 * torch.randn(3, *v.shape, generator=g) for k, v in params.items()}
+    noise = L.net.head.draw_noise((2, 12), g)
+    whole = MLPRows(L.net, params, per_task, 4, noise, L.bounds)
+    obs = torch.randn(12, 2, generator=g)
+    want = whole.act(obs, 1)
+    out = L.forward(params, obs.view(3, 4, 2), True).reshape(12, -1) if per_task else L.forward(params, obs, False)
+    assert torch.allclose(want, L.dist(out).mean + L.dist(out).log_std.exp() * noise[1], atol=1e-6)
+    for cuts in ([0, 12], [0, 5, 12], [0, 2, 3, 11, 12], [0, 4, 8, 12]):
+        got = torch.cat([whole.rows(lo, hi).act(obs[lo:hi], 1) for lo, hi in zip(cuts, cuts[1:])])
+        assert torch.allclose(got, want, atol=1e-6), cuts
+    assert torch.allclose(whole.rows(0, 5).to_env(want[:5]), L.env_actions(want[:5]))
+
+
 @pytest.mark.parametrize("unit", [True, False])
 def test_unit_actions_scale_the_policy_to_the_env_box(unit):
     """With unit_actions (the default) the policy acts in [-1, 1], which the learner maps onto
@@ -133,9 +213,10 @@ def test_smoke_train_and_eval_maml_on_navigation(cli, tmp_path, agent):
     assert len(report["results"][agent]["per_step_return"]) == 4
     assert (rd / "eval_adaptation.png").stat().st_size > 1000
     # the MAML paper's protocol: evaluate the iteration with the best post-adaptation return
-    best_it = max(range(3), key=lambda i: metrics[i]["post_return"]) + 1
+    # (the parameters that iteration started from, which earned its return: checkpoint "iteration" best_it)
+    best_it = max(range(3), key=lambda i: metrics[i]["post_return"])
     best = torch.load(rd / "checkpoints" / "best.pt", weights_only=False)
-    assert best["iteration"] == best_it and best["select_value"] == metrics[best_it - 1]["post_return"]
+    assert best["iteration"] == best_it and best["select_value"] == metrics[best_it]["post_return"]
     code, out, err = cli("eval", rd, "--tasks", "10", "--checkpoint", "best", "--baselines", "none")
     assert code == 0, err
     report = json.loads((rd / "eval.json").read_text())

@@ -87,13 +87,26 @@ def test_worker_stats_count_steps_and_time_spent_stepping():
         env.close()
 
 
-def _policy(obs_g, g):
-    """A deterministic policy: step halfway towards the goal (clipped to the action space later)."""
-    return 0.5 * (obs_g[:, 1:2] - obs_g[:, 0:1]) + 0.3
+class HalfwayRows:
+    """A RowPolicy: step halfway towards the goal plus pre-drawn noise [H, b, 1]; the env gets
+    twice the action (to_env), clipped to the action space."""
+
+    def __init__(self, noise):
+        self.noise = noise
+
+    def rows(self, lo, hi):
+        return HalfwayRows(self.noise[:, lo:hi].clone())
+
+    def act(self, obs, t):
+        return 0.5 * (obs[:, 1:2] - obs[:, 0:1]) + self.noise[t]
+
+    def to_env(self, a):
+        return 2 * a
 
 
-def _episode_in_process(goals):
-    """The same episode stepped with Toy envs in this process: obs [H, B, 2], rewards [H, B]."""
+def _episode_in_process(goals, policy):
+    """The same episode stepped with Toy envs in this process: obs [H, B, 2], actions [H, B, 1],
+    rewards [H, B]."""
     gen = torch.Generator().manual_seed(0)
     seeds = torch.randint(2**31 - 1, (len(goals),), generator=gen).tolist()
     envs = [Toy() for _ in goals]
@@ -101,49 +114,64 @@ def _episode_in_process(goals):
     for e, g, sd in zip(envs, goals.tolist(), seeds):
         e.set_task({"goal": [g]})
         obs.append(e.reset(sd))
-    obs_buf, rew_buf = [], []
-    for _ in range(3):
+    obs_buf, act_buf, rew_buf = [], [], []
+    for t in range(3):
         o = torch.tensor(np.array(obs), dtype=torch.float32)
-        a = _policy(o, 0).clamp(-1, 1)
+        a = policy.act(o, t)
         obs_buf.append(o)
-        steps = [e.step(a[i].numpy()) for i, e in enumerate(envs)]
+        act_buf.append(a)
+        steps = [e.step(x.numpy()) for x, e in zip(policy.to_env(a).clamp(-1, 1), envs)]
         obs = [s[0] for s in steps]
         rew_buf.append(torch.tensor([s[1] for s in steps], dtype=torch.float32))
-    return torch.stack(obs_buf), torch.stack(rew_buf)
+    return torch.stack(obs_buf), torch.stack(act_buf), torch.stack(rew_buf)
 
 
-@pytest.mark.parametrize("groups", [None, "halves", "interleaved"])
-def test_pipelined_episode_equals_stepping_in_process(groups):
-    """episode() with the policy answering group by group while workers step the other group
-    gives the same observations, actions and rewards as plain in-process stepping."""
-    env = make(num_envs=6, workers=2)
+@pytest.mark.parametrize("workers", [1, 2, 3])
+def test_run_policy_in_workers_equals_stepping_in_process(workers):
+    """run_policy(): each worker acts for its own block of sub-envs and steps the whole episode;
+    observations, actions and rewards equal plain in-process stepping, however the sub-envs
+    are split, and the env is usable again afterwards."""
+    env = make(num_envs=7, workers=workers)
     try:
-        goals = torch.linspace(-1, 1, 6)
-        env.set_tasks({"goal": goals.view(6, 1)})
-        idx = {None: None, "halves": [torch.arange(0, 3), torch.arange(3, 6)],
-               "interleaved": [torch.tensor([0, 2, 4]), torch.tensor([1, 3, 5])]}[groups]
-        seen = []
-
-        def act(obs_g, g):
-            seen.append(g)
-            return _policy(obs_g, g)
-        ep = env.episode(env.reset(), act, idx)
-        want_obs, want_rew = _episode_in_process(goals)
+        goals = torch.linspace(-1, 1, 7)
+        env.set_tasks({"goal": goals.view(7, 1)})
+        policy = HalfwayRows(0.3 * torch.randn(3, 7, 1, generator=torch.Generator().manual_seed(1)))
+        ep = env.run_policy(policy)
+        want_obs, want_act, want_rew = _episode_in_process(goals, policy)
         assert torch.allclose(ep["obs"], want_obs, atol=1e-5)
+        assert torch.allclose(ep["actions"], want_act, atol=1e-6)
         assert torch.allclose(ep["rewards"], want_rew, atol=1e-5)
-        assert torch.allclose(ep["actions"], _policy(want_obs.view(-1, 2), 0).view(3, 6, 1), atol=1e-5)
-        assert seen == ([0] * 3 if idx is None else [0, 1] * 3)
+        assert [s["steps"] for s in env.worker_stats()] == [3] * workers
         obs = env.reset()  # usable again after the episode
-        assert torch.allclose(env.step(torch.zeros(6, 1))[0], obs)
+        assert torch.allclose(env.step(torch.zeros(7, 1))[0], obs)
     finally:
         env.close()
 
 
-def test_pipelined_episode_reports_a_worker_error():
+def test_run_policy_reports_a_worker_error():
     env = make("raise", num_envs=4)
     env.set_tasks({"goal": torch.zeros(4, 1)})
     with pytest.raises(WorkerError, match="simulator exploded"):
-        env.episode(env.reset(), _policy, [torch.tensor([0, 2]), torch.tensor([1, 3])])
+        env.run_policy(HalfwayRows(torch.zeros(3, 4, 1)))
+
+
+def test_long_episode_is_not_a_hang_but_a_stalled_one_is():
+    """run_policy waits as long as the workers keep stepping (each step here takes 5 ms, the
+    episode longer than the 0.3 s timeout); a worker that stops stepping times out."""
+    import functools
+    env = ParallelEnv(functools.partial(toy, "slow"), 4, 40, OBS, ACT, workers=2, timeout=0.3)
+    try:
+        env.set_tasks({"goal": torch.zeros(4, 1)})
+        ep = env.run_policy(HalfwayRows(torch.zeros(40, 4, 1)))
+        assert ep["rewards"].shape == (40, 4)
+    finally:
+        env.close()
+    env = make("hang", timeout=1.0)
+    env.set_tasks({"goal": torch.zeros(5, 1)})
+    t0 = time.monotonic()
+    with pytest.raises(WorkerError, match="did not answer episode within 1 s"):
+        env.run_policy(HalfwayRows(torch.zeros(3, 5, 1)))
+    assert time.monotonic() - t0 < 10
 
 
 def test_killed_worker_raises_clear_error_quickly():
