@@ -123,17 +123,19 @@ def cpu_bench_table(b: dict) -> str:
     tail = lambda e: f" | {e['commit']} | `{e['command']}` |"  # noqa: E731
     for name, e in b["benches"].items():
         f = e["figures"]
-        if name == "mujoco":
-            rows.append(f"| MuJoCo ({f['env']}) workers on {f['cores']} cores, MAML's sampler: steps/s (efficiency vs "
-                        f"cores x one env alone; workers busy; one step inside a worker vs alone) | "
-                        f"{f['parallel_steps_per_s']:,.0f} (**{f['efficiency']:.2f}**; "
-                        f"{f.get('worker_busy_fraction', float('nan')):.2f}; "
+        if name.startswith("mujoco"):
+            rows.append(f"| MuJoCo ({f['env']}, {f['envs']} sub-envs) workers on {f['cores']} cores, MAML's sampler: "
+                        f"steps/s (efficiency vs cores x one env alone; workers stepping / acting; one step inside a "
+                        f"worker vs alone) | {f['parallel_steps_per_s']:,.0f} (**{f['efficiency']:.2f}**; "
+                        f"{f.get('worker_busy_fraction', float('nan')):.2f} / "
+                        f"{f.get('worker_policy_fraction', float('nan')):.2f}; "
                         f"{f.get('worker_us_per_env_step', float('nan')):.0f} vs "
                         f"{f.get('single_env_us_per_step', float('nan')):.0f} µs) | efficiency 0.80" + tail(e))
         elif name == "metaworld":
             rows.append(f"| Meta-World {f['benchmark']} workers on {f['cores']} cores, MAML's sampler (2x512 policy): "
-                        f"steps/s (efficiency; workers busy) | {f['parallel_steps_per_s']:,.0f} "
-                        f"(**{f['efficiency']:.2f}**; {f.get('worker_busy_fraction', float('nan')):.2f}) | "
+                        f"steps/s (efficiency; workers stepping / acting) | {f['parallel_steps_per_s']:,.0f} "
+                        f"(**{f['efficiency']:.2f}**; {f.get('worker_busy_fraction', float('nan')):.2f} / "
+                        f"{f.get('worker_policy_fraction', float('nan')):.2f}) | "
                         "efficiency 0.85" + tail(e))
             if "metaworld_async_steps_per_s" in f:
                 rows.append(f"| ... vs Meta-World's own async vector env, same policy | "

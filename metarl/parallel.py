@@ -4,9 +4,12 @@ live in worker processes.
 Each of W workers owns a contiguous block of the B sub-envs and steps them in a loop. Actions,
 observations and rewards travel through shared-memory tensors ([B, A], [B, D], [B]); the pipe
 to each worker carries only a one-word command and its reply, so a step costs one small
-message per worker, not a pickled batch. A worker that dies, raises, or does not answer within
+message per worker, not a pickled batch. run_policy() goes further for a feed-forward policy
+(RowPolicy): each worker acts for its own sub-envs and steps a whole episode on one message,
+writing it into shared [H, B, ...] buffers. A worker that dies, raises, or does not answer within
 `timeout` seconds surfaces as a WorkerError naming the worker and what it was doing (never a
-hang); the remaining workers are shut down. Workers ignore Ctrl-C: the main process handles
+hang; during run_policy a worker that keeps stepping is never timed out); the remaining
+workers are shut down. Workers ignore Ctrl-C: the main process handles
 it, and `close()` (also called on garbage collection and at exit) stops them.
 
 A sub-env is any object with

@@ -109,6 +109,8 @@ BENCHES: dict[str, Entry] = {
                         "MAML inner step for 40 tasks: vmapped functional loop vs a per-task autograd loop"),
     "mujoco": Entry("metarl.bench:bench_mujoco",
                     "MuJoCo steps/s: one env alone vs one worker per core with the policy in the loop"),
+    "mujoco-paper": Entry("metarl.bench:bench_mujoco_paper",
+                          "the mujoco bench at the MAML paper's HalfCheetah scale: 800 sub-envs (40 tasks x 20 rollouts)"),
     "metaworld": Entry("metarl.bench:bench_metaworld",
                        "Meta-World ML10 steps/s: one env alone, metarl's workers and Meta-World's async vector env, "
                        "policy in the loop"),
