@@ -40,27 +40,6 @@ def test_rewards_follow_the_task():
     assert r <= 0
 
 
-@pytest.mark.parametrize("robot", ["halfcheetah", "ant"])
-def test_envs_sharing_a_model_simulate_as_envs_with_their_own(robot):
-    """GoalMujoco envs of one robot share its MjModel, each with its own MjData; stepped in
-    turn they follow exactly the trajectory of a gymnasium env with a model of its own."""
-    import numpy as np
-
-    from metarl.envs.mujoco_tasks import GYM_IDS, GYM_KWARGS
-    a, b = GoalMujoco(robot, "dir"), GoalMujoco(robot, "dir")
-    assert a.env.model is b.env.model and a.env.data is not b.env.data
-    own = gym.make(GYM_IDS[robot], **GYM_KWARGS[robot]).unwrapped
-    acts = np.random.default_rng(0).uniform(-1, 1, (30, own.action_space.shape[0]))
-    for e in (a, b):
-        e.set_task({"goal": [1.0]})
-    oa, ob, (oo, _) = a.reset(1), b.reset(2), own.reset(seed=1)
-    for t in range(30):
-        oa, _ = a.step(acts[t])
-        ob, _ = b.step(-acts[t])  # a different trajectory in between, through the same model
-        oo = own.step(acts[t])[0]
-    assert np.array_equal(oa, oo) and not np.allclose(oa, ob)
-
-
 @pytest.mark.parametrize("gym_id", sorted(MUJOCO_GYM_IDS))
 def test_gymnasium_and_sb3_env_checkers_mujoco(gym_id, sb3_checker):
     env = gym.make(gym_id, rl2_inputs=gym_id.endswith("Vel-v0"))
