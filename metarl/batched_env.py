@@ -67,8 +67,6 @@ class BatchedEnv(ABC):
         return {"obs": torch.stack(obs_buf), "actions": torch.stack(act_buf), "rewards": torch.stack(rew_buf),
                 "info": {k: torch.stack(v) for k, v in info_buf.items()}}
 
-    runs_policy_in_workers: bool = False  # ParallelEnv: run_policy() acts inside the simulation workers
-
     def run_policy(self, policy: "RowPolicy") -> dict[str, Any]:
         """Reset, then one whole episode of a feed-forward policy whose randomness is drawn
         ahead (see RowPolicy); returns what episode() returns. An env that simulates in worker

@@ -144,7 +144,7 @@ def bench_mujoco(device: torch.device, env: str = "halfcheetah-vel", envs_per_wo
         par_sps, breakdown = _sampler_rate(penv, learner, envs_per_worker, single_sps, device, repeats=1)
     finally:
         penv.close()
-    return {"bench": "mujoco" if envs_per_worker == 32 else f"mujoco-{cores * envs_per_worker}", "device": str(device),
+    return {"bench": "mujoco", "device": str(device),
             "figures": {"single_env_steps_per_s": single_sps, "parallel_steps_per_s": par_sps, "cores": cores,
                         "efficiency": par_sps / (cores * single_sps), "independent_steps_per_s": ceiling_sps,
                         "ceiling_efficiency": ceiling_sps / (cores * single_sps),
@@ -157,7 +157,7 @@ def bench_mujoco_paper(device: torch.device, workers: int = 0) -> dict:
     sub-envs spread over the workers (the default bench has 32 per worker)."""
     import os
     cores = workers or os.cpu_count() or 1
-    return bench_mujoco(device, envs_per_worker=-(-800 // cores), workers=cores)
+    return {**bench_mujoco(device, envs_per_worker=-(-800 // cores), workers=cores), "bench": "mujoco-paper"}
 
 
 def _sampler_rate(penv, learner, rollouts: int, single_sps: float, device, repeats: int) -> tuple[float, dict]:

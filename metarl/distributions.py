@@ -55,7 +55,7 @@ class DiagGaussian:
 
     def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
         eps = torch.randn(self.mean.shape, generator=generator, device=self.mean.device, dtype=self.mean.dtype)
-        return self.mean + self.log_std.exp() * eps
+        return self.sample_with(eps)
 
     def sample_with(self, noise: torch.Tensor) -> torch.Tensor:
         """The sample given standard normal noise [..., A] (GaussianHead.draw_noise)."""

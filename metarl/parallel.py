@@ -158,8 +158,6 @@ class ParallelEnv(BatchedEnv):
     task_rows(tasks) -> one picklable task per sub-env (default: each row as a dict of lists);
     info_keys: info values of each step to expose as `self.info` {key: [B]}."""
 
-    runs_policy_in_workers = True  # run_policy(): each worker runs the policy for its own sub-envs
-
     def rollout_context(self):
         return main_thread_only()
 
@@ -187,8 +185,7 @@ class ParallelEnv(BatchedEnv):
         # run_policy(): whole episodes, written by the workers in place: obs [H, B, D], actions
         # [H, B(, A)], rewards [H, B], info [H, B, K]; progress [W] counts each worker's steps.
         self._episode = (torch.zeros(horizon, num_envs, self.obs_dim).share_memory_(),
-                         torch.zeros((horizon, *act_shape),
-                                     dtype=self._act.dtype).share_memory_(),
+                         torch.zeros((horizon, *act_shape), dtype=self._act.dtype).share_memory_(),
                          torch.zeros(horizon, num_envs).share_memory_(),
                          torch.zeros(horizon, num_envs, self._info.shape[1]).share_memory_())
         self._progress = torch.zeros(W, dtype=torch.int64).share_memory_()
@@ -231,7 +228,7 @@ class ParallelEnv(BatchedEnv):
         pending = {c: i for i, c in enumerate(self._conns)}
         sentinels = {self._procs[i].sentinel: i for i in range(len(self._procs))}
         deadline = time.monotonic() + timeout
-        seen = self._progress.clone()
+        seen = self._progress.clone() if progress else None
         while pending:
             left = deadline - time.monotonic()
             ready = wait(list(pending) + [s for s, i in sentinels.items() if i in pending.values()],
