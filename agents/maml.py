@@ -184,37 +184,45 @@ class MLPRows:
     """The MAML policy as a RowPolicy (metarl.batched_env): the network, its parameters (shared
     {name: [...]} or per task {name: [N, ...]}, task n acting for sub-envs n * R .. n * R + R - 1)
     and the sampling noise noise [H, B, ...] drawn ahead. `first` is the sub-env offset of row 0
-    within its task's block, for a slice that starts mid-task."""
+    within its task's block, for a slice that starts mid-task. A slice (rows(), what a
+    simulation worker gets) holds one copy of the network per task it touches with that task's
+    parameters loaded: a worker acts on a few sub-envs at a time, where functional_call's own
+    cost (about 70 us a call here) would outweigh the network's."""
 
     def __init__(self, net: nn.Module, params: Params, per_task: bool, rollouts: int, noise: torch.Tensor,
-                 bounds: tuple[torch.Tensor, torch.Tensor] | None, first: int = 0):
+                 bounds: tuple[torch.Tensor, torch.Tensor] | None, first: int = 0,
+                 nets: list[nn.Module] | None = None):
         self.net, self.params, self.per_task, self.R = net, params, per_task, rollouts
-        self.noise, self.bounds, self.first = noise, bounds, first
+        self.noise, self.bounds, self.first, self.nets = noise, bounds, first, nets
 
     def rows(self, lo: int, hi: int) -> "MLPRows":
         """Sub-envs [lo, hi) as a CPU copy (sent to a simulation worker)."""
         cpu = lambda x: x.detach().to("cpu", copy=True)  # noqa: E731 (fresh storage to pickle)
-        params, first = self.params, 0
+        params, first, tasks = self.params, 0, [None]
         if self.per_task:
             t0, t1 = (self.first + lo) // self.R, (self.first + hi - 1) // self.R + 1
             params, first = {k: v[t0:t1] for k, v in params.items()}, (self.first + lo) % self.R
-        net = copy.deepcopy(self.net).to("cpu")
+            tasks = range(t1 - t0)
+        params = {k: cpu(v) for k, v in params.items()}
+        nets = []
+        for i in tasks:  # the network with one task's (or the shared) parameters loaded
+            net = copy.deepcopy(self.net).to("cpu").requires_grad_(False)
+            net.load_state_dict(params if i is None else {k: v[i] for k, v in params.items()})
+            nets.append(net)
         bounds = None if self.bounds is None else tuple(cpu(b) for b in self.bounds)
-        return MLPRows(net, {k: cpu(v) for k, v in params.items()}, self.per_task, self.R,
-                       cpu(self.noise[:, lo:hi]), bounds, first)
+        return MLPRows(self.net, params, self.per_task, self.R, cpu(self.noise[:, lo:hi]), bounds, first, nets)
 
     def act(self, obs: torch.Tensor, t: int) -> torch.Tensor:
         """obs [b, D] -> actions [b(, A)] of step t."""
         b, R = obs.shape[0], self.R
-        if not self.per_task:
+        if self.nets is not None:  # a slice: one call per task it touches
+            cuts = [0] if not self.per_task else list(range(0, b, R)) if self.first == 0 else [0, *range(R - self.first, b, R)]
+            out = torch.cat([net(obs[lo:hi]) for net, lo, hi in zip(self.nets, cuts, cuts[1:] + [b])])
+        elif not self.per_task:
             out = functional_call(self.net, self.params, (obs,))
-        elif self.first == 0 and b % R == 0:  # whole tasks: one vmapped call over [N, R, D]
+        else:  # whole tasks: one vmapped call over [N, R, D]
             out = vmap(lambda p, o: functional_call(self.net, p, (o,)))(self.params, obs.view(b // R, R, -1))
             out = out.reshape(b, -1)
-        else:  # a block that starts or ends mid-task: one call per task it touches
-            cuts = list(range(0, b, R)) if self.first == 0 else [0, *range(R - self.first, b, R)]
-            out = torch.cat([functional_call(self.net, {k: v[i] for k, v in self.params.items()}, (obs[lo:hi],))
-                             for i, (lo, hi) in enumerate(zip(cuts, cuts[1:] + [b]))])
         return self.net.head.dist(out).sample_with(self.noise[t])
 
     def to_env(self, a: torch.Tensor) -> torch.Tensor:

@@ -188,7 +188,7 @@ def worker_breakdown(stats: list[dict], wall: float, single_sps: float) -> dict:
     (the share a worker spent acting, when the policy runs inside it), worker_us_per_env_step and
     its CPU-time twin (one env step inside a worker) beside single_env_us_per_step (alone in
     this process). efficiency ~= busy fraction * single / worker per-step time * workers / cores."""
-    n = sum(s["steps"] * s["envs"] for s in stats)
+    n = sum(s["env_steps"] for s in stats)
     return {"worker_busy_fraction": sum(s["step_s"] for s in stats) / (len(stats) * wall),
             "worker_policy_fraction": sum(s.get("policy_s", 0.0) for s in stats) / (len(stats) * wall),
             "worker_us_per_env_step": 1e6 * sum(s["step_s"] for s in stats) / n,

@@ -160,6 +160,8 @@ def test_row_policy_of_any_block_of_sub_envs_acts_as_the_whole(per_task):
     for cuts in ([0, 12], [0, 5, 12], [0, 2, 3, 11, 12], [0, 4, 8, 12]):
         got = torch.cat([whole.rows(lo, hi).act(obs[lo:hi], 1) for lo, hi in zip(cuts, cuts[1:])])
         assert torch.allclose(got, want, atol=1e-6), cuts
+    # a slice of a slice (a worker's chunk of its block)
+    assert torch.allclose(whole.rows(1, 10).rows(2, 8).act(obs[3:9], 1), want[3:9], atol=1e-6)
     assert torch.allclose(whole.rows(0, 5).to_env(want[:5]), L.env_actions(want[:5]))
 
 

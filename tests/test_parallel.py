@@ -41,10 +41,10 @@ def toy(mode="ok"):
     return Toy(mode)
 
 
-def make(mode="ok", num_envs=5, workers=2, timeout=30.0):
+def make(mode="ok", num_envs=5, workers=2, timeout=30.0, **kw):
     import functools
     return ParallelEnv(functools.partial(toy, mode), num_envs, 3, OBS, ACT, generator=torch.Generator().manual_seed(0),
-                       workers=workers, timeout=timeout)
+                       workers=workers, timeout=timeout, **kw)
 
 
 def test_parallel_env_matches_in_process_stepping():
@@ -68,7 +68,7 @@ def test_parallel_env_matches_in_process_stepping():
 
 
 def test_worker_stats_count_steps_and_time_spent_stepping():
-    """worker_stats(): per worker, the step commands and sub-envs since the last call, and the
+    """worker_stats(): per worker, the env steps since the last call, its sub-envs, and the
     seconds spent stepping them (here each env step sleeps 5 ms); a call resets the counters."""
     env = make("slow", num_envs=5, workers=2)
     try:
@@ -78,11 +78,12 @@ def test_worker_stats_count_steps_and_time_spent_stepping():
         for _ in range(2):
             env.step(torch.zeros(5, 1))
         stats = env.worker_stats()
-        assert [s["steps"] for s in stats] == [2, 2] and sorted(s["envs"] for s in stats) == [2, 3]
+        assert [s["env_steps"] for s in stats] == [2 * s["envs"] for s in stats]
+        assert sorted(s["envs"] for s in stats) == [2, 3]
         for s in stats:
             assert s["step_s"] >= 2 * s["envs"] * 0.005 * 0.9
             assert 0.0 <= s["step_cpu_s"] < s["step_s"]  # sleeping is not CPU time
-        assert all(s["steps"] == 0 and s["step_s"] == 0.0 for s in env.worker_stats())
+        assert all(s["env_steps"] == 0 and s["step_s"] == 0.0 for s in env.worker_stats())
     finally:
         env.close()
 
@@ -126,12 +127,12 @@ def _episode_in_process(goals, policy):
     return torch.stack(obs_buf), torch.stack(act_buf), torch.stack(rew_buf)
 
 
-@pytest.mark.parametrize("workers", [1, 2, 3])
-def test_run_policy_in_workers_equals_stepping_in_process(workers):
-    """run_policy(): each worker acts for its own block of sub-envs and steps the whole episode;
-    observations, actions and rewards equal plain in-process stepping, however the sub-envs
-    are split, and the env is usable again afterwards."""
-    env = make(num_envs=7, workers=workers)
+@pytest.mark.parametrize("workers,chunk", [(1, 0), (2, 0), (3, 0), (2, 2), (3, 2), (2, 7)])
+def test_run_policy_in_workers_equals_stepping_in_process(workers, chunk):
+    """run_policy(): each worker acts for its own block of sub-envs and steps the whole episode,
+    chunk by chunk; observations, actions and rewards equal plain in-process stepping, however
+    the sub-envs are split and chunked, and the env is usable again afterwards."""
+    env = make(num_envs=7, workers=workers, chunk=chunk)
     try:
         goals = torch.linspace(-1, 1, 7)
         env.set_tasks({"goal": goals.view(7, 1)})
@@ -141,7 +142,8 @@ def test_run_policy_in_workers_equals_stepping_in_process(workers):
         assert torch.allclose(ep["obs"], want_obs, atol=1e-5)
         assert torch.allclose(ep["actions"], want_act, atol=1e-6)
         assert torch.allclose(ep["rewards"], want_rew, atol=1e-5)
-        assert [s["steps"] for s in env.worker_stats()] == [3] * workers
+        stats = env.worker_stats()
+        assert [s["env_steps"] for s in stats] == [3 * s["envs"] for s in stats] and sum(s["envs"] for s in stats) == 7
         obs = env.reset()  # usable again after the episode
         assert torch.allclose(env.step(torch.zeros(7, 1))[0], obs)
     finally:
@@ -209,3 +211,49 @@ def test_worker_exception_is_reported_with_its_message():
         env.step(torch.zeros(5, 1))
     with pytest.raises(WorkerError, match="closed"):
         env.reset()
+
+
+def test_balanced_blocks_minimise_the_slowest_worker():
+    """balanced_blocks: contiguous non-empty blocks, one per worker, whose largest summed cost
+    is the smallest possible (checked against every split)."""
+    import itertools
+
+    from metarl.parallel import balanced_blocks
+    rng = np.random.default_rng(0)
+    load = lambda cost, bounds: max(sum(cost[a:b]) for a, b in zip(bounds, bounds[1:]))  # noqa: E731
+    for _ in range(50):
+        B = int(rng.integers(3, 10))
+        cost = rng.exponential(1.0, B).tolist()
+        for W in (2, 3):
+            got = balanced_blocks(cost, W)
+            assert len(got) == W + 1 and got[0] == 0 and got[-1] == B and all(a < b for a, b in zip(got, got[1:]))
+            best = min(load(cost, [0, *cut, B]) for cut in itertools.combinations(range(1, B), W - 1))
+            assert load(cost, got) <= best * (1 + 1e-9)
+
+
+def test_step_cost_balances_the_blocks_and_samples_stay_the_same():
+    """With step_cost, set_tasks gives every worker the same summed cost: slow tasks (cost 3)
+    in the first four sub-envs pull the first block's end back (3 + 3 + 3 against 3 + 1 * 4); sub-envs that change worker
+    keep their tasks, and episodes equal those of an env with even blocks."""
+    import functools
+    goals = torch.tensor([1.0, 1.0, 1.0, 1.0, -1.0, -1.0, -1.0, -1.0]).view(8, 1)
+    noise = 0.3 * torch.randn(5, 8, 1, generator=torch.Generator().manual_seed(2))
+    cost = lambda task: 3.0 if task["goal"][0] > 0 else 1.0  # noqa: E731
+    eps = {}
+    for balanced in (True, False):
+        env = ParallelEnv(functools.partial(toy), 8, 5, OBS, ACT, generator=torch.Generator().manual_seed(0),
+                          workers=2, step_cost=cost if balanced else None)
+        try:
+            env.set_tasks({"goal": torch.ones(8, 1)})  # equal costs: even blocks
+            assert env._blocks() == [(0, 4), (4, 8)]
+            env.set_tasks({"goal": goals})
+            assert env._blocks() == ([(0, 3), (3, 8)] if balanced else [(0, 4), (4, 8)])
+            assert sorted(s["envs"] for s in env.worker_stats()) == sorted(hi - lo for lo, hi in env._blocks())
+            eps[balanced] = [env.run_policy(HalfwayRows(noise)) for _ in range(2)]
+            obs = env.reset()  # plain stepping works on the new blocks
+            assert torch.allclose(env.step(torch.zeros(8, 1))[0], obs)
+        finally:
+            env.close()
+    for a, b in zip(eps[True], eps[False]):
+        for k in ("obs", "actions", "rewards"):
+            assert torch.equal(a[k], b[k])
