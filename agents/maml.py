@@ -66,6 +66,11 @@ class MAMLConfig:
     ppo_epochs: int = option(5, "PPO: outer gradient steps per meta-iteration", ge=1)
     clip: float = option(0.2, "PPO: ratio clip of the outer objective", gt=0.0)
     eval_steps: int = option(3, "gradient steps reported by metarl eval", ge=0)
+    eval_lr: float = option(0.0, "metarl eval: step size of the first adaptation step (0 = inner_lr)", ge=0.0)
+    eval_later_lr: float = option(0.0, "metarl eval: step size of steps 2, 3, ... (0 = that of the first; the MAML "
+                                       "paper's code tests with 0.5 then 0.25 after training with 0.5)", ge=0.0)
+    eval_rollouts: int = option(0, "metarl eval: rollouts per task and step (0 = rollouts; the MAML paper's code "
+                                   "tests navigation with 40)", ge=0)
     checkpoint_every: int = option(10, "iterations between checkpoints", ge=1)
 
 
@@ -99,10 +104,13 @@ class MAMLLearner:
         self.bounds = None  # (low [A], high [A]) when the policy acts in the unit box
         if cfg.unit_actions and isinstance(space, gym.spaces.Box):
             self.bounds = tuple(b.to(env.device) for b in box_bounds(space))
-        # the inner step size: one scalar, or per parameter with 0 for the log-std (adapt_log_std off)
-        self.step_size = cfg.inner_lr
-        if not cfg.adapt_log_std:
-            self.step_size = {k: 0.0 if k.endswith("log_std") else cfg.inner_lr for k, _ in self.net.named_parameters()}
+        self.step_size = self.step_sizes(cfg.inner_lr)
+
+    def step_sizes(self, lr: float) -> float | dict[str, float]:
+        """The inner step size: one scalar, or per parameter with 0 for the log-std (adapt_log_std off)."""
+        if self.cfg.adapt_log_std:
+            return lr
+        return {k: 0.0 if k.endswith("log_std") else lr for k, _ in self.net.named_parameters()}
 
     def env_actions(self, a: torch.Tensor) -> torch.Tensor:
         """The policy's actions [B(, A)] -> the env's (scaled to its box under unit_actions)."""
@@ -163,16 +171,18 @@ class MAMLLearner:
         return -(logp * data["adv"]).mean()
 
     def adapt(self, params: Params, data: dict, per_task: bool, steps: int | None = None,
-              first_order: bool | None = None) -> Params:
-        """Adapted params {name: [N, ...]} from rollouts `data` (obs, actions, adv with leading N)."""
+              first_order: bool | None = None, lr: float | None = None) -> Params:
+        """Adapted params {name: [N, ...]} from rollouts `data` (obs, actions, adv with leading N),
+        with step size lr (default inner_lr)."""
         cfg = self.cfg
         steps = cfg.inner_steps if steps is None else steps
         first_order = cfg.first_order if first_order is None else first_order
+        size = self.step_size if lr is None else self.step_sizes(lr)
         batch = {k: data[k] for k in ("obs", "actions", "adv", "old_logp") if k in data}
         if not per_task:
-            return adapt_batch(self.inner_loss, params, batch, steps, self.step_size, first_order)
+            return adapt_batch(self.inner_loss, params, batch, steps, size, first_order)
         # Continue from per-task params: vmap the one-task adaptation over params and data.
-        return vmap(lambda p, d: adapt(self.inner_loss, p, d, steps, self.step_size, first_order))(params, batch)
+        return vmap(lambda p, d: adapt(self.inner_loss, p, d, steps, size, first_order))(params, batch)
 
     @staticmethod
     def mean_episode_return(data: dict) -> torch.Tensor:
@@ -339,7 +349,9 @@ class MAMLEvalLearner:
 
     def __init__(self, learner: MAMLLearner, cfg: MAMLConfig, generator: torch.Generator):
         self.learner, self.cfg, self.gen = learner, cfg, generator
-        self.rollouts = cfg.rollouts
+        self.rollouts = cfg.eval_rollouts or cfg.rollouts
+        first = cfg.eval_lr or cfg.inner_lr
+        self.lrs = (first, cfg.eval_later_lr or first)  # step sizes of the first and of later steps
 
     def adaptation_returns(self, env: BatchedEnv, tasks: Tasks, steps: int) -> torch.Tensor:
         """Mean episode return per task before adaptation and after 1..steps gradient steps:
@@ -349,12 +361,12 @@ class MAMLEvalLearner:
         params = {k: v.detach() for k, v in params_of(L.net).items()}
         per_task, out = False, []
         for k in range(steps + 1):
-            data = L.rollout(env, params, per_task, self.gen)
+            data = L.rollout(env, params, per_task, self.gen, rollouts=self.rollouts)
             out.append(L.mean_episode_return(data))
             if k < steps:
                 data["adv"] = L.advantages(data)
                 with torch.no_grad():
-                    params = L.adapt(params, data, per_task, steps=1, first_order=True)
+                    params = L.adapt(params, data, per_task, steps=1, first_order=True, lr=self.lrs[min(k, 1)])
                 per_task = True
         return torch.stack(out, 1)
 

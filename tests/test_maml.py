@@ -195,6 +195,34 @@ def test_adaptation_returns_have_one_column_per_step():
     assert out.shape == (2, 4) and torch.isfinite(out).all()
 
 
+def test_evaluation_step_sizes_and_rollouts_follow_the_eval_options():
+    """eval_lr / eval_later_lr / eval_rollouts (the MAML paper's test schedule: 0.5, then 0.25,
+    40 rollouts): the first step uses eval_lr, later ones eval_later_lr, on eval_rollouts
+    rollouts per task; unset, every step uses inner_lr on the training rollouts."""
+    from metarl.agents.maml import MAMLEvalLearner
+    goals = {"goal": torch.tensor([[0.2, -0.3], [-0.4, 0.1]])}
+    for opts, lrs, R in (({}, [0.1, 0.1, 0.1], 3), ({"eval_lr": 0.5, "eval_later_lr": 0.25, "eval_rollouts": 5},
+                                                       [0.5, 0.25, 0.25], 5)):
+        cfg, _, L = _learner(**opts)
+        env = NavigationEnv(build(NavigationConfig, {"horizon": 6}, "env"), 2 * R, "cpu")
+        seen, adapt = [], L.adapt
+        L.adapt = lambda params, data, *a, lr=None, **kw: (seen.append((lr, data["rewards"].shape[-1])),
+                                                             adapt(params, data, *a, lr=lr, **kw))[1]
+        ev = MAMLEvalLearner(L, cfg, torch.Generator().manual_seed(0))
+        assert ev.rollouts == R
+        ev.adaptation_returns(env, goals, steps=3)
+        assert seen == [(lr, R) for lr in lrs]
+    # a larger first step moves the parameters further
+    cfg, env, L = _learner()
+    env.set_tasks(repeat_tasks(goals, 3))
+    params = {k: v.detach() for k, v in params_of(L.net).items()}
+    data = L.rollout(env, params, False, torch.Generator().manual_seed(3))
+    data["adv"] = L.advantages(data)
+    small, big = (L.adapt(params, data, False, 1, True, lr=lr) for lr in (0.1, 0.5))
+    k = "body.0.weight"
+    assert torch.allclose(big[k] - params[k], 5 * (small[k] - params[k]), atol=1e-5)
+
+
 @pytest.mark.parametrize("agent", ["maml-trpo", "maml-ppo"])
 def test_smoke_train_and_eval_maml_on_navigation(cli, tmp_path, agent):
     rd = tmp_path / agent
