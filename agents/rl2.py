@@ -228,11 +228,15 @@ class RL2Trainer:
 
 
 class RL2EvalPolicy:
-    """The trained network as a TrialPolicy for `metarl eval` (samples its actions)."""
+    """The trained network as a TrialPolicy for `metarl eval`: samples its actions, or with
+    deterministic takes the distribution's mode (the most likely arm; the Gaussian's mean), as
+    stable-baselines3's evaluate_policy does by default. Exploration does not need the noise:
+    the hidden state carries the trial's history."""
 
     def __init__(self, net: GRUActorCritic, num_actions: int, trial_length: int, cfg: RL2Config,
-                 generator: torch.Generator):
+                 generator: torch.Generator, deterministic: bool = False):
         self.net, self.A, self.T, self.gen = net, num_actions, trial_length, generator
+        self.deterministic = deterministic
         self.time_feature, self.reward_per_action = cfg.time_feature, cfg.reward_per_action
         self.reward_scale = cfg.reward_scale
 
@@ -246,7 +250,8 @@ class RL2EvalPolicy:
         x = rl2_inputs(obs, *self.prev, self.A, self.t / self.T if self.time_feature else None,
                        self.reward_per_action, self.reward_scale)
         out, _, self.h = self.net(x.unsqueeze(0), self.h)
-        return self.net.pi.dist(out[0]).sample(self.gen)
+        dist = self.net.pi.dist(out[0])
+        return dist.mode() if self.deterministic else dist.sample(self.gen)
 
     def observe(self, actions, rewards, dones, next_obs) -> None:
         self.prev = (actions, rewards, dones)
@@ -266,7 +271,8 @@ def _task_dim(env, cfg: RL2Config, env_name: str) -> int:
     return int(feats.shape[1]) if cfg.privileged_critic else 0
 
 
-def load_eval_policy(checkpoint: dict, env_spec: EnvSpec, env_cfg, cfg: RL2Config, device, seed: int):
+def load_eval_policy(checkpoint: dict, env_spec: EnvSpec, env_cfg, cfg: RL2Config, device, seed: int,
+                     deterministic: bool = False):
     env = env_spec.make_env(env_cfg, 1, device, torch.Generator(device=device))
     trial_length = env.horizon * env_spec.episodes_per_trial(env_cfg)
     input_dim = rl2_input_dim(env.obs_dim, env.num_actions, cfg.time_feature, cfg.reward_per_action)
@@ -274,7 +280,13 @@ def load_eval_policy(checkpoint: dict, env_spec: EnvSpec, env_cfg, cfg: RL2Confi
                          _task_dim(env, cfg, env_spec.name), cfg.init_std).to(device)
     net.load_state_dict(checkpoint["trainer"]["net"])
     net.eval()
-    return RL2EvalPolicy(net, env.num_actions, trial_length, cfg, make_generator(seed, "eval-actions", device))
+    return RL2EvalPolicy(net, env.num_actions, trial_length, cfg, make_generator(seed, "eval-actions", device),
+                         deterministic)
 
 
-RL2 = AgentSpec("rl2", RL2Config, RL2Trainer, load_eval_policy)
+def extra_eval_policies(checkpoint: dict, env_spec: EnvSpec, env_cfg, cfg: RL2Config, device, seed: int) -> dict:
+    """{label: make_policy(env)} evaluated beside the sampled policy: its deterministic form."""
+    return {"deterministic": lambda env: load_eval_policy(checkpoint, env_spec, env_cfg, cfg, device, seed, True)}
+
+
+RL2 = AgentSpec("rl2", RL2Config, RL2Trainer, load_eval_policy, extra_eval=extra_eval_policies)

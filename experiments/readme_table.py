@@ -34,8 +34,9 @@ def row_tail(s: dict) -> str:
 
 
 def table() -> str:
-    rows = ["| experiment | env | RL² | best classical baseline | Bayes-optimal-ish reference | paper | "
-            "train time | commit | command |", "|---|---|---|---|---|---|---|---|---|"]
+    rows = ["| experiment | env | RL² (sampled actions) | RL² (deterministic) | best classical baseline | "
+            "Bayes-optimal-ish reference | paper | train time | commit | command |",
+            "|---|---|---|---|---|---|---|---|---|---|"]
     steps_rows, mw_rows, fs_rows, peer_rows, mt_rows = [], [], [], [], []
     for f in sorted((ROOT / "experiments" / "results").glob("*.json")):
         if f.stem.endswith("_timing"):  # per-iteration costs (experiments/wall_clock.py), shown in ml10_table
@@ -64,11 +65,14 @@ def table() -> str:
         res = m["results"]
         agent = res[m["agent"]]
         ref_name = next((n for n in ("gittins", "psrl") if n in res), None)
-        others = {n: r for n, r in res.items() if n not in (m["agent"], "random", ref_name)}
+        det = res.get(m["agent"] + " (deterministic)")  # evaluated since 2026-11-26
+        others = {n: r for n, r in res.items()
+                  if n not in ("random", ref_name) and n != m["agent"] and not n.startswith(m["agent"] + " (")}
         best = max(others, key=lambda n: others[n]["mean"]) if others else None
         envc = ", ".join(f"{k}={v}" for k, v in m["env_config"].items() if k != "sigma" or "gaussian" in m["env"])
         rows.append(
             f"| {s['experiment']} | {m['env']} ({envc}), {m['held_out_tasks']} held-out tasks | {fmt(agent)} | "
+            f"{fmt(det) if det else 'not evaluated'} | "
             + (f"{best} {fmt(others[best])}" if best else "–") + " | "
             + (f"{ref_name} {fmt(res[ref_name])}" if ref_name else "–") + row_tail(s))
     out = "\n".join(rows) + "\n\nMean total reward per trial ± half-width of the 95% CI. Curves: " \

@@ -43,9 +43,11 @@ def commit() -> str:
 
 
 def same_config(run_dir: Path, raw: dict) -> bool:
-    """Does the saved run config agree with every [env]/[agent] value of the experiment file?"""
+    """Does the saved run config agree with every [env]/[agent] value of the experiment file?
+    (Evaluation options, agent.eval_*, do not count: evaluation applies the file's.)"""
     saved = tomllib.loads((run_dir / "config.toml").read_text())
-    return all(saved.get(sec, {}).get(k) == v for sec in ("env", "agent") for k, v in raw.get(sec, {}).items())
+    return all(saved.get(sec, {}).get(k) == v for sec in ("env", "agent") for k, v in raw.get(sec, {}).items()
+               if not (sec == "agent" and k.startswith("eval_")))
 
 
 def main(argv=None) -> int:
@@ -75,7 +77,8 @@ def main(argv=None) -> int:
                                 f"directory to start again with the new config")
             train(run["agent"], run["env"], config_file=str(cfg_file), run_dir=str(run_dir), resume=resume,
                   device=args.device, quiet=args.quiet)
-        report = evaluate_run(str(run_dir), tasks=args.tasks, device=args.device,
+        eval_sets = [f"agent.{k}={v}" for k, v in raw.get("agent", {}).items() if k.startswith("eval_")]
+        report = evaluate_run(str(run_dir), tasks=args.tasks, device=args.device, sets=eval_sets,
                               checkpoint=meta.get("checkpoint", "latest"), baselines=meta.get("baselines", "all"))
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -117,7 +120,7 @@ def main(argv=None) -> int:
         "metrics": {
             "env": report["env"], "env_config": report["env_config"], "agent": agent,
             "held_out_tasks": report["tasks"], "env_steps": report["env_steps"], "train_time_s": train_s,
-            "protocol": report["protocol"], "metric": report["metric"],
+            "protocol": report["protocol"], "metric": report["metric"], "eval_options": report.get("eval_options", {}),
             "results": {n: {**r["total"], **{k: r[k] for k in ("per_episode", "per_step_return", "success_curve",
                                                                "per_class", "return", "per_task", "metric",
                                                                "per_step", "per_context") if k in r}}

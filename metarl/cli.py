@@ -93,6 +93,9 @@ def build_parser(full_help: bool = False) -> argparse.ArgumentParser:
                    help="latest (default) or best: the training iteration with the best selection metric "
                         "(MAML: post-adaptation return, the MAML paper's protocol)")
     e.add_argument("--device", help="auto, cpu or cuda (default: auto)")
+    e.add_argument("--set", action="append", default=[], metavar="agent.eval_KEY=VALUE", dest="sets",
+                   help="an evaluation option of the agent (repeatable), e.g. agent.eval_later_lr=0.05 or "
+                        "agent.eval_rollouts=40 for MAML; the other options are fixed by training")
     e.add_argument("--json", action="store_true", help="print the report as JSON")
 
     c = sub.add_parser("compare", help="one report across evaluated runs: curves, interval statistics, per-task tables",
@@ -157,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
                 report = demo(device=args.device, quiet=args.quiet, runs_root=args.runs_root)
             else:
                 report = evaluate_run(args.run_dir, tasks=args.tasks, baselines=args.baselines, seed=args.seed,
-                                      device=args.device, checkpoint=args.checkpoint)
+                                      device=args.device, checkpoint=args.checkpoint, sets=args.sets)
             if args.json:
                 print(json.dumps(report, indent=2))
             else:

@@ -121,14 +121,21 @@ def choose_baselines(spec, names: str) -> list[str]:
 
 
 def evaluate_run(run_dir: str, *, tasks: int = 1000, baselines: str = "all", seed: int = 0,
-                 device: str | None = None, checkpoint: str = "latest") -> dict[str, Any]:
+                 device: str | None = None, checkpoint: str = "latest", sets: list[str] = ()) -> dict[str, Any]:
     """Evaluate a trained run (its latest or best checkpoint) and the chosen baselines on the
-    same held-out tasks; writes eval.json."""
+    same held-out tasks; writes eval.json. `sets` may change the agent's evaluation options
+    (agent.eval_*) from those saved with the run."""
     if tasks < 1:
         raise UserError(f"--tasks must be >= 1, got {tasks}")
+    eval_sets = parse_sets(list(sets))
+    for section, keys in eval_sets.items():
+        bad = [k for k in keys if section != "agent" or not k.startswith("eval_")]
+        if bad:
+            raise UserError(f"--set {section}.{bad[0]}: metarl eval changes only evaluation options (agent.eval_*); "
+                            f"the rest are fixed by training")
     path = open_existing(run_dir)
     saved = load_toml(path / "config.toml")
-    cfg = resolve_config(saved["run"]["agent"], saved["run"]["env"], saved, device=device or "auto")
+    cfg = resolve_config(saved["run"]["agent"], saved["run"]["env"], saved, sets=list(sets), device=device or "auto")
     dev = resolve_device(cfg["run"]["device"])
     _setup_threads(dev)
     names = choose_baselines(cfg["env_spec"], baselines)
@@ -159,7 +166,7 @@ def evaluate_run(run_dir: str, *, tasks: int = 1000, baselines: str = "all", see
         results[name] = summary(evaluate(lambda env: cls(env, env_cfg, seed), env_spec, env_cfg, tasks, seed, dev))
     report = {"env": saved["run"]["env"], "env_config": saved["env"], "agent": agent_name, "tasks": tasks,
               "seed": seed, "device": str(dev), "checkpoint_iteration": ck["iteration"], "env_steps": ck["env_steps"],
-              "checkpoint": checkpoint,
+              "checkpoint": checkpoint, "eval_options": {k: getattr(cfg["agent"], k) for k in eval_sets.get("agent", {})},
               "protocol": spec.protocol, "metric": "mean episode return" if inner_steps else "mean total reward",
               "results": results}
     return _write_report(path, report)

@@ -216,5 +216,5 @@ def test_demo_trains_then_compares_with_every_bandit_baseline(tmp_path):
     from metarl.workflows import demo
     report = demo(device="cpu", quiet=True, runs_root=str(tmp_path), steps=100)
     assert report["tasks"] == 1000 and report["env_config"]["k"] == 5 and report["env_config"]["n"] == 10
-    assert set(report["results"]) == {"rl2", "random", "greedy", "epsilon-greedy", "ucb1", "thompson", "gittins"}
+    assert set(report["results"]) == {"rl2", "rl2 (deterministic)", "random", "greedy", "epsilon-greedy", "ucb1", "thompson", "gittins"}
     assert (tmp_path / report["run_dir"].split("/")[-1] / "eval.json").exists()

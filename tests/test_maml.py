@@ -251,6 +251,13 @@ def test_smoke_train_and_eval_maml_on_navigation(cli, tmp_path, agent):
     assert code == 0, err
     report = json.loads((rd / "eval.json").read_text())
     assert report["checkpoint"] == "best" and report["checkpoint_iteration"] == best_it
+    if agent == "maml-trpo":  # evaluation options may change at eval; training options may not
+        code, _, err = cli("eval", rd, "--tasks", "10", "--baselines", "none", "--set", "agent.eval_rollouts=2",
+                           "--set", "agent.eval_later_lr=0.05")
+        assert code == 0, err
+        assert json.loads((rd / "eval.json").read_text())["eval_options"] == {"eval_rollouts": 2, "eval_later_lr": 0.05}
+        code, _, err = cli("eval", rd, "--tasks", "10", "--set", "agent.inner_lr=0.5")
+        assert code == 2 and "only evaluation options (agent.eval_*)" in err and len(err.strip().splitlines()) == 1
 
 
 def test_best_checkpoint_of_an_agent_without_selection_metric_is_a_clear_error(cli, tmp_path, tiny):

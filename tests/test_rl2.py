@@ -123,3 +123,23 @@ def test_reward_per_action_input_puts_each_reward_on_its_actions_line():
     policy.reset(2, "cpu")
     policy.observe(torch.tensor([1, 2]), torch.tensor([1.0, 0.0]), torch.zeros(2, dtype=torch.bool), None)
     assert policy.act(torch.zeros(2, 1)).shape == (2,)
+
+
+def test_deterministic_evaluation_takes_the_most_likely_action():
+    """The extra evaluated form "deterministic" acts by the policy's mode (argmax over arms):
+    the same action every time for the same history, where sampling varies."""
+    from metarl.agents.rl2 import extra_eval_policies
+    spec, env_cfg, tr = _trainer("bandit", {"k": 3, "n": 5})
+    ck = {"trainer": tr.state_dict()}
+    forms = extra_eval_policies(ck, spec, env_cfg, tr.cfg, torch.device("cpu"), 0)
+    det = forms["deterministic"](None)
+    sampled = load_eval_policy(ck, spec, env_cfg, tr.cfg, torch.device("cpu"), 0)
+    acts = {}
+    for name, policy in (("det", det), ("sampled", sampled)):
+        policy.reset(500, "cpu")
+        acts[name] = policy.act(torch.zeros(500, 1))
+    with torch.no_grad():
+        x = torch.zeros(1, 500, tr.trial_env.input_dim)
+        out, _, _ = det.net(x, det.net.initial_state(500, "cpu"))
+    assert torch.equal(acts["det"], out[0].argmax(-1))
+    assert acts["det"].unique().numel() == 1 and acts["sampled"].unique().numel() > 1
