@@ -135,9 +135,10 @@ def cpu_bench_table(b: dict) -> str:
                         f"{f.get('worker_policy_fraction', float('nan')):.2f}; "
                         f"{f.get('worker_us_per_env_step', float('nan')):.0f} vs "
                         f"{f.get('single_env_us_per_step', float('nan')):.0f} µs) | efficiency 0.80" + tail(e))
-        elif name == "metaworld":
-            rows.append(f"| Meta-World {f['benchmark']} workers on {f['cores']} cores, MAML's sampler (2x512 policy): "
-                        f"steps/s (efficiency; workers stepping / acting) | {f['parallel_steps_per_s']:,.0f} "
+        elif name.startswith("metaworld"):
+            rows.append(f"| Meta-World {f['benchmark']} ({f['envs']} sub-envs) workers on {f['cores']} cores, MAML's "
+                        f"sampler (2x512 policy): steps/s (efficiency; workers stepping / acting) | "
+                        f"{f['parallel_steps_per_s']:,.0f} "
                         f"(**{f['efficiency']:.2f}**; {f.get('worker_busy_fraction', float('nan')):.2f} / "
                         f"{f.get('worker_policy_fraction', float('nan')):.2f}) | "
                         "efficiency 0.85" + tail(e))

@@ -319,7 +319,7 @@ def bench_metaworld(device: torch.device, benchmark: str = "ML10", envs_per_work
     try:
         learner = MAMLLearner(penv, mcfg, make_generator(0, "bench-init"))
         penv.set_tasks(dist.sample(num_envs, gen))
-        par_sps, breakdown = _sampler_rate(penv, learner, num_envs // cores, single_sps, device, repeats)
+        par_sps, breakdown = _sampler_rate(penv, learner, C, single_sps, device, repeats)
     finally:
         penv.close()
     figures = {"single_env_steps_per_s": single_sps, "parallel_steps_per_s": par_sps, "cores": cores,
@@ -348,6 +348,17 @@ def bench_metaworld(device: torch.device, benchmark: str = "ML10", envs_per_work
             mw.close()
         figures["speedup_vs_metaworld_async"] = par_sps / figures["metaworld_async_steps_per_s"]
     return {"bench": "metaworld", "device": str(device), "figures": figures}
+
+
+def bench_metaworld_maml(device: torch.device, workers: int = 0) -> dict:
+    """bench_metaworld at the scale of experiments/configs/maml_trpo_ml10.toml: 200 sub-envs (meta-batch
+    20 x 10 rollouts) spread over the workers, Meta-World's 500-step episodes (a reset costs ~9 ms,
+    so short episodes understate the sampler), without the async comparison (one process per
+    sub-env would be 200 processes)."""
+    import os
+    cores = workers or os.cpu_count() or 1
+    out = bench_metaworld(device, envs_per_worker=-(-200 // cores), steps=500, workers=cores, compare=False, repeats=1)
+    return {**out, "bench": "metaworld-maml"}
 
 
 def bench_maml_sinusoid(device: torch.device, meta_batch: int = 25, shots: int = 10, iterations: int = 200,

@@ -114,6 +114,8 @@ BENCHES: dict[str, Entry] = {
     "metaworld": Entry("metarl.bench:bench_metaworld",
                        "Meta-World ML10 steps/s: one env alone, metarl's workers and Meta-World's async vector env, "
                        "policy in the loop"),
+    "metaworld-maml": Entry("metarl.bench:bench_metaworld_maml",
+                            "the metaworld bench at the MAML ML10 config's scale: 200 sub-envs, 500-step episodes"),
     "compare": Entry("metarl.bench:bench_compare",
                      "seconds metarl compare takes for a report over 10 runs (1000 and 10,000 held-out tasks each)"),
     "maml-sinusoid": Entry("metarl.bench:bench_maml_sinusoid",
