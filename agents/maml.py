@@ -220,7 +220,8 @@ class MLPRows:
             net.load_state_dict(params if i is None else {k: v[i] for k, v in params.items()})
             nets.append(net)
         bounds = None if self.bounds is None else tuple(cpu(b) for b in self.bounds)
-        return MLPRows(self.net, params, self.per_task, self.R, cpu(self.noise[:, lo:hi]), bounds, first, nets)
+        # (net = a CPU copy: the learner's own network may live on the GPU)
+        return MLPRows(nets[0], params, self.per_task, self.R, cpu(self.noise[:, lo:hi]), bounds, first, nets)
 
     def act(self, obs: torch.Tensor, t: int) -> torch.Tensor:
         """obs [b, D] -> actions [b(, A)] of step t."""

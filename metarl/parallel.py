@@ -8,8 +8,8 @@ message per worker, not a pickled batch. run_policy() goes further for a feed-fo
 (RowPolicy): each worker acts for its own sub-envs and steps a whole episode on one message,
 writing it into shared [H, B, ...] buffers, one chunk of sub-envs at a time (a chunk's
 simulators stay in the cache). Given a step_cost per task, set_tasks sizes the blocks so every
-worker carries the same cost (Meta-World's classes differ 4x in step time). A worker that dies, raises, or does not answer within
-`timeout` seconds surfaces as a WorkerError naming the worker and what it was doing (never a
+worker carries the same cost (Meta-World's classes differ 4x in step time). A worker that dies,
+raises, or does not answer within `timeout` seconds surfaces as a WorkerError naming the worker and what it was doing (never a
 hang; during run_policy a worker that keeps stepping is never timed out); the remaining
 workers are shut down. Workers ignore Ctrl-C: the main process handles
 it, and `close()` (also called on garbage collection and at exit) stops them.
@@ -70,7 +70,7 @@ def _worker(index: int, block: tuple[int, int], factory: Callable, obs: torch.Te
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process owns Ctrl-C
     torch.set_num_threads(1)
     try:
-        lo, hi = block  # this worker's block of sub-envs [lo, hi); assign() moves it
+        lo, hi = block  # this worker's block of sub-envs [lo, hi); set_tasks may move it
         envs, spare = [factory() for _ in range(lo, hi)], []  # envs[j] is sub-env lo + j
         obs_np, act_np, rew_np, info_np = obs.numpy(), act.numpy(), rew.numpy(), info.numpy()
         conn.send(("ready", os.getpid()))
@@ -183,11 +183,6 @@ def balanced_blocks(cost: list[float], workers: int) -> list[int]:
     return starts
 
 
-def block_load(cost: list[float], bounds: list[int]) -> float:
-    """The largest summed cost of the blocks [bounds[i], bounds[i + 1])."""
-    return max(sum(cost[a:b]) for a, b in zip(bounds, bounds[1:]))
-
-
 def _shutdown(procs, conns) -> None:
     for c in conns:
         try:
@@ -211,7 +206,9 @@ class ParallelEnv(BatchedEnv):
     Samplers should step it inside `main_thread_only()` (see `rollout_context`).
 
     task_rows(tasks) -> one picklable task per sub-env (default: each row as a dict of lists);
-    info_keys: info values of each step to expose as `self.info` {key: [B]}."""
+    info_keys: info values of each step to expose as `self.info` {key: [B]};
+    chunk: sub-envs per chunk in run_policy (0 = auto_chunk; the block's size = no chunking);
+    step_cost(task row) -> relative cost of one step, to balance the workers' blocks by."""
 
     def rollout_context(self):
         return main_thread_only()
