@@ -200,35 +200,41 @@ class MLPRows:
     cost (about 70 us a call here) would outweigh the network's."""
 
     def __init__(self, net: nn.Module, params: Params, per_task: bool, rollouts: int, noise: torch.Tensor,
-                 bounds: tuple[torch.Tensor, torch.Tensor] | None, first: int = 0,
-                 nets: list[nn.Module] | None = None):
+                 bounds: tuple[torch.Tensor, torch.Tensor] | None, first: int = 0, sliced: bool = False):
         self.net, self.params, self.per_task, self.R = net, params, per_task, rollouts
-        self.noise, self.bounds, self.first, self.nets = noise, bounds, first, nets
+        self.noise, self.bounds, self.first, self.sliced = noise, bounds, first, sliced
+        self.nets: list[nn.Module] | None = None  # a slice's loaded copies, built on its first act()
 
     def rows(self, lo: int, hi: int) -> "MLPRows":
         """Sub-envs [lo, hi) as a CPU copy (sent to a simulation worker)."""
         cpu = lambda x: x.detach().to("cpu", copy=True)  # noqa: E731 (fresh storage to pickle)
-        params, first, tasks = self.params, 0, [None]
+        params, first = self.params, 0
         if self.per_task:
             t0, t1 = (self.first + lo) // self.R, (self.first + hi - 1) // self.R + 1
             params, first = {k: v[t0:t1] for k, v in params.items()}, (self.first + lo) % self.R
-            tasks = range(t1 - t0)
-        params = {k: cpu(v) for k, v in params.items()}
-        nets = []
-        for i in tasks:  # the network with one task's (or the shared) parameters loaded
-            net = copy.deepcopy(self.net).to("cpu").requires_grad_(False)
-            net.load_state_dict(params if i is None else {k: v[i] for k, v in params.items()})
-            nets.append(net)
+        net = copy.deepcopy(self.net).to("cpu").requires_grad_(False)  # the learner's may live on the GPU
         bounds = None if self.bounds is None else tuple(cpu(b) for b in self.bounds)
-        # (net = a CPU copy: the learner's own network may live on the GPU)
-        return MLPRows(nets[0], params, self.per_task, self.R, cpu(self.noise[:, lo:hi]), bounds, first, nets)
+        return MLPRows(net, {k: cpu(v) for k, v in params.items()}, self.per_task, self.R,
+                       cpu(self.noise[:, lo:hi]), bounds, first, sliced=True)
+
+    def _loaded_nets(self) -> list[nn.Module]:
+        """One copy of the network per task the slice touches (or one for shared parameters)
+        with those parameters loaded."""
+        if self.nets is None:
+            tasks = range(next(iter(self.params.values())).shape[0]) if self.per_task else [None]
+            self.nets = []
+            for i in tasks:
+                net = copy.deepcopy(self.net)
+                net.load_state_dict(self.params if i is None else {k: v[i] for k, v in self.params.items()})
+                self.nets.append(net)
+        return self.nets
 
     def act(self, obs: torch.Tensor, t: int) -> torch.Tensor:
         """obs [b, D] -> actions [b(, A)] of step t."""
         b, R = obs.shape[0], self.R
-        if self.nets is not None:  # a slice: one call per task it touches
+        if self.sliced:  # one call per task the slice touches
             cuts = [0] if not self.per_task else list(range(0, b, R)) if self.first == 0 else [0, *range(R - self.first, b, R)]
-            out = torch.cat([net(obs[lo:hi]) for net, lo, hi in zip(self.nets, cuts, cuts[1:] + [b])])
+            out = torch.cat([net(obs[lo:hi]) for net, lo, hi in zip(self._loaded_nets(), cuts, cuts[1:] + [b])])
         elif not self.per_task:
             out = functional_call(self.net, self.params, (obs,))
         else:  # whole tasks: one vmapped call over [N, R, D]

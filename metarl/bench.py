@@ -13,6 +13,12 @@ from metarl.seeding import make_generator
 from metarl.trial import TrialEnv, collect_trial
 
 
+def _cores(workers: int) -> int:
+    """Simulation workers of a bench: `workers`, or one per CPU core."""
+    import os
+    return workers or os.cpu_count() or 1
+
+
 def _sync(device):
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -124,11 +130,9 @@ def bench_mujoco(device: torch.device, env: str = "halfcheetah-vel", envs_per_wo
     `cores` independent processes at once (independent_steps_per_s: the machine's real parallel
     ceiling), then `cores` simulation workers with a MAML-sized policy (2x100 MLP) in the loop,
     all in the same run. efficiency = parallel_steps_per_s / (cores * single_env_steps_per_s)."""
-    import os
-
     from metarl.agents.maml import MAMLConfig, MAMLLearner
 
-    cores = workers or os.cpu_count() or 1
+    cores = _cores(workers)
     robot, task = env.split("-")
     make = functools.partial(_mujoco_stepper, robot, task, 5 * steps)
     single_sps = _rate(make)
@@ -155,8 +159,7 @@ def bench_mujoco(device: torch.device, env: str = "halfcheetah-vel", envs_per_wo
 def bench_mujoco_paper(device: torch.device, workers: int = 0) -> dict:
     """bench_mujoco at the MAML paper's HalfCheetah meta-batch: 40 tasks x 20 rollouts = 800
     sub-envs spread over the workers (the default bench has 32 per worker)."""
-    import os
-    cores = workers or os.cpu_count() or 1
+    cores = _cores(workers)
     return {**bench_mujoco(device, envs_per_worker=-(-800 // cores), workers=cores), "bench": "mujoco-paper"}
 
 
@@ -288,12 +291,10 @@ def bench_metaworld(device: torch.device, benchmark: str = "ML10", envs_per_work
     efficiency = parallel_steps_per_s / (cores * single_env_steps_per_s); (3) with compare,
     Meta-World's own async vector env (metaworld.make_ml_envs, one process per sub-env) with the
     same policy in the loop: metaworld_async_steps_per_s and speedup_vs_metaworld_async."""
-    import os
-
     from metarl.agents.maml import MAMLConfig, MAMLLearner
     from metarl.parallel import main_thread_only
 
-    cores = workers or os.cpu_count() or 1
+    cores = _cores(workers)
     spec = lookup("env", ENVS, benchmark.lower())
     gen = make_generator(0, "bench", "cpu")
     cfg = build(spec.config_cls, {"workers": cores, "horizon": min(steps, 500)}, "env")
@@ -355,8 +356,7 @@ def bench_metaworld_maml(device: torch.device, workers: int = 0) -> dict:
     20 x 10 rollouts) spread over the workers, Meta-World's 500-step episodes (a reset costs ~9 ms,
     so short episodes understate the sampler), without the async comparison (one process per
     sub-env would be 200 processes)."""
-    import os
-    cores = workers or os.cpu_count() or 1
+    cores = _cores(workers)
     out = bench_metaworld(device, envs_per_worker=-(-200 // cores), steps=500, workers=cores, compare=False, repeats=1)
     return {**out, "bench": "metaworld-maml"}
 
