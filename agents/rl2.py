@@ -47,6 +47,8 @@ class RL2Config:
                                             "rewards arrive on their own input line")
     privileged_critic: bool = option(False, "training only: the value head also sees the task's parameters "
                                             "(asymmetric actor-critic); the policy never does")
+    separate_critic: bool = option(False, "the value head reads its own GRU instead of sharing the policy's (as "
+                                          "the RL² paper's code did); twice the recurrent compute")
     expected_rewards: bool = option(False, "training only: compute returns from E[r | task, s, a] instead of the "
                                            "sampled reward (same expected gradient, less variance)")
     init_std: float = option(1.0, "initial action std of the Gaussian policy (continuous actions only)", gt=0.0)
@@ -61,15 +63,18 @@ class GRUActorCritic(nn.Module):
     The head output parameterises the action distribution (`self.pi.dist(out)`): logits for
     discrete actions, [mean, log_std] for continuous ones.
 
-    One GRU shared by a linear policy head and a linear value head (as in RL²). With
-    task_dim > 0 the value head is an MLP on [GRU output, f]: a privileged critic that knows
-    the task, used only to train; the policy head sees the GRU output alone."""
+    One GRU shared by a linear policy head and a linear value head, or with separate_critic a
+    second GRU of the same size for the value head, so value regression does not shape the
+    policy's memory; h then holds both states, [1, B, 2H] (policy's first). With task_dim > 0
+    the value head is an MLP on [critic GRU output, f]: a privileged critic that knows the
+    task, used only to train; the policy head sees its GRU output alone."""
 
     def __init__(self, input_dim: int, action_space, hidden_size: int, generator: torch.Generator,
-                 task_dim: int = 0, init_std: float = 1.0):
+                 task_dim: int = 0, init_std: float = 1.0, separate_critic: bool = False):
         super().__init__()
         self.hidden_size, self.task_dim = hidden_size, task_dim
         self.gru = nn.GRU(input_dim, hidden_size)
+        self.critic_gru = nn.GRU(input_dim, hidden_size) if separate_critic else None
         self.pi = make_head(hidden_size, action_space, init_std)
         self.v = nn.Linear(hidden_size, 1)
         if task_dim:
@@ -78,7 +83,8 @@ class GRUActorCritic(nn.Module):
                 nn.init.orthogonal_(self.critic[0].weight, gain=2 ** 0.5, generator=generator)
                 self.critic[0].bias.zero_()
         with torch.no_grad():  # seeded init, no global RNG
-            for name, p in self.gru.named_parameters():
+            grus = [self.gru] + ([self.critic_gru] if separate_critic else [])
+            for name, p in (np for g in grus for np in g.named_parameters()):
                 if "weight" in name:
                     for chunk in p.chunk(3, 0):
                         nn.init.orthogonal_(chunk, generator=generator)
@@ -90,16 +96,24 @@ class GRUActorCritic(nn.Module):
             self.v.bias.zero_()
 
     def forward(self, x, h, task=None):
-        out, h = self.gru(x, h)
+        if self.critic_gru is None:
+            out, h = self.gru(x, h)
+            vin = out
+        else:
+            hp, hv = h.split(self.hidden_size, -1)
+            out, hp = self.gru(x, hp.contiguous())
+            vin, hv = self.critic_gru(x, hv.contiguous())
+            h = torch.cat([hp, hv], -1)
         if self.task_dim:
             if task is None:  # acting only (evaluation): the value is not needed
                 return self.pi(out), out.new_zeros(out.shape[:2]), h
-            z = torch.cat([out, task.unsqueeze(0).expand(out.shape[0], -1, -1)], -1)
+            z = torch.cat([vin, task.unsqueeze(0).expand(out.shape[0], -1, -1)], -1)
             return self.pi(out), self.v(self.critic(z)).squeeze(-1), h
-        return self.pi(out), self.v(out).squeeze(-1), h
+        return self.pi(out), self.v(vin).squeeze(-1), h
 
     def initial_state(self, batch: int, device) -> torch.Tensor:
-        return torch.zeros(1, batch, self.hidden_size, device=device)
+        width = self.hidden_size * (1 if self.critic_gru is None else 2)
+        return torch.zeros(1, batch, width, device=device)
 
 
 class _RolloutPolicy:
@@ -144,7 +158,8 @@ class RL2Trainer:
                             f"iteration; lower it or raise agent.num_envs")
         task_dim = _task_dim(env, cfg, env_spec.name)
         self.net = GRUActorCritic(self.trial_env.input_dim, env.action_space, cfg.hidden_size,
-                                  make_generator(seed, "init"), task_dim, cfg.init_std).to(device)
+                                  make_generator(seed, "init"), task_dim, cfg.init_std,
+                                  cfg.separate_critic).to(device)
         self.opt = torch.optim.Adam(self.net.parameters(), lr=cfg.lr, eps=1e-5)
         self.rms = RunningMeanStd(device) if cfg.normalize_returns else None
         self.steps_per_iteration = cfg.num_envs * T
@@ -277,7 +292,7 @@ def load_eval_policy(checkpoint: dict, env_spec: EnvSpec, env_cfg, cfg: RL2Confi
     trial_length = env.horizon * env_spec.episodes_per_trial(env_cfg)
     input_dim = rl2_input_dim(env.obs_dim, env.num_actions, cfg.time_feature, cfg.reward_per_action)
     net = GRUActorCritic(input_dim, env.action_space, cfg.hidden_size, torch.Generator(),
-                         _task_dim(env, cfg, env_spec.name), cfg.init_std).to(device)
+                         _task_dim(env, cfg, env_spec.name), cfg.init_std, cfg.separate_critic).to(device)
     net.load_state_dict(checkpoint["trainer"]["net"])
     net.eval()
     return RL2EvalPolicy(net, env.num_actions, trial_length, cfg, make_generator(seed, "eval-actions", device),
