@@ -8,6 +8,8 @@ import json
 import re
 from pathlib import Path
 
+from metarl.evaluation import REFERENCES, best_baseline
+
 ROOT = Path(__file__).resolve().parent.parent
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 
@@ -27,6 +29,14 @@ def fmt(r: dict) -> str:
     return f"{r['mean']:.2f} ± {r['mean'] - r['ci_low']:.2f}"
 
 
+def paired_cell(paired: dict, agent: str) -> str:
+    """'+0.31 [−0.02, +0.64] (det. ...)': the agent's mean per-task lead over the best baseline, 95% CI."""
+    def one(d):
+        return f"{d['mean']:+.2f} [{d['ci_low']:+.2f}, {d['ci_high']:+.2f}]"
+    det = paired.get(agent + " (deterministic)")
+    return one(paired[agent]) + (f"; deterministic {one(det)}" if det else "")
+
+
 def row_tail(s: dict) -> str:
     """The paper, train time, commit and command cells every row ends with."""
     paper = "; ".join(f"{k} {v}" for k, v in paper_refs(s).items())
@@ -35,8 +45,8 @@ def row_tail(s: dict) -> str:
 
 def table() -> str:
     rows = ["| experiment | env | RL² (sampled actions) | RL² (deterministic) | best classical baseline | "
-            "Bayes-optimal-ish reference | paper | train time | commit | command |",
-            "|---|---|---|---|---|---|---|---|---|---|"]
+            "RL² − best baseline, paired by task | Bayes-optimal-ish reference | paper | train time | commit | command |",
+            "|---|---|---|---|---|---|---|---|---|---|---|"]
     steps_rows, mw_rows, fs_rows, peer_rows, mt_rows = [], [], [], [], []
     for f in sorted((ROOT / "experiments" / "results").glob("*.json")):
         if f.stem.endswith("_timing"):  # per-iteration costs (experiments/wall_clock.py), shown in ml10_table
@@ -64,16 +74,16 @@ def table() -> str:
             continue
         res = m["results"]
         agent = res[m["agent"]]
-        ref_name = next((n for n in ("gittins", "psrl") if n in res), None)
+        ref_name = next((n for n in REFERENCES if n in res), None)
         det = res.get(m["agent"] + " (deterministic)")  # evaluated since 2026-11-26
-        others = {n: r for n, r in res.items()
-                  if n not in ("random", ref_name) and n != m["agent"] and not n.startswith(m["agent"] + " (")}
-        best = max(others, key=lambda n: others[n]["mean"]) if others else None
+        best = best_baseline(res, m["agent"])
+        paired = m.get("paired_vs_best_baseline")  # written since 2026-11-26 (fourth session)
         envc = ", ".join(f"{k}={v}" for k, v in m["env_config"].items() if k != "sigma" or "gaussian" in m["env"])
         rows.append(
             f"| {s['experiment']} | {m['env']} ({envc}), {m['held_out_tasks']} held-out tasks | {fmt(agent)} | "
             f"{fmt(det) if det else 'not evaluated'} | "
-            + (f"{best} {fmt(others[best])}" if best else "–") + " | "
+            + (f"{best} {fmt(res[best])}" if best else "–") + " | "
+            + (paired_cell(paired, m["agent"]) if paired else "–") + " | "
             + (f"{ref_name} {fmt(res[ref_name])}" if ref_name else "–") + row_tail(s))
     out = "\n".join(rows) + "\n\nMean total reward per trial ± half-width of the 95% CI. Curves: " \
         "`experiments/results/NAME_curve.png` (training) and `NAME_adaptation.png` (adaptation: reward per pull, or return per episode)."

@@ -23,9 +23,11 @@ import torch
 
 from metarl.config import tomllib
 from metarl.errors import UserError
+from metarl.evaluation import best_baseline
 from metarl.plots import SUCCESS_KEYS, adaptation_curve, learning_curve
 from metarl.registry import AGENTS, lookup
 from metarl.run import read_jsonl
+from metarl.stats import paired_diff_ci
 from metarl.workflows import evaluate_run, train
 
 HERE = Path(__file__).resolve().parent
@@ -110,6 +112,11 @@ def main(argv=None) -> int:
     if success_keys:  # Meta-World: training success next to the return curve
         learning_curve(metrics, out / f"{args.name}_success.png", f"{args.name}: {agent} training success",
                        keys=success_keys)
+    # Each form of the agent minus the best classical baseline, paired by held-out task.
+    best = best_baseline(results, agent) if "scores" in results[agent] else None
+    paired = {"baseline": best, **{n: paired_diff_ci(r["scores"], results[best]["scores"])
+                                   for n, r in results.items() if n == agent or n.startswith(agent + " (")}} \
+        if best and "scores" in results[best] else None
     summary = {
         "experiment": args.name,
         "command": f"python experiments/run.py {args.name}" + (f" --tasks {args.tasks}" if args.tasks != default_tasks
@@ -125,6 +132,7 @@ def main(argv=None) -> int:
                                                                "per_class", "return", "per_task", "metric",
                                                                "per_step", "per_context") if k in r}}
                         for n, r in results.items()},
+            "paired_vs_best_baseline": paired,
             "paper": meta.get("paper", {}), "description": meta.get("description", ""),
             # Meta-World: training success of the last iteration (RL²: last episode of the trial; MAML: adapted)
             "train_success": next((metrics[-1][k] for k in ("success_last", "post_success") if metrics and k in metrics[-1]),

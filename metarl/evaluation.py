@@ -96,6 +96,17 @@ def task_scores(x: torch.Tensor) -> list[float]:
     return [float(f"{v:.6g}") for v in x.tolist()]
 
 
+REFERENCES = ("gittins", "psrl")  # Bayes-optimal-ish references, set apart from the classical baselines
+
+
+def best_baseline(results: dict[str, dict], agent: str) -> str | None:
+    """The best-scoring classical baseline of an evaluation's results {name: {"total": ...} or
+    flat {"mean": ...}}: neither random, nor a reference (Gittins, PSRL), nor a form of the agent."""
+    others = {n: (r["total"] if "total" in r else r)["mean"] for n, r in results.items()
+              if n not in ("random", *REFERENCES) and n != agent and not n.startswith(agent + " (")}
+    return max(others, key=others.get) if others else None
+
+
 def summarize(ev: Evaluation) -> dict:
     """-> total-reward mean/CI, the mean return of each episode and the mean reward of each step."""
     return {"total": mean_ci(ev.returns.sum(1)), "per_episode": ev.returns.mean(0).tolist(),

@@ -97,3 +97,26 @@ def test_bench_script_records_figures_command_and_commit(tmp_path):
     e = data["benches"]["compare"]
     assert e["command"] == "python experiments/bench.py compare" and e["commit"] and e["figures"]["runs"] == 10
     assert "cores" in data["machine"]
+
+
+def test_paired_difference_and_best_baseline():
+    """The README's 'RL² − best baseline' column: the best classical baseline skips random, the
+    references and the agent's own forms; pairing by task cancels the shared task difficulty,
+    so the paired CI is far narrower than either mean's."""
+    import torch
+
+    from metarl.evaluation import best_baseline
+    from metarl.stats import mean_ci, paired_diff_ci
+    res = {"rl2": {"mean": 70.0}, "rl2 (deterministic)": {"mean": 90.0}, "random": {"mean": 95.0},
+           "gittins": {"mean": 99.0}, "greedy": {"total": {"mean": 79.0}}, "ucb1": {"mean": 60.0}}
+    assert best_baseline(res, "rl2") == "greedy"
+    assert best_baseline({"rl2": {"mean": 1.0}, "random": {"mean": 0.0}}, "rl2") is None
+    g = torch.Generator().manual_seed(0)
+    difficulty = 50 * torch.rand(4000, generator=g)  # shared by both methods on each task
+    x = difficulty + 0.3 + torch.randn(4000, generator=g)
+    y = difficulty + torch.randn(4000, generator=g)
+    d = paired_diff_ci(x.tolist(), y.tolist())
+    assert d["ci_low"] < 0.3 < d["ci_high"] and d["ci_low"] > 0
+    assert (d["ci_high"] - d["ci_low"]) < 0.1 * (mean_ci(x)["ci_high"] - mean_ci(x)["ci_low"])
+    with pytest.raises(ValueError, match="same tasks"):
+        paired_diff_ci([1.0, 2.0], [1.0])
