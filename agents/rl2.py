@@ -83,8 +83,8 @@ class GRUActorCritic(nn.Module):
                 nn.init.orthogonal_(self.critic[0].weight, gain=2 ** 0.5, generator=generator)
                 self.critic[0].bias.zero_()
         with torch.no_grad():  # seeded init, no global RNG
-            grus = [self.gru] + ([self.critic_gru] if separate_critic else [])
-            for name, p in (np for g in grus for np in g.named_parameters()):
+            for name, p in (named for g in (self.gru, self.critic_gru) if g is not None
+                            for named in g.named_parameters()):
                 if "weight" in name:
                     for chunk in p.chunk(3, 0):
                         nn.init.orthogonal_(chunk, generator=generator)

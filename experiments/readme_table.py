@@ -30,7 +30,8 @@ def fmt(r: dict) -> str:
 
 
 def paired_cell(paired: dict, agent: str) -> str:
-    """'+0.31 [−0.02, +0.64] (det. ...)': the agent's mean per-task lead over the best baseline, 95% CI."""
+    """'+0.31 [-0.02, +0.64]; deterministic ...': the agent's mean per-task lead over the best
+    baseline with its 95% CI, and its deterministic form's."""
     def one(d):
         return f"{d['mean']:+.2f} [{d['ci_low']:+.2f}, {d['ci_high']:+.2f}]"
     det = paired.get(agent + " (deterministic)")

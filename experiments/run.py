@@ -23,7 +23,7 @@ import torch
 
 from metarl.config import tomllib
 from metarl.errors import UserError
-from metarl.evaluation import best_baseline
+from metarl.evaluation import best_baseline, is_agent_form
 from metarl.plots import SUCCESS_KEYS, adaptation_curve, learning_curve
 from metarl.registry import AGENTS, lookup
 from metarl.run import read_jsonl
@@ -50,6 +50,16 @@ def same_config(run_dir: Path, raw: dict) -> bool:
     saved = tomllib.loads((run_dir / "config.toml").read_text())
     return all(saved.get(sec, {}).get(k) == v for sec in ("env", "agent") for k, v in raw.get(sec, {}).items()
                if not (sec == "agent" and k.startswith("eval_")))
+
+
+def paired_vs_best(results: dict, agent: str) -> dict | None:
+    """Each form of the agent minus the best classical baseline, paired by held-out task
+    (None where the evaluation keeps no per-task scores)."""
+    best = best_baseline(results, agent)
+    if best is None or "scores" not in results[best] or "scores" not in results[agent]:
+        return None
+    return {"baseline": best, **{n: paired_diff_ci(r["scores"], results[best]["scores"])
+                                 for n, r in results.items() if is_agent_form(n, agent)}}
 
 
 def main(argv=None) -> int:
@@ -112,11 +122,6 @@ def main(argv=None) -> int:
     if success_keys:  # Meta-World: training success next to the return curve
         learning_curve(metrics, out / f"{args.name}_success.png", f"{args.name}: {agent} training success",
                        keys=success_keys)
-    # Each form of the agent minus the best classical baseline, paired by held-out task.
-    best = best_baseline(results, agent) if "scores" in results[agent] else None
-    paired = {"baseline": best, **{n: paired_diff_ci(r["scores"], results[best]["scores"])
-                                   for n, r in results.items() if n == agent or n.startswith(agent + " (")}} \
-        if best and "scores" in results[best] else None
     summary = {
         "experiment": args.name,
         "command": f"python experiments/run.py {args.name}" + (f" --tasks {args.tasks}" if args.tasks != default_tasks
@@ -132,7 +137,7 @@ def main(argv=None) -> int:
                                                                "per_class", "return", "per_task", "metric",
                                                                "per_step", "per_context") if k in r}}
                         for n, r in results.items()},
-            "paired_vs_best_baseline": paired,
+            "paired_vs_best_baseline": paired_vs_best(results, agent),
             "paper": meta.get("paper", {}), "description": meta.get("description", ""),
             # Meta-World: training success of the last iteration (RL²: last episode of the trial; MAML: adapted)
             "train_success": next((metrics[-1][k] for k in ("success_last", "post_success") if metrics and k in metrics[-1]),

@@ -99,11 +99,16 @@ def task_scores(x: torch.Tensor) -> list[float]:
 REFERENCES = ("gittins", "psrl")  # Bayes-optimal-ish references, set apart from the classical baselines
 
 
+def is_agent_form(name: str, agent: str) -> bool:
+    """Is this results entry the agent itself or one of its forms ("rl2 (deterministic)")?"""
+    return name == agent or name.startswith(agent + " (")
+
+
 def best_baseline(results: dict[str, dict], agent: str) -> str | None:
     """The best-scoring classical baseline of an evaluation's results {name: {"total": ...} or
     flat {"mean": ...}}: neither random, nor a reference (Gittins, PSRL), nor a form of the agent."""
     others = {n: (r["total"] if "total" in r else r)["mean"] for n, r in results.items()
-              if n not in ("random", *REFERENCES) and n != agent and not n.startswith(agent + " (")}
+              if n not in ("random", *REFERENCES) and not is_agent_form(n, agent)}
     return max(others, key=others.get) if others else None
 
 

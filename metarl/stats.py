@@ -21,8 +21,8 @@ def mean_ci(x: torch.Tensor, level: float = 0.95) -> dict[str, float]:
 
 def paired_diff_ci(x, y, level: float = 0.95) -> dict[str, float]:
     """Mean of x - y with its CI, x and y [N] scores of two methods on the same N tasks, paired
-    by task: the task-to-task spread (how good the best arm is) cancels, so the interval is
-    much narrower than comparing the two means' CIs."""
+    by task: the task-to-task spread (how good the best arm is) cancels. The interval is narrower
+    than the two means' CIs by as much as that spread dominates each method's own noise."""
     x, y = torch.as_tensor(x, dtype=torch.float64), torch.as_tensor(y, dtype=torch.float64)
     if x.shape != y.shape:
         raise ValueError(f"paired scores need the same tasks: {tuple(x.shape)} vs {tuple(y.shape)}")
