@@ -200,9 +200,9 @@ def spaces():
 
 
 def step_cost(task) -> float:
-    """Relative cost of a step of a metaworld Task's class (measured, envs/metaworld_step_costs.py:
-    180 us for handle-press-side to 770 us for stick-pull), what ParallelEnv balances its
-    workers by."""
+    """Relative cost of a step of a metaworld Task's class inside a worker's round-robin
+    (measured, envs/metaworld_step_costs.py: 205 us for button-press to 783 us for stick-pull),
+    what ParallelEnv balances its workers by."""
     from metarl.envs.metaworld_step_costs import STEP_US
     return STEP_US.get(task.env_name, 400.0)
 

@@ -165,6 +165,26 @@ def test_row_policy_of_any_block_of_sub_envs_acts_as_the_whole(per_task):
     assert torch.allclose(whole.rows(0, 5).to_env(want[:5]), L.env_actions(want[:5]))
 
 
+@pytest.mark.parametrize("discrete,activation", [(False, "tanh"), (True, "relu")])
+def test_policy_sampler_equals_the_modules(discrete, activation):
+    """PolicyMLP.sampler (a worker's lean forward pass) samples what head.dist(net(obs))
+    .sample_with(noise) samples, for Gaussian and Categorical heads and either activation."""
+    import gymnasium as gym
+    from metarl.agents.maml import PolicyMLP
+    g = torch.Generator().manual_seed(1)
+    space = gym.spaces.Discrete(5) if discrete else gym.spaces.Box(-1, 1, (3,))
+    cfg = build(MAMLConfig, {"hidden_size": 16, "layers": 3, "activation": activation}, "agent")
+    net = PolicyMLP(4, space, cfg, g).requires_grad_(False)
+    if not discrete:
+        net.head.log_std.fill_(-0.7)
+    obs = torch.randn(9, 4, generator=g)
+    noise = net.head.draw_noise((9,), g)
+    got = net.sampler(dict(net.named_parameters()))(obs, noise)
+    want = net.head.dist(net(obs)).sample_with(noise)
+    assert got.shape == want.shape
+    assert torch.equal(got, want) if discrete else torch.allclose(got, want, atol=1e-6)
+
+
 @pytest.mark.parametrize("unit", [True, False])
 def test_unit_actions_scale_the_policy_to_the_env_box(unit):
     """With unit_actions (the default) the policy acts in [-1, 1], which the learner maps onto
