@@ -6,6 +6,7 @@ whole trial, PPO epochs over truncated-BPTT chunks) -> evaluation policy.
 """
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import dataclass
 
@@ -15,13 +16,13 @@ import torch.nn as nn
 from metarl.batched_env import EnvSpec
 from metarl.config import option
 from metarl.distributions import make_head
-from metarl.episodes import gae
+from metarl.episodes import EpisodeBatch, gae
 from metarl.errors import UserError
 from metarl.ppo import RunningMeanStd, ppo_loss
 from metarl.seeding import make_generator
 from metarl.tasks import split_generator
 from metarl.training import AgentSpec
-from metarl.trial import TrialEnv, collect_trial, rl2_input_dim, rl2_inputs
+from metarl.trial import TrialEnv, collect_trial, rl2_input_dim, rl2_inputs, run_trial
 
 
 @dataclass
@@ -54,6 +55,9 @@ class RL2Config:
     init_std: float = option(1.0, "initial action std of the Gaussian policy (continuous actions only)", gt=0.0)
     reward_scale: float = option(1.0, "the previous reward enters the policy input times this (Meta-World: 0.1)",
                                  gt=0.0)
+    policy_in_workers: bool = option(False, "CPU simulators (MuJoCo, Meta-World): the policy GRU acts inside the "
+                                            "simulation workers for a whole trial, not in this process with a "
+                                            "round trip per step (log-probs and values are recomputed here)")
     checkpoint_every: int = option(10, "iterations between checkpoints", ge=1)
 
 
@@ -135,6 +139,44 @@ class _RolloutPolicy:
         return a, dist.log_prob(a), v, h
 
 
+class GRURows:
+    """The RL² policy as a RowPolicy (metarl.batched_env), for a trial run inside simulation
+    workers: the policy GRU and head, the trial's sampling noise [T, B(, A)] drawn ahead, and for
+    its rows the hidden state and previous action and reward, from which it rebuilds the RL²
+    input each step as TrialEnv does (the critic is not needed to act)."""
+
+    def __init__(self, gru: nn.GRU, head: nn.Module, noise: torch.Tensor, trial_env: TrialEnv):
+        self.gru, self.head, self.noise = gru, head, noise
+        self.H, self.T, self.A = trial_env.env.horizon, trial_env.trial_length, trial_env.num_actions
+        self.time_feature, self.reward_per_action = trial_env.time_feature, trial_env.reward_per_action
+        self.reward_scale = trial_env.reward_scale
+
+    def rows(self, lo: int, hi: int) -> "GRURows":
+        """Sub-envs [lo, hi): CPU copies with a fresh memory."""
+        out = copy.copy(self)
+        out.gru, out.head = (copy.deepcopy(m).to("cpu").requires_grad_(False) for m in (self.gru, self.head))
+        out.noise = self.noise[:, lo:hi].to("cpu", copy=True)
+        return out
+
+    def act(self, obs: torch.Tensor, t: int) -> torch.Tensor:
+        """obs [b, O] of step t -> actions [b(, A)]."""
+        if t == 0:
+            self.h, self.prev = obs.new_zeros(1, obs.shape[0], self.gru.hidden_size), (None, None, None)
+        x = rl2_inputs(obs, *self.prev, self.A, t / self.T if self.time_feature else None, self.reward_per_action,
+                       self.reward_scale)
+        out, self.h = self.gru(x.unsqueeze(0), self.h)
+        a = self.head.dist(self.head(out[0])).sample_with(self.noise[t])
+        self.prev = (a, None, None)
+        return a
+
+    def observe(self, reward: torch.Tensor, t: int) -> None:
+        done = torch.full_like(reward, float((t + 1) % self.H == 0), dtype=torch.bool)
+        self.prev = (self.prev[0], reward.clone(), done)
+
+    def to_env(self, a: torch.Tensor) -> torch.Tensor:
+        return a
+
+
 class RL2Trainer:
     def __init__(self, env_spec: EnvSpec, env_cfg, cfg: RL2Config, seed: int, device: torch.device):
         self.cfg, self.device, self.seed = cfg, device, seed
@@ -156,6 +198,8 @@ class RL2Trainer:
         if cfg.num_minibatches > chunks:
             raise UserError(f"agent.num_minibatches={cfg.num_minibatches} exceeds the {chunks} sequences per "
                             f"iteration; lower it or raise agent.num_envs")
+        if cfg.policy_in_workers and cfg.expected_rewards:
+            raise UserError("agent.expected_rewards needs the policy in this process; set agent.policy_in_workers=false")
         task_dim = _task_dim(env, cfg, env_spec.name)
         self.net = GRUActorCritic(self.trial_env.input_dim, env.action_space, cfg.hidden_size,
                                   make_generator(seed, "init"), task_dim, cfg.init_std,
@@ -176,8 +220,11 @@ class RL2Trainer:
         tasks = self.dist.sample(cfg.num_envs, self.task_gen)
         self.trial_env.env.set_tasks(tasks)
         task_f = self.trial_env.env.task_features() if cfg.privileged_critic else None
-        batch, h_starts = collect_trial(_RolloutPolicy(self.net, self.rms, task_f), self.trial_env, tasks,
-                                        self.act_gen, self.bptt)
+        if cfg.policy_in_workers:
+            batch, h_starts = self._collect_in_workers(tasks, task_f)
+        else:
+            batch, h_starts = collect_trial(_RolloutPolicy(self.net, self.rms, task_f), self.trial_env, tasks,
+                                            self.act_gen, self.bptt)
         t1 = time.perf_counter()
         # The trial is one RL² episode: returns flow across inner-episode boundaries.
         no_dones = torch.zeros_like(batch.dones)
@@ -226,6 +273,31 @@ class RL2Trainer:
         out.update(zip(("policy_loss", "value_loss", "entropy", "approx_kl", "clip_frac"), means))
         out["loss"] = loss.item()
         return out
+
+    @torch.no_grad()
+    def _collect_in_workers(self, tasks, task_f):
+        """collect_trial with the policy acting inside the simulation workers (run_trial, GRURows);
+        the log-probs of its actions, the values and each BPTT chunk's starting state come from
+        one pass of the network over the recorded inputs here, chunk by chunk as PPO replays them."""
+        T, B, L = self.trial_env.trial_length, self.cfg.num_envs, self.bptt
+        noise = self.net.pi.draw_noise((T, B), self.act_gen)
+        x, actions, rewards = run_trial(self.trial_env, GRURows(self.net.gru, self.net.pi, noise, self.trial_env),
+                                        tasks)
+        x, actions, rewards = x.to(self.device), actions.to(self.device), rewards.to(self.device)
+        h, outs, values, h_starts = self.net.initial_state(B, self.device), [], [], []
+        for c in range(T // L):
+            h_starts.append(h[0])
+            out, v, h = self.net(x[c * L:(c + 1) * L], h, task_f)
+            outs.append(out)
+            values.append(v)
+        logp = self.net.pi.dist(torch.cat(outs)).log_prob(actions)
+        v = torch.cat(values)
+        if self.rms is not None:
+            v = v * self.rms.std.float() + self.rms.mean.float()
+        dones = torch.zeros(T, B, dtype=torch.bool, device=self.device)
+        dones[self.trial_env.env.horizon - 1::self.trial_env.env.horizon] = True
+        return (EpisodeBatch(x, actions, rewards, dones, logp, v, torch.ones(T, B, device=self.device)),
+                torch.stack(h_starts))
 
     def state_dict(self):
         return {"net": self.net.state_dict(), "opt": self.opt.state_dict(),

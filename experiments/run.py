@@ -28,6 +28,7 @@ from metarl.plots import SUCCESS_KEYS, adaptation_curve, learning_curve
 from metarl.registry import AGENTS, lookup
 from metarl.run import read_jsonl
 from metarl.stats import paired_diff_ci
+from metarl.training import Interrupted
 from metarl.workflows import evaluate_run, train
 
 HERE = Path(__file__).resolve().parent
@@ -95,6 +96,10 @@ def main(argv=None) -> int:
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except Interrupted:  # Ctrl-C: the iteration was finished and checkpointed
+        print(f"interrupted; checkpoint saved in {run_dir}; `python experiments/run.py {args.name}` resumes",
+              file=sys.stderr)
+        return 130
     metrics = read_jsonl(run_dir / "metrics.jsonl")
     timing = read_jsonl(run_dir / "timing.jsonl")
     train_s = sum(t["iteration_s"] for t in timing)

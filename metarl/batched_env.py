@@ -48,31 +48,44 @@ class BatchedEnv(ABC):
         return contextlib.nullcontext()
 
     def episode(self, obs: torch.Tensor, act: Callable[[torch.Tensor], torch.Tensor],
-                to_env: Callable[[torch.Tensor], torch.Tensor] | None = None) -> dict[str, Any]:
-        """Step one whole episode (`horizon` steps) from `obs` [B, D], just returned by reset().
+                to_env: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                observe: Callable[[torch.Tensor], None] | None = None, episodes: int = 1) -> dict[str, Any]:
+        """Step `episodes` whole episodes (horizon steps each; the env resets itself between them)
+        from `obs` [B, D], just returned by reset().
 
         act(obs [B, D]) -> actions [B(, A)] in the policy's units; to_env maps them to the env's
-        (default identity). Returns obs [H, B, D] (what the policy saw), actions [H, B(, A)] (as
-        act returned them), rewards [H, B] and info {key: [H, B]}. The episode is over
-        afterwards: call reset() before stepping again."""
+        (default identity); observe(reward [B]), if given, sees each step's reward. Returns obs
+        [T, B, D] (what the policy saw), actions [T, B(, A)] (as act returned them), rewards
+        [T, B] and info {key: [T, B]}, T = episodes x horizon. The episode is over afterwards:
+        call reset() before stepping again."""
         obs_buf, act_buf, rew_buf, info_buf = [], [], [], {}
-        for _ in range(self.horizon):
+        for _ in range(episodes * self.horizon):
             a = act(obs)
             obs_buf.append(obs)
             act_buf.append(a)
             obs, r, _ = self.step(to_env(a) if to_env else a)
+            if observe is not None:
+                observe(r)
             rew_buf.append(r)
             for k, v in self.info.items():
                 info_buf.setdefault(k, []).append(v)
         return {"obs": torch.stack(obs_buf), "actions": torch.stack(act_buf), "rewards": torch.stack(rew_buf),
                 "info": {k: torch.stack(v) for k, v in info_buf.items()}}
 
-    def run_policy(self, policy: "RowPolicy") -> dict[str, Any]:
-        """Reset, then one whole episode of a feed-forward policy whose randomness is drawn
-        ahead (see RowPolicy); returns what episode() returns. An env that simulates in worker
-        processes runs each worker's share of the policy there, with no round trip per step."""
-        steps = iter(range(self.horizon))
-        return self.episode(self.reset(), lambda o: policy.act(o, next(steps)), policy.to_env)
+    def run_policy(self, policy: "RowPolicy", episodes: int = 1) -> dict[str, Any]:
+        """Reset, then `episodes` whole episodes of a policy whose randomness is drawn ahead (see
+        RowPolicy), its step t counted across them (episode e holds t = e * horizon ...); returns
+        what episode() returns. A policy with observe(reward, t) sees every reward (RL²'s keeps
+        its memory across the episodes). An env that simulates in worker processes runs each
+        worker's share of the policy there, with no round trip per step."""
+        t = [-1]
+
+        def act(o):
+            t[0] += 1
+            return policy.act(o, t[0])
+        observe = getattr(policy, "observe", None)
+        return self.episode(self.reset(), act, policy.to_env,
+                            None if observe is None else lambda r: observe(r, t[0]), episodes)
 
     # Privileged training signals, optional: an env that knows its tasks' parameters may expose
     # them so a meta-learner can lower the variance of its training (an asymmetric critic,
@@ -134,3 +147,6 @@ class RowPolicy(Protocol):
 
     def to_env(self, a: torch.Tensor) -> torch.Tensor:
         """The policy's actions -> the env's."""
+
+    # Optional: observe(reward [b], t), called after step t with its rewards, for a policy whose
+    # next action depends on them (RL²'s recurrent policy).

@@ -4,9 +4,10 @@ live in worker processes.
 Each of W workers owns a contiguous block of the B sub-envs and steps them in a loop. Actions,
 observations and rewards travel through shared-memory tensors ([B, A], [B, D], [B]); the pipe
 to each worker carries only a one-word command and its reply, so a step costs one small
-message per worker, not a pickled batch. run_policy() goes further for a feed-forward policy
-(RowPolicy): each worker acts for its own sub-envs and steps a whole episode on one message,
-writing it into shared [H, B, ...] buffers, one chunk of sub-envs at a time (a chunk's
+message per worker, not a pickled batch. run_policy() goes further for a policy that can act
+for any block of sub-envs (RowPolicy: MAML's MLP, RL²'s GRU with its state): each worker acts
+for its own sub-envs and steps whole episodes (an RL² trial's, resets included) on one message,
+writing them into shared [T, B, ...] buffers, one chunk of sub-envs at a time (a chunk's
 simulators stay in the cache). Given a step_cost per task, set_tasks sizes the blocks so every
 worker carries the same cost (Meta-World's classes differ 4x in step time). A worker that dies,
 raises, or does not answer within `timeout` seconds surfaces as a WorkerError naming the worker and what it was doing (never a
@@ -96,29 +97,42 @@ def _worker(index: int, block: tuple[int, int], factory: Callable, obs: torch.Te
             cmd, arg = conn.recv()
             if cmd == "step":
                 step_rows(lo, hi)
-            elif cmd == "episode":  # arg: (RowPolicy for rows [lo, hi), action low, action high)
-                # Chunk by chunk: a whole episode of `chunk` sub-envs, then the next, so the
-                # simulators of one chunk stay in the cache (see auto_chunk).
+            elif cmd == "buffers":  # arg: new episode buffers (a run of another length)
+                ep_obs, ep_act, ep_rew, ep_info = (x.numpy() for x in arg)
+            elif cmd == "episode":  # arg: (RowPolicy for rows [lo, hi), action low, high, seeds [E][hi - lo])
+                # Chunk by chunk: E whole episodes of `chunk` sub-envs, then the next, so the
+                # simulators of one chunk stay in the cache (see auto_chunk); each episode starts
+                # with a reset of the chunk's sub-envs by the seeds the main process drew.
                 # (Buffers are handled as numpy views: a torch op costs ~5 us here, per chunk-step.)
-                policy, low, high = arg
+                policy, low, high, seeds = arg
                 if low is not None:
                     low, high = low.numpy(), high.numpy()
+                H = ep_obs.shape[0] // len(seeds)
                 for c0 in range(lo, hi, chunk):
                     c1 = min(c0 + chunk, hi)
                     part = policy.rows(c0 - lo, c1 - lo)
-                    for t in range(ep_obs.shape[0]):
-                        t0 = time.perf_counter()
-                        ep_obs[t, c0:c1] = obs_np[c0:c1]
-                        with torch.no_grad():
-                            a = part.act(torch.from_numpy(ep_obs[t, c0:c1]), t)
-                        ep_act[t, c0:c1] = a.numpy()
-                        a = part.to_env(a).numpy()
-                        act_np[c0:c1] = a if low is None else np.clip(a, low, high)
-                        stats[3] += time.perf_counter() - t0
-                        step_rows(c0, c1)
-                        ep_rew[t, c0:c1] = rew_np[c0:c1]
-                        ep_info[t, c0:c1] = info_np[c0:c1]
-                        progress[index] += 1
+                    observe = getattr(part, "observe", None)
+                    for e, episode_seeds in enumerate(seeds):
+                        for row in range(c0, c1):
+                            obs_np[row] = envs[row - lo].reset(int(episode_seeds[row - lo]))
+                        for t in range(e * H, (e + 1) * H):
+                            t0 = time.perf_counter()
+                            ep_obs[t, c0:c1] = obs_np[c0:c1]
+                            with torch.no_grad():
+                                a = part.act(torch.from_numpy(ep_obs[t, c0:c1]), t)
+                            ep_act[t, c0:c1] = a.numpy()
+                            a = part.to_env(a).numpy()
+                            act_np[c0:c1] = a if low is None else np.clip(a, low, high)
+                            stats[3] += time.perf_counter() - t0
+                            step_rows(c0, c1)
+                            ep_rew[t, c0:c1] = rew_np[c0:c1]
+                            ep_info[t, c0:c1] = info_np[c0:c1]
+                            if observe is not None:
+                                t0 = time.perf_counter()
+                                with torch.no_grad():
+                                    observe(torch.from_numpy(ep_rew[t, c0:c1]), t)
+                                stats[3] += time.perf_counter() - t0
+                            progress[index] += 1
             elif cmd == "stats":  # read and reset the step timings
                 conn.send(("ok", {"env_steps": stats[0], "envs": hi - lo, "step_s": stats[1],
                                   "step_cpu_s": stats[2], "policy_s": stats[3]}))
@@ -240,8 +254,9 @@ class ParallelEnv(BatchedEnv):
         self.info_keys, self._task_rows = tuple(info_keys), task_rows
         self._info = torch.zeros(num_envs, max(1, len(self.info_keys))).share_memory_()
         self.info = {k: torch.zeros(num_envs, device=self.device) for k in self.info_keys}
-        # run_policy(): whole episodes, written by the workers in place: obs [H, B, D], actions
-        # [H, B(, A)], rewards [H, B], info [H, B, K]; progress [W] counts each worker's steps.
+        # run_policy(): whole episodes, written by the workers in place: obs [T, B, D], actions
+        # [T, B(, A)], rewards [T, B], info [T, B, K] with T = episodes x H (reallocated when a
+        # run of another length comes); progress [W] counts each worker's steps.
         self._episode = (torch.zeros(horizon, num_envs, self.obs_dim).share_memory_(),
                          torch.zeros((horizon, *act_shape), dtype=self._act.dtype).share_memory_(),
                          torch.zeros(horizon, num_envs).share_memory_(),
@@ -358,16 +373,22 @@ class ParallelEnv(BatchedEnv):
             return self.reset(), reward, self._done
         return self._obs.to(self.device, copy=True), reward, self._not_done
 
-    def run_policy(self, policy) -> dict:
+    def run_policy(self, policy, episodes: int = 1) -> dict:
         """BatchedEnv.run_policy with the policy inside the workers: each worker gets
-        policy.rows(lo, hi) for its block of sub-envs and runs the whole episode, acting and
-        stepping with no message to the main process per step, which only waits. (A policy in
-        the main process leaves the workers idle while it acts and costs a round trip per step:
+        policy.rows(lo, hi) for its block of sub-envs and runs the whole run (every episode
+        after a reset, with seeds drawn here as reset() draws them), acting and stepping with
+        no message to the main process per step, which only waits. (A policy in the main
+        process leaves the workers idle while it acts and costs a round trip per step:
         efficiency 0.43-0.53 on 2 cores, experiments/bench.py.)"""
-        self.reset()
+        if self._closed:
+            raise WorkerError("this ParallelEnv was closed (after an error or close()); build a new env")
+        seeds = [torch.randint(2**31 - 1, (self.num_envs,), generator=self.gen, device=self.gen.device).tolist()
+                 for _ in range(episodes)]
+        self._episode_buffers(episodes * self.horizon)
         bounds = (None, None) if self.discrete else (self._low, self._high)
         self._progress.zero_()
-        self._broadcast("episode", [(policy.rows(lo, hi), *bounds) for lo, hi in self._blocks()])
+        self._broadcast("episode", [(policy.rows(lo, hi), *bounds, [s[lo:hi] for s in seeds])
+                                    for lo, hi in self._blocks()])
         self._gather("episode", self.timeout, progress=True)
         self.t = self.horizon  # the episode is over: reset() before stepping again
         ep_obs, ep_act, ep_rew, ep_info = self._episode
@@ -376,6 +397,14 @@ class ParallelEnv(BatchedEnv):
             self.info = {k: v[-1] for k, v in info.items()}
         return {"obs": ep_obs.to(self.device, copy=True), "actions": ep_act.to(self.device, copy=True),
                 "rewards": ep_rew.to(self.device, copy=True), "info": info}
+
+    def _episode_buffers(self, T: int) -> None:
+        """Shared buffers of T steps for run_policy, sent to the workers when T changes."""
+        if self._episode[0].shape[0] != T:
+            self._episode = tuple(torch.zeros((T, *x.shape[1:]), dtype=x.dtype).share_memory_()
+                                  for x in self._episode)
+            self._broadcast("buffers", [self._episode] * len(self._conns))
+            self._gather("buffers", self.timeout)
 
     def _blocks(self) -> list[tuple[int, int]]:
         """Each worker's sub-envs [lo, hi)."""

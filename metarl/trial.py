@@ -99,6 +99,40 @@ class TrialEnv:
         return self._inputs(obs, actions, reward, done), reward, done
 
 
+def trial_inputs(obs: torch.Tensor, actions: torch.Tensor, rewards: torch.Tensor, horizon: int, num_actions: int,
+                 time_feature: bool, reward_per_action: bool = False, reward_scale: float = 1.0) -> torch.Tensor:
+    """The RL² inputs x [T, B, D] of a whole trial, from what the env recorded: obs [T, B, O]
+    (what each step saw), actions [T, B(, A)], rewards [T, B]; what TrialEnv builds step by step
+    (episodes of `horizon` steps: prev_done is 1 at each episode's first step but the trial's)."""
+    T, B = rewards.shape
+    prev_done = torch.zeros(T, dtype=torch.bool, device=obs.device)
+    prev_done[horizon::horizon] = True
+    time_frac = (torch.arange(T, device=obs.device, dtype=torch.float32) / T).repeat_interleave(B)
+    x = rl2_inputs(obs.reshape(T * B, -1), actions.roll(1, 0).reshape(T * B, *actions.shape[2:]),
+                   rewards.roll(1, 0).reshape(T * B), prev_done.repeat_interleave(B), num_actions,
+                   time_frac if time_feature else None, reward_per_action, reward_scale).view(T, B, -1)
+    x[0, :, obs.shape[-1]:x.shape[-1] - int(time_feature)] = 0.0  # the trial's first step: no previous step
+    return x
+
+
+def run_trial(trial_env: "TrialEnv", policy, tasks: Tasks) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One trial in every sub-env with a RowPolicy that keeps its own memory (observe: RL²'s
+    GRU), acting inside the env's simulation workers (env.run_policy: one message per worker a
+    trial, where collect_trial's policy in this process costs a round trip every step). Returns
+    x [T, B, D] (the inputs it saw), actions [T, B(, A)], rewards [T, B]; sets trial_env.success."""
+    env, E = trial_env.env, trial_env.episodes_per_trial
+    t0 = time.perf_counter()
+    env.set_tasks(tasks)
+    with env.rollout_context():
+        ep = env.run_policy(policy, E)
+    trial_env.env_time += time.perf_counter() - t0
+    success = ep["info"].get("success")
+    trial_env.success = None if success is None else success.view(E, env.horizon, -1).amax(1)
+    x = trial_inputs(ep["obs"], ep["actions"], ep["rewards"], env.horizon, trial_env.num_actions,
+                     trial_env.time_feature, trial_env.reward_per_action, trial_env.reward_scale)
+    return x, ep["actions"], ep["rewards"]
+
+
 class RecurrentPolicy(Protocol):
     hidden_size: int
 

@@ -172,6 +172,35 @@ def test_smoke_train_on_ml1_logs_success(cli, tmp_path, agent):
     assert 0 <= success <= 1 and np.isfinite(mean_return) and set(per_task) == {"reach-v3"}
 
 
+def test_rl2_policy_in_workers_on_ml1_acts_as_the_recomputed_network():
+    """RL² with agent.policy_in_workers on Meta-World: two workers run the GRU for their own
+    sub-envs over a 2-episode trial (each chunk with a fresh memory, rewards observed, resets
+    between episodes); the actions equal mean + std * noise of the network rerun here over the
+    recorded inputs, and the per-episode success is recorded."""
+    from metarl.agents.rl2 import RL2Config, RL2Trainer
+    from metarl.config import build
+    from metarl.registry import ENVS, lookup
+    spec = lookup("env", ENVS, "ml1")
+    env_cfg = build(spec.config_cls, {"horizon": 10, "episodes": 2, "workers": 2}, "env")
+    cfg = build(RL2Config, {"num_envs": 4, "hidden_size": 8, "bptt_len": 10, "policy_in_workers": True,
+                            "reward_scale": 0.1}, "agent")
+    tr = RL2Trainer(spec, env_cfg, cfg, 0, torch.device("cpu"))
+    try:
+        state = tr.act_gen.get_state()
+        batch, h_starts = tr._collect_in_workers(tr.dist.sample(4, tr.task_gen), None)
+        tr.act_gen.set_state(state)
+        noise = tr.net.pi.draw_noise((20, 4), tr.act_gen)
+        with torch.no_grad():
+            out, _, _ = tr.net(batch.obs, tr.net.initial_state(4, "cpu"))
+        dist = tr.net.pi.dist(out)
+        assert torch.allclose(batch.actions, dist.mean + dist.log_std.exp() * noise, atol=1e-5)
+        assert h_starts.shape == (2, 4, 8) and not torch.equal(h_starts[1], h_starts[0])
+        assert tr.trial_env.success.shape == (2, 4)
+        assert torch.allclose(batch.obs[1:, :, 39 + 4], 0.1 * batch.rewards[:-1])  # previous reward input
+    finally:
+        tr.trial_env.env.close()
+
+
 def test_maml_metaworld_agent_adapts_like_the_learner():
     """Sequential episodes buffered per sub-env become the [B, H, R] rollouts MAMLLearner adapts on."""
     from types import SimpleNamespace

@@ -105,25 +105,42 @@ class HalfwayRows:
         return 2 * a
 
 
-def _episode_in_process(goals, policy):
-    """The same episode stepped with Toy envs in this process: obs [H, B, 2], actions [H, B, 1],
-    rewards [H, B]."""
+class RecallRows(HalfwayRows):
+    """A RowPolicy with a memory, like RL²'s: each action also adds a tenth of the reward it
+    observed last (observe(reward [b], t)), kept across episodes."""
+
+    def rows(self, lo, hi):
+        return RecallRows(self.noise[:, lo:hi].clone())
+
+    def act(self, obs, t):
+        last = getattr(self, "last", torch.zeros(obs.shape[0]))
+        return super().act(obs, t) + 0.1 * last.unsqueeze(1)
+
+    def observe(self, reward, t):
+        self.last = reward.clone()
+
+
+def _episode_in_process(goals, policy, episodes=1):
+    """The same run stepped with Toy envs in this process, each episode after a reset with seeds
+    drawn as ParallelEnv draws them: obs [E * H, B, 2], actions [E * H, B, 1], rewards [E * H, B]."""
     gen = torch.Generator().manual_seed(0)
-    seeds = torch.randint(2**31 - 1, (len(goals),), generator=gen).tolist()
     envs = [Toy() for _ in goals]
-    obs = []
-    for e, g, sd in zip(envs, goals.tolist(), seeds):
+    for e, g in zip(envs, goals.tolist()):
         e.set_task({"goal": [g]})
-        obs.append(e.reset(sd))
     obs_buf, act_buf, rew_buf = [], [], []
-    for t in range(3):
-        o = torch.tensor(np.array(obs), dtype=torch.float32)
-        a = policy.act(o, t)
-        obs_buf.append(o)
-        act_buf.append(a)
-        steps = [e.step(x.numpy()) for x, e in zip(policy.to_env(a).clamp(-1, 1), envs)]
-        obs = [s[0] for s in steps]
-        rew_buf.append(torch.tensor([s[1] for s in steps], dtype=torch.float32))
+    for ep in range(episodes):
+        seeds = torch.randint(2**31 - 1, (len(goals),), generator=gen).tolist()
+        obs = [e.reset(sd) for e, sd in zip(envs, seeds)]
+        for t in range(ep * 3, ep * 3 + 3):
+            o = torch.tensor(np.array(obs), dtype=torch.float32)
+            a = policy.act(o, t)
+            obs_buf.append(o)
+            act_buf.append(a)
+            steps = [e.step(x.numpy()) for x, e in zip(policy.to_env(a).clamp(-1, 1), envs)]
+            obs = [s[0] for s in steps]
+            rew_buf.append(torch.tensor([s[1] for s in steps], dtype=torch.float32))
+            if hasattr(policy, "observe"):
+                policy.observe(rew_buf[-1], t)
     return torch.stack(obs_buf), torch.stack(act_buf), torch.stack(rew_buf)
 
 
@@ -146,6 +163,49 @@ def test_run_policy_in_workers_equals_stepping_in_process(workers, chunk):
         assert [s["env_steps"] for s in stats] == [3 * s["envs"] for s in stats] and sum(s["envs"] for s in stats) == 7
         obs = env.reset()  # usable again after the episode
         assert torch.allclose(env.step(torch.zeros(7, 1))[0], obs)
+    finally:
+        env.close()
+
+
+@pytest.mark.parametrize("workers,chunk", [(1, 0), (2, 0), (3, 2)])
+def test_run_policy_of_several_episodes_with_a_remembering_policy(workers, chunk):
+    """run_policy(policy, episodes=2): each worker resets its sub-envs before each episode (seeds
+    drawn as reset() draws them) and tells the policy every reward (observe); the run equals
+    in-process stepping however the sub-envs are split, and a run of another length after it
+    (new buffers) is right too."""
+    env = make(num_envs=7, workers=workers, chunk=chunk)
+    try:
+        goals = torch.linspace(-1, 1, 7)
+        env.set_tasks({"goal": goals.view(7, 1)})
+        noise = 0.3 * torch.randn(6, 7, 1, generator=torch.Generator().manual_seed(1))
+        ep = env.run_policy(RecallRows(noise), episodes=2)
+        want_obs, want_act, want_rew = _episode_in_process(goals, RecallRows(noise), episodes=2)
+        assert ep["obs"].shape == (6, 7, 2)
+        assert torch.allclose(ep["obs"], want_obs, atol=1e-5)
+        assert torch.allclose(ep["actions"], want_act, atol=1e-5)
+        assert torch.allclose(ep["rewards"], want_rew, atol=1e-5)
+        env.gen.manual_seed(0)
+        ep = env.run_policy(HalfwayRows(noise[:3]))
+        want_obs, want_act, _ = _episode_in_process(goals, HalfwayRows(noise[:3]))
+        assert torch.allclose(ep["obs"], want_obs, atol=1e-5) and torch.allclose(ep["actions"], want_act, atol=1e-6)
+    finally:
+        env.close()
+
+
+def test_in_process_run_policy_of_several_episodes_matches_the_workers():
+    """BatchedEnv.run_policy (what pure-tensor envs use) runs the same episodes, resets and
+    observe calls as the workers: here stepping a one-worker ParallelEnv through step()."""
+    from metarl.batched_env import BatchedEnv
+    env = make(num_envs=4, workers=1)
+    try:
+        env.set_tasks({"goal": torch.linspace(-1, 1, 4).view(4, 1)})
+        noise = 0.3 * torch.randn(6, 4, 1, generator=torch.Generator().manual_seed(2))
+        env.gen.manual_seed(5)
+        want = env.run_policy(RecallRows(noise), episodes=2)
+        env.gen.manual_seed(5)
+        got = BatchedEnv.run_policy(env, RecallRows(noise), episodes=2)
+        for k in ("obs", "actions", "rewards"):
+            assert torch.allclose(got[k], want[k], atol=1e-5), k
     finally:
         env.close()
 

@@ -49,6 +49,42 @@ def test_truncated_bptt_chunks_start_from_rollout_states():
     assert all(torch.isfinite(torch.tensor(v)) for v in m.values())
 
 
+def test_trial_inputs_rebuild_what_the_trial_env_fed_the_policy():
+    """trial_inputs (how the workers' trials get their RL² inputs back) equals TrialEnv's
+    step-by-step inputs: previous action one-hot, reward, episode-boundary flag, time."""
+    from metarl.trial import trial_inputs
+    spec, env_cfg, tr = _trainer(reward_scale=0.5)
+    tasks = tr.dist.sample(8, tr.task_gen)
+    batch, _ = collect_trial(_RolloutPolicy(tr.net, tr.rms), tr.trial_env, tasks, tr.act_gen)
+    te = tr.trial_env
+    x = trial_inputs(batch.obs[..., :te.obs_dim], batch.actions, batch.rewards, te.env.horizon, te.num_actions,
+                     True, False, 0.5)
+    assert torch.equal(x, batch.obs)
+
+
+def test_policy_in_workers_collects_a_consistent_trial():
+    """agent.policy_in_workers: GRURows acts through env.run_policy (here in-process: the MDP is a
+    pure-tensor env) with noise drawn ahead; the log-probs, values and BPTT chunk states
+    recomputed afterwards are those of the actions taken, which are the Gumbel-argmax of the
+    recomputed logits under that noise; then PPO trains on it."""
+    spec, env_cfg, tr = _trainer(bptt_len=4, policy_in_workers=True)
+    tasks = tr.dist.sample(8, tr.task_gen)
+    state = tr.act_gen.get_state()
+    batch, h_starts = tr._collect_in_workers(tasks, None)
+    tr.act_gen.set_state(state)
+    noise = tr.net.pi.draw_noise((12, 8), tr.act_gen)
+    assert batch.obs.shape == (12, 8, tr.trial_env.input_dim) and h_starts.shape == (3, 8, 16)
+    assert batch.dones.sum(0).tolist() == [3] * 8 and torch.all(h_starts[0] == 0)
+    with torch.no_grad():
+        logits, _, _ = tr.net(batch.obs, tr.net.initial_state(8, "cpu"))
+    logp_all = F.log_softmax(logits, -1)
+    assert torch.equal(batch.actions, (logp_all + noise).argmax(-1))
+    assert torch.allclose(batch.logprobs, logp_all.gather(-1, batch.actions.unsqueeze(-1)).squeeze(-1), atol=1e-5)
+    assert batch.obs[1:, :, -2].bool().tolist() == batch.dones[:-1].tolist()  # the episode-boundary input
+    m = tr.train_iteration(0)
+    assert all(torch.isfinite(torch.tensor(v)) for v in m.values())
+
+
 def test_separate_critic_keeps_value_gradients_out_of_the_policy_gru():
     """With agent.separate_critic the value head reads its own GRU: the value loss leaves the
     policy GRU's gradients at zero, both states are carried in h, and truncated BPTT chunks
