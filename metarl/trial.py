@@ -107,7 +107,7 @@ def trial_inputs(obs: torch.Tensor, actions: torch.Tensor, rewards: torch.Tensor
     T, B = rewards.shape
     prev_done = torch.zeros(T, dtype=torch.bool, device=obs.device)
     prev_done[horizon::horizon] = True
-    time_frac = (torch.arange(T, device=obs.device, dtype=torch.float32) / T).repeat_interleave(B)
+    time_frac = torch.tensor([t / T for t in range(T)], device=obs.device).repeat_interleave(B)  # as TrialEnv rounds it
     x = rl2_inputs(obs.reshape(T * B, -1), actions.roll(1, 0).reshape(T * B, *actions.shape[2:]),
                    rewards.roll(1, 0).reshape(T * B), prev_done.repeat_interleave(B), num_actions,
                    time_frac if time_feature else None, reward_per_action, reward_scale).view(T, B, -1)
