@@ -138,21 +138,19 @@ def cpu_bench_table(b: dict) -> str:
     tail = lambda e: f" | {e['commit']} | `{e['command']}` |"  # noqa: E731
     for name, e in b["benches"].items():
         f = e["figures"]
+        if "parallel_steps_per_s" in f:  # simulation workers: efficiency; the workers' share of the time
+            nan = float("nan")           # stepping / acting; one env step inside a worker vs alone
+            split = (f"{f['parallel_steps_per_s']:,.0f} (**{f['efficiency']:.2f}**; "
+                     f"{f.get('worker_busy_fraction', nan):.2f} / {f.get('worker_policy_fraction', nan):.2f}; "
+                     f"{f.get('worker_us_per_env_step', nan):.0f} vs {f.get('single_env_us_per_step', nan):.0f} µs)")
+            measure = ("steps/s (efficiency vs cores x one env alone; workers stepping / acting; one step inside "
+                       "a worker vs alone)")
         if name.startswith("mujoco"):
             rows.append(f"| MuJoCo ({f['env']}, {f['envs']} sub-envs) workers on {f['cores']} cores, MAML's sampler: "
-                        f"steps/s (efficiency vs cores x one env alone; workers stepping / acting; one step inside a "
-                        f"worker vs alone) | {f['parallel_steps_per_s']:,.0f} (**{f['efficiency']:.2f}**; "
-                        f"{f.get('worker_busy_fraction', float('nan')):.2f} / "
-                        f"{f.get('worker_policy_fraction', float('nan')):.2f}; "
-                        f"{f.get('worker_us_per_env_step', float('nan')):.0f} vs "
-                        f"{f.get('single_env_us_per_step', float('nan')):.0f} µs) | efficiency 0.80" + tail(e))
+                        f"{measure} | {split} | efficiency 0.80" + tail(e))
         elif name.startswith("metaworld"):
             rows.append(f"| Meta-World {f['benchmark']} ({f['envs']} sub-envs) workers on {f['cores']} cores, MAML's "
-                        f"sampler (2x512 policy): steps/s (efficiency; workers stepping / acting) | "
-                        f"{f['parallel_steps_per_s']:,.0f} "
-                        f"(**{f['efficiency']:.2f}**; {f.get('worker_busy_fraction', float('nan')):.2f} / "
-                        f"{f.get('worker_policy_fraction', float('nan')):.2f}) | "
-                        "efficiency 0.85" + tail(e))
+                        f"sampler (2x512 policy): {measure} | {split} | efficiency 0.85" + tail(e))
             if "metaworld_async_steps_per_s" in f:
                 rows.append(f"| ... vs Meta-World's own async vector env, same policy | "
                             f"{f['metaworld_async_steps_per_s']:,.0f} steps/s (metarl **{f['speedup_vs_metaworld_async']:.2f}x**) "
