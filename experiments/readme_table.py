@@ -131,6 +131,19 @@ def table() -> str:
     return out
 
 
+WORKERS_MEASURE = ("steps/s (efficiency vs cores x one env alone; workers stepping / acting; one step inside a "
+                   "worker vs alone)")
+
+
+def workers_figure(f: dict) -> str:
+    """A simulation-worker bench's figure: steps/s (efficiency; the workers' share of the time
+    stepping / acting; one env step inside a worker vs alone)."""
+    nan = float("nan")
+    return (f"{f['parallel_steps_per_s']:,.0f} (**{f['efficiency']:.2f}**; "
+            f"{f.get('worker_busy_fraction', nan):.2f} / {f.get('worker_policy_fraction', nan):.2f}; "
+            f"{f.get('worker_us_per_env_step', nan):.0f} vs {f.get('single_env_us_per_step', nan):.0f} µs)")
+
+
 def cpu_bench_table(b: dict) -> str:
     """Throughput on this machine's CPU (experiments/bench.py), each against its issue's target."""
     rows = [f"Benchmarks on {b['machine']} (experiments/results/bench_cpu.json; run on a quiet machine):", "",
@@ -138,19 +151,12 @@ def cpu_bench_table(b: dict) -> str:
     tail = lambda e: f" | {e['commit']} | `{e['command']}` |"  # noqa: E731
     for name, e in b["benches"].items():
         f = e["figures"]
-        if "parallel_steps_per_s" in f:  # simulation workers: efficiency; the workers' share of the time
-            nan = float("nan")           # stepping / acting; one env step inside a worker vs alone
-            split = (f"{f['parallel_steps_per_s']:,.0f} (**{f['efficiency']:.2f}**; "
-                     f"{f.get('worker_busy_fraction', nan):.2f} / {f.get('worker_policy_fraction', nan):.2f}; "
-                     f"{f.get('worker_us_per_env_step', nan):.0f} vs {f.get('single_env_us_per_step', nan):.0f} µs)")
-            measure = ("steps/s (efficiency vs cores x one env alone; workers stepping / acting; one step inside "
-                       "a worker vs alone)")
         if name.startswith("mujoco"):
             rows.append(f"| MuJoCo ({f['env']}, {f['envs']} sub-envs) workers on {f['cores']} cores, MAML's sampler: "
-                        f"{measure} | {split} | efficiency 0.80" + tail(e))
+                        f"{WORKERS_MEASURE} | {workers_figure(f)} | efficiency 0.80" + tail(e))
         elif name.startswith("metaworld"):
             rows.append(f"| Meta-World {f['benchmark']} ({f['envs']} sub-envs) workers on {f['cores']} cores, MAML's "
-                        f"sampler (2x512 policy): {measure} | {split} | efficiency 0.85" + tail(e))
+                        f"sampler (2x512 policy): {WORKERS_MEASURE} | {workers_figure(f)} | efficiency 0.85" + tail(e))
             if "metaworld_async_steps_per_s" in f:
                 rows.append(f"| ... vs Meta-World's own async vector env, same policy | "
                             f"{f['metaworld_async_steps_per_s']:,.0f} steps/s (metarl **{f['speedup_vs_metaworld_async']:.2f}x**) "

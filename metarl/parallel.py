@@ -376,12 +376,16 @@ class ParallelEnv(BatchedEnv):
     def run_policy(self, policy, episodes: int = 1) -> dict:
         """BatchedEnv.run_policy with the policy inside the workers: each worker gets
         policy.rows(lo, hi) for its block of sub-envs and runs the whole run (every episode
-        after a reset, with seeds drawn here as reset() draws them), acting and stepping with
-        no message to the main process per step, which only waits. (A policy in the main
-        process leaves the workers idle while it acts and costs a round trip per step:
-        efficiency 0.43-0.53 on 2 cores, experiments/bench.py.)"""
+        after a reset, with seeds drawn here as that many reset() calls draw them; the
+        in-process BatchedEnv.run_policy also draws one for the auto-reset after its last
+        episode, so the two agree per call, not on the generator's state after), acting and
+        stepping with no message to the main process per step, which only waits. (A policy in
+        the main process leaves the workers idle while it acts and costs a round trip per
+        step: efficiency 0.43-0.53 on 2 cores, experiments/bench.py.)"""
         if self._closed:
             raise WorkerError("this ParallelEnv was closed (after an error or close()); build a new env")
+        if episodes < 1:
+            raise ValueError(f"run_policy needs episodes >= 1, got {episodes}")
         seeds = [torch.randint(2**31 - 1, (self.num_envs,), generator=self.gen, device=self.gen.device).tolist()
                  for _ in range(episodes)]
         self._episode_buffers(episodes * self.horizon)

@@ -117,8 +117,9 @@ def trial_inputs(obs: torch.Tensor, actions: torch.Tensor, rewards: torch.Tensor
 
 def run_trial(trial_env: "TrialEnv", policy, tasks: Tasks) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One trial in every sub-env with a RowPolicy that keeps its own memory (observe: RL²'s
-    GRU), acting inside the env's simulation workers (env.run_policy: one message per worker a
-    trial, where collect_trial's policy in this process costs a round trip every step). Returns
+    GRU), run by env.run_policy: inside a ParallelEnv's simulation workers, one message per
+    worker a trial, where collect_trial's policy in this process costs a round trip every step
+    (a pure-tensor env runs it in this process). Returns
     x [T, B, D] (the inputs it saw), actions [T, B(, A)], rewards [T, B]; sets trial_env.success."""
     env, E = trial_env.env, trial_env.episodes_per_trial
     t0 = time.perf_counter()

@@ -194,7 +194,8 @@ def test_run_policy_of_several_episodes_with_a_remembering_policy(workers, chunk
 
 def test_in_process_run_policy_of_several_episodes_matches_the_workers():
     """BatchedEnv.run_policy (what pure-tensor envs use) runs the same episodes, resets and
-    observe calls as the workers: here stepping a one-worker ParallelEnv through step()."""
+    observe calls as the workers, per call from the same generator state: here stepping a
+    one-worker ParallelEnv through step()."""
     from metarl.batched_env import BatchedEnv
     env = make(num_envs=4, workers=1)
     try:

@@ -1,3 +1,4 @@
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -62,12 +63,17 @@ def test_trial_inputs_rebuild_what_the_trial_env_fed_the_policy():
     assert torch.equal(x, batch.obs)
 
 
-def test_policy_in_workers_collects_a_consistent_trial():
+@pytest.mark.parametrize("time_feature,reward_per_action", [(True, False), (False, True)])
+def test_policy_in_workers_collects_a_consistent_trial(time_feature, reward_per_action):
     """agent.policy_in_workers: GRURows acts through env.run_policy (here in-process: the MDP is a
-    pure-tensor env) with noise drawn ahead; the log-probs, values and BPTT chunk states
-    recomputed afterwards are those of the actions taken, which are the Gumbel-argmax of the
-    recomputed logits under that noise; then PPO trains on it."""
-    spec, env_cfg, tr = _trainer(bptt_len=4, policy_in_workers=True)
+    pure-tensor env) with noise drawn ahead, building its own RL² inputs step by step; its
+    actions are the Gumbel-argmax, under that noise, of the network rerun over the inputs that
+    trial_inputs rebuilt, with the recomputed log-probs and BPTT chunk states; then PPO trains.
+    The policy head is scaled up so the logits depend on every input (a wrong input flips actions)."""
+    spec, env_cfg, tr = _trainer(bptt_len=4, policy_in_workers=True, time_feature=time_feature,
+                                 reward_per_action=reward_per_action)
+    with torch.no_grad():
+        tr.net.pi.linear.weight.mul_(300.0)
     tasks = tr.dist.sample(8, tr.task_gen)
     state = tr.act_gen.get_state()
     batch, h_starts = tr._collect_in_workers(tasks, None)
@@ -75,12 +81,21 @@ def test_policy_in_workers_collects_a_consistent_trial():
     noise = tr.net.pi.draw_noise((12, 8), tr.act_gen)
     assert batch.obs.shape == (12, 8, tr.trial_env.input_dim) and h_starts.shape == (3, 8, 16)
     assert batch.dones.sum(0).tolist() == [3] * 8 and torch.all(h_starts[0] == 0)
-    with torch.no_grad():
-        logits, _, _ = tr.net(batch.obs, tr.net.initial_state(8, "cpu"))
-    logp_all = F.log_softmax(logits, -1)
-    assert torch.equal(batch.actions, (logp_all + noise).argmax(-1))
+
+    def actions(x):
+        with torch.no_grad():
+            logits, _, _ = tr.net(x, tr.net.initial_state(8, "cpu"))
+        return F.log_softmax(logits, -1), (F.log_softmax(logits, -1) + noise).argmax(-1)
+    logp_all, want = actions(batch.obs)
+    assert torch.equal(batch.actions, want)
     assert torch.allclose(batch.logprobs, logp_all.gather(-1, batch.actions.unsqueeze(-1)).squeeze(-1), atol=1e-5)
-    assert batch.obs[1:, :, -2].bool().tolist() == batch.dones[:-1].tolist()  # the episode-boundary input
+    for col in range(tr.trial_env.obs_dim, tr.trial_env.input_dim):  # the check sees every input column
+        x = batch.obs.clone()
+        x[1:, :, col] = 1.0 - x[1:, :, col]
+        assert not torch.equal(actions(x)[1], want), col
+    with torch.no_grad():
+        h_mid = tr.net(batch.obs[:4], tr.net.initial_state(8, "cpu"))[2]
+    assert torch.allclose(h_starts[1], h_mid[0], atol=1e-6)
     m = tr.train_iteration(0)
     assert all(torch.isfinite(torch.tensor(v)) for v in m.values())
 
