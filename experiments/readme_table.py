@@ -299,7 +299,16 @@ def ml10_table() -> str:
         res = ROOT / "experiments" / "results" / f"{name.stem}.json"
         if res.exists():
             s = json.loads(res.read_text())
-            ours, status = pct(s["metrics"]["results"][agent]), f"measured at {s['commit']}"
+            m = s["metrics"]
+            det = m["results"].get(agent + " (deterministic)")
+            ours = pct(m["results"][agent]) + (f" sampled actions; {pct(det)} deterministic" if det else "")
+            status = f"measured at {s['commit']}: {m['env_steps']:,} env steps in {m['train_time_s'] / 3600:.1f} h"
+            if m.get("train_success") is not None:
+                status += f", training success {100 * m['train_success']:.0f}% at the end"
+            timing = ROOT / "experiments" / "results" / f"{name.stem}_timing.json"
+            if timing.exists():  # the projection made before the run, to check it against
+                t = json.loads(timing.read_text())
+                status += f" (projected {t['full_run_here_h']:.1f} h here at {t['commit']} by `{t['command']}`)"
         else:
             ours, status = "–", "not yet run; " + expected(name.stem)
         rows.append(f"| {agent} | {pub.get('Meta-World paper', '–')} | {pub.get('Meta-World+', '–')} | {ours} | "

@@ -63,6 +63,18 @@ def paired_vs_best(results: dict, agent: str) -> dict | None:
                                  for n, r in results.items() if is_agent_form(n, agent)}}
 
 
+def reference_lines(results: dict, agent: str, metric: str | None, paper: dict) -> tuple[dict, dict]:
+    """Held-out results as horizontal lines on the plot whose axis they share: (lines for the
+    training-return curve, lines for the training-success plot). Returns go on the return curve
+    (the agent's own eval is the adaptation plot's job); a success rate (Meta-World) goes on the
+    success plot, the agent's included, so the train/test gap shows. Paper figures are returns."""
+    evals = {f"{n} (held-out)": r["total"]["mean"] for n, r in results.items()
+             if n != "random" and (metric == "success rate" or n != agent)}
+    if metric == "success rate":
+        return {f"paper: {k}": v for k, v in paper.items()}, evals
+    return {**evals, **{f"paper: {k}": v for k, v in paper.items()}}, {}
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("name", help="experiment name: a file experiments/configs/NAME.toml")
@@ -107,8 +119,7 @@ def main(argv=None) -> int:
     results = report["results"]
     out = HERE / "results"
     out.mkdir(exist_ok=True)
-    refs = {f"{n} (eval)": r["total"]["mean"] for n, r in results.items() if n != agent and n != "random"}
-    refs.update({f"paper: {k}": v for k, v in meta.get("paper", {}).items()})
+    refs, success_refs = reference_lines(results, agent, report.get("metric"), meta.get("paper", {}))
     spec = lookup("agent", AGENTS, agent)
     if "episode_return" in spec.curve_keys:  # one episode per point: trial totals scaled to one episode
         refs = {k: v / report["env_config"].get("episodes", 1) for k, v in refs.items()}
@@ -126,7 +137,7 @@ def main(argv=None) -> int:
     success_keys = tuple(k for k in SUCCESS_KEYS if metrics and k in metrics[-1])
     if success_keys:  # Meta-World: training success next to the return curve
         learning_curve(metrics, out / f"{args.name}_success.png", f"{args.name}: {agent} training success",
-                       keys=success_keys)
+                       keys=success_keys, references=success_refs)
     summary = {
         "experiment": args.name,
         "command": f"python experiments/run.py {args.name}" + (f" --tasks {args.tasks}" if args.tasks != default_tasks

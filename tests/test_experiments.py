@@ -47,6 +47,18 @@ def test_experiment_runner_detects_a_changed_config(tmp_path):
     assert not run.same_config(tmp_path, {"env": {"k": 10}})
 
 
+def test_held_out_results_go_on_the_plot_whose_axis_they_share():
+    """A success rate (Meta-World) is drawn on the training-success plot, the agent's own included;
+    returns on the return curve, without the agent (its adaptation plot shows it) or random."""
+    run = _load("run")
+    res = {"rl2": {"total": {"mean": 0.06}}, "rl2 (deterministic)": {"total": {"mean": 0.09}},
+           "random": {"total": {"mean": 0.0}}}
+    ret, succ = run.reference_lines(res, "rl2", "success rate", {})
+    assert ret == {} and succ == {"rl2 (held-out)": 0.06, "rl2 (deterministic) (held-out)": 0.09}
+    ret, succ = run.reference_lines(res, "rl2", "total reward", {"Duan et al.": 1.5})
+    assert ret == {"rl2 (deterministic) (held-out)": 0.09, "paper: Duan et al.": 1.5} and succ == {}
+
+
 @pytest.mark.parametrize("cfg", sorted((ROOT / "experiments" / "configs").glob("*.toml")), ids=lambda p: p.stem)
 def test_every_experiment_config_resolves(cfg):
     """Every key of every experiment config is a real option with a valid value."""
