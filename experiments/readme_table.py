@@ -96,7 +96,9 @@ def table() -> str:
     if mw_rows:
         out += ("\n\nMeta-World, its meta-learning protocol tallied per task (`metarl eval`): success rate on held-out "
                 "tasks (test classes x goals) after 10 adaptation episodes, over 3 evaluation episodes, ± half-width "
-                "of the 95% CI; \"before\" is the success with no adaptation episodes seen.\n\n"
+                "of the 95% CI; \"before\" is the success with no adaptation episodes seen; meta-train success is that of "
+                "the last training iteration and, for runs since 2026-11-27, the same protocol on the training classes "
+                "(`metarl eval --split train`).\n\n"
                 "| experiment | benchmark | agent | meta-test success | before adaptation | random | meta-train success "
                 "(last iteration) | train time | commit | command |\n|---|---|---|---|---|---|---|---|---|---|\n"
                 + "\n".join(mw_rows))
@@ -280,6 +282,8 @@ def metaworld_row(s: dict) -> str:
     bench = m["env"].upper() + (f" {envc['task']}" if m["env"] == "ml1" else "")
     rnd = pct(res["random"]) if "random" in res else "–"
     ts = f"{100 * m['train_success']:.1f}%" if m.get("train_success") is not None else "–"
+    if m.get("meta_train"):  # the protocol on the training classes (results written since 2026-11-27)
+        ts += f"; protocol {pct(m['meta_train']['results'][m['agent']])}"
     return (f"| {s['experiment']} | {bench}, {m['held_out_tasks']} held-out tasks | {m['agent']} | {pct(mine)} | "
             f"{pct(before)} | {rnd} | {ts} | {s['wall_clock_s'] / 60:.1f} min | {s['commit']} | "
             f"`{s['command']}` |")
@@ -305,6 +309,8 @@ def ml10_table() -> str:
             status = f"measured at {s['commit']}: {m['env_steps']:,} env steps in {m['train_time_s'] / 3600:.1f} h"
             if m.get("train_success") is not None:
                 status += f", training success {100 * m['train_success']:.0f}% at the end"
+            if m.get("meta_train"):
+                status += f" ({pct(m['meta_train']['results'][agent])} by the protocol on the training classes)"
             timing = ROOT / "experiments" / "results" / f"{name.stem}_timing.json"
             if timing.exists():  # the projection made before the run, to check it against
                 t = json.loads(timing.read_text())

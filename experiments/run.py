@@ -105,6 +105,10 @@ def main(argv=None) -> int:
         eval_sets = [f"agent.{k}={v}" for k, v in raw.get("agent", {}).items() if k.startswith("eval_")]
         report = evaluate_run(str(run_dir), tasks=args.tasks, device=args.device, sets=eval_sets,
                               checkpoint=meta.get("checkpoint", "latest"), baselines=meta.get("baselines", "all"))
+        meta_train = None
+        if report["protocol"] == "metaworld":  # meta-train success by the same protocol: the generalization gap
+            meta_train = evaluate_run(str(run_dir), tasks=args.tasks, device=args.device, sets=eval_sets,
+                                      checkpoint=meta.get("checkpoint", "latest"), baselines="none", split="train")
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -120,6 +124,8 @@ def main(argv=None) -> int:
     out = HERE / "results"
     out.mkdir(exist_ok=True)
     refs, success_refs = reference_lines(results, agent, report.get("metric"), meta.get("paper", {}))
+    if meta_train is not None:  # the same protocol on the training classes, beside the held-out lines
+        success_refs.update({f"{n} (training classes)": r["total"]["mean"] for n, r in meta_train["results"].items()})
     spec = lookup("agent", AGENTS, agent)
     if "episode_return" in spec.curve_keys:  # one episode per point: trial totals scaled to one episode
         refs = {k: v / report["env_config"].get("episodes", 1) for k, v in refs.items()}
@@ -155,6 +161,10 @@ def main(argv=None) -> int:
                         for n, r in results.items()},
             "paired_vs_best_baseline": paired_vs_best(results, agent),
             "paper": meta.get("paper", {}), "description": meta.get("description", ""),
+            # Meta-World: the protocol on the training classes (metarl eval --split train)
+            "meta_train": None if meta_train is None else {
+                "tasks": meta_train["tasks"],
+                "results": {n: {**r["total"], "per_class": r["per_class"]} for n, r in meta_train["results"].items()}},
             # Meta-World: training success of the last iteration (RL²: last episode of the trial; MAML: adapted)
             "train_success": next((metrics[-1][k] for k in ("success_last", "post_success") if metrics and k in metrics[-1]),
                                   None),

@@ -82,7 +82,8 @@ def build_parser(full_help: bool = False) -> argparse.ArgumentParser:
                                    "reward); MAML agents report the return before and after 1, 2 and 3 inner steps; "
                                    "few-shot learners report query MSE or accuracy after 0, 1, 5 and 10 steps; "
                                    "Meta-World runs use the benchmark's protocol (success rate). Saves eval.json "
-                                   "and eval_adaptation.png in the run directory.")
+                                   "and eval_adaptation.png in the run directory (--split train: eval_train.json "
+                                   "and eval_train_adaptation.png).")
     e.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by metarl train")
     e.add_argument("--tasks", type=int, default=1000, help="number of held-out tasks (default 1000)")
     e.add_argument("--baselines", default="all",
@@ -93,6 +94,9 @@ def build_parser(full_help: bool = False) -> argparse.ArgumentParser:
                    help="latest (default) or best: the training iteration with the best selection metric "
                         "(MAML: post-adaptation return, the MAML paper's protocol)")
     e.add_argument("--device", help="auto, cpu or cuda (default: auto)")
+    e.add_argument("--split", default="test", choices=("test", "train"),
+                   help="test (default): the held-out tasks; train (Meta-World): the training classes by the same "
+                        "protocol, meta-train success beside meta-test")
     e.add_argument("--set", action="append", default=[], metavar="agent.eval_KEY=VALUE", dest="sets",
                    help="an evaluation option of the agent (repeatable), e.g. agent.eval_later_lr=0.05 or "
                         "agent.eval_rollouts=40 for MAML; the other options are fixed by training")
@@ -160,7 +164,8 @@ def main(argv: list[str] | None = None) -> int:
                 report = demo(device=args.device, quiet=args.quiet, runs_root=args.runs_root)
             else:
                 report = evaluate_run(args.run_dir, tasks=args.tasks, baselines=args.baselines, seed=args.seed,
-                                      device=args.device, checkpoint=args.checkpoint, sets=args.sets)
+                                      device=args.device, checkpoint=args.checkpoint, sets=args.sets,
+                                      split=args.split)
             if args.json:
                 print(json.dumps(report, indent=2))
             else:

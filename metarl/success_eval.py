@@ -40,24 +40,26 @@ class SuccessEvaluation:
     curve: torch.Tensor         # [N, P] success of each task at each curve point
 
 
-def protocol_tasks(dist, goals_per_class: int, batch_tasks: int) -> list[Tasks]:
-    """Test classes x goals, in batches that all have the same class-major layout (so each
-    sub-env keeps its class from batch to batch and builds one simulator)."""
-    every = dist.enumerate("test", goals_per_class)
-    C = len(dist.names["test"])
+def protocol_tasks(dist, goals_per_class: int, batch_tasks: int, split: str = "test") -> list[Tasks]:
+    """The split's classes x goals (test: the held-out tasks; train: meta-train success by the
+    same protocol), in batches that all have the same class-major layout (so each sub-env keeps
+    its class from batch to batch and builds one simulator)."""
+    every = dist.enumerate(split, goals_per_class)
+    C = len(dist.names[split])
     G = len(every["cls"]) // C  # every is class-major: task c * G + g is goal g of class c
-    assert G * C == len(every["cls"]), "every test class must have the same number of goals"
+    assert G * C == len(every["cls"]), "every class must have the same number of goals"
     per_batch = max(1, min(G, batch_tasks // C))  # goals of each class per batch
     return [tasks_slice(every, torch.tensor([c * G + g for c in range(C) for g in range(g0, min(G, g0 + per_batch))]))
             for g0 in range(0, G, per_batch)]
 
 
 def evaluate_success(make_agent, protocol: str, env_spec: EnvSpec, env_cfg, goals_per_class: int, seed: int, device,
-                     batch_tasks: int = 40) -> SuccessEvaluation:
+                     batch_tasks: int = 40, split: str = "test") -> SuccessEvaluation:
     """make_agent(env) -> the agent, called once with the first env: a TrialPolicy (protocol
     "trial"), or an object with adapt_success(env, tasks,
     adapt_episodes, eval_episodes) -> (curve [N, 2], success [N], returns [N]) whose env holds
-    adapt_episodes sub-envs per task (protocol "inner-steps")."""
+    adapt_episodes sub-envs per task (protocol "inner-steps"). split "train" plays the
+    training classes' goals instead of the test classes'."""
     device = torch.device(device)
     dist = env_spec.make_distribution(env_cfg)
     A, E = env_cfg.adapt_episodes, env_cfg.eval_episodes
@@ -66,7 +68,7 @@ def evaluate_success(make_agent, protocol: str, env_spec: EnvSpec, env_cfg, goal
     names, goals, success, returns, curves = [], [], [], [], []
     env, agent = None, None
     try:
-        for tasks in protocol_tasks(dist, goals_per_class, batch_tasks):
+        for tasks in protocol_tasks(dist, goals_per_class, batch_tasks, split):
             n = len(tasks["cls"])
             if env is None or env.num_envs != n * rollouts:
                 if env is not None:

@@ -121,12 +121,17 @@ def choose_baselines(spec, names: str) -> list[str]:
 
 
 def evaluate_run(run_dir: str, *, tasks: int = 1000, baselines: str = "all", seed: int = 0,
-                 device: str | None = None, checkpoint: str = "latest", sets: list[str] = ()) -> dict[str, Any]:
+                 device: str | None = None, checkpoint: str = "latest", sets: list[str] = (),
+                 split: str = "test") -> dict[str, Any]:
     """Evaluate a trained run (its latest or best checkpoint) and the chosen baselines on the
     same held-out tasks; writes eval.json. `sets` may change the agent's evaluation options
-    (agent.eval_*) from those saved with the run."""
+    (agent.eval_*) from those saved with the run. split "train" (Meta-World only, whose
+    training and test classes differ) plays the training classes by the same protocol and
+    writes eval_train.json: meta-train success beside meta-test, the generalization gap."""
     if tasks < 1:
         raise UserError(f"--tasks must be >= 1, got {tasks}")
+    if split not in ("test", "train"):
+        raise UserError(f"--split must be test or train, got {split!r}")
     eval_sets = parse_sets(list(sets))
     for section, keys in eval_sets.items():
         bad = [k for k in keys if section != "agent" or not k.startswith("eval_")]
@@ -147,7 +152,10 @@ def evaluate_run(run_dir: str, *, tasks: int = 1000, baselines: str = "all", see
     if spec.protocol == "fewshot":
         return _evaluate_fewshot_run(path, saved, cfg, ck, tasks, seed, dev, checkpoint)
     if "metaworld" in env_spec.families:  # success by Meta-World's protocol, every method alike
-        return _evaluate_success_run(path, saved, cfg, ck, names, tasks, seed, dev, checkpoint)
+        return _evaluate_success_run(path, saved, cfg, ck, names, tasks, seed, dev, checkpoint, split)
+    if split != "test":
+        raise UserError(f"--split train is for Meta-World runs, whose training and test classes differ; "
+                        f"{saved['run']['env']!r} draws both splits from one distribution")
     if inner_steps:  # MAML: return before and after each gradient step, baselines per episode
         learner = spec.load_eval_policy(ck, env_spec, env_cfg, cfg["agent"], dev, seed)
         steps = cfg["agent"].eval_steps
@@ -179,38 +187,41 @@ def _extra_policies(spec, ck: dict, cfg: dict, dev, seed: int) -> dict:
     return spec.extra_eval(ck, cfg["env_spec"], cfg["env"], cfg["agent"], dev, seed)
 
 
-def _write_report(path: Path, report: dict) -> dict:
-    tmp = path / "eval.json.tmp"
+def _write_report(path: Path, report: dict, stem: str = "eval") -> dict:
+    """STEM.json (atomically) and STEM_adaptation.png in the run directory."""
+    tmp = path / f"{stem}.json.tmp"
     tmp.write_text(json.dumps(report, indent=2))
-    os.replace(tmp, path / "eval.json")
-    adaptation_curve(report["results"], path / "eval_adaptation.png", f"held-out {report['env']} tasks")
+    os.replace(tmp, path / f"{stem}.json")
+    which = "training" if report.get("split") == "train" else "held-out"
+    adaptation_curve(report["results"], path / f"{stem}_adaptation.png", f"{which} {report['env']} tasks")
     return report
 
 
 def _evaluate_success_run(path: Path, saved: dict, cfg: dict, ck: dict, names: list[str], tasks: int, seed: int,
-                          dev, checkpoint: str) -> dict:
-    """Meta-World: test classes x goals (env.goals_per_class, fewer when --tasks asks for fewer),
-    adaptation then evaluation episodes; success tallied per task (metarl.success_eval)."""
+                          dev, checkpoint: str, split: str = "test") -> dict:
+    """Meta-World: the split's classes x goals (env.goals_per_class, fewer when --tasks asks for
+    fewer), adaptation then evaluation episodes; success tallied per task (metarl.success_eval).
+    Writes eval.json (test) or eval_train.json (train)."""
     from metarl.success_eval import evaluate_success, summarize_success
     env_spec, env_cfg, spec = cfg["env_spec"], cfg["env"], cfg["agent_spec"]
-    classes = len(env_spec.make_distribution(env_cfg).names["test"])
+    classes = len(env_spec.make_distribution(env_cfg).names[split])
     goals = max(1, min(env_cfg.goals_per_class, tasks // classes))
     agent = spec.load_eval_policy(ck, env_spec, env_cfg, cfg["agent"], dev, seed)
     results = {saved["run"]["agent"]: summarize_success(
-        evaluate_success(lambda env: agent, spec.protocol, env_spec, env_cfg, goals, seed, dev))}
+        evaluate_success(lambda env: agent, spec.protocol, env_spec, env_cfg, goals, seed, dev, split=split))}
     for label, make in _extra_policies(spec, ck, cfg, dev, seed).items():
         results[f"{saved['run']['agent']} ({label})"] = summarize_success(
-            evaluate_success(make, "trial", env_spec, env_cfg, goals, seed, dev))
+            evaluate_success(make, "trial", env_spec, env_cfg, goals, seed, dev, split=split))
     for name in names:
         cls = lookup("baseline", BASELINES, name)
         results[name] = summarize_success(evaluate_success(
-            lambda env, cls=cls: cls(env, env_cfg, seed), "trial", env_spec, env_cfg, goals, seed, dev))
+            lambda env, cls=cls: cls(env, env_cfg, seed), "trial", env_spec, env_cfg, goals, seed, dev, split=split))
     report = {"env": saved["run"]["env"], "env_config": saved["env"], "agent": saved["run"]["agent"],
-              "tasks": classes * goals, "goals_per_class": goals, "seed": seed, "device": str(dev),
+              "split": split, "tasks": classes * goals, "goals_per_class": goals, "seed": seed, "device": str(dev),
               "checkpoint": checkpoint, "checkpoint_iteration": ck["iteration"], "env_steps": ck["env_steps"],
               "protocol": "metaworld",
               "metric": "success rate", "results": results}
-    return _write_report(path, report)
+    return _write_report(path, report, "eval" if split == "test" else "eval_train")
 
 
 def _evaluate_fewshot_run(path: Path, saved: dict, cfg: dict, ck: dict, tasks: int, seed: int, dev,
@@ -275,7 +286,7 @@ def report_table(report: dict) -> str:
 
 def eval_title(report: dict) -> str:
     envc = ", ".join(f"{k}={v}" for k, v in report["env_config"].items())
-    return (f"{report['env']} ({envc}): {report['tasks']} held-out tasks, seed {report['seed']}, "
+    return (f"{report['env']} ({envc}): {report['tasks']} {'training' if report.get('split') == 'train' else 'held-out'} tasks, seed {report['seed']}, "
             f"{report['agent']} after {report['env_steps']:,} "
             f"{'meta-iterations' if report.get('protocol') == 'fewshot' else 'env steps'}")
 

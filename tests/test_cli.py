@@ -86,6 +86,9 @@ def test_eval_rejects_baseline_that_does_not_apply(cli, tmp_path, tiny):
     _one_line_error(code, err, "does not apply")
     code, _, err = cli("eval", run, "--baselines", "nope", "--tasks", "10")
     _one_line_error(code, err, "unknown baseline")
+    code, _, err = cli("eval", run, "--split", "train", "--tasks", "10")  # train = test distribution here
+    _one_line_error(code, err, "for Meta-World runs")
+    assert not (run / "eval_train.json").exists()
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(cli, tmp_path, tiny, monkeypatch):

@@ -60,6 +60,17 @@ def test_official_evaluation_set_enumerates_classes_by_goals():
     assert e["goal"][:40].tolist() == list(range(40))
 
 
+def test_protocol_tasks_play_the_training_classes_on_split_train():
+    from metarl.success_eval import protocol_tasks
+    d = fake_distribution(10)
+    train = protocol_tasks(d, 3, batch_tasks=40, split="train")  # 10 classes x 3 goals in one batch
+    assert len(train) == 1 and (train[0]["split"] == 0).all() and train[0]["cls"].tolist() == [
+        c for c in range(10) for _ in range(3)]
+    assert d.task_names(train[0])[::3] == [f"t{i}" for i in range(10)]
+    test = protocol_tasks(d, 40, batch_tasks=40)  # 5 classes x 40 goals, 8 goals of each class per batch
+    assert len(test) == 5 and all((t["split"] == 1).all() and t["cls"].bincount().tolist() == [8] * 5 for t in test)
+
+
 def test_rows_are_the_benchmark_tasks(ml1):
     tasks = {"split": torch.tensor([0, 1]), "cls": torch.tensor([0, 0]), "goal": torch.tensor([3, 3])}
     r = ml1.rows(tasks)
@@ -156,6 +167,14 @@ def test_smoke_train_on_ml1_logs_success(cli, tmp_path, agent):
     assert [t["goal"] for t in mine["per_task"]] == [0, 1] and set(mine["per_class"]) == {"reach-v3"}
     assert 0 <= mine["total"]["mean"] <= 1 and (rd / "eval_adaptation.png").stat().st_size > 0
     assert "success rate" in out
+    # meta-train success by the same protocol: the training goals, in eval_train.json, eval.json kept
+    before = (rd / "eval.json").read_bytes()
+    code, out, err = cli("eval", rd, "--tasks", "2", "--split", "train", "--baselines", "none")
+    assert code == 0, err
+    train = json.loads((rd / "eval_train.json").read_text())
+    assert train["split"] == "train" and set(train["results"]) == forms - {"random"} and "training tasks" in out
+    assert [t["goal"] for t in train["results"][agent]["per_task"]] == [0, 1]
+    assert (rd / "eval.json").read_bytes() == before and (rd / "eval_train_adaptation.png").stat().st_size > 0
     # ... and through Meta-World's own evaluation, unchanged
     import metaworld
     from metaworld.evaluation import metalearning_evaluation
