@@ -43,7 +43,7 @@ class RunDir:
             raise UserError(f"cannot resume: no checkpoint at {self.path / CHECKPOINT}; "
                             f"drop --resume to start a new run")
         if overwrite and exists and not resume:
-            for name in ("metrics.jsonl", "timing.jsonl", "eval.json", CHECKPOINT):
+            for name in ("metrics.jsonl", "timing.jsonl", "eval.json", "eval_train.json", CHECKPOINT):
                 (self.path / name).unlink(missing_ok=True)
         (self.path / "checkpoints").mkdir(parents=True, exist_ok=True)
         self._tb = None
