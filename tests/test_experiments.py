@@ -59,6 +59,28 @@ def test_held_out_results_go_on_the_plot_whose_axis_they_share():
     assert ret == {"rl2 (deterministic) (held-out)": 0.09, "paper: Duan et al.": 1.5} and succ == {}
 
 
+def test_metaworld_experiment_records_meta_train_success(tmp_path, monkeypatch):
+    """experiments/run.py on a tiny ML1 RL² config: the results file holds meta-test and
+    meta-train success (the protocol on the training goals) and the success plot is drawn."""
+    pytest.importorskip("metaworld")
+    run = _load("run")
+    (tmp_path / "experiments" / "configs").mkdir(parents=True)
+    (tmp_path / "experiments" / "configs" / "tiny_ml1.toml").write_text(
+        '[experiment]\nbaselines = "none"\n[run]\nagent = "rl2"\nenv = "ml1"\nseed = 0\n'
+        '[env]\nhorizon = 10\nepisodes = 2\nworkers = 2\n'
+        '[agent]\nnum_envs = 4\nhidden_size = 8\ntotal_steps = 160\n')
+    monkeypatch.setattr(run, "HERE", tmp_path / "experiments")
+    monkeypatch.setattr(run, "ROOT", tmp_path)
+    assert run.main(["tiny_ml1", "--tasks", "2", "--quiet", "--device", "cpu"]) == 0
+    out = tmp_path / "experiments" / "results"
+    m = json.loads((out / "tiny_ml1.json").read_text())["metrics"]
+    assert m["protocol"] == "metaworld" and set(m["results"]) == {"rl2", "rl2 (deterministic)"}
+    mt = m["meta_train"]
+    assert mt["tasks"] == 2 and set(mt["results"]) == {"rl2", "rl2 (deterministic)"}
+    assert 0 <= mt["results"]["rl2"]["mean"] <= 1 and set(mt["results"]["rl2"]["per_class"]) == {"reach-v3"}
+    assert (out / "tiny_ml1_success.png").stat().st_size > 0 and (out / "tiny_ml1_curve.png").stat().st_size > 0
+
+
 @pytest.mark.parametrize("cfg", sorted((ROOT / "experiments" / "configs").glob("*.toml")), ids=lambda p: p.stem)
 def test_every_experiment_config_resolves(cfg):
     """Every key of every experiment config is a real option with a valid value."""
