@@ -281,12 +281,28 @@ def report_table(report: dict) -> str:
         if r["total"].get("diverged"):
             text += (f"\n{name}: {r['total']['diverged']} of {r['total']['n']} tasks diverged (score not finite); "
                      f"median over the rest {r['total']['median']:.3f}")
+    if report.get("protocol") == "metaworld":
+        text += "\n\n" + per_class_table(report["results"])
     return text
+
+
+def per_class_table(results: dict) -> str:
+    """Meta-World: success rate of each class (rows) for each method (columns), mean over its goals."""
+    classes = list(dict.fromkeys(c for r in results.values() for c in r.get("per_class", {})))
+    width = max([len("class")] + [len(c) for c in classes])
+    cols = [max(len(n), 7) for n in results]
+    lines = [f"{'class':<{width}}  " + "  ".join(f"{n:>{w}}" for n, w in zip(results, cols))]
+    for c in classes:
+        cells = [f"{r['per_class'][c]['mean']:>{w}.3f}" if c in r.get("per_class", {}) else f"{'–':>{w}}"
+                 for r, w in zip(results.values(), cols)]
+        lines.append(f"{c:<{width}}  " + "  ".join(cells))
+    return "\n".join(lines)
 
 
 def eval_title(report: dict) -> str:
     envc = ", ".join(f"{k}={v}" for k, v in report["env_config"].items())
-    return (f"{report['env']} ({envc}): {report['tasks']} {'training' if report.get('split') == 'train' else 'held-out'} tasks, seed {report['seed']}, "
+    which = "training" if report.get("split") == "train" else "held-out"
+    return (f"{report['env']} ({envc}): {report['tasks']} {which} tasks, seed {report['seed']}, "
             f"{report['agent']} after {report['env_steps']:,} "
             f"{'meta-iterations' if report.get('protocol') == 'fewshot' else 'env steps'}")
 

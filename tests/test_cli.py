@@ -221,3 +221,19 @@ def test_demo_trains_then_compares_with_every_bandit_baseline(tmp_path):
     assert report["tasks"] == 1000 and report["env_config"]["k"] == 5 and report["env_config"]["n"] == 10
     assert set(report["results"]) == {"rl2", "rl2 (deterministic)", "random", "greedy", "epsilon-greedy", "ucb1", "thompson", "gittins"}
     assert (tmp_path / report["run_dir"].split("/")[-1] / "eval.json").exists()
+
+
+def test_metaworld_report_shows_success_per_class():
+    """A Meta-World report ends with one row per class and one column per method; a class a
+    method was not evaluated on shows a dash."""
+    from metarl.workflows import per_class_table, report_table
+    ci = {"ci_low": 0.0, "ci_high": 1.0, "std": 0.1, "n": 2}
+    results = {"rl2": {"total": {"mean": 0.25, **ci},
+                       "per_class": {"door-close-v3": {"mean": 0.5}, "shelf-place-v3": {"mean": 0.0}}},
+               "random": {"total": {"mean": 0.0, **ci}, "per_class": {"door-close-v3": {"mean": 0.0}}}}
+    lines = per_class_table(results).splitlines()
+    assert lines[0].split() == ["class", "rl2", "random"]
+    assert lines[1].split() == ["door-close-v3", "0.500", "0.000"] and lines[2].split() == ["shelf-place-v3", "0.000", "–"]
+    report = {"env": "ml10", "env_config": {}, "tasks": 2, "seed": 0, "agent": "rl2", "env_steps": 10,
+              "protocol": "metaworld", "metric": "success rate", "results": results}
+    assert report_table(report).endswith("\n".join(lines))
