@@ -317,9 +317,22 @@ def ml10_table() -> str:
                 status += f" (projected {t['full_run_here_h']:.1f} h here at {t['commit']} by `{t['command']}`)"
         else:
             ours, status = "–", "not yet run; " + expected(name.stem)
+        status += gpu_measured(name.stem)
         rows.append(f"| {agent} | {pub.get('Meta-World paper', '–')} | {pub.get('Meta-World+', '–')} | {ours} | "
                     f"{status} | `python experiments/run.py {name.stem}` |")
     return "\n".join(rows)
+
+
+def gpu_measured(name: str) -> str:
+    """The full run's wall-clock measured with the learner on a GPU, from NAME_timing_cuda.json
+    (experiments/wall_clock.py NAME --device cuda on a GPU machine), or ""."""
+    f = ROOT / "experiments" / "results" / f"{name}_timing_cuda.json"
+    if not f.exists():
+        return ""
+    t = json.loads(f.read_text())
+    return (f"; measured on {t['gpu']} + {t['cores_here']} cores at {t['commit']}: {t['iteration_s']:.1f} s per "
+            f"iteration ({t['sample_s']:.1f} s simulation, {t['update_s']:.1f} s update), so "
+            f"{t['full_iterations']} iterations take {t['full_run_here_h']:.2f} h there — `{t['command']}`")
 
 
 def expected(name: str) -> str:

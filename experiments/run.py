@@ -36,6 +36,10 @@ ROOT = HERE.parent
 
 
 def commit() -> str:
+    """HEAD's short hash (+ "-dirty" where metarl/, envs/ or agents/ differ from it); METARL_COMMIT
+    overrides it where the checkout's git metadata is not the code's (a copied working tree)."""
+    if os.environ.get("METARL_COMMIT"):
+        return os.environ["METARL_COMMIT"]
     try:
         sha = subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, text=True).strip()
         dirty = subprocess.check_output(["git", "status", "--porcelain", "--", "metarl", "envs", "agents"],

@@ -8,7 +8,8 @@ splits each iteration into simulation (`sample_s`, policy in the loop) and learn
 (`update_s`). The projection for a machine with N simulation cores scales the simulation time by
 (cores here / N) and keeps the update time measured here on the CPU: an upper bound for a
 GPU learner (the learner runs on the GPU when there is one; none was measured unless
-`--device cuda` ran here).
+`--device cuda` ran here). With `--device cuda` it writes NAME_timing_cuda.json instead: the
+measured cost with the learner on that GPU and the simulation on this machine's cores.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+DEFAULT_CORES = [8, 16, 32]
 
 
 def main(argv=None) -> int:
@@ -34,7 +36,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("name", help="experiment name: experiments/configs/NAME.toml")
     p.add_argument("--iterations", type=int, default=2, help="iterations to time (the first includes warm-up)")
-    p.add_argument("--cores", type=int, nargs="*", default=[8, 16, 32], help="simulation cores to project for")
+    p.add_argument("--cores", type=int, nargs="*", default=DEFAULT_CORES, help="simulation cores to project for")
     p.add_argument("--device", default="auto")
     args = p.parse_args(argv)
     cfg_file = HERE / "configs" / f"{args.name}.toml"
@@ -56,17 +58,25 @@ def main(argv=None) -> int:
     full_its = (raw["agent"]["iterations"] if budget_key == "iterations"
                 else -(-raw["agent"]["total_steps"] // steps_it))
     cores_here = os.cpu_count() or 1
+    import torch
+    from metarl.device import resolve_device
+    dev = resolve_device(args.device)
     proj = {}
     for n in args.cores:
         per_it = last["sample_s"] * cores_here / n + last["update_s"]
         proj[str(n)] = {"iteration_s": per_it, "total_h": per_it * full_its / 3600}
-    out = {"experiment": args.name, "command": f"python experiments/wall_clock.py {args.name} --iterations {args.iterations}",
-           "commit": commit(), "cores_here": cores_here, "device": args.device, "iterations_timed": len(timing),
+    command = f"python experiments/wall_clock.py {args.name} --iterations {args.iterations}"
+    command += (f" --device {args.device}" if args.device != "auto" else "") + (
+        f" --cores {' '.join(map(str, args.cores))}" if args.cores != DEFAULT_CORES else "")
+    out = {"experiment": args.name, "command": command, "commit": commit(), "cores_here": cores_here,
+           "device": dev.type, "gpu": torch.cuda.get_device_name(dev) if dev.type == "cuda" else None,
+           "iterations_timed": len(timing),
            "sample_s": last["sample_s"], "update_s": last["update_s"], "iteration_s": last["iteration_s"],
            "steps_per_iteration": steps_it, "full_iterations": full_its,
            "full_run_here_h": last["iteration_s"] * full_its / 3600, "projection_by_cores": proj,
            "measure_wall_s": wall, "written": time.strftime("%Y-%m-%d %H:%M:%S")}
-    dest = HERE / "results" / f"{args.name}_timing.json"
+    # the learner on a GPU is its own measurement, kept beside the CPU one
+    dest = HERE / "results" / f"{args.name}_timing{'_cuda' if dev.type == 'cuda' else ''}.json"
     dest.parent.mkdir(exist_ok=True)
     dest.write_text(json.dumps(out, indent=2) + "\n")
     print(json.dumps(out, indent=2))
