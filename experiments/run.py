@@ -72,11 +72,11 @@ def reference_lines(results: dict, agent: str, metric: str | None, paper: dict) 
     training-return curve, lines for the training-success plot). Returns go on the return curve
     (the agent's own eval is the adaptation plot's job); a success rate (Meta-World) goes on the
     success plot, the agent's included, so the train/test gap shows. Paper figures are returns."""
+    success = metric == "success rate"
     evals = {f"{n} (held-out)": r["total"]["mean"] for n, r in results.items()
-             if n != "random" and (metric == "success rate" or n != agent)}
-    if metric == "success rate":
-        return {f"paper: {k}": v for k, v in paper.items()}, evals
-    return {**evals, **{f"paper: {k}": v for k, v in paper.items()}}, {}
+             if n != "random" and (success or n != agent)}
+    papers = {f"paper: {k}": v for k, v in paper.items()}
+    return (papers, evals) if success else ({**evals, **papers}, {})
 
 
 def main(argv=None) -> int:

@@ -187,13 +187,18 @@ def _extra_policies(spec, ck: dict, cfg: dict, dev, seed: int) -> dict:
     return spec.extra_eval(ck, cfg["env_spec"], cfg["env"], cfg["agent"], dev, seed)
 
 
+def _which_tasks(report: dict) -> str:
+    """'training' for a --split train report, else 'held-out'."""
+    return "training" if report.get("split") == "train" else "held-out"
+
+
 def _write_report(path: Path, report: dict, stem: str = "eval") -> dict:
     """STEM.json (atomically) and STEM_adaptation.png in the run directory."""
     tmp = path / f"{stem}.json.tmp"
     tmp.write_text(json.dumps(report, indent=2))
     os.replace(tmp, path / f"{stem}.json")
-    which = "training" if report.get("split") == "train" else "held-out"
-    adaptation_curve(report["results"], path / f"{stem}_adaptation.png", f"{which} {report['env']} tasks")
+    adaptation_curve(report["results"], path / f"{stem}_adaptation.png",
+                     f"{_which_tasks(report)} {report['env']} tasks")
     return report
 
 
@@ -301,8 +306,7 @@ def per_class_table(results: dict) -> str:
 
 def eval_title(report: dict) -> str:
     envc = ", ".join(f"{k}={v}" for k, v in report["env_config"].items())
-    which = "training" if report.get("split") == "train" else "held-out"
-    return (f"{report['env']} ({envc}): {report['tasks']} {which} tasks, seed {report['seed']}, "
+    return (f"{report['env']} ({envc}): {report['tasks']} {_which_tasks(report)} tasks, seed {report['seed']}, "
             f"{report['agent']} after {report['env_steps']:,} "
             f"{'meta-iterations' if report.get('protocol') == 'fewshot' else 'env steps'}")
 
