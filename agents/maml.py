@@ -32,7 +32,7 @@ from metarl.linear_baseline import fit_predict
 from metarl.seeding import make_generator
 from metarl.tasks import Tasks, split_generator
 from metarl.training import AgentSpec
-from metarl.trpo import trpo_step
+from metarl.trpo import gauss_newton_hvp, trpo_step
 
 
 @dataclass
@@ -61,7 +61,8 @@ class MAMLConfig:
     cg_iters: int = option(10, "TRPO: conjugate-gradient iterations", ge=1)
     cg_damping: float = option(1e-5, "TRPO: damping added to the KL Hessian", ge=0.0)
     hvp_tasks: float = option(1.0, "TRPO: fraction of the meta-batch used for Hessian-vector products "
-                                   "(lower is faster, noisier curvature)", gt=0.0, le=1.0)
+                                   "(lower is faster, noisier curvature; evenly spaced tasks, rotating "
+                                   "with the iteration)", gt=0.0, le=1.0)
     ls_backtracks: int = option(15, "TRPO: line-search backtracking steps", ge=1)
     ls_ratio: float = option(0.8, "TRPO: line-search shrink factor", gt=0.0, lt=1.0)
     outer_lr: float = option(1e-3, "PPO: Adam learning rate of the outer step", gt=0.0)
@@ -312,18 +313,57 @@ class MAMLTrainer:
             post["old_logp"] = post["old_dist"].log_prob(post["actions"])
         return pre, post
 
-    def _outer_terms(self, pre, post, idx=None):
-        """(surrogate ratio terms [n, H, R], KL [n, H, R]) after re-adapting from the current meta-params;
-        idx selects a subset of tasks."""
+    @staticmethod
+    def _tasks(pre: dict, post: dict, idx) -> tuple[dict, dict]:
+        """The outer step's data of the tasks idx (all when None)."""
+        pre = {k: pre[k] for k in ("obs", "actions", "adv", "old_logp") if k in pre}
+        post = {k: post[k] for k in ("obs", "actions", "adv", "old_logp", "old_dist")}
+        if idx is None:
+            return pre, post
+        return {k: v[idx] for k, v in pre.items()}, {k: v[idx] for k, v in post.items()}
+
+    def _post_outputs(self, pre: dict, post: dict) -> torch.Tensor:
+        """Head outputs [n, H, R, P] on the post-adaptation rollouts, re-adapted from the current
+        meta-parameters (differentiable through the inner step)."""
         L = self.learner
-        if idx is not None:
-            pre = {k: pre[k][idx] for k in ("obs", "actions", "adv", "old_logp") if k in pre}
-            post = {"obs": post["obs"][idx], "actions": post["actions"][idx], "adv": post["adv"][idx],
-                    "old_logp": post["old_logp"][idx], "old_dist": post["old_dist"][idx]}
-        adapted = L.adapt(params_of(self.net), pre, per_task=False)
-        dist = L.dist(L.forward(adapted, post["obs"], True))
+        return L.forward(L.adapt(params_of(self.net), pre, per_task=False), post["obs"], True)
+
+    def _outer_terms(self, pre, post, out: torch.Tensor | None = None):
+        """(surrogate ratio terms [n, H, R], KL(old || new) [n, H, R]) after re-adapting from the
+        current meta-parameters (or of the given head outputs)."""
+        dist = self.learner.dist(self._post_outputs(pre, post) if out is None else out)
         ratio = (dist.log_prob(post["actions"]) - post["old_logp"]).exp()
         return ratio, post["old_dist"].kl(dist)
+
+    def hvp_tasks(self, it: int) -> torch.Tensor | None:
+        """Tasks of the meta-batch whose KL the Hessian-vector products use at iteration it:
+        every round(N / m)-th task, offset by the iteration so each task takes its turn (the
+        meta-batch is class-major on Meta-World; a fixed prefix would skip classes). None: all."""
+        N = self.cfg.meta_batch
+        m = max(1, round(self.cfg.hvp_tasks * N))
+        if m >= N:
+            return None
+        return (torch.arange(m) * N // m + it) % N
+
+    def _trpo(self, pre: dict, post: dict, it: int) -> dict[str, float]:
+        """The TRPO outer step; curvature by Gauss-Newton products (exact here: the KL is 0 at the
+        current parameters) on the KL of the tasks hvp_tasks(it)."""
+        cfg, L = self.cfg, self.learner
+        params = list(self.net.parameters())
+        last = {}  # the first closure() call's head outputs, whose graph the full-batch curvature reuses
+
+        def closure():
+            last["out"] = out = self._post_outputs(pre, post)
+            ratio, kl = self._outer_terms(pre, post, out)
+            return -(ratio * post["adv"]).mean(), kl.mean()
+
+        def curvature():
+            idx = self.hvp_tasks(it)
+            sub_pre, sub_post = (pre, post) if idx is None else self._tasks(pre, post, idx)
+            out = last["out"] if idx is None else self._post_outputs(sub_pre, sub_post)
+            return gauss_newton_hvp(out, params, lambda o: sub_post["old_dist"].kl(L.dist(o)).mean(), cfg.cg_damping)
+        return trpo_step(params, closure, cfg.max_kl, cfg.cg_iters, cfg.cg_damping, cfg.ls_backtracks, cfg.ls_ratio,
+                         curvature)
 
     def train_iteration(self, it: int) -> dict[str, float]:
         cfg, L = self.cfg, self.learner
@@ -335,15 +375,7 @@ class MAMLTrainer:
         if "success" in post:  # Meta-World: fraction of rollouts with any-step success
             out.update(pre_success=pre["success"].mean().item(), post_success=post["success"].mean().item())
         if cfg.outer == "trpo":
-            def closure():
-                ratio, kl = self._outer_terms(pre, post)
-                return -(ratio * post["adv"]).mean(), kl.mean()
-            hvp_kl = None
-            m = max(1, round(cfg.hvp_tasks * cfg.meta_batch))
-            if m < cfg.meta_batch:
-                hvp_kl = lambda: self._outer_terms(pre, post, slice(0, m))[1].mean()  # noqa: E731
-            stats = trpo_step(list(self.net.parameters()), closure, cfg.max_kl, cfg.cg_iters, cfg.cg_damping,
-                              cfg.ls_backtracks, cfg.ls_ratio, hvp_kl)
+            stats = self._trpo(pre, post, it)
             out.update({k: stats[k] for k in ("surrogate_before", "surrogate_after", "kl", "step_fraction")})
         else:
             for _ in range(cfg.ppo_epochs):

@@ -3,12 +3,22 @@ conjugate gradient, Hessian-vector products of a KL, and a backtracking line sea
 
 `trpo_step` solves H x = g for the natural gradient direction with CG, scales it to the KL
 bound, then shrinks the step until the surrogate improves and the KL stays within bound.
+
+Two ways to multiply by the KL's Hessian H at the current parameters:
+- `kl_hvp`: double backward through the KL (any KL, the textbook way);
+- `gauss_newton_hvp`: H = J^T F J with J = d out / d params (out: the policy's head outputs)
+  and F the Hessian of the KL with respect to `out` alone. Exact where the KL sits at its
+  minimum (new policy = old: d KL / d out = 0, so the second-derivative terms of `out` drop
+  out), which is where TRPO takes it. Double backward would still compute those terms, which
+  for MAML are third derivatives of the inner loss, multiplied by zero.
 """
 from __future__ import annotations
 
 from typing import Callable, Sequence
 
 import torch
+
+HVP = Callable[[torch.Tensor], torch.Tensor]
 
 
 def flat(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -23,9 +33,10 @@ def unflat(vec: torch.Tensor, like: Sequence[torch.Tensor]) -> list[torch.Tensor
     return out
 
 
-def conjugate_gradient(Avp: Callable[[torch.Tensor], torch.Tensor], b: torch.Tensor, iters: int = 10,
-                       tol: float = 1e-10) -> torch.Tensor:
-    """Approximately solve A x = b for symmetric positive-definite A given by A @ v."""
+def conjugate_gradient(Avp: HVP, b: torch.Tensor, iters: int = 10,
+                       tol: float = 1e-10) -> tuple[torch.Tensor, torch.Tensor]:
+    """Approximately solve A x = b for symmetric positive-definite A given by A @ v.
+    Returns (x, A x); A x = b - r comes from CG's own residual r, not one more product."""
     x = torch.zeros_like(b)
     r, p = b.clone(), b.clone()
     rr = r @ r
@@ -39,17 +50,40 @@ def conjugate_gradient(Avp: Callable[[torch.Tensor], torch.Tensor], b: torch.Ten
             break
         p = r + (rr_new / rr) * p
         rr = rr_new
-    return x
+    return x, b - r
 
 
-def hvp_fn(kl: torch.Tensor, params: Sequence[torch.Tensor], damping: float) -> Callable[[torch.Tensor], torch.Tensor]:
-    """v -> (H + damping I) v with H the Hessian of `kl` w.r.t. params (graph kept for reuse)."""
+def kl_hvp(kl: torch.Tensor, params: Sequence[torch.Tensor], damping: float) -> HVP:
+    """v -> (H + damping I) v with H the Hessian of `kl` w.r.t. params, by double backward
+    (graph kept for reuse)."""
     grads = torch.autograd.grad(kl, params, create_graph=True)
     g = flat(grads)
 
     def Hv(v: torch.Tensor) -> torch.Tensor:
         hv = torch.autograd.grad(g @ v, params, retain_graph=True)
         return flat(hv) + damping * v
+    return Hv
+
+
+def gauss_newton_hvp(out: torch.Tensor, params: Sequence[torch.Tensor],
+                     kl_of: Callable[[torch.Tensor], torch.Tensor], damping: float) -> HVP:
+    """v -> (J^T F J + damping I) v, the Hessian of kl_of(out) w.r.t. params where the KL is at
+    its minimum (see the module docstring). out [...]: differentiable in params, its graph kept
+    for reuse; kl_of(o) -> the scalar KL of head outputs o (0 at o = out).
+
+    J v comes from differentiating J^T u (built once, linear in a dummy u) w.r.t. u; F from
+    double backward through kl_of alone, which is elementwise and cheap."""
+    params = list(params)
+    u = torch.zeros_like(out, requires_grad=True)
+    jtu = torch.autograd.grad(out, params, u, create_graph=True)  # J^T u, linear in u
+    o = out.detach().requires_grad_()
+    with torch.enable_grad():
+        dkl = torch.autograd.grad(kl_of(o), o, create_graph=True)[0]
+
+    def Hv(v: torch.Tensor) -> torch.Tensor:
+        jv = torch.autograd.grad(jtu, u, unflat(v, params), retain_graph=True)[0]
+        fjv = torch.autograd.grad(dkl, o, jv, retain_graph=True)[0]
+        return flat(torch.autograd.grad(out, params, fjv, retain_graph=True)) + damping * v
     return Hv
 
 
@@ -79,23 +113,24 @@ def line_search(params: Sequence[torch.Tensor], closure: Callable[[], tuple[torc
 
 def trpo_step(params: Sequence[torch.Tensor], closure: Callable[[], tuple[torch.Tensor, torch.Tensor]],
               max_kl: float = 0.01, cg_iters: int = 10, damping: float = 1e-5, max_backtracks: int = 15,
-              ratio: float = 0.8, hvp_kl: Callable[[], torch.Tensor] | None = None) -> dict[str, float]:
+              ratio: float = 0.8, curvature: Callable[[], HVP] | None = None) -> dict[str, float]:
     """One TRPO update of `params` in place.
 
     closure() -> (surrogate loss to minimise, mean KL(old || new)), both differentiable in
-    params; at the current params the KL is 0. hvp_kl() -> the KL to take Hessian-vector
-    products of (default: the closure's KL); pass a cheaper one, e.g. on a subset of the data.
+    params; at the current params the KL is 0. curvature() -> the damped KL-Hessian-vector
+    product at the current params, called right after the first closure() (so it may reuse
+    that call's graph); default: `kl_hvp` of the closure's KL.
     """
     params = list(params)
     loss, kl = closure()
-    grads = torch.autograd.grad(loss, params, retain_graph=hvp_kl is None)
+    grads = torch.autograd.grad(loss, params, retain_graph=True)
     g = flat(grads)
-    Hv = hvp_fn(kl if hvp_kl is None else hvp_kl(), params, damping)
-    direction = conjugate_gradient(Hv, -g, cg_iters)
-    shs = 0.5 * (direction @ Hv(direction))
+    Hv = kl_hvp(kl, params, damping) if curvature is None else curvature()
+    direction, h_dir = conjugate_gradient(Hv, -g, cg_iters)
+    shs = 0.5 * (direction @ h_dir)
     if not torch.isfinite(shs) or shs <= 0:
-        return {"accepted": 0.0, "step_fraction": 0.0, "surrogate_before": float(loss.detach()), "surrogate_after": float(loss.detach()),
-                "kl": 0.0, "grad_norm": float(g.norm())}
+        return {"accepted": 0.0, "step_fraction": 0.0, "surrogate_before": float(loss.detach()),
+                "surrogate_after": float(loss.detach()), "kl": 0.0, "grad_norm": float(g.norm())}
     step = direction * torch.sqrt(2 * max_kl / shs)
     ok, frac, new_loss, new_kl = line_search(params, closure, step, float(loss.detach()), max_kl, max_backtracks, ratio)
     return {"accepted": float(ok), "step_fraction": frac, "surrogate_before": float(loss.detach()),

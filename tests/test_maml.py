@@ -17,8 +17,10 @@ def test_conjugate_gradient_solves_spd_system():
     M = torch.randn(6, 6, generator=g, dtype=torch.float64)
     A = M @ M.T + 0.5 * torch.eye(6, dtype=torch.float64)
     b = torch.randn(6, generator=g, dtype=torch.float64)
-    x = conjugate_gradient(lambda v: A @ v, b, iters=20)
+    x, ax = conjugate_gradient(lambda v: A @ v, b, iters=20)
     assert torch.allclose(A @ x, b, atol=1e-8)
+    x, ax = conjugate_gradient(lambda v: A @ v, b, iters=3)  # unconverged: A x still from the residual
+    assert torch.allclose(ax, A @ x, atol=1e-10)
 
 
 def test_trpo_step_respects_kl_bound_and_improves_surrogate():
@@ -318,3 +320,66 @@ def test_linear_baseline_survives_degenerate_observations():
     ret = torch.randn(2, 10, 3, generator=torch.Generator().manual_seed(0))
     v = fit_predict(obs, ret)
     assert torch.isfinite(v).all() and v.shape == ret.shape
+
+
+def _tiny_trainer(**agent):
+    from metarl.agents.maml import MAMLTrainer
+    from metarl.envs.navigation import NAVIGATION
+    cfg = build(MAMLConfig, {"meta_batch": 4, "rollouts": 3, "hidden_size": 16, "activation": "tanh", **agent}, "agent")
+    return MAMLTrainer(NAVIGATION, build(NavigationConfig, {"horizon": 8}, "env"), cfg, 0, torch.device("cpu"))
+
+
+def test_gauss_newton_hvp_equals_double_backward_through_the_inner_step():
+    """At the sampling parameters the outer KL is at its minimum, so J^T F J is its exact Hessian,
+    second derivatives of the inner step included: equal to double backward, vector by vector."""
+    from metarl.trpo import gauss_newton_hvp, kl_hvp
+    tr = _tiny_trainer()
+    pre, post = tr._sample()
+    params = list(tr.net.parameters())
+    out = tr._post_outputs(pre, post)
+    kl = post["old_dist"].kl(tr.learner.dist(out)).mean()
+    exact = kl_hvp(kl, params, 1e-5)
+    gn = gauss_newton_hvp(out, params, lambda o: post["old_dist"].kl(tr.learner.dist(o)).mean(), 1e-5)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        v = torch.randn(sum(p.numel() for p in params), generator=g)
+        ref = exact(v)
+        assert ref.norm() > 1e-3 * v.norm()  # the test means something
+        assert torch.allclose(gn(v), ref, rtol=1e-4, atol=1e-6 * ref.abs().max().item())
+
+
+@pytest.fixture
+def float64():
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)
+
+
+def test_trpo_outer_step_with_gauss_newton_curvature_equals_the_double_backward_step(float64):
+    """The MAML-TRPO update (Gauss-Newton products, step size from CG's residual) moves the
+    meta-parameters where the textbook step (double backward, one more product) moves them. In
+    float64: ten CG iterations on a damping of 1e-5 amplify float32 rounding (either way) to a
+    few percent of the direction."""
+    from metarl.trpo import trpo_step
+    a, b = _tiny_trainer(), _tiny_trainer()
+    pre, post = a._sample()
+    stats = a._trpo(pre, post, 0)
+    cfg = b.cfg
+
+    def closure():
+        ratio, kl = b._outer_terms(pre, post)
+        return -(ratio * post["adv"]).mean(), kl.mean()
+    ref = trpo_step(list(b.net.parameters()), closure, cfg.max_kl, cfg.cg_iters, cfg.cg_damping,
+                    cfg.ls_backtracks, cfg.ls_ratio)
+    assert stats["accepted"] == ref["accepted"] == 1.0 and stats["step_fraction"] == ref["step_fraction"]
+    moved = flat(list(b.net.parameters())) - flat([p.detach() for p in _tiny_trainer().net.parameters()])
+    assert moved.norm() > 0
+    assert torch.allclose(flat(list(a.net.parameters())), flat(list(b.net.parameters())), atol=1e-4 * moved.abs().max().item())
+
+
+@pytest.mark.parametrize("frac, expected", [(1.0, None), (0.5, [[0, 2], [1, 3]]), (0.25, [[0], [1]])])
+def test_hvp_tasks_are_evenly_spaced_and_take_turns(frac, expected):
+    tr = _tiny_trainer(hvp_tasks=frac)
+    got = [tr.hvp_tasks(it) for it in range(2)]
+    assert (got == [None, None]) if expected is None else [g.tolist() for g in got] == expected
