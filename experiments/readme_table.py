@@ -50,7 +50,7 @@ def table() -> str:
             "|---|---|---|---|---|---|---|---|---|---|---|"]
     steps_rows, mw_rows, fs_rows, peer_rows, mt_rows = [], [], [], [], []
     for f in sorted((ROOT / "experiments" / "results").glob("*.json")):
-        if f.stem.endswith(("_timing", "_timing_cuda")):  # per-iteration costs (wall_clock.py), shown in ml10_table
+        if "_timing" in f.stem:  # per-iteration costs (wall_clock.py; _timing_COMMIT: an earlier measurement kept)
             continue
         if f.stem.startswith("gpu_check"):  # experiments/device_check.sh, shown in gpu_table
             continue
