@@ -27,6 +27,7 @@ from metarl.config import option
 from metarl.distributions import box_bounds, make_head, unit_to_bounds
 from metarl.episodes import discounted_returns, gae
 from metarl.errors import UserError
+from metarl.evaluation import first_success
 from metarl.functional import Params, adapt, adapt_batch, params_of
 from metarl.linear_baseline import fit_predict
 from metarl.seeding import make_generator
@@ -165,8 +166,10 @@ class MAMLLearner:
             return x.view(H, N, R, *x.shape[2:]).transpose(0, 1).contiguous()
         out = {"obs": task_major(ep["obs"]), "actions": task_major(ep["actions"]),
                "rewards": task_major(ep["rewards"])}
-        if "success" in ep["info"]:  # 1 where any step of the rollout succeeded: [N, R]
-            out["success"] = ep["info"]["success"].amax(0).to(out["rewards"].device).view(N, R)
+        if "success" in ep["info"]:  # 1 where any step of the rollout succeeded: [N, R]; its first step [N, R]
+            hits = ep["info"]["success"].to(out["rewards"].device)
+            out["success"] = hits.amax(0).view(N, R)
+            out["first_success"] = first_success(hits).view(N, R)
         return out
 
     def advantages(self, data: dict) -> torch.Tensor:
@@ -432,8 +435,9 @@ class MAMLEvalLearner:
     def adapt_success(self, env: BatchedEnv, tasks: Tasks, adapt_episodes: int, eval_episodes: int):
         """Meta-World's protocol for N tasks (env: N * adapt_episodes sub-envs): adapt on
         adapt_episodes rollouts of the meta-policy, then score the adapted policy's first
-        eval_episodes rollouts. -> (success curve [N, 2] at 0 and adapt_episodes episodes seen,
-        success [N], mean evaluation return [N])."""
+        eval_episodes rollouts. -> {"curve": success [N, 2] at 0 and adapt_episodes episodes
+        seen, and of each evaluation episode [N, E]: "success", "first_success" (its first
+        successful step, horizon where none), "returns"}."""
         L, R = self.learner, adapt_episodes
         if eval_episodes > R:
             raise UserError(f"env.eval_episodes={eval_episodes} must not exceed env.adapt_episodes={R} for MAML agents")
@@ -443,9 +447,10 @@ class MAMLEvalLearner:
         pre["adv"] = L.advantages(pre)
         adapted = L.adapt(params, pre, per_task=False, first_order=True)
         post = L.rollout(env, adapted, True, self.gen, rollouts=R)
-        success = post["success"][:, :eval_episodes].mean(1)
-        returns = post["rewards"].sum(1)[:, :eval_episodes].mean(1)
-        return torch.stack([pre["success"].mean(1), success], 1), success, returns
+        E = eval_episodes
+        success = post["success"][:, :E]
+        return {"curve": torch.stack([pre["success"].mean(1), success.mean(1)], 1), "success": success,
+                "first_success": post["first_success"][:, :E], "returns": post["rewards"].sum(1)[:, :E]}
 
 
 def load_eval_policy(checkpoint: dict, env_spec: EnvSpec, env_cfg, cfg: MAMLConfig, device, seed: int):

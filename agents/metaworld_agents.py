@@ -12,7 +12,8 @@
 
 Meta-World calls init() per batch of tasks, adapt_action()/step() over the adaptation
 episodes, adapt() after them, then eval_action()/reset(dones) over the evaluation episodes,
-which never report rewards. RL² therefore reads the previous reward from an observation
+which never report rewards. RL² evaluates in Meta-World+'s form by default (each evaluation
+episode restarts from the post-adaptation memory, mean action; see RL2MetaWorldAgent). RL² therefore reads the previous reward from an observation
 augmented by `recurrent_info_in_obs=True` ([obs, prev action, reward / 10, done]); on plain
 observations it carries on with reward 0 in evaluation. Arrays in and out are numpy [B, ...].
 """
@@ -29,16 +30,26 @@ AUG_REWARD_SCALE = 10.0  # RNNBasedMetaRLWrapper writes reward / 10
 
 
 class RL2MetaWorldAgent:
-    """An RL² eval policy (agents.rl2.RL2EvalPolicy) over one trial per sub-env: the hidden state
-    runs on from the adaptation episodes into the evaluation episodes."""
+    """An RL² eval policy (agents.rl2.RL2EvalPolicy) over one trial per sub-env.
 
-    def __init__(self, policy, num_envs: int):
-        self.policy, self.num_envs = policy, num_envs
+    form "restart" (Meta-World+'s, the default): sampled actions while adapting; adapt() keeps
+    the post-adaptation memory (hidden state, previous action, reward and done, clock) and every
+    evaluation episode restarts from it (reset(env_mask)) and acts with the mean action.
+    form "carry": the memory runs on from the adaptation episodes through the evaluation
+    episodes, with the policy's own action choice."""
+
+    def __init__(self, policy, num_envs: int, form: str = "restart"):
+        if form not in ("restart", "carry"):
+            raise ValueError(f"form must be 'restart' or 'carry', not {form!r}")
+        self.policy, self.num_envs, self.form = policy, num_envs, form
         self.init()
 
     def init(self) -> None:
         self.policy.reset(self.num_envs, "cpu")
+        if self.form == "restart":
+            self.policy.deterministic = False
         self._last_action, self._done = None, torch.ones(self.num_envs, dtype=torch.bool)
+        self._saved = None
 
     def _act(self, obs: np.ndarray) -> np.ndarray:
         a = self.policy.act(torch.as_tensor(np.asarray(obs)[:, :OBS_DIM], dtype=torch.float32))
@@ -55,7 +66,19 @@ class RL2MetaWorldAgent:
         self._last_action = None  # observed
 
     def adapt(self) -> None:
-        pass  # RL² adapts in its hidden state
+        """RL² adapts in its memory; the restart form keeps it for every evaluation episode."""
+        if self.form == "restart":
+            p = self.policy
+            self._saved = (p.h.clone(), p.prev, torch.as_tensor(p.t).expand(self.num_envs).clone())
+            p.deterministic = True
+
+    def _restore(self, mask: torch.Tensor) -> None:
+        """Sub-envs `mask` [B] start an evaluation episode from the post-adaptation memory."""
+        p, (h, prev, t) = self.policy, self._saved
+        p.h = torch.where(mask.view(1, -1, 1), h, p.h)
+        p.prev = tuple(torch.where(mask.view(-1, *[1] * (new.dim() - 1)), old, new)
+                       for old, new in zip(prev, p.prev))
+        p.t = torch.where(mask, t, torch.as_tensor(p.t).expand(self.num_envs))
 
     def eval_action(self, observations):
         obs = np.asarray(observations)
@@ -64,6 +87,8 @@ class RL2MetaWorldAgent:
             reward = (obs[:, OBS_DIM + A] * AUG_REWARD_SCALE if obs.shape[1] > OBS_DIM
                       else np.zeros(len(obs)))
             self.policy.observe(self._last_action, torch.as_tensor(reward, dtype=torch.float32), self._done, None)
+        if self._saved is not None and bool(self._done.any()):
+            self._restore(self._done)
         self._done = torch.zeros(self.num_envs, dtype=torch.bool)
         return self._act(obs)
 
@@ -128,8 +153,9 @@ class MAMLMetaWorldAgent:
         pass  # the adapted parameters stay; MAML keeps no per-episode state
 
 
-def load_metaworld_agent(run_dir: str, num_envs: int, seed: int = 0):
-    """The trained agent of a run directory, wrapped for metaworld.evaluation (CPU)."""
+def load_metaworld_agent(run_dir: str, num_envs: int, seed: int = 0, rl2_form: str = "restart"):
+    """The trained agent of a run directory, wrapped for metaworld.evaluation (CPU); rl2_form:
+    RL2MetaWorldAgent's form ("restart": Meta-World+'s evaluation, "carry")."""
     from metarl.run import load_checkpoint, open_existing
     from metarl.config import load_toml
     from metarl.workflows import resolve_config
@@ -141,4 +167,4 @@ def load_metaworld_agent(run_dir: str, num_envs: int, seed: int = 0):
                                                 seed)
     if cfg["agent_spec"].protocol == "inner-steps":
         return MAMLMetaWorldAgent(policy, num_envs)
-    return RL2MetaWorldAgent(policy, num_envs)
+    return RL2MetaWorldAgent(policy, num_envs, rl2_form)

@@ -345,6 +345,32 @@ class RL2EvalPolicy:
         self.t += 1
 
 
+class RL2RestartPolicy(RL2EvalPolicy):
+    """Meta-World+'s evaluation form of RL² (rainx0r/metaworld-algorithms): sampled actions over
+    the first `adapt_steps` steps (the adaptation episodes, state carried throughout); then every
+    evaluation episode of `horizon` steps restarts from the post-adaptation memory (hidden state,
+    previous action, reward and done, and the time feature's clock) and acts with the mean
+    action. Evaluation episodes then do not depend on each other, as Meta-World's tally assumes."""
+
+    def __init__(self, net, num_actions, trial_length, cfg, generator, adapt_steps: int, horizon: int):
+        super().__init__(net, num_actions, trial_length, cfg, generator)
+        self.adapt_steps, self.horizon = adapt_steps, horizon
+
+    def reset(self, num_envs: int, device) -> None:
+        super().reset(num_envs, device)
+        self.steps, self.saved = 0, None
+
+    def act(self, obs):
+        k = self.steps - self.adapt_steps
+        if k == 0:
+            self.saved = (self.h.clone(), self.prev, self.t)
+        elif k > 0 and k % self.horizon == 0:
+            self.h, self.prev, self.t = self.saved[0].clone(), self.saved[1], self.saved[2]
+        self.deterministic = k >= 0
+        self.steps += 1
+        return super().act(obs)
+
+
 def _task_dim(env, cfg: RL2Config, env_name: str) -> int:
     """Width of the privileged critic's task input (0 without one); checks the env supports
     the privileged options asked for."""
@@ -359,7 +385,10 @@ def _task_dim(env, cfg: RL2Config, env_name: str) -> int:
 
 
 def load_eval_policy(checkpoint: dict, env_spec: EnvSpec, env_cfg, cfg: RL2Config, device, seed: int,
-                     deterministic: bool = False):
+                     deterministic: bool = False, form: str = "carry"):
+    """The trained policy for evaluation. form "carry": one memory through the whole trial,
+    sampled (or with deterministic, mode) actions; "restart": RL2RestartPolicy (Meta-World envs,
+    which define env.adapt_episodes)."""
     env = env_spec.make_env(env_cfg, 1, device, torch.Generator(device=device))
     trial_length = env.horizon * env_spec.episodes_per_trial(env_cfg)
     input_dim = rl2_input_dim(env.obs_dim, env.num_actions, cfg.time_feature, cfg.reward_per_action)
@@ -367,13 +396,24 @@ def load_eval_policy(checkpoint: dict, env_spec: EnvSpec, env_cfg, cfg: RL2Confi
                          _task_dim(env, cfg, env_spec.name), cfg.init_std, cfg.separate_critic).to(device)
     net.load_state_dict(checkpoint["trainer"]["net"])
     net.eval()
-    return RL2EvalPolicy(net, env.num_actions, trial_length, cfg, make_generator(seed, "eval-actions", device),
-                         deterministic)
+    gen = make_generator(seed, "eval-actions", device)
+    if form == "restart":
+        return RL2RestartPolicy(net, env.num_actions, trial_length, cfg, gen, env_cfg.adapt_episodes * env.horizon,
+                                env.horizon)
+    return RL2EvalPolicy(net, env.num_actions, trial_length, cfg, gen, deterministic)
 
 
 def extra_eval_policies(checkpoint: dict, env_spec: EnvSpec, env_cfg, cfg: RL2Config, device, seed: int) -> dict:
-    """{label: make_policy(env)} evaluated beside the sampled policy: its deterministic form."""
-    return {"deterministic": lambda env: load_eval_policy(checkpoint, env_spec, env_cfg, cfg, device, seed, True)}
+    """{label: make_policy(env)} evaluated beside the sampled policy: its deterministic form, and
+    on Meta-World the Meta-World+ form (RL2RestartPolicy), the one its published figures use."""
+    forms = {"deterministic": lambda env: load_eval_policy(checkpoint, env_spec, env_cfg, cfg, device, seed, True)}
+    if hasattr(env_cfg, "adapt_episodes"):
+        forms[RESTART_LABEL] = lambda env: load_eval_policy(checkpoint, env_spec, env_cfg, cfg, device, seed,
+                                                            form="restart")
+    return forms
+
+
+RESTART_LABEL = "metaworld+"  # results key "rl2 (metaworld+)": Meta-World+'s evaluation form
 
 
 RL2 = AgentSpec("rl2", RL2Config, RL2Trainer, load_eval_policy, extra_eval=extra_eval_policies)

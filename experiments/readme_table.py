@@ -273,6 +273,21 @@ def pct(r: dict) -> str:
     return f"{100 * r['mean']:.1f}% ± {100 * (r['mean'] - r['ci_low']):.1f}"
 
 
+def success_cell(r: dict) -> str:
+    """Per-task success, and Meta-World's own tally of the same episodes where recorded."""
+    t = r.get("metaworld_tally")
+    return pct(r) + (f" (Meta-World tally {pct(t['total'])})" if t else "")
+
+
+def forms_cell(results: dict, agent: str) -> str:
+    """The agent's evaluated forms, each with both tallies (success_cell)."""
+    forms = [n for n in results if n == agent or n.startswith(agent + " (")]
+    if len(forms) == 1:
+        return success_cell(results[agent])
+    return "; ".join(f"{'sampled actions' if n == agent else n[len(agent) + 2:-1]}: {success_cell(results[n])}"
+                     for n in forms)
+
+
 def metaworld_row(s: dict) -> str:
     m = s["metrics"]
     res = m["results"]
@@ -283,8 +298,9 @@ def metaworld_row(s: dict) -> str:
     rnd = pct(res["random"]) if "random" in res else "–"
     ts = f"{100 * m['train_success']:.1f}%" if m.get("train_success") is not None else "–"
     if m.get("meta_train"):  # the protocol on the training classes (results written since 2026-11-27)
-        ts += f"; protocol {pct(m['meta_train']['results'][m['agent']])}"
-    return (f"| {s['experiment']} | {bench}, {m['held_out_tasks']} held-out tasks | {m['agent']} | {pct(mine)} | "
+        ts += f"; protocol {success_cell(m['meta_train']['results'][m['agent']])}"
+    return (f"| {s['experiment']} | {bench}, {m['held_out_tasks']} held-out tasks | {m['agent']} | "
+            f"{forms_cell(res, m['agent'])} | "
             f"{pct(before)} | {rnd} | {ts} | {s['wall_clock_s'] / 60:.1f} min | {s['commit']} | "
             f"`{s['command']}` |")
 
@@ -304,13 +320,12 @@ def ml10_table() -> str:
         if res.exists():
             s = json.loads(res.read_text())
             m = s["metrics"]
-            det = m["results"].get(agent + " (deterministic)")
-            ours = pct(m["results"][agent]) + (f" sampled actions; {pct(det)} deterministic" if det else "")
+            ours = forms_cell(m["results"], agent)
             status = f"measured at {s['commit']}: {m['env_steps']:,} env steps in {m['train_time_s'] / 3600:.1f} h"
             if m.get("train_success") is not None:
                 status += f", training success {100 * m['train_success']:.0f}% at the end"
             if m.get("meta_train"):
-                status += f" ({pct(m['meta_train']['results'][agent])} by the protocol on the training classes)"
+                status += f" ({success_cell(m['meta_train']['results'][agent])} by the protocol on the training classes)"
             timing = ROOT / "experiments" / "results" / f"{name.stem}_timing.json"
             if timing.exists():  # the projection made before the run, to check it against
                 t = json.loads(timing.read_text())
@@ -345,7 +360,20 @@ def expected(name: str) -> str:
     return (f"measured {t['iteration_s']:.0f} s per iteration on {t['cores_here']} cores ({t['sample_s']:.0f} s "
             f"simulation, {t['update_s']:.0f} s update) at {t['commit']}, so {t['full_iterations']} iterations take "
             f"{t['full_run_here_h']:.1f} h here; projected {proj} (simulation scaled by cores, update time as "
-            f"measured on this CPU, an upper bound for a GPU) — `{t['command']}`")
+            f"measured on this CPU, an upper bound for a GPU) — `{t['command']}`" + earlier_timings(name))
+
+
+def earlier_timings(name: str) -> str:
+    """Earlier measurements kept as NAME_timing_COMMIT.json (wall_clock.py's output renamed before
+    a change), so a speed-up reads against its before."""
+    out = ""
+    for f in sorted((ROOT / "experiments" / "results").glob(f"{name}_timing_*.json")):
+        if f.stem.endswith("_timing_cuda"):
+            continue
+        t = json.loads(f.read_text())
+        out += (f"; before, at {t['commit']} on the same machine: {t['update_s']:.0f} s update "
+                f"({t['sample_s']:.0f} s simulation), {f.name}")
+    return out
 
 
 def steps_row(s: dict) -> str:

@@ -168,7 +168,9 @@ def main(argv=None) -> int:
             # Meta-World: the protocol on the training classes (metarl eval --split train)
             "meta_train": None if meta_train is None else {
                 "tasks": meta_train["tasks"],
-                "results": {n: {**r["total"], "per_class": r["per_class"]} for n, r in meta_train["results"].items()}},
+                "results": {n: {**r["total"], "per_class": r["per_class"],
+                                **({"metaworld_tally": r["metaworld_tally"]} if "metaworld_tally" in r else {})}
+                            for n, r in meta_train["results"].items()}},
             # Meta-World: training success of the last iteration (RL²: last episode of the trial; MAML: adapted)
             "train_success": next((metrics[-1][k] for k in ("success_last", "post_success") if metrics and k in metrics[-1]),
                                   None),

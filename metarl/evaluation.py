@@ -39,14 +39,23 @@ class Evaluation:
     step_reward: torch.Tensor  # [trial_length] mean reward at each step of the trial, over tasks
 
 
+def first_success(success: torch.Tensor) -> torch.Tensor:
+    """success [H, ...] of every step of an episode -> [...] the step index of its first success,
+    H where none (the episode's length under terminate-on-success is min(that + 1, H))."""
+    H = success.shape[0]
+    hit = success > 0
+    return torch.where(hit.any(0), hit.float().argmax(0), torch.full_like(hit[0], H, dtype=torch.long))
+
+
 @torch.no_grad()
 def play_trial(policy, env: BatchedEnv, tasks: Tasks, episodes: int) -> dict[str, torch.Tensor]:
     """One trial of `episodes` episodes in every sub-env with a TrialPolicy. Returns returns
     [B, E], step_reward [E * H] (reward of each step summed over sub-envs) and, for envs with a
-    success signal, success [B, E] (1 where any step of that episode succeeded)."""
+    success signal, success [B, E] (1 where any step of that episode succeeded) and
+    first_success [B, E] (the step of the episode's first success, H where none)."""
     B, dev, H = env.num_envs, env.device, env.horizon
     returns, steps = torch.zeros(B, episodes, device=dev), torch.zeros(episodes * H, device=dev)
-    success = None
+    success = first = None
     with env.rollout_context():
         env.set_tasks(tasks)
         obs = env.reset()
@@ -61,11 +70,14 @@ def play_trial(policy, env: BatchedEnv, tasks: Tasks, episodes: int) -> dict[str
                 if "success" in env.info:
                     if success is None:
                         success = torch.zeros(B, episodes, device=dev)
-                    success[:, e] = torch.maximum(success[:, e], env.info["success"].to(dev))
+                        first = torch.full((B, episodes), H, dtype=torch.long, device=dev)
+                    hit = env.info["success"].to(dev)
+                    success[:, e] = torch.maximum(success[:, e], hit)
+                    first[:, e] = torch.where((hit > 0) & (first[:, e] == H), t, first[:, e])
                 obs = next_obs
     out = {"returns": returns, "step_reward": steps}
     if success is not None:
-        out["success"] = success
+        out["success"], out["first_success"] = success, first
     return out
 
 

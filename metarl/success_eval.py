@@ -1,12 +1,23 @@
-"""Meta-World's meta-learning evaluation protocol, tallied per sub-environment.
+"""Meta-World's meta-learning evaluation protocol, with two tallies of the same episodes.
 
 The protocol of `metaworld.evaluation.metalearning_evaluation`: every held-out task (test
 class x goal; 40 goals per class) gets `adapt_episodes` adaptation episodes, then
 `eval_episodes` evaluation episodes with what the agent learned; an episode succeeds when any
-of its steps succeeds, and a task's success rate is the mean over its evaluation episodes.
-Meta-World keys its tallies by task *name* and stops counting a name after `eval_episodes`
-episodes, so on ML1 (one name shared by every sub-environment) it counts only the first few
-episodes overall; here every task is counted on its own, then averaged per class and overall.
+of its steps succeeds.
+
+- Per task (ours, "total"): a task's success rate is the mean over its evaluation episodes,
+  then averaged per class and overall. Unbiased: every episode counts.
+- Meta-World's own tally ("metaworld_tally", what published figures use): its evaluator runs a
+  meta-batch of 20 sub-envs at once (20 // classes goals of each class: 4 on ML10 / ML45 test,
+  20 on ML1), ends evaluation episodes at success, and per class *name* counts only the first
+  `eval_episodes` episodes to finish among that class's sub-envs. Successful episodes end early,
+  so they fill the quota first: the tally leans towards success on every benchmark, not only on
+  ML1. `metaworld_tally` replays that rule on the episodes played here, from each evaluation
+  episode's success and first successful step (its length had it ended at success). For agents
+  whose evaluation episodes do not depend on each other (MAML's adapted policy, RL² in the
+  Meta-World+ form that restarts each one from the post-adaptation state) this is Meta-World's
+  count exactly, in distribution; for RL² carrying its state through, an approximation (ending
+  an episode early would change what it sees next).
 
 Agents:
 - trial protocol (RL²): one trial of adapt + eval episodes per task, hidden state carried
@@ -15,7 +26,7 @@ Agents:
   (the training inner steps), then rollouts with the adapted policy; the curve has two points,
   0 episodes (the meta-policy itself) and `adapt_episodes`.
 Episodes here always run the full horizon; Meta-World ends evaluation episodes at success,
-which changes returns but not success.
+which changes returns but not per-task success.
 """
 from __future__ import annotations
 
@@ -34,10 +45,17 @@ from metarl.tasks import Tasks, tasks_slice
 class SuccessEvaluation:
     names: list[str]            # [N] class name of each held-out task
     goals: list[int]            # [N] goal index of each task within its class
-    success: torch.Tensor       # [N] protocol success rate of each task (mean over its evaluation episodes)
-    returns: torch.Tensor       # [N] mean evaluation-episode return of each task
+    episodes: torch.Tensor      # [N, E] success of each evaluation episode of each task (0 / 1)
+    first: torch.Tensor         # [N, E] step of each evaluation episode's first success (horizon where none)
+    returns: torch.Tensor       # [N, E] return of each evaluation episode
+    horizon: int
     curve_episodes: list[int]   # adaptation episodes seen, one per curve point
     curve: torch.Tensor         # [N, P] success of each task at each curve point
+
+    @property
+    def success(self) -> torch.Tensor:
+        """[N] per-task success rate (mean over its evaluation episodes)."""
+        return self.episodes.mean(1)
 
 
 def protocol_tasks(dist, goals_per_class: int, batch_tasks: int, split: str = "test") -> list[Tasks]:
@@ -56,16 +74,16 @@ def protocol_tasks(dist, goals_per_class: int, batch_tasks: int, split: str = "t
 def evaluate_success(make_agent, protocol: str, env_spec: EnvSpec, env_cfg, goals_per_class: int, seed: int, device,
                      batch_tasks: int = 40, split: str = "test") -> SuccessEvaluation:
     """make_agent(env) -> the agent, called once with the first env: a TrialPolicy (protocol
-    "trial"), or an object with adapt_success(env, tasks,
-    adapt_episodes, eval_episodes) -> (curve [N, 2], success [N], returns [N]) whose env holds
-    adapt_episodes sub-envs per task (protocol "inner-steps"). split "train" plays the
+    "trial"), or an object with adapt_success(env, tasks, adapt_episodes, eval_episodes) ->
+    {"curve" [N, 2], and per evaluation episode [N, E] "success", "first_success", "returns"}
+    whose env holds adapt_episodes sub-envs per task (protocol "inner-steps"). split "train" plays the
     training classes' goals instead of the test classes'."""
     device = torch.device(device)
     dist = env_spec.make_distribution(env_cfg)
     A, E = env_cfg.adapt_episodes, env_cfg.eval_episodes
     env_gen = make_generator(seed, "eval-env", device)
     rollouts = A if protocol != "trial" else 1  # MAML: one sub-env per adaptation episode
-    names, goals, success, returns, curves = [], [], [], [], []
+    names, goals, success, first, returns, curves = [], [], [], [], [], []
     env, agent = None, None
     try:
         for tasks in protocol_tasks(dist, goals_per_class, batch_tasks, split):
@@ -77,30 +95,65 @@ def evaluate_success(make_agent, protocol: str, env_spec: EnvSpec, env_cfg, goal
                 agent = agent or make_agent(env)
             if protocol == "trial":
                 played = play_trial(agent, env, tasks, A + E)
-                s, r = played["success"], played["returns"]
-                curves.append(s.cpu())
-                success.append(s[:, A:].mean(1).cpu())
-                returns.append(r[:, A:].mean(1).cpu())
+                curves.append(played["success"].cpu())
+                played = {k: played[k][:, A:] for k in ("success", "first_success", "returns")}
             else:
-                c, s, r = agent.adapt_success(env, tasks, A, E)
-                curves.append(c.cpu()), success.append(s.cpu()), returns.append(r.cpu())
+                played = agent.adapt_success(env, tasks, A, E)
+                curves.append(played["curve"].cpu())
+            success.append(played["success"].cpu())
+            first.append(played["first_success"].cpu())
+            returns.append(played["returns"].cpu())
             names += dist.task_names(tasks)
             goals += tasks["goal"].tolist()
     finally:
         if env is not None:
             env.close()
     points = list(range(A + E)) if protocol == "trial" else [0, A]
-    return SuccessEvaluation(names, goals, torch.cat(success), torch.cat(returns), points, torch.cat(curves))
+    return SuccessEvaluation(names, goals, torch.cat(success), torch.cat(first), torch.cat(returns), env_cfg.horizon,
+                             points, torch.cat(curves))
+
+
+METAWORLD_META_BATCH = 20  # sub-envs Meta-World's published evaluations run at once
+
+
+def metaworld_tally(ev: SuccessEvaluation, meta_batch: int = METAWORLD_META_BATCH) -> tuple[list[str], torch.Tensor]:
+    """Meta-World's count (metaworld.evaluation.evaluation) replayed on these episodes.
+
+    Each class's tasks, in goal order, form groups of meta_batch // classes (one evaluation
+    round's sub-envs of that class). In a group, every sub-env plays its evaluation episodes back
+    to back, each ending at its first success or at the horizon; the first E episodes to end
+    (ties in sub-env order, as Meta-World's loop visits them) are counted. -> (class of each
+    group, success rate of each group [G])."""
+    classes = list(dict.fromkeys(ev.names))
+    size = max(1, meta_batch // len(classes))
+    E = ev.episodes.shape[1]
+    lengths = torch.where(ev.episodes > 0, ev.first + 1, torch.full_like(ev.first, ev.horizon))
+    ends = lengths.cumsum(1)  # [N, E] step of the round at which each episode ends
+    names, scores = [], []
+    for c in classes:
+        idx = [i for i, n in enumerate(ev.names) if n == c]
+        for g0 in range(0, len(idx), size):
+            group = idx[g0:g0 + size]
+            order = sorted((int(ends[j, k]), pos, k) for pos, j in enumerate(group) for k in range(E))[:E]
+            names.append(c)
+            scores.append(sum(float(ev.episodes[group[pos], k]) for _, pos, k in order) / E)
+    return names, torch.tensor(scores)
+
+
+def _by_class(names: list[str], x: torch.Tensor) -> dict:
+    """{class: mean_ci of x over the entries of that class}."""
+    return {c: mean_ci(x[torch.tensor([i for i, n in enumerate(names) if n == c])]) for c in dict.fromkeys(names)}
 
 
 def summarize_success(ev: SuccessEvaluation) -> dict:
-    """-> "total" (mean success with 95% CI over tasks), per-class success, evaluation return,
-    the success curve, and every task's success."""
-    per_class = {}
-    for name in dict.fromkeys(ev.names):
-        idx = torch.tensor([i for i, n in enumerate(ev.names) if n == name])
-        per_class[name] = mean_ci(ev.success[idx])
-    return {"total": mean_ci(ev.success), "per_class": per_class, "return": mean_ci(ev.returns),
+    """-> "total" (mean success with 95% CI over tasks), per-class success, Meta-World's own
+    tally (mean over its groups, each a class in one evaluation round, with CI), evaluation
+    return, the success curve, and every task's success."""
+    groups, group_scores = metaworld_tally(ev)
+    tally = {"total": mean_ci(group_scores), "per_class": _by_class(groups, group_scores),
+             "group_size": max(1, METAWORLD_META_BATCH // len(set(ev.names))), "groups": len(groups)}
+    return {"total": mean_ci(ev.success), "per_class": _by_class(ev.names, ev.success),
+            "metaworld_tally": tally, "return": mean_ci(ev.returns.mean(1)),
             "scores": task_scores(ev.success),
             "success_curve": {"episodes": ev.curve_episodes,
                               "success": [mean_ci(ev.curve[:, k]) for k in range(ev.curve.shape[1])]},

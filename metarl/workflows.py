@@ -287,8 +287,26 @@ def report_table(report: dict) -> str:
             text += (f"\n{name}: {r['total']['diverged']} of {r['total']['n']} tasks diverged (score not finite); "
                      f"median over the rest {r['total']['median']:.3f}")
     if report.get("protocol") == "metaworld":
-        text += "\n\n" + per_class_table(report["results"])
+        text += "\n\n" + tally_table(report["results"]) + "\n\n" + per_class_table(report["results"])
     return text
+
+
+def tally_table(results: dict) -> str:
+    """Meta-World: each method's success by both tallies of the same episodes (metarl.success_eval):
+    per task (every episode counts) and Meta-World's own (the first episodes to end per class
+    among a meta-batch of 20, what published figures use)."""
+    rows = [(n, r) for n, r in results.items() if "metaworld_tally" in r]
+    if not rows:
+        return ""
+    width = max(len("method"), *(len(n) for n, _ in rows)) + 2
+    group = rows[0][1]["metaworld_tally"]["group_size"]
+    lines = [f"success by tally ({group} goals of a class per Meta-World group)",
+             f"{'method':<{width}}{'per task':>22}  {'Meta-World tally':>24}"]
+    for n, r in rows:
+        cells = [f"{t['mean']:.3f} [{t['ci_low']:.3f}, {t['ci_high']:.3f}]"
+                 for t in (r["total"], r["metaworld_tally"]["total"])]
+        lines.append(f"{n:<{width}}{cells[0]:>22}  {cells[1]:>24}")
+    return "\n".join(lines)
 
 
 def per_class_table(results: dict) -> str:

@@ -158,7 +158,7 @@ def test_smoke_train_on_ml1_logs_success(cli, tmp_path, agent):
     code, out, err = cli("eval", rd, "--tasks", "2")
     assert code == 0, err
     report = json.loads((rd / "eval.json").read_text())
-    forms = {agent, "random"} | ({"rl2 (deterministic)"} if agent == "rl2" else set())
+    forms = {agent, "random"} | ({"rl2 (deterministic)", "rl2 (metaworld+)"} if agent == "rl2" else set())
     assert report["protocol"] == "metaworld" and report["tasks"] == 2 and set(report["results"]) == forms
     mine = report["results"][agent]
     curve_points = 13 if agent == "rl2" else 2  # 10 adaptation + 3 evaluation episodes, or before / after
@@ -166,7 +166,9 @@ def test_smoke_train_on_ml1_logs_success(cli, tmp_path, agent):
     assert len(mine["success_curve"]["success"]) == curve_points
     assert [t["goal"] for t in mine["per_task"]] == [0, 1] and set(mine["per_class"]) == {"reach-v3"}
     assert 0 <= mine["total"]["mean"] <= 1 and (rd / "eval_adaptation.png").stat().st_size > 0
-    assert "success rate" in out
+    tally = mine["metaworld_tally"]  # one group: ML1's single class, both goals
+    assert tally["groups"] == 1 and 0 <= tally["total"]["mean"] <= 1
+    assert "success rate" in out and "Meta-World tally" in out
     # meta-train success by the same protocol: the training goals, in eval_train.json, eval.json kept
     before = (rd / "eval.json").read_bytes()
     code, out, err = cli("eval", rd, "--tasks", "2", "--split", "train", "--baselines", "none")
@@ -330,3 +332,42 @@ def test_metaworld_gym_ids_pass_gymnasium_and_sb3_checkers(gym_id, kw, sb3_check
         assert len(classes) > (1 if gym_id.startswith("metarl/ML10") else 0)  # any class, one task at a time
     finally:
         env.close()
+
+
+def test_rl2_metaworld_agent_restart_form_restarts_each_evaluation_episode_from_adaptation():
+    """In Meta-World+'s form, a sub-env whose evaluation episode ended (reset mask) acts again as
+    at the first evaluation step (same memory, mean action); the others carry on."""
+    import gymnasium as gym
+
+    from metarl.agents.metaworld_agents import RL2MetaWorldAgent
+    from metarl.agents.rl2 import GRUActorCritic, RL2Config, RL2EvalPolicy
+    from metaworld.evaluation import Timestep
+
+    cfg = build(RL2Config, {"hidden_size": 16, "time_feature": False, "reward_scale": 0.1}, "agent")
+    net = GRUActorCritic(39 + 4 + 2, gym.spaces.Box(-1, 1, (4,)), 16, torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        net.pi.linear.weight.mul_(100)
+    agent = RL2MetaWorldAgent(RL2EvalPolicy(net, 4, 100, cfg, torch.Generator().manual_seed(0)), num_envs=2)
+    g = torch.Generator().manual_seed(1)
+    obs = [torch.randn(2, 39, generator=g).double().numpy() for _ in range(3)]
+    agent.init()
+    for t in range(4):  # two adaptation episodes of two steps
+        a, _ = agent.adapt_action(obs[t % 2])
+        end = np.full(2, t % 2 == 1)
+        agent.step(Timestep(obs[t % 2], a, np.ones(2), np.zeros(2, bool), end, {}))
+    agent.adapt()
+    agent.reset(np.ones(2, bool))
+    first = agent.eval_action(obs[0])
+    agent.reset(np.zeros(2, bool))
+    agent.eval_action(obs[1])
+    agent.reset(np.array([True, False]))  # sub-env 0's evaluation episode ends
+    again = agent.eval_action(obs[0])
+    assert np.array_equal(again[0], first[0]) and not np.allclose(again[1], first[1])
+    carry = RL2MetaWorldAgent(agent.policy, num_envs=2, form="carry")
+    carry.init()
+    for t in range(4):
+        a, _ = carry.adapt_action(obs[t % 2])
+        carry.step(Timestep(obs[t % 2], a, np.ones(2), np.zeros(2, bool), np.full(2, t % 2 == 1), {}))
+    carry.adapt()
+    carry.reset(np.ones(2, bool))
+    assert not np.allclose(carry.eval_action(obs[0]), first)  # sampled, not the mean action

@@ -215,3 +215,29 @@ def test_deterministic_evaluation_takes_the_most_likely_action():
         out, _, _ = det.net(x, det.net.initial_state(500, "cpu"))
     assert torch.equal(acts["det"], out[0].argmax(-1))
     assert acts["det"].unique().numel() == 1 and acts["sampled"].unique().numel() > 1
+
+
+def test_restart_form_replays_the_post_adaptation_memory_in_every_evaluation_episode():
+    """Meta-World+'s form: sampled actions while adapting, then each evaluation episode starts
+    from the memory left by adaptation and takes mean actions, so on a deterministic env (2-D
+    navigation starts at the origin) the evaluation episodes are identical; carrying the memory
+    on instead makes them differ."""
+    from metarl.agents.rl2 import RL2EvalPolicy, RL2RestartPolicy
+    from metarl.evaluation import play_trial
+    spec, env_cfg, tr = _trainer("navigation-2d", {"horizon": 5, "episodes": 5})
+    T, H, A = tr.trial_env.trial_length, 5, 2
+    env, tasks = tr.trial_env.env, tr.dist.sample(8, torch.Generator().manual_seed(1))
+    with torch.no_grad():  # make the memory matter: larger recurrent and input weights
+        tr.net.gru.weight_hh_l0.mul_(3)
+        tr.net.gru.weight_ih_l0.mul_(3)
+        tr.net.pi.linear.weight.mul_(100)
+    restart = RL2RestartPolicy(tr.net, 2, T, tr.cfg, torch.Generator().manual_seed(0), A * H, H)
+    r = play_trial(restart, env, tasks, 5)["returns"]
+    assert torch.allclose(r[:, 3], r[:, 2]) and torch.allclose(r[:, 4], r[:, 2])
+    carry = RL2EvalPolicy(tr.net, 2, T, tr.cfg, torch.Generator().manual_seed(0), deterministic=True)
+    c = play_trial(carry, env, tasks, 5)["returns"]
+    assert not torch.allclose(c[:, 3], c[:, 2])
+    # adaptation samples: the same seed draws the same adaptation episodes as the sampled policy
+    sampled = RL2EvalPolicy(tr.net, 2, T, tr.cfg, torch.Generator().manual_seed(0))
+    s = play_trial(sampled, env, tasks, 5)["returns"]
+    assert torch.equal(s[:, :A], r[:, :A]) and not torch.allclose(s[:, 2], r[:, 2])
