@@ -75,6 +75,10 @@ class MAMLConfig:
                                        "paper's code tests with 0.5 then 0.25 after training with 0.5)", ge=0.0)
     eval_rollouts: int = option(0, "metarl eval: rollouts per task and step (0 = rollouts; the MAML paper's code "
                                    "tests navigation with 40)", ge=0)
+    eval_every: int = option(0, "Meta-World: every N iterations, play the evaluation protocol on eval_goals goals "
+                                "of each held-out class and log heldout_success beside training success "
+                                "(0 = off)", ge=0)
+    eval_goals: int = option(2, "Meta-World, with eval_every: held-out goals per test class", ge=1, le=50)
     checkpoint_every: int = option(10, "iterations between checkpoints", ge=1)
 
 

@@ -58,6 +58,10 @@ class RL2Config:
     policy_in_workers: bool = option(False, "CPU simulators (MuJoCo, Meta-World): the policy GRU acts inside the "
                                             "simulation workers for a whole trial, not in this process with a "
                                             "round trip per step (log-probs and values are recomputed here)")
+    eval_every: int = option(0, "Meta-World: every N iterations, play the evaluation protocol on eval_goals goals "
+                                "of each held-out class and log heldout_success beside training success "
+                                "(0 = off)", ge=0)
+    eval_goals: int = option(2, "Meta-World, with eval_every: held-out goals per test class", ge=1, le=50)
     checkpoint_every: int = option(10, "iterations between checkpoints", ge=1)
 
 

@@ -144,7 +144,7 @@ def main(argv=None) -> int:
                 shutil.copyfile(run_dir / src, out / f"{args.name}_{dst}.png")
     else:
         adaptation_curve(results, out / f"{args.name}_adaptation.png", f"{args.name}: held-out tasks")
-    success_keys = tuple(k for k in SUCCESS_KEYS if metrics and k in metrics[-1])
+    success_keys = tuple(k for k in SUCCESS_KEYS if any(k in m for m in metrics))
     if success_keys:  # Meta-World: training success next to the return curve
         learning_curve(metrics, out / f"{args.name}_success.png", f"{args.name}: {agent} training success",
                        keys=success_keys, references=success_refs)

@@ -31,9 +31,12 @@ CURVE_LABELS = {"trial_return": ("training trials", "mean total reward per trial
                 "success_last": ("last episode of the trial", "training success rate"),
                 "pre_success": ("before adaptation", "training success rate"),
                 "post_success": ("after adaptation", "training success rate"),
+                "heldout_success": ("held-out sample, per task (agent.eval_every)", "training success rate"),
+                "heldout_success_tally": ("held-out sample, Meta-World tally", "training success rate"),
                 "loss": ("meta-training loss", "loss"),
                 "accuracy": ("query accuracy (training tasks)", "loss / accuracy")}
-SUCCESS_KEYS = ("success", "success_last", "pre_success", "post_success")
+SUCCESS_KEYS = ("success", "success_last", "pre_success", "post_success", "heldout_success",
+                "heldout_success_tally")
 
 
 def learning_curve(metrics: list[dict], out: Path, title: str, keys: tuple[str, ...] = ("trial_return",),
@@ -42,7 +45,8 @@ def learning_curve(metrics: list[dict], out: Path, title: str, keys: tuple[str, 
     plt, fig, ax = _figure()
     keys = [k for k in keys if any(k in m for m in metrics)]
     for k in keys:
-        ax.plot([m["env_steps"] for m in metrics if k in m], [m[k] for m in metrics if k in m],
+        xs, ys = [m["env_steps"] for m in metrics if k in m], [m[k] for m in metrics if k in m]
+        ax.plot(xs, ys, marker="o" if len(xs) < len(metrics) else None, ms=3,  # sparse: every agent.eval_every
                 label=CURVE_LABELS.get(k, (k,))[0])
     for i, (name, value) in enumerate((references or {}).items()):
         ax.axhline(value, ls="--", lw=1, color=f"C{i + len(keys)}", label=name)

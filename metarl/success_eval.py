@@ -159,3 +159,16 @@ def summarize_success(ev: SuccessEvaluation) -> dict:
                               "success": [mean_ci(ev.curve[:, k]) for k in range(ev.curve.shape[1])]},
             "per_task": [{"class": n, "goal": g, "success": float(s)}
                          for n, g, s in zip(ev.names, ev.goals, ev.success.tolist())]}
+
+
+def held_out_monitor(spec, env_spec: EnvSpec, env_cfg, agent_cfg, seed: int, device, goals_per_class: int):
+    """fn(trainer_state) -> {"heldout_success", "heldout_success_tally"}: the protocol on the first
+    goals_per_class goals of every test class, played by the agent as the trainer's state stands
+    (its evaluated form, spec.load_eval_policy), for `agent.eval_every`. Its own generators: the
+    run's samples and metrics do not depend on whether it runs."""
+    def monitor(trainer_state: dict) -> dict[str, float]:
+        agent = spec.load_eval_policy({"trainer": trainer_state}, env_spec, env_cfg, agent_cfg, device, seed)
+        ev = evaluate_success(lambda env: agent, spec.protocol, env_spec, env_cfg, goals_per_class, seed, device)
+        return {"heldout_success": float(ev.success.mean()),
+                "heldout_success_tally": float(metaworld_tally(ev)[1].mean())}
+    return monitor

@@ -70,14 +70,17 @@ def progress_bar(total: int, quiet: bool, desc: str):
 
 def train_loop(trainer: Trainer, run: RunDir, iterations: int, config: dict, *, start_iteration: int = 0,
                checkpoint_every: int = 10, quiet: bool = False, desc: str = "train",
-               shown: tuple[str, ...] = ("trial_return",), select: str | None = None) -> None:
+               shown: tuple[str, ...] = ("trial_return",), select: str | None = None,
+               monitor: tuple[int, Callable[[dict], dict[str, float]]] | None = None) -> None:
     """Run iterations [start_iteration, iterations). Checkpoint every `checkpoint_every`
     iterations and at the end (the progress bar shows the metrics named in `shown`); with
     `select`, also keep checkpoints/best.pt, the iteration with the highest metrics[select] so far
     (the MAML paper evaluates "the model with the best average return during training"): the
     state from before that iteration's update, i.e. the parameters that earned the metric. A
     non-finite metric stops training without touching the last good checkpoint; Ctrl-C finishes
-    the iteration, checkpoints it and raises Interrupted."""
+    the iteration, checkpoints it and raises Interrupted. monitor (every, fn): after every
+    `every`-th iteration, fn(trainer state) -> more metrics for that iteration's row (held-out
+    success while training), its seconds logged as monitor_s."""
     spi = trainer.steps_per_iteration
 
     def state(next_it: int, trainer_state=None, **extra):
@@ -109,9 +112,14 @@ def train_loop(trainer: Trainer, run: RunDir, iterations: int, config: dict, *, 
                     raise TrainingDiverged(
                         f"{', '.join(bad)} became non-finite at iteration {it}; training stopped, the last good "
                         f"checkpoint in {run.path / 'checkpoints'} is kept; lower agent.lr and resume or restart")
+                extra = {}
+                if monitor is not None and (it + 1) % monitor[0] == 0:
+                    t1 = time.perf_counter()
+                    metrics = {**metrics, **monitor[1](trainer.state_dict())}
+                    extra["monitor_s"] = time.perf_counter() - t1
                 run.log({"iteration": it, "env_steps": (it + 1) * spi, **metrics},
                         {"iteration_s": dt, "steps_per_s": spi / dt, "wall_clock_s": time.perf_counter() - t_start,
-                         **getattr(trainer, "last_timing", {})})
+                         **getattr(trainer, "last_timing", {}), **extra})
                 if select and select in metrics and metrics[select] > best:
                     best = metrics[select]
                     run.save_checkpoint(state(it, before, select=select, select_value=best), "best")

@@ -81,6 +81,7 @@ def train(agent: str, env: str, *, config_file: str | None = None, sets: list[st
         path = Path(run_dir) if run_dir else Path(runs_root) / default_run_name(env, agent, cfg["run"]["seed"])
     dev = resolve_device(cfg["run"]["device"])
     _setup_threads(dev)
+    monitor = _held_out_monitor(cfg, dev)
     # Build the trainer before touching the disk, so that a bad value leaves nothing behind.
     trainer = cfg["agent_spec"].trainer_cls(cfg["env_spec"], cfg["env"], cfg["agent"], cfg["run"]["seed"], dev)
     run = RunDir(path, resume=resume, overwrite=overwrite)
@@ -97,13 +98,28 @@ def train(agent: str, env: str, *, config_file: str | None = None, sets: list[st
               f"{trainer.steps_per_iteration} steps, device {dev}) -> {path}", flush=True)
     train_loop(trainer, run, trainer.iterations, saved_cfg, start_iteration=start,
                checkpoint_every=cfg["agent"].checkpoint_every, quiet=quiet, desc=cfg["run"]["env"],
-               shown=cfg["agent_spec"].curve_keys, select=cfg["agent_spec"].select_key)
+               shown=cfg["agent_spec"].curve_keys, select=cfg["agent_spec"].select_key, monitor=monitor)
     metrics = run.read_metrics()
     if metrics:
         learning_curve(metrics, path / "learning_curve.png", f"{cfg['run']['agent']} on {cfg['run']['env']}",
                        keys=cfg["agent_spec"].curve_keys,
                        xlabel="meta-iterations" if cfg["agent_spec"].protocol == "fewshot" else "env steps")
     return path
+
+
+def _held_out_monitor(cfg: dict, dev):
+    """(agent.eval_every, fn) for train_loop where the agent asks for held-out success while
+    training, else None; refuses envs without a held-out protocol."""
+    every = getattr(cfg["agent"], "eval_every", 0)
+    if not every:
+        return None
+    env_spec = cfg["env_spec"]
+    if "metaworld" not in env_spec.families:
+        raise UserError(f"agent.eval_every needs an env with a held-out protocol (Meta-World: ml1, ml10, ml25, "
+                        f"ml45); {cfg['run']['env']!r} has none: leave agent.eval_every at 0")
+    from metarl.success_eval import held_out_monitor
+    return every, held_out_monitor(cfg["agent_spec"], env_spec, cfg["env"], cfg["agent"], cfg["run"]["seed"], dev,
+                                   cfg["agent"].eval_goals)
 
 
 def choose_baselines(spec, names: str) -> list[str]:

@@ -371,3 +371,28 @@ def test_rl2_metaworld_agent_restart_form_restarts_each_evaluation_episode_from_
     carry.adapt()
     carry.reset(np.ones(2, bool))
     assert not np.allclose(carry.eval_action(obs[0]), first)  # sampled, not the mean action
+
+
+def test_eval_every_logs_held_out_success_without_changing_training(cli, tmp_path):
+    """agent.eval_every=1 adds held-out success (per task and Meta-World's tally) to every row of
+    metrics.jsonl; everything training logs is what the same run logs without it."""
+    import json
+    common = ["--set", "env.horizon=10", "--set", "env.workers=2", "--set", "env.episodes=2", "--set",
+              "agent.num_envs=4", "--set", "agent.hidden_size=8", "--set", "agent.total_steps=160", "--quiet",
+              "--device", "cpu"]
+    rows = {}
+    for name, extra in (("plain", []), ("monitored", ["--set", "agent.eval_every=1", "--set", "agent.eval_goals=1"])):
+        code, _, err = cli("train", "rl2", "--env", "ml1", *common, *extra, "--run-dir", tmp_path / name)
+        assert code == 0, err
+        rows[name] = [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows["monitored"]) == 2
+    for plain, mon in zip(rows["plain"], rows["monitored"]):
+        assert 0 <= mon.pop("heldout_success") <= 1 and 0 <= mon.pop("heldout_success_tally") <= 1
+        assert mon == plain
+
+
+def test_eval_every_on_an_env_without_held_out_protocol_is_one_line(cli, tmp_path):
+    code, out, err = cli("train", "rl2", "--env", "bandit", "--set", "agent.eval_every=5", "--quiet",
+                         "--run-dir", tmp_path / "r")
+    assert code == 2 and "agent.eval_every" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "r").exists()
