@@ -16,13 +16,14 @@ import torch.nn as nn
 from metarl.batched_env import EnvSpec
 from metarl.config import option
 from metarl.distributions import make_head
-from metarl.episodes import EpisodeBatch, gae
+from metarl.episodes import EpisodeBatch, discounted_returns, gae
 from metarl.errors import UserError
+from metarl.linear_baseline import fit_predict
 from metarl.ppo import RunningMeanStd, ppo_loss
 from metarl.seeding import make_generator
 from metarl.tasks import split_generator
 from metarl.training import AgentSpec
-from metarl.trial import TrialEnv, collect_trial, rl2_input_dim, rl2_inputs, run_trial
+from metarl.trial import TrialEnv, burn_in_mask, chunk_starts, collect_trial, rl2_input_dim, rl2_inputs, run_trial
 
 
 @dataclass
@@ -55,6 +56,20 @@ class RL2Config:
     init_std: float = option(1.0, "initial action std of the Gaussian policy (continuous actions only)", gt=0.0)
     reward_scale: float = option(1.0, "the previous reward enters the policy input times this (Meta-World: 0.1)",
                                  gt=0.0)
+    encoder_layers: int = option(0, "tanh MLP layers between the RL² input and the GRU(s) (Meta-World+: 3 of 256); "
+                                    "0 = the GRU reads the input directly", ge=0)
+    encoder_size: int = option(256, "units per encoder layer", ge=1)
+    head: str = option("linear", "policy head: linear (logits, or a Gaussian mean with a learned state-independent "
+                                 "log std) or tanh (Box actions: tanh on [mean, log std], the log std "
+                                 "state-dependent in (-1, 1), as Meta-World+'s RL²)", choices=("linear", "tanh"))
+    baseline: str = option("gru", "advantage baseline: gru (the learned value head) or linear (each trial's own "
+                                  "least-squares fit of its discounted return on [x, x², t, t², t³, 1] of the RL² "
+                                  "input x, as Meta-World+'s RL²; no value loss)", choices=("gru", "linear"))
+    normalize_advantages: bool = option(True, "normalise advantages per minibatch")
+    bptt_overlap: int = option(0, "truncated BPTT: consecutive chunks share this many steps, which the later chunk "
+                                  "runs from the rollout state as burn-in, outside its loss", ge=0)
+    minibatch_by_chunk: bool = option(False, "each minibatch holds one chunk position of every trial (chunk positions "
+                                             "shuffled each epoch; replaces num_minibatches), as Meta-World+'s RL²")
     policy_in_workers: bool = option(False, "CPU simulators (MuJoCo, Meta-World): the policy GRU acts inside the "
                                             "simulation workers for a whole trial, not in this process with a "
                                             "round trip per step (log-probs and values are recomputed here)")
@@ -78,12 +93,17 @@ class GRUActorCritic(nn.Module):
     task, used only to train; the policy head sees its GRU output alone."""
 
     def __init__(self, input_dim: int, action_space, hidden_size: int, generator: torch.Generator,
-                 task_dim: int = 0, init_std: float = 1.0, separate_critic: bool = False):
+                 task_dim: int = 0, init_std: float = 1.0, separate_critic: bool = False,
+                 encoder_layers: int = 0, encoder_size: int = 256, head: str = "linear"):
         super().__init__()
         self.hidden_size, self.task_dim = hidden_size, task_dim
-        self.gru = nn.GRU(input_dim, hidden_size)
-        self.critic_gru = nn.GRU(input_dim, hidden_size) if separate_critic else None
-        self.pi = make_head(hidden_size, action_space, init_std)
+        dims = [input_dim] + [encoder_size] * encoder_layers
+        self.encoder = (nn.Sequential(*[m for i in range(encoder_layers) for m in (nn.Linear(dims[i], dims[i + 1]),
+                                                                                    nn.Tanh())])
+                        if encoder_layers else None)
+        self.gru = nn.GRU(dims[-1], hidden_size)
+        self.critic_gru = nn.GRU(dims[-1], hidden_size) if separate_critic else None
+        self.pi = make_head(hidden_size, action_space, init_std, head)
         self.v = nn.Linear(hidden_size, 1)
         if task_dim:
             self.critic = nn.Sequential(nn.Linear(hidden_size + task_dim, hidden_size), nn.Tanh())
@@ -98,12 +118,18 @@ class GRUActorCritic(nn.Module):
                         nn.init.orthogonal_(chunk, generator=generator)
                 else:
                     p.zero_()
+            for m in self.encoder or ():
+                if isinstance(m, nn.Linear):  # Xavier-uniform, as Meta-World+'s encoder
+                    nn.init.xavier_uniform_(m.weight, generator=generator)
+                    m.bias.zero_()
             nn.init.orthogonal_(self.pi.linear.weight, gain=0.01, generator=generator)
             nn.init.orthogonal_(self.v.weight, gain=1.0, generator=generator)
             self.pi.linear.bias.zero_()
             self.v.bias.zero_()
 
     def forward(self, x, h, task=None):
+        if self.encoder is not None:
+            x = self.encoder(x)
         if self.critic_gru is None:
             out, h = self.gru(x, h)
             vin = out
@@ -149,8 +175,9 @@ class GRURows:
     its rows the hidden state and previous action and reward, from which it rebuilds the RL²
     input each step as TrialEnv does (the critic is not needed to act)."""
 
-    def __init__(self, gru: nn.GRU, head: nn.Module, noise: torch.Tensor, trial_env: TrialEnv):
-        self.gru, self.head, self.noise = gru, head, noise
+    def __init__(self, gru: nn.GRU, head: nn.Module, noise: torch.Tensor, trial_env: TrialEnv,
+                 encoder: nn.Module | None = None):
+        self.gru, self.head, self.noise, self.encoder = gru, head, noise, encoder
         self.H, self.T, self.A = trial_env.env.horizon, trial_env.trial_length, trial_env.num_actions
         self.time_feature, self.reward_per_action = trial_env.time_feature, trial_env.reward_per_action
         self.reward_scale = trial_env.reward_scale
@@ -159,6 +186,8 @@ class GRURows:
         """Sub-envs [lo, hi): CPU copies with a fresh memory."""
         out = copy.copy(self)
         out.gru, out.head = (copy.deepcopy(m).to("cpu").requires_grad_(False) for m in (self.gru, self.head))
+        if self.encoder is not None:
+            out.encoder = copy.deepcopy(self.encoder).to("cpu").requires_grad_(False)
         out.noise = self.noise[:, lo:hi].to("cpu", copy=True)
         return out
 
@@ -168,6 +197,8 @@ class GRURows:
             self.h, self.prev = obs.new_zeros(1, obs.shape[0], self.gru.hidden_size), (None, None, None)
         x = rl2_inputs(obs, *self.prev, self.A, t / self.T if self.time_feature else None, self.reward_per_action,
                        self.reward_scale)
+        if self.encoder is not None:
+            x = self.encoder(x)
         out, self.h = self.gru(x.unsqueeze(0), self.h)
         a = self.head.dist(self.head(out[0])).sample_with(self.noise[t])
         self.prev = (a, None, None)
@@ -195,21 +226,28 @@ class RL2Trainer:
                                   cfg.reward_per_action, cfg.reward_scale)
         T = self.trial_env.trial_length
         self.bptt = cfg.bptt_len or T
-        if T % self.bptt:
+        if cfg.bptt_overlap and cfg.bptt_overlap >= self.bptt:
+            raise UserError(f"agent.bptt_overlap={cfg.bptt_overlap} must be below agent.bptt_len={self.bptt}")
+        if not cfg.bptt_overlap and T % self.bptt:
             raise UserError(f"agent.bptt_len={cfg.bptt_len} must divide the trial length {T}; "
-                            f"use a divisor of {T} or 0 for the whole trial")
-        chunks = cfg.num_envs * (T // self.bptt)
-        if cfg.num_minibatches > chunks:
+                            f"use a divisor of {T} or 0 for the whole trial (or overlap chunks: agent.bptt_overlap)")
+        self.starts = chunk_starts(T, self.bptt, cfg.bptt_overlap)
+        chunks = cfg.num_envs * len(self.starts)
+        if cfg.baseline == "linear" and (cfg.separate_critic or cfg.privileged_critic):
+            raise UserError("agent.baseline=linear has no learned critic; leave agent.separate_critic and "
+                            "agent.privileged_critic off")
+        if cfg.head == "tanh" and env.discrete:
+            raise UserError(f"agent.head=tanh is for continuous actions; env {env_spec.name!r} has discrete ones")
+        if not cfg.minibatch_by_chunk and cfg.num_minibatches > chunks:
             raise UserError(f"agent.num_minibatches={cfg.num_minibatches} exceeds the {chunks} sequences per "
                             f"iteration; lower it or raise agent.num_envs")
         if cfg.policy_in_workers and cfg.expected_rewards:
             raise UserError("agent.expected_rewards needs the policy in this process; set agent.policy_in_workers=false")
         task_dim = _task_dim(env, cfg, env_spec.name)
-        self.net = GRUActorCritic(self.trial_env.input_dim, env.action_space, cfg.hidden_size,
-                                  make_generator(seed, "init"), task_dim, cfg.init_std,
-                                  cfg.separate_critic).to(device)
+        self.net = _network(self.trial_env.input_dim, env.action_space, cfg, make_generator(seed, "init"),
+                            task_dim).to(device)
         self.opt = torch.optim.Adam(self.net.parameters(), lr=cfg.lr, eps=1e-5)
-        self.rms = RunningMeanStd(device) if cfg.normalize_returns else None
+        self.rms = RunningMeanStd(device) if cfg.normalize_returns and cfg.baseline == "gru" else None
         self.steps_per_iteration = cfg.num_envs * T
         self.iterations = -(-cfg.total_steps // self.steps_per_iteration)
 
@@ -228,40 +266,45 @@ class RL2Trainer:
             batch, h_starts = self._collect_in_workers(tasks, task_f)
         else:
             batch, h_starts = collect_trial(_RolloutPolicy(self.net, self.rms, task_f), self.trial_env, tasks,
-                                            self.act_gen, self.bptt)
+                                            self.act_gen, starts=self.starts)
         t1 = time.perf_counter()
         # The trial is one RL² episode: returns flow across inner-episode boundaries.
         no_dones = torch.zeros_like(batch.dones)
         rewards = batch.mean_rewards if cfg.expected_rewards else batch.rewards
-        adv, ret = gae(rewards, batch.values, no_dones, cfg.gamma, cfg.gae_lambda)
+        values = batch.values if cfg.baseline == "gru" else linear_baseline_values(batch.obs, rewards, cfg.gamma)
+        adv, ret = gae(rewards, values, no_dones, cfg.gamma, cfg.gae_lambda)
         if self.rms is not None:
             self.rms.update(ret)
             ret = (ret - self.rms.mean.float()) / self.rms.std.float()
 
-        # [T, B, ...] -> [L, N] with N = B * (T / L) sequences, each starting from its rollout state.
+        # [T, B, ...] -> [L, N] with N = B * C sequences (C chunks a trial, chunk-major), each
+        # starting from its rollout state; in_loss [L, N] leaves out each chunk's burn-in steps.
         T, B = batch.rewards.shape
-        L, C = self.bptt, T // self.bptt
+        L, C = self.bptt, len(self.starts)
 
         def chunk(t):
-            return t.reshape(C, L, B, *t.shape[2:]).transpose(0, 1).reshape(L, C * B, *t.shape[2:])
+            return torch.stack([t[s:s + L] for s in self.starts], 1).reshape(L, C * B, *t.shape[2:])
 
         obs, act, old_logp, adv_c, ret_c = (chunk(t) for t in (batch.obs, batch.actions, batch.logprobs, adv, ret))
+        in_loss = burn_in_mask(self.starts, L).repeat_interleave(B, 1).to(self.device) if cfg.bptt_overlap else None
         h0 = h_starts.reshape(C * B, -1)
         task_c = task_f.repeat(C, 1) if task_f is not None else None  # [C * B, F], chunk-major like h0
         N = C * B
         stats = []
         for _ in range(cfg.epochs):
-            perm = torch.randperm(N, generator=self.shuffle_gen).to(self.device)
-            for idx in perm.chunk(cfg.num_minibatches):
+            for idx in self._minibatches(N, B, C):
                 out, v, _ = self.net(obs[:, idx], h0[idx].unsqueeze(0),
                                      task_c[idx] if task_c is not None else None)
                 dist = self.net.pi.dist(out)
-                logp = dist.log_prob(act[:, idx])
-                entropy = dist.entropy()
-                a = adv_c[:, idx]
-                a = (a - a.mean()) / (a.std() + 1e-8)
-                loss, st = ppo_loss(logp.flatten(), old_logp[:, idx].flatten(), a.flatten(), v.flatten(),
-                                    ret_c[:, idx].flatten(), entropy.flatten(), cfg.clip, cfg.vf_coef, ent_coef)
+                terms = {"logp": dist.log_prob(act[:, idx]), "old": old_logp[:, idx], "adv": adv_c[:, idx],
+                         "v": v, "ret": ret_c[:, idx] if cfg.baseline == "gru" else v.detach(),
+                         "ent": dist.entropy()}
+                terms = {k: x.flatten() if in_loss is None else x[in_loss[:, idx]] for k, x in terms.items()}
+                a = terms["adv"]
+                if cfg.normalize_advantages:
+                    a = (a - a.mean()) / (a.std() + 1e-8)
+                loss, st = ppo_loss(terms["logp"], terms["old"], a, terms["v"], terms["ret"], terms["ent"], cfg.clip,
+                                    cfg.vf_coef if cfg.baseline == "gru" else 0.0, ent_coef)
                 self.opt.zero_grad(set_to_none=True)
                 loss.backward()
                 nn.utils.clip_grad_norm_(self.net.parameters(), cfg.max_grad_norm)
@@ -278,6 +321,15 @@ class RL2Trainer:
         out["loss"] = loss.item()
         return out
 
+    def _minibatches(self, N: int, B: int, C: int) -> list[torch.Tensor]:
+        """One epoch's minibatches of sequence indices (chunk-major: sequence c * B + b is chunk c
+        of trial b): num_minibatches random splits, or with minibatch_by_chunk one chunk position
+        of every trial each, positions in random order."""
+        if self.cfg.minibatch_by_chunk:
+            order = torch.randperm(C, generator=self.shuffle_gen)
+            return [(c * B + torch.arange(B)).to(self.device) for c in order.tolist()]
+        return list(torch.randperm(N, generator=self.shuffle_gen).to(self.device).chunk(self.cfg.num_minibatches))
+
     @torch.no_grad()
     def _collect_in_workers(self, tasks, task_f):
         """collect_trial with the policy acting inside the simulation workers (run_trial, GRURows);
@@ -285,15 +337,17 @@ class RL2Trainer:
         one pass of the network over the recorded inputs here, chunk by chunk as PPO replays them."""
         T, B, L = self.trial_env.trial_length, self.cfg.num_envs, self.bptt
         noise = self.net.pi.draw_noise((T, B), self.act_gen)
-        x, actions, rewards = run_trial(self.trial_env, GRURows(self.net.gru, self.net.pi, noise, self.trial_env),
-                                        tasks)
+        x, actions, rewards = run_trial(self.trial_env, GRURows(self.net.gru, self.net.pi, noise, self.trial_env,
+                                                                self.net.encoder), tasks)
         x, actions, rewards = x.to(self.device), actions.to(self.device), rewards.to(self.device)
-        h, outs, values, h_starts = self.net.initial_state(B, self.device), [], [], []
-        for c in range(T // L):
-            h_starts.append(h[0])
-            out, v, h = self.net(x[c * L:(c + 1) * L], h, task_f)
+        h, outs, values, h_at = self.net.initial_state(B, self.device), [], [], {}
+        cuts = sorted(set(self.starts) | {c * L for c in range(-(-T // L))}) + [T]  # PPO's chunks and L-step pieces
+        for lo, hi in zip(cuts, cuts[1:]):
+            h_at[lo] = h[0]
+            out, v, h = self.net(x[lo:hi], h, task_f)
             outs.append(out)
             values.append(v)
+        h_starts = [h_at[s] for s in self.starts]
         logp = self.net.pi.dist(torch.cat(outs)).log_prob(actions)
         v = torch.cat(values)
         if self.rms is not None:
@@ -375,6 +429,21 @@ class RL2RestartPolicy(RL2EvalPolicy):
         return super().act(obs)
 
 
+def _network(input_dim: int, action_space, cfg: RL2Config, generator: torch.Generator, task_dim: int) -> GRUActorCritic:
+    return GRUActorCritic(input_dim, action_space, cfg.hidden_size, generator, task_dim, cfg.init_std,
+                          cfg.separate_critic, cfg.encoder_layers, cfg.encoder_size, cfg.head)
+
+
+def linear_baseline_values(x: torch.Tensor, rewards: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Values [T, B] of Meta-World+'s RL² baseline: per trial (task), a least-squares fit of the
+    discounted return over the whole trial (episode boundaries crossed, as the GRU sees it) on
+    features of the RL² inputs x [T, B, D] and the step (metarl.linear_baseline), in float64 (t³
+    reaches 1e5 on a 5,000-step trial), evaluated on the same trial."""
+    ret = discounted_returns(rewards, torch.zeros_like(rewards, dtype=torch.bool), gamma)
+    v = fit_predict(x.transpose(0, 1).unsqueeze(2).double(), ret.T.unsqueeze(2).double())  # [B, T, 1]
+    return v.squeeze(2).T.to(rewards.dtype)
+
+
 def _task_dim(env, cfg: RL2Config, env_name: str) -> int:
     """Width of the privileged critic's task input (0 without one); checks the env supports
     the privileged options asked for."""
@@ -396,8 +465,7 @@ def load_eval_policy(checkpoint: dict, env_spec: EnvSpec, env_cfg, cfg: RL2Confi
     env = env_spec.make_env(env_cfg, 1, device, torch.Generator(device=device))
     trial_length = env.horizon * env_spec.episodes_per_trial(env_cfg)
     input_dim = rl2_input_dim(env.obs_dim, env.num_actions, cfg.time_feature, cfg.reward_per_action)
-    net = GRUActorCritic(input_dim, env.action_space, cfg.hidden_size, torch.Generator(),
-                         _task_dim(env, cfg, env_spec.name), cfg.init_std, cfg.separate_critic).to(device)
+    net = _network(input_dim, env.action_space, cfg, torch.Generator(), _task_dim(env, cfg, env_spec.name)).to(device)
     net.load_state_dict(checkpoint["trainer"]["net"])
     net.eval()
     gen = make_generator(seed, "eval-actions", device)

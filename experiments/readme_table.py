@@ -312,7 +312,7 @@ def ml10_table() -> str:
     rows = ["ML10 meta-test success, published and ours:", "",
             "| agent | Meta-World paper (v1 rewards) | Meta-World+ (v2 rewards) | ours | status | command |",
             "|---|---|---|---|---|---|"]
-    for name in sorted((ROOT / "experiments" / "configs").glob("*_ml10.toml")):
+    for name in sorted((ROOT / "experiments" / "configs").glob("*_ml10*.toml")):
         cfg = tomllib.loads(name.read_text())
         meta, agent = cfg.get("experiment", {}), cfg["run"]["agent"]
         pub = meta.get("published", {})

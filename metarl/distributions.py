@@ -128,8 +128,33 @@ class GaussianHead(nn.Module):
         return torch.randn((*shape, self.linear.out_features), generator=generator, device=generator.device)
 
 
-def make_head(hidden: int, space: gym.Space, init_std: float = 1.0) -> CategoricalHead | GaussianHead:
-    """The policy head for an action space: Categorical for Discrete, diagonal Gaussian for Box."""
+class TanhGaussianHead(nn.Module):
+    """features [..., H] -> tanh(linear) = [mean, log_std] [..., 2A]: a state-dependent log std
+    bounded to (-1, 1) (std in (0.37, 2.7)) and a bounded mean, as Meta-World+'s RL² baseline
+    builds its head (rainx0r/metaworld-algorithms); samples are not squashed."""
+
+    def __init__(self, hidden: int, act_dim: int):
+        super().__init__()
+        self.linear = nn.Linear(hidden, 2 * act_dim)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.linear(h))
+
+    dist = staticmethod(GaussianHead.dist)
+
+    def draw_noise(self, shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
+        """Standard normal noise [*shape, A] for DiagGaussian.sample_with."""
+        return torch.randn((*shape, self.linear.out_features // 2), generator=generator, device=generator.device)
+
+
+def make_head(hidden: int, space: gym.Space, init_std: float = 1.0,
+              kind: str = "linear") -> CategoricalHead | GaussianHead | TanhGaussianHead:
+    """The policy head for an action space: Categorical for Discrete, diagonal Gaussian for Box
+    (kind "tanh": TanhGaussianHead, Box only)."""
+    if kind == "tanh":
+        if not (isinstance(space, gym.spaces.Box) and len(space.shape) == 1):
+            raise ValueError(f"the tanh head is for 1-D Box actions, not {space}")
+        return TanhGaussianHead(hidden, int(space.shape[0]))
     if isinstance(space, gym.spaces.Discrete):
         return CategoricalHead(hidden, int(space.n))
     if isinstance(space, gym.spaces.Box) and len(space.shape) == 1:

@@ -143,21 +143,39 @@ class RecurrentPolicy(Protocol):
         """x [B, D], h [1, B, H] -> action [B] or [B, A], logprob [B], value [B], h' [1, B, H]"""
 
 
+def chunk_starts(trial_length: int, bptt_len: int, overlap: int = 0) -> list[int]:
+    """First steps of the truncated-BPTT chunks of bptt_len steps that cover a trial: one every
+    bptt_len - overlap steps, the last one ending at the trial's end."""
+    T, L = trial_length, bptt_len or trial_length
+    if L >= T:
+        return [0]
+    starts = list(range(0, T - L + 1, L - overlap))
+    return starts if starts[-1] + L == T else starts + [T - L]
+
+
+def burn_in_mask(starts: list[int], bptt_len: int) -> torch.Tensor:
+    """[L, C] True where step j of chunk c is in the loss: every step of the trial once, in the
+    first chunk that reaches it; a chunk's steps before the previous chunk's end are burn-in."""
+    ends = torch.tensor([0] + [s + bptt_len for s in starts[:-1]])
+    return torch.arange(bptt_len).view(-1, 1) + torch.tensor(starts) >= ends
+
+
 @torch.no_grad()
 def collect_trial(policy: RecurrentPolicy, trial_env: TrialEnv, tasks: Tasks, generator: torch.Generator,
-                  bptt_len: int | None = None):
+                  bptt_len: int | None = None, starts: list[int] | None = None):
     """Run one full trial in every sub-env.
 
-    Returns (EpisodeBatch [T, B], h_starts [T // bptt_len, B, H]): the hidden state at the start
-    of each truncated-BPTT chunk, so training can start every chunk from its rollout state.
+    Returns (EpisodeBatch [T, B], h_starts [C, B, H]): the hidden state at the start of each
+    truncated-BPTT chunk (steps `starts`, default chunk_starts(T, bptt_len)), so training can
+    start every chunk from its rollout state.
     """
     with trial_env.env.rollout_context():
-        return _collect_trial(policy, trial_env, tasks, generator, bptt_len)
+        return _collect_trial(policy, trial_env, tasks, generator,
+                              starts or chunk_starts(trial_env.trial_length, bptt_len or trial_env.trial_length))
 
 
-def _collect_trial(policy, trial_env, tasks, generator, bptt_len):
+def _collect_trial(policy, trial_env, tasks, generator, starts):
     B, T = trial_env.num_envs, trial_env.trial_length
-    L = bptt_len or T
     x = trial_env.start(tasks)
     dev = x.device
     obs = torch.empty(T, B, trial_env.input_dim, device=dev)
@@ -168,10 +186,11 @@ def _collect_trial(policy, trial_env, tasks, generator, bptt_len):
     dones = torch.empty(T, B, dtype=torch.bool, device=dev)
     mean_rewards = None
     h = policy.initial_state(B, dev)
-    h_starts = []
+    h_at = {}
+    wanted = set(starts)
     for t in range(T):
-        if t % L == 0:
-            h_starts.append(h[0])
+        if t in wanted:
+            h_at[t] = h[0]
         obs[t] = x
         a, logp, v, h = policy.step(x, h, generator)
         x, r, d = trial_env.step(a)
@@ -182,4 +201,4 @@ def _collect_trial(policy, trial_env, tasks, generator, bptt_len):
             mean_rewards[t] = trial_env.env.mean_reward
     batch = EpisodeBatch(obs, actions, rewards, dones, logprobs, values, torch.ones(T, B, device=dev),
                          mean_rewards)
-    return batch, torch.stack(h_starts)
+    return batch, torch.stack([h_at[t] for t in starts])

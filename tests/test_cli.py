@@ -32,6 +32,15 @@ def _one_line_error(code, err, *needles):
     (["train", "rl2", "--env", "bandit", "--config", "/nonexistent.toml"], ["does not exist"]),
     (["eval", "/nonexistent/run"], ["does not exist"]),
     (["bench", "nope"], ["unknown benchmark 'nope'"]),
+    (["train", "rl2", "--env", "navigation-2d", "--set", "agent.baseline=mlp"], ["agent.baseline", "gru", "linear"]),
+    (["train", "rl2", "--env", "navigation-2d", "--set", "agent.encoder_layers=2", "--set", "agent.encoder_size=0"],
+     ["agent.encoder_size must be >= 1"]),
+    (["train", "rl2", "--env", "bandit", "--set", "agent.head=tanh"], ["agent.head=tanh", "discrete"]),
+    (["train", "rl2", "--env", "bandit", "--set", "agent.bptt_len=5", "--set", "agent.bptt_overlap=5"],
+     ["agent.bptt_overlap=5 must be below agent.bptt_len=5"]),
+    (["train", "rl2", "--env", "navigation-2d", "--set", "agent.baseline=linear", "--set",
+      "agent.separate_critic=true"], ["agent.baseline=linear has no learned critic"]),
+    (["train", "rl2", "--env", "bandit", "--set", "agent.eval_every=3"], ["agent.eval_every", "held-out protocol"]),
 ])
 def test_bad_input_is_one_line_exit_2(cli, tmp_path, args, needles):
     code, out, err = cli(*args, "--run-dir", str(tmp_path / "r")) if args[0] == "train" else cli(*args)

@@ -241,3 +241,62 @@ def test_restart_form_replays_the_post_adaptation_memory_in_every_evaluation_epi
     sampled = RL2EvalPolicy(tr.net, 2, T, tr.cfg, torch.Generator().manual_seed(0))
     s = play_trial(sampled, env, tasks, 5)["returns"]
     assert torch.equal(s[:, :A], r[:, :A]) and not torch.allclose(s[:, 2], r[:, 2])
+
+
+def test_overlapping_chunks_cover_every_step_once_in_the_loss():
+    """Meta-World+'s BPTT: 250-step chunks every 200 steps of a 5,000-step trial; the last one
+    ends at the trial's end, and the burn-in mask puts every step in exactly one chunk's loss."""
+    from metarl.trial import burn_in_mask, chunk_starts
+    starts = chunk_starts(5000, 250, 50)
+    assert starts[:3] == [0, 200, 400] and starts[-2:] == [4600, 4750] and len(starts) == 25
+    mask = burn_in_mask(starts, 250)
+    counted = torch.zeros(5000)
+    for c, s in enumerate(starts):
+        counted[s:s + 250] += mask[:, c].float()
+    assert torch.equal(counted, torch.ones(5000))
+    assert mask[:, 0].all() and not mask[:50, 1].any() and mask[50:, 1].all() and not mask[:100, -1].any()
+    assert chunk_starts(12, 4) == [0, 4, 8] and chunk_starts(12, 0) == [0]
+
+
+def test_linear_baseline_is_each_trials_own_least_squares_fit():
+    """agent.baseline=linear: per trial, the discounted return over the whole trial regressed on
+    [x, x², t, t², t³, 1]; on returns that are such a function the fit is exact."""
+    from metarl.agents.rl2 import linear_baseline_values
+    g = torch.Generator().manual_seed(0)
+    T, B = 40, 3
+    x = torch.randn(T, B, 2, generator=g)
+    gamma = 0.9
+    t = torch.arange(T, dtype=torch.float64).view(T, 1) / 100
+    target = (2 * x[..., 0] - x[..., 1] ** 2).double() + 3 * t - t ** 3 + torch.arange(B).double()  # [T, B]
+    rewards = (target[:-1] - gamma * target[1:]).float()  # so that the return from t is target[t] - gamma^(T-t) ...
+    rewards = torch.cat([rewards, target[-1:].float()])  # ... with the last step's return its own reward
+    v = linear_baseline_values(x, rewards, gamma)
+    assert torch.allclose(v.double(), target, atol=1e-3)
+
+
+def test_metaworld_plus_recipe_acts_in_workers_as_the_network_and_trains():
+    """The Meta-World+ recipe's options together (tanh MLP encoder, tanh head with a state-dependent
+    log std, linear baseline, overlapping chunks, a chunk position per minibatch, no advantage
+    normalisation) on 2-D navigation with the policy acting trial-long in GRURows: its actions are
+    the network's under the drawn noise, chunk states are the network's, and PPO takes one Adam
+    step per chunk position and epoch."""
+    spec, env_cfg, tr = _trainer("navigation-2d", {"horizon": 5, "episodes": 3}, encoder_layers=2, encoder_size=8,
+                                 head="tanh", baseline="linear", bptt_len=6, bptt_overlap=2, minibatch_by_chunk=True,
+                                 normalize_advantages=False, policy_in_workers=True, epochs=2)
+    assert tr.starts == [0, 4, 8, 9]
+    tasks = tr.dist.sample(8, tr.task_gen)
+    state = tr.act_gen.get_state()
+    batch, h_starts = tr._collect_in_workers(tasks, None)
+    tr.act_gen.set_state(state)
+    noise = tr.net.pi.draw_noise((15, 8), tr.act_gen)
+    with torch.no_grad():
+        out, _, _ = tr.net(batch.obs, tr.net.initial_state(8, "cpu"))
+        assert out.abs().max() < 1  # tanh head
+        assert torch.allclose(batch.actions, tr.net.pi.dist(out).sample_with(noise), atol=1e-5)
+        h4 = tr.net(batch.obs[:4], tr.net.initial_state(8, "cpu"))[2]
+    assert torch.allclose(h_starts[1], h4[0], atol=1e-6)
+    steps = []
+    tr.opt.step = (lambda step: lambda *a, **k: steps.append(1) or step(*a, **k))(tr.opt.step)
+    m = tr.train_iteration(0)
+    assert len(steps) == 2 * 4 and m["value_loss"] == 0.0
+    assert all(torch.isfinite(torch.tensor(v)) for v in m.values())
