@@ -87,6 +87,9 @@ def main(argv=None) -> int:
     p.add_argument("--eval-only", action="store_true", help="evaluate the existing run without training")
     p.add_argument("--device", default="auto")
     p.add_argument("--quiet", action="store_true")
+    p.add_argument("--seed", type=int, default=None,
+                   help="train with this seed instead of the config's; the run directory and the results file "
+                        "are NAME_seedN (several seeds of one config, for metarl compare)")
     args = p.parse_args(argv)
     cfg_file = HERE / "configs" / f"{args.name}.toml"
     if not cfg_file.exists():
@@ -97,7 +100,8 @@ def main(argv=None) -> int:
     default_tasks = int(meta.get("eval_tasks", 10000))
     if args.tasks is None:
         args.tasks = default_tasks
-    run_dir = ROOT / "runs" / "experiments" / args.name
+    stem = args.name if args.seed is None else f"{args.name}_seed{args.seed}"
+    run_dir = ROOT / "runs" / "experiments" / stem
     try:
         if not args.eval_only:
             resume = (run_dir / "checkpoints" / "latest.pt").exists()
@@ -105,7 +109,7 @@ def main(argv=None) -> int:
                 raise UserError(f"{run_dir} was trained with another config than {cfg_file}; delete the run "
                                 f"directory to start again with the new config")
             train(run["agent"], run["env"], config_file=str(cfg_file), run_dir=str(run_dir), resume=resume,
-                  device=args.device, quiet=args.quiet)
+                  device=args.device, quiet=args.quiet, seed=None if resume else args.seed)
         eval_sets = [f"agent.{k}={v}" for k, v in raw.get("agent", {}).items() if k.startswith("eval_")]
         report = evaluate_run(str(run_dir), tasks=args.tasks, device=args.device, sets=eval_sets,
                               checkpoint=meta.get("checkpoint", "latest"), baselines=meta.get("baselines", "all"))
@@ -117,7 +121,7 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except Interrupted:  # Ctrl-C: the iteration was finished and checkpointed
-        print(f"interrupted; checkpoint saved in {run_dir}; `python experiments/run.py {args.name}` resumes",
+        print(f"interrupted; checkpoint saved in {run_dir}; `{command(args, default_tasks)}` resumes",
               file=sys.stderr)
         return 130
     metrics = read_jsonl(run_dir / "metrics.jsonl")
@@ -134,24 +138,23 @@ def main(argv=None) -> int:
     if "episode_return" in spec.curve_keys:  # one episode per point: trial totals scaled to one episode
         refs = {k: v / report["env_config"].get("episodes", 1) for k, v in refs.items()}
     fewshot = report["protocol"] == "fewshot"
-    learning_curve(metrics, out / f"{args.name}_curve.png", f"{args.name}: {agent} training", keys=spec.curve_keys,
+    learning_curve(metrics, out / f"{stem}_curve.png", f"{stem}: {agent} training", keys=spec.curve_keys,
                    references=None if fewshot else refs, xlabel="meta-iterations" if fewshot else "env steps")
     if fewshot:  # the run's own plots: metric against inner steps, fitted curves, CNP context curve
         import shutil
         for src, dst in (("eval_adaptation.png", "adaptation"), ("eval_fits.png", "fits"),
                          ("eval_context.png", "context")):
             if (run_dir / src).exists():
-                shutil.copyfile(run_dir / src, out / f"{args.name}_{dst}.png")
+                shutil.copyfile(run_dir / src, out / f"{stem}_{dst}.png")
     else:
-        adaptation_curve(results, out / f"{args.name}_adaptation.png", f"{args.name}: held-out tasks")
+        adaptation_curve(results, out / f"{stem}_adaptation.png", f"{stem}: held-out tasks")
     success_keys = tuple(k for k in SUCCESS_KEYS if any(k in m for m in metrics))
     if success_keys:  # Meta-World: training success next to the return curve
-        learning_curve(metrics, out / f"{args.name}_success.png", f"{args.name}: {agent} training success",
+        learning_curve(metrics, out / f"{stem}_success.png", f"{stem}: {agent} training success",
                        keys=success_keys, references=success_refs)
     summary = {
-        "experiment": args.name,
-        "command": f"python experiments/run.py {args.name}" + (f" --tasks {args.tasks}" if args.tasks != default_tasks
-                                                               else ""),
+        "experiment": stem, "config": args.name,
+        "command": command(args, default_tasks),
         "commit": commit(),
         "device": f"{report['device']}, {torch.get_num_threads()} threads",
         "wall_clock_s": train_s,
@@ -161,6 +164,7 @@ def main(argv=None) -> int:
             "protocol": report["protocol"], "metric": report["metric"], "eval_options": report.get("eval_options", {}),
             "results": {n: {**r["total"], **{k: r[k] for k in ("per_episode", "per_step_return", "success_curve",
                                                                "per_class", "return", "per_task", "metric",
+                                                               "metaworld_tally",
                                                                "per_step", "per_context") if k in r}}
                         for n, r in results.items()},
             "paired_vs_best_baseline": paired_vs_best(results, agent),
@@ -177,11 +181,17 @@ def main(argv=None) -> int:
             "written": time.strftime("%Y-%m-%d %H:%M:%S"),
         },
     }
-    (out / f"{args.name}.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (out / f"{stem}.json").write_text(json.dumps(summary, indent=2) + "\n")
     from metarl.workflows import report_table
     print(report_table(report))
-    print(f"training time {train_s / 60:.1f} min; wrote {out / (args.name + '.json')}")
+    print(f"training time {train_s / 60:.1f} min; wrote {out / (stem + '.json')}")
     return 0
+
+
+def command(args, default_tasks: int) -> str:
+    """The command line that reproduces (or resumes) this experiment."""
+    return (f"python experiments/run.py {args.name}" + (f" --seed {args.seed}" if args.seed is not None else "")
+            + (f" --tasks {args.tasks}" if args.tasks != default_tasks else ""))
 
 
 if __name__ == "__main__":

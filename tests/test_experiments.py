@@ -35,8 +35,9 @@ def test_readme_results_table_is_generated_from_results_files():
             continue
         assert {"experiment", "command", "commit", "device", "wall_clock_s", "metrics"} <= set(s)
         script = "peer.py" if s["metrics"].get("protocol") == "peer" else "run.py"
-        assert s["command"].startswith(f"python experiments/{script} {f.stem}")
-        assert (ROOT / "experiments" / "configs" / f"{f.stem}.toml").exists()
+        config = s.get("config", f.stem)  # NAME_seedN: run.py NAME --seed N
+        assert s["command"].startswith(f"python experiments/{script} {config}")
+        assert (ROOT / "experiments" / "configs" / f"{config}.toml").exists()
         assert f"| {f.stem} |" in table
 
 
@@ -72,14 +73,21 @@ def test_metaworld_experiment_records_meta_train_success(tmp_path, monkeypatch):
         '[agent]\nnum_envs = 4\nhidden_size = 8\ntotal_steps = 160\n')
     monkeypatch.setattr(run, "HERE", tmp_path / "experiments")
     monkeypatch.setattr(run, "ROOT", tmp_path)
-    assert run.main(["tiny_ml1", "--tasks", "2", "--quiet", "--device", "cpu"]) == 0
+    assert run.main(["tiny_ml1", "--tasks", "2", "--quiet", "--device", "cpu", "--seed", "3"]) == 0
     out = tmp_path / "experiments" / "results"
-    m = json.loads((out / "tiny_ml1.json").read_text())["metrics"]
+    s = json.loads((out / "tiny_ml1_seed3.json").read_text())  # another seed: its own run and results file
+    assert s["config"] == "tiny_ml1" and s["command"] == "python experiments/run.py tiny_ml1 --seed 3 --tasks 2"
+    from metarl.config import tomllib
+    saved = tomllib.loads((tmp_path / "runs" / "experiments" / "tiny_ml1_seed3" / "config.toml").read_text())
+    assert saved["run"]["seed"] == 3
+    m = s["metrics"]
     assert m["protocol"] == "metaworld" and set(m["results"]) == {"rl2", "rl2 (deterministic)", "rl2 (metaworld+)"}
+    assert 0 <= m["results"]["rl2 (metaworld+)"]["metaworld_tally"]["total"]["mean"] <= 1
     mt = m["meta_train"]
     assert mt["tasks"] == 2 and set(mt["results"]) == {"rl2", "rl2 (deterministic)", "rl2 (metaworld+)"}
     assert 0 <= mt["results"]["rl2"]["mean"] <= 1 and set(mt["results"]["rl2"]["per_class"]) == {"reach-v3"}
-    assert (out / "tiny_ml1_success.png").stat().st_size > 0 and (out / "tiny_ml1_curve.png").stat().st_size > 0
+    assert (out / "tiny_ml1_seed3_success.png").stat().st_size > 0
+    assert (out / "tiny_ml1_seed3_curve.png").stat().st_size > 0
 
 
 @pytest.mark.parametrize("cfg", sorted((ROOT / "experiments" / "configs").glob("*.toml")), ids=lambda p: p.stem)
