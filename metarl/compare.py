@@ -13,7 +13,8 @@ P(X_t > Y_t) + P(X_t = Y_t) / 2 over runs, averaged over tasks; CI by resampling
 
 Writes report.md, summary.csv, poi.csv, per_task.csv, adaptation.png, training_steps.png,
 training_wallclock.png, and for tasks with names (Meta-World) per_task_success.csv and
-per_task_heatmap.png.
+per_task_heatmap.png; for Meta-World evaluations also Meta-World's own tally of the agent's forms
+(tally_summary.csv, and a section of report.md with its per-class rates).
 """
 from __future__ import annotations
 
@@ -127,6 +128,18 @@ def gather_scores(runs: list[Run], labels: list[str], baselines: bool = True) ->
         for name, res in runs[0].report["results"].items():
             if name != runs[0].agent and name not in rows and name not in forms:
                 rows[name] = [res["scores"]]
+    return {k: np.asarray(v, dtype=np.float64) for k, v in rows.items()}
+
+
+def gather_tally_scores(runs: list[Run], labels: list[str]) -> dict[str, np.ndarray]:
+    """Meta-World: method (the agent and its forms) -> Meta-World's own tally [runs, groups], each
+    group a class in one evaluation round (metarl.success_eval.metaworld_tally); empty when the
+    evaluations predate it or are not Meta-World's."""
+    rows: dict[str, list] = {}
+    for r, label in zip(runs, labels):
+        for suffix, res in {"": r.result, **other_forms(r)}.items():
+            if "scores" in res.get("metaworld_tally", {}):
+                rows.setdefault(label + suffix, []).append(res["metaworld_tally"]["scores"])
     return {k: np.asarray(v, dtype=np.float64) for k, v in rows.items()}
 
 
@@ -416,6 +429,30 @@ def compare(run_dirs: list[str], out: str, *, reps: int = 2000, seed: int = 0, b
     order = sorted(methods, key=lambda m: stats[m]["mean"][0], reverse=not lower)
     for m in order:
         lines.append(f"| {m} | {scores[m].shape[0]} | {_fmt(stats[m]['mean'])} | {_fmt(stats[m]['iqm'])} |")
+    tally = gather_tally_scores(runs, labels)
+    if tally:  # Meta-World: the published figures' count, beside ours
+        t_stats = interval_estimates(tally, reps, seed)
+        with open(out_dir / "tally_summary.csv", "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["method", "runs", "groups", "mean", "mean_ci_low", "mean_ci_high", "iqm", "iqm_ci_low",
+                        "iqm_ci_high"])
+            for m in tally:
+                w.writerow([m, tally[m].shape[0], tally[m].shape[1], *t_stats[m]["mean"], *t_stats[m]["iqm"]])
+        classes = runs[0].result["metaworld_tally"]["group_classes"]
+        lines += ["", "## Meta-World's own tally", "",
+                  "What published figures count (metaworld.evaluation at meta-batch 20): per class, the first "
+                  "evaluation episodes to end among its sub-envs; successes end early and fill the quota first. "
+                  "Scores per group (a class in one evaluation round), same bootstrap.", "",
+                  "| method | runs | mean [95% CI] | IQM [95% CI] | "
+                  + " | ".join(dict.fromkeys(classes)) + " |", "|---" * (4 + len(set(classes))) + "|"]
+        for m in sorted(tally, key=lambda m: -t_stats[m]["mean"][0]):
+            per_class = [tally[m][:, [i for i, c in enumerate(classes) if c == name]].mean()
+                         for name in dict.fromkeys(classes)]
+            lines.append(f"| {m} | {tally[m].shape[0]} | {_fmt(t_stats[m]['mean'])} | {_fmt(t_stats[m]['iqm'])} | "
+                         + " | ".join(f"{v:.2f}" for v in per_class) + " |")
+        summary_tally = {m: {"runs": int(tally[m].shape[0]), **t_stats[m]} for m in tally}
+    else:
+        summary_tally = {}
     lines += ["", f"## Probability of improvement", "",
               f"P(row {'has lower score than' if lower else 'beats'} column on the same task), averaged over tasks, "
               "95% CI by resampling tasks.", "",
@@ -434,4 +471,4 @@ def compare(run_dirs: list[str], out: str, *, reps: int = 2000, seed: int = 0, b
     lines.append("Files: summary.csv, poi.csv, per_task.csv (every run's score on every task).")
     (out_dir / "report.md").write_text("\n".join(lines) + "\n")
     return {"methods": {m: {"runs": int(scores[m].shape[0]), **stats[m]} for m in methods},
-            "probability_of_improvement": poi, "out": str(out_dir)}
+            "metaworld_tally": summary_tally, "probability_of_improvement": poi, "out": str(out_dir)}

@@ -151,7 +151,8 @@ def summarize_success(ev: SuccessEvaluation) -> dict:
     return, the success curve, and every task's success."""
     groups, group_scores = metaworld_tally(ev)
     tally = {"total": mean_ci(group_scores), "per_class": _by_class(groups, group_scores),
-             "group_size": max(1, METAWORLD_META_BATCH // len(set(ev.names))), "groups": len(groups)}
+             "group_size": max(1, METAWORLD_META_BATCH // len(set(ev.names))), "groups": len(groups),
+             "scores": task_scores(group_scores), "group_classes": groups}
     return {"total": mean_ci(ev.success), "per_class": _by_class(ev.names, ev.success),
             "metaworld_tally": tally, "return": mean_ci(ev.returns.mean(1)),
             "scores": task_scores(ev.success),

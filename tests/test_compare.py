@@ -87,6 +87,9 @@ def test_metaworld_style_per_task_table_and_heatmap(cli, tiny, tmp_path):
         res["scores"] = succ
         res["per_task"] = [{"class": "reach-v3", "goal": i, "success": s} for i, s in enumerate(succ)]
         res["success_curve"] = {"episodes": [0, 1, 2], "success": [{"mean": 0.1 * k} for k in range(3)]}
+        if name.startswith("rl2"):  # Meta-World's own tally: two groups of three goals
+            res["metaworld_tally"] = {"scores": [1.0, 2 / 3] if name == "rl2" else [0.0, 1 / 3],
+                                      "group_classes": ["reach-v3", "reach-v3"]}
     ev["metric"] = "success rate"
     (run / "eval.json").write_text(json.dumps(ev))
     out = tmp_path / "out"
@@ -96,6 +99,10 @@ def test_metaworld_style_per_task_table_and_heatmap(cli, tiny, tmp_path):
     table = list(csv.DictReader(open(out / "per_task_success.csv")))
     assert [r["task"] for r in table][:2] == ["reach-v3 #0", "reach-v3 #1"] and table[1]["rl2"] == "1.000"
     assert "| reach-v3 #1 | 1.00 |" in (out / "report.md").read_text()
+    tally = {r["method"]: r for r in csv.DictReader(open(out / "tally_summary.csv"))}
+    assert float(tally["rl2"]["mean"]) == pytest.approx(5 / 6) and tally["rl2"]["groups"] == "2"
+    assert float(tally["rl2 (deterministic)"]["mean"]) == pytest.approx(1 / 6)
+    assert "## Meta-World's own tally" in (out / "report.md").read_text()
 
 
 def test_mismatched_tasks_or_budgets_are_refused(cli, tiny, tmp_path):
