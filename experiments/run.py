@@ -7,13 +7,21 @@ applicable one), and write experiments/results/NAME.json
     python experiments/run.py bandit_k5_n10 --eval-only
 
 The run directory is runs/experiments/NAME; an interrupted experiment resumes from its
-checkpoint when started again.
+checkpoint when started again. Runs longer than a session (the machine, and runs/ with it, may
+not outlive the session) are parked in git between sessions:
+
+    python experiments/run.py maml_trpo_ml10 --park   # copy the run's checkpoint and logs to
+                                                      # experiments/inflight/NAME (commit it)
+    python experiments/run.py maml_trpo_ml10          # on a fresh checkout: resumes from there
+
+The parked copy is removed once the experiment finishes and its results file is written.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -33,6 +41,7 @@ from metarl.workflows import evaluate_run, train
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
+PARKED = ("config.toml", "metrics.jsonl", "timing.jsonl", "checkpoints/latest.pt", "checkpoints/best.pt")
 
 
 def commit() -> str:
@@ -87,6 +96,8 @@ def main(argv=None) -> int:
     p.add_argument("--eval-only", action="store_true", help="evaluate the existing run without training")
     p.add_argument("--device", default="auto")
     p.add_argument("--quiet", action="store_true")
+    p.add_argument("--park", action="store_true",
+                   help="copy the run's checkpoint and logs to experiments/inflight/NAME (to commit), then exit")
     p.add_argument("--seed", type=int, default=None,
                    help="train with this seed instead of the config's; the run directory and the results file "
                         "are NAME_seedN (several seeds of one config, for metarl compare)")
@@ -102,14 +113,21 @@ def main(argv=None) -> int:
         args.tasks = default_tasks
     stem = args.name if args.seed is None else f"{args.name}_seed{args.seed}"
     run_dir = ROOT / "runs" / "experiments" / stem
+    inflight = HERE / "inflight" / stem
+    if args.park:
+        return park(run_dir, inflight, command(args, default_tasks))
+    if not (run_dir / "checkpoints" / "latest.pt").exists() and (inflight / "checkpoints" / "latest.pt").exists():
+        copy_files(inflight, run_dir)
+        print(f"resuming from the parked run {inflight}", file=sys.stderr)
     try:
         if not args.eval_only:
             resume = (run_dir / "checkpoints" / "latest.pt").exists()
             if resume and not same_config(run_dir, raw):
                 raise UserError(f"{run_dir} was trained with another config than {cfg_file}; delete the run "
                                 f"directory to start again with the new config")
-            train(run["agent"], run["env"], config_file=str(cfg_file), run_dir=str(run_dir), resume=resume,
-                  device=args.device, quiet=args.quiet, seed=None if resume else args.seed)
+            # a resumed run continues from its saved config (same_config: the file's, checked above)
+            train(run["agent"], run["env"], config_file=None if resume else str(cfg_file), run_dir=str(run_dir),
+                  resume=resume, device=args.device, quiet=args.quiet, seed=None if resume else args.seed)
         eval_sets = [f"agent.{k}={v}" for k, v in raw.get("agent", {}).items() if k.startswith("eval_")]
         report = evaluate_run(str(run_dir), tasks=args.tasks, device=args.device, sets=eval_sets,
                               checkpoint=meta.get("checkpoint", "latest"), baselines=meta.get("baselines", "all"))
@@ -141,7 +159,6 @@ def main(argv=None) -> int:
     learning_curve(metrics, out / f"{stem}_curve.png", f"{stem}: {agent} training", keys=spec.curve_keys,
                    references=None if fewshot else refs, xlabel="meta-iterations" if fewshot else "env steps")
     if fewshot:  # the run's own plots: metric against inner steps, fitted curves, CNP context curve
-        import shutil
         for src, dst in (("eval_adaptation.png", "adaptation"), ("eval_fits.png", "fits"),
                          ("eval_context.png", "context")):
             if (run_dir / src).exists():
@@ -182,9 +199,36 @@ def main(argv=None) -> int:
         },
     }
     (out / f"{stem}.json").write_text(json.dumps(summary, indent=2) + "\n")
+    if inflight.exists():  # finished: the results file replaces the parked run
+        shutil.rmtree(inflight)
     from metarl.workflows import report_table
     print(report_table(report))
     print(f"training time {train_s / 60:.1f} min; wrote {out / (stem + '.json')}")
+    return 0
+
+
+def copy_files(src: Path, dst: Path) -> None:
+    """The PARKED files that src holds, into dst."""
+    for name in PARKED:
+        if (src / name).exists():
+            (dst / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src / name, dst / name)
+
+
+def park(run_dir: Path, inflight: Path, resume_command: str) -> int:
+    if not (run_dir / "checkpoints" / "latest.pt").exists():
+        print(f"error: {run_dir} has no checkpoint to park", file=sys.stderr)
+        return 2
+    tmp = inflight.with_name(inflight.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    copy_files(run_dir, tmp)
+    if inflight.exists():
+        shutil.rmtree(inflight)
+    os.replace(tmp, inflight)
+    it = len(read_jsonl(inflight / "metrics.jsonl")) if (inflight / "metrics.jsonl").exists() else 0
+    print(f"parked {run_dir} ({it} iterations logged) in {inflight}; commit it, and `{resume_command}` "
+          f"on a fresh checkout resumes from it")
     return 0
 
 

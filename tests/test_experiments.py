@@ -163,3 +163,29 @@ def test_paired_difference_and_best_baseline():
     assert (d["ci_high"] - d["ci_low"]) < 0.1 * (mean_ci(x)["ci_high"] - mean_ci(x)["ci_low"])
     with pytest.raises(ValueError, match="same tasks"):
         paired_diff_ci([1.0, 2.0], [1.0])
+
+
+def test_parked_run_resumes_on_a_fresh_checkout(tmp_path, monkeypatch, capsys):
+    """--park copies the run's checkpoint and logs to experiments/inflight/NAME; with runs/ gone
+    (a new machine), the experiment resumes from that copy instead of training again, and the
+    copy is removed once the results file is written."""
+    run = _load("run")
+    (tmp_path / "experiments" / "configs").mkdir(parents=True)
+    (tmp_path / "experiments" / "configs" / "tiny.toml").write_text(
+        '[experiment]\nbaselines = "none"\neval_tasks = 20\n[run]\nagent = "rl2"\nenv = "bandit"\nseed = 0\n'
+        '[env]\nk = 3\nn = 5\n[agent]\nnum_envs = 16\nhidden_size = 8\ntotal_steps = 240\ncheckpoint_every = 1\n')
+    monkeypatch.setattr(run, "HERE", tmp_path / "experiments")
+    monkeypatch.setattr(run, "ROOT", tmp_path)
+    assert run.main(["tiny", "--park", "--quiet"]) == 2  # nothing to park yet
+    assert run.main(["tiny", "--quiet", "--device", "cpu"]) == 0
+    run_dir, parked = tmp_path / "runs" / "experiments" / "tiny", tmp_path / "experiments" / "inflight" / "tiny"
+    metrics = (run_dir / "metrics.jsonl").read_text()
+    assert run.main(["tiny", "--park"]) == 0
+    assert (parked / "checkpoints" / "latest.pt").exists() and (parked / "metrics.jsonl").read_text() == metrics
+    import shutil
+    shutil.rmtree(tmp_path / "runs")
+    (tmp_path / "experiments" / "results" / "tiny.json").unlink()
+    assert run.main(["tiny", "--quiet", "--device", "cpu"]) == 0
+    assert "resuming from the parked run" in capsys.readouterr().err
+    assert (run_dir / "metrics.jsonl").read_text() == metrics  # resumed at the end: nothing retrained
+    assert (tmp_path / "experiments" / "results" / "tiny.json").exists() and not parked.exists()
