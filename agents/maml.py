@@ -156,7 +156,8 @@ class MAMLLearner:
                 rollouts: int | None = None) -> dict:
         """R rollouts of H steps in each of N tasks (env already holds the tasks). Returns
         obs [N, H, R, D], actions [N, H, R(, A)], rewards [N, H, R], and for envs with a success
-        signal success [N, R] (1 where any step of the rollout succeeded)."""
+        signal success [N, R] (1 where any step of the rollout succeeded) and first_success
+        [N, R] (the step of its first success, H where none)."""
         R, H = rollouts or self.cfg.rollouts, env.horizon
         N = env.num_envs // R
         # The sampling noise of every step is drawn here, so the episode can run anywhere (inside
@@ -321,13 +322,10 @@ class MAMLTrainer:
         return pre, post
 
     @staticmethod
-    def _tasks(pre: dict, post: dict, idx) -> tuple[dict, dict]:
-        """The outer step's data of the tasks idx (all when None)."""
-        pre = {k: pre[k] for k in ("obs", "actions", "adv", "old_logp") if k in pre}
-        post = {k: post[k] for k in ("obs", "actions", "adv", "old_logp", "old_dist")}
-        if idx is None:
-            return pre, post
-        return {k: v[idx] for k, v in pre.items()}, {k: v[idx] for k, v in post.items()}
+    def _tasks(pre: dict, post: dict, idx: torch.Tensor) -> tuple[dict, dict]:
+        """The outer step's data of the tasks idx."""
+        pre = {k: pre[k][idx] for k in ("obs", "actions", "adv", "old_logp") if k in pre}
+        return pre, {k: post[k][idx] for k in ("obs", "actions", "adv", "old_logp", "old_dist")}
 
     def _post_outputs(self, pre: dict, post: dict) -> torch.Tensor:
         """Head outputs [n, H, R, P] on the post-adaptation rollouts, re-adapted from the current
@@ -344,7 +342,7 @@ class MAMLTrainer:
 
     def hvp_tasks(self, it: int) -> torch.Tensor | None:
         """Tasks of the meta-batch whose KL the Hessian-vector products use at iteration it:
-        every round(N / m)-th task, offset by the iteration so each task takes its turn (the
+        tasks floor(k N / m) for k < m, offset by the iteration so each task takes its turn (the
         meta-batch is class-major on Meta-World; a fixed prefix would skip classes). None: all."""
         N = self.cfg.meta_batch
         m = max(1, round(self.cfg.hvp_tasks * N))
@@ -370,7 +368,7 @@ class MAMLTrainer:
             out = last["out"] if idx is None else self._post_outputs(sub_pre, sub_post)
             return gauss_newton_hvp(out, params, lambda o: sub_post["old_dist"].kl(L.dist(o)).mean(), cfg.cg_damping)
         return trpo_step(params, closure, cfg.max_kl, cfg.cg_iters, cfg.cg_damping, cfg.ls_backtracks, cfg.ls_ratio,
-                         curvature)
+                         curvature, keep_graph=self.hvp_tasks(it) is None)
 
     def train_iteration(self, it: int) -> dict[str, float]:
         cfg, L = self.cfg, self.learner

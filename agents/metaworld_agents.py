@@ -12,10 +12,10 @@
 
 Meta-World calls init() per batch of tasks, adapt_action()/step() over the adaptation
 episodes, adapt() after them, then eval_action()/reset(dones) over the evaluation episodes,
-which never report rewards. RL² evaluates in Meta-World+'s form by default (each evaluation
-episode restarts from the post-adaptation memory, mean action; see RL2MetaWorldAgent). RL² therefore reads the previous reward from an observation
-augmented by `recurrent_info_in_obs=True` ([obs, prev action, reward / 10, done]); on plain
-observations it carries on with reward 0 in evaluation. Arrays in and out are numpy [B, ...].
+which never report rewards: RL² reads the previous reward from an observation augmented by
+`recurrent_info_in_obs=True` ([obs, prev action, reward / 10, done]); on plain observations it
+carries on with reward 0 in evaluation. RL² evaluates in Meta-World+'s form by default (each
+evaluation episode restarts from the post-adaptation memory, mean action; RL2MetaWorldAgent). Arrays in and out are numpy [B, ...].
 """
 from __future__ import annotations
 

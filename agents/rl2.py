@@ -61,7 +61,8 @@ class RL2Config:
     encoder_size: int = option(256, "units per encoder layer", ge=1)
     head: str = option("linear", "policy head: linear (logits, or a Gaussian mean with a learned state-independent "
                                  "log std) or tanh (Box actions: tanh on [mean, log std], the log std "
-                                 "state-dependent in (-1, 1), as Meta-World+'s RL²)", choices=("linear", "tanh"))
+                                 "state-dependent in (-1, 1), as Meta-World+'s RL²; init_std does not apply)",
+                       choices=("linear", "tanh"))
     baseline: str = option("gru", "advantage baseline: gru (the learned value head) or linear (each trial's own "
                                   "least-squares fit of its discounted return on [x, x², t, t², t³, 1] of the RL² "
                                   "input x, as Meta-World+'s RL²; no value loss)", choices=("gru", "linear"))
@@ -86,9 +87,11 @@ class GRUActorCritic(nn.Module):
     The head output parameterises the action distribution (`self.pi.dist(out)`): logits for
     discrete actions, [mean, log_std] for continuous ones.
 
-    One GRU shared by a linear policy head and a linear value head, or with separate_critic a
-    second GRU of the same size for the value head, so value regression does not shape the
-    policy's memory; h then holds both states, [1, B, 2H] (policy's first). With task_dim > 0
+    encoder_layers > 0 puts a tanh MLP of encoder_size units between x and the GRU(s); head "tanh"
+    bounds the head output (TanhGaussianHead). One GRU shared by a policy head and a linear value
+    head, or with separate_critic a second GRU of the same size for the value head, so value
+    regression does not shape the policy's memory; h then holds both states, [1, B, 2H]
+    (policy's first). With task_dim > 0
     the value head is an MLP on [critic GRU output, f]: a privileged critic that knows the
     task, used only to train; the policy head sees its GRU output alone."""
 
@@ -236,8 +239,12 @@ class RL2Trainer:
         if cfg.baseline == "linear" and (cfg.separate_critic or cfg.privileged_critic):
             raise UserError("agent.baseline=linear has no learned critic; leave agent.separate_critic and "
                             "agent.privileged_critic off")
-        if cfg.head == "tanh" and env.discrete:
-            raise UserError(f"agent.head=tanh is for continuous actions; env {env_spec.name!r} has discrete ones")
+        if cfg.head == "tanh" and (env.discrete or len(env.action_space.shape) != 1):
+            raise UserError(f"agent.head=tanh is for continuous (1-D Box) actions; env {env_spec.name!r} has "
+                            f"{env.action_space}")
+        if cfg.separate_critic and cfg.encoder_layers:
+            raise UserError("agent.separate_critic would share the encoder with the policy; leave agent.encoder_layers "
+                            "at 0 with it")
         if not cfg.minibatch_by_chunk and cfg.num_minibatches > chunks:
             raise UserError(f"agent.num_minibatches={cfg.num_minibatches} exceeds the {chunks} sequences per "
                             f"iteration; lower it or raise agent.num_envs")

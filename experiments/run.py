@@ -37,7 +37,7 @@ from metarl.registry import AGENTS, lookup
 from metarl.run import read_jsonl
 from metarl.stats import paired_diff_ci
 from metarl.training import Interrupted
-from metarl.workflows import evaluate_run, train
+from metarl.workflows import TRAINING_ONLY, evaluate_run, train
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -60,10 +60,11 @@ def commit() -> str:
 
 def same_config(run_dir: Path, raw: dict) -> bool:
     """Does the saved run config agree with every [env]/[agent] value of the experiment file?
-    (Evaluation options, agent.eval_*, do not count: evaluation applies the file's.)"""
+    (Evaluation options, agent.eval_*, do not count: evaluation applies the file's; eval_every and
+    eval_goals act while training and do.)"""
     saved = tomllib.loads((run_dir / "config.toml").read_text())
     return all(saved.get(sec, {}).get(k) == v for sec in ("env", "agent") for k, v in raw.get(sec, {}).items()
-               if not (sec == "agent" and k.startswith("eval_")))
+               if not (sec == "agent" and k.startswith("eval_") and k not in TRAINING_ONLY))
 
 
 def paired_vs_best(results: dict, agent: str) -> dict | None:
@@ -116,7 +117,7 @@ def main(argv=None) -> int:
     inflight = HERE / "inflight" / stem
     if args.park:
         return park(run_dir, inflight, command(args, default_tasks))
-    if not (run_dir / "checkpoints" / "latest.pt").exists() and (inflight / "checkpoints" / "latest.pt").exists():
+    if checkpoint_iteration(inflight) > checkpoint_iteration(run_dir):  # a fresh machine, or a newer parked copy
         copy_files(inflight, run_dir)
         print(f"resuming from the parked run {inflight}", file=sys.stderr)
     try:
@@ -128,7 +129,8 @@ def main(argv=None) -> int:
             # a resumed run continues from its saved config (same_config: the file's, checked above)
             train(run["agent"], run["env"], config_file=None if resume else str(cfg_file), run_dir=str(run_dir),
                   resume=resume, device=args.device, quiet=args.quiet, seed=None if resume else args.seed)
-        eval_sets = [f"agent.{k}={v}" for k, v in raw.get("agent", {}).items() if k.startswith("eval_")]
+        eval_sets = [f"agent.{k}={v}" for k, v in raw.get("agent", {}).items()
+                     if k.startswith("eval_") and k not in TRAINING_ONLY]
         report = evaluate_run(str(run_dir), tasks=args.tasks, device=args.device, sets=eval_sets,
                               checkpoint=meta.get("checkpoint", "latest"), baselines=meta.get("baselines", "all"))
         meta_train = None
@@ -207,6 +209,12 @@ def main(argv=None) -> int:
     return 0
 
 
+def checkpoint_iteration(run_dir: Path) -> int:
+    """Iterations done by the run's latest checkpoint (-1 without one)."""
+    f = run_dir / "checkpoints" / "latest.pt"
+    return torch.load(f, map_location="cpu", weights_only=False)["iteration"] if f.exists() else -1
+
+
 def copy_files(src: Path, dst: Path) -> None:
     """The PARKED files that src holds, into dst."""
     for name in PARKED:
@@ -226,9 +234,8 @@ def park(run_dir: Path, inflight: Path, resume_command: str) -> int:
     if inflight.exists():
         shutil.rmtree(inflight)
     os.replace(tmp, inflight)
-    it = len(read_jsonl(inflight / "metrics.jsonl")) if (inflight / "metrics.jsonl").exists() else 0
-    print(f"parked {run_dir} ({it} iterations logged) in {inflight}; commit it, and `{resume_command}` "
-          f"on a fresh checkout resumes from it")
+    print(f"parked {run_dir} (checkpoint of iteration {checkpoint_iteration(inflight)}) in {inflight}; commit it, "
+          f"and `{resume_command}` on a fresh checkout resumes from it")
     return 0
 
 

@@ -136,11 +136,15 @@ def gather_tally_scores(runs: list[Run], labels: list[str]) -> dict[str, np.ndar
     group a class in one evaluation round (metarl.success_eval.metaworld_tally); empty when the
     evaluations predate it or are not Meta-World's."""
     rows: dict[str, list] = {}
+    expected: dict[str, int] = {}
     for r, label in zip(runs, labels):
         for suffix, res in {"": r.result, **other_forms(r)}.items():
-            if "scores" in res.get("metaworld_tally", {}):
-                rows.setdefault(label + suffix, []).append(res["metaworld_tally"]["scores"])
-    return {k: np.asarray(v, dtype=np.float64) for k, v in rows.items()}
+            rows.setdefault(label + suffix, []).append(res.get("metaworld_tally", {}).get("scores"))
+            expected[label + suffix] = labels.count(label)
+    # only methods whose every run has a tally (evaluations from before it was recorded have none),
+    # over the same groups
+    return {k: np.asarray(v, dtype=np.float64) for k, v in rows.items()
+            if len(v) == expected[k] and all(x is not None for x in v) and len({len(x) for x in v}) == 1}
 
 
 # ---- statistics ---------------------------------------------------------------------------
@@ -438,7 +442,8 @@ def compare(run_dirs: list[str], out: str, *, reps: int = 2000, seed: int = 0, b
                         "iqm_ci_high"])
             for m in tally:
                 w.writerow([m, tally[m].shape[0], tally[m].shape[1], *t_stats[m]["mean"], *t_stats[m]["iqm"]])
-        classes = runs[0].result["metaworld_tally"]["group_classes"]
+        classes = next(res["metaworld_tally"]["group_classes"] for r in runs
+                       for res in (r.result, *other_forms(r).values()) if "metaworld_tally" in res)
         lines += ["", "## Meta-World's own tally", "",
                   "What published figures count (metaworld.evaluation at meta-batch 20): per class, the first "
                   "evaluation episodes to end among its sub-envs; successes end early and fill the quota first. "

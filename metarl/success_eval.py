@@ -21,7 +21,8 @@ of its steps succeeds.
 
 Agents:
 - trial protocol (RL²): one trial of adapt + eval episodes per task, hidden state carried
-  throughout; the success of episode k is "success after k adaptation episodes" (the curve).
+  throughout (the Meta-World+ form, RL2RestartPolicy, restarts each evaluation episode from the
+  post-adaptation state); the success of episode k is "success after k adaptation episodes".
 - inner-steps protocol (MAML): `adapt_episodes` rollouts with the meta-policy, one adaptation
   (the training inner steps), then rollouts with the adapted policy; the curve has two points,
   0 episodes (the meta-policy itself) and `adapt_episodes`.
@@ -162,14 +163,24 @@ def summarize_success(ev: SuccessEvaluation) -> dict:
                          for n, g, s in zip(ev.names, ev.goals, ev.success.tolist())]}
 
 
+MONITORED_FORM = "metaworld+"  # the agent form agent.eval_every plays where the agent has it (RL²)
+
+
 def held_out_monitor(spec, env_spec: EnvSpec, env_cfg, agent_cfg, seed: int, device, goals_per_class: int):
     """fn(trainer_state) -> {"heldout_success", "heldout_success_tally"}: the protocol on the first
-    goals_per_class goals of every test class, played by the agent as the trainer's state stands
-    (its evaluated form, spec.load_eval_policy), for `agent.eval_every`. Its own generators: the
-    run's samples and metrics do not depend on whether it runs."""
+    goals_per_class goals of every test class, played by the agent as the trainer's state stands,
+    for `agent.eval_every`: in its Meta-World+ form where it has one (RL²: the form the published
+    figures and the exact tally use), else its evaluated form. Its own generators: the run's
+    samples and metrics do not depend on whether it runs."""
     def monitor(trainer_state: dict) -> dict[str, float]:
-        agent = spec.load_eval_policy({"trainer": trainer_state}, env_spec, env_cfg, agent_cfg, device, seed)
-        ev = evaluate_success(lambda env: agent, spec.protocol, env_spec, env_cfg, goals_per_class, seed, device)
+        ck = {"trainer": trainer_state}
+        forms = spec.extra_eval(ck, env_spec, env_cfg, agent_cfg, device, seed) if spec.extra_eval else {}
+        if MONITORED_FORM in forms:
+            make, protocol = forms[MONITORED_FORM], "trial"
+        else:
+            agent = spec.load_eval_policy(ck, env_spec, env_cfg, agent_cfg, device, seed)
+            make, protocol = (lambda env: agent), spec.protocol
+        ev = evaluate_success(make, protocol, env_spec, env_cfg, goals_per_class, seed, device)
         return {"heldout_success": float(ev.success.mean()),
                 "heldout_success_tally": float(metaworld_tally(ev)[1].mean())}
     return monitor

@@ -113,17 +113,18 @@ def line_search(params: Sequence[torch.Tensor], closure: Callable[[], tuple[torc
 
 def trpo_step(params: Sequence[torch.Tensor], closure: Callable[[], tuple[torch.Tensor, torch.Tensor]],
               max_kl: float = 0.01, cg_iters: int = 10, damping: float = 1e-5, max_backtracks: int = 15,
-              ratio: float = 0.8, curvature: Callable[[], HVP] | None = None) -> dict[str, float]:
+              ratio: float = 0.8, curvature: Callable[[], HVP] | None = None,
+              keep_graph: bool = True) -> dict[str, float]:
     """One TRPO update of `params` in place.
 
     closure() -> (surrogate loss to minimise, mean KL(old || new)), both differentiable in
     params; at the current params the KL is 0. curvature() -> the damped KL-Hessian-vector
     product at the current params, called right after the first closure() (so it may reuse
-    that call's graph); default: `kl_hvp` of the closure's KL.
+    that call's graph, kept unless keep_graph is False); default: `kl_hvp` of the closure's KL.
     """
     params = list(params)
     loss, kl = closure()
-    grads = torch.autograd.grad(loss, params, retain_graph=True)
+    grads = torch.autograd.grad(loss, params, retain_graph=keep_graph or curvature is None)
     g = flat(grads)
     Hv = kl_hvp(kl, params, damping) if curvature is None else curvature()
     direction, h_dir = conjugate_gradient(Hv, -g, cg_iters)

@@ -107,6 +107,9 @@ def train(agent: str, env: str, *, config_file: str | None = None, sets: list[st
     return path
 
 
+TRAINING_ONLY = ("eval_every", "eval_goals")  # agent.eval_* options that act while training, not at evaluation
+
+
 def _held_out_monitor(cfg: dict, dev):
     """(agent.eval_every, fn) for train_loop where the agent asks for held-out success while
     training, else None; refuses envs without a held-out protocol."""
@@ -150,7 +153,7 @@ def evaluate_run(run_dir: str, *, tasks: int = 1000, baselines: str = "all", see
         raise UserError(f"--split must be test or train, got {split!r}")
     eval_sets = parse_sets(list(sets))
     for section, keys in eval_sets.items():
-        bad = [k for k in keys if section != "agent" or not k.startswith("eval_")]
+        bad = [k for k in keys if section != "agent" or not k.startswith("eval_") or k in TRAINING_ONLY]
         if bad:
             raise UserError(f"--set {section}.{bad[0]}: metarl eval changes only evaluation options (agent.eval_*); "
                             f"the rest are fixed by training")
@@ -303,7 +306,7 @@ def report_table(report: dict) -> str:
             text += (f"\n{name}: {r['total']['diverged']} of {r['total']['n']} tasks diverged (score not finite); "
                      f"median over the rest {r['total']['median']:.3f}")
     if report.get("protocol") == "metaworld":
-        text += "\n\n" + tally_table(report["results"]) + "\n\n" + per_class_table(report["results"])
+        text += "".join("\n\n" + t for t in (tally_table(report["results"]), per_class_table(report["results"])) if t)
     return text
 
 
