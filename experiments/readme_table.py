@@ -331,11 +331,30 @@ def ml10_table() -> str:
                 t = json.loads(timing.read_text())
                 status += f" (projected {t['full_run_here_h']:.1f} h here at {t['commit']} by `{t['command']}`)"
         else:
-            ours, status = "–", "not yet run; " + expected(name.stem)
+            ours, status = "–", in_progress(name.stem, cfg) or "not yet run; " + expected(name.stem)
         status += gpu_measured(name.stem)
         rows.append(f"| {agent} | {pub.get('Meta-World paper', '–')} | {pub.get('Meta-World+', '–')} | {ours} | "
                     f"{status} | `python experiments/run.py {name.stem}` |")
     return "\n".join(rows)
+
+
+def in_progress(name: str, cfg: dict) -> str:
+    """A long run parked between sessions (experiments/run.py --park): how far it got, or ""."""
+    f = ROOT / "experiments" / "inflight" / name / "metrics.jsonl"
+    if not f.exists():
+        return ""
+    rows = [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
+    if not rows:
+        return ""
+    last, held = rows[-1], [r for r in rows if "heldout_success" in r]
+    train = next((k for k in ("post_success", "success_last") if k in last), None)
+    text = f"in progress: {last['env_steps']:,} env steps ({last['iteration'] + 1} iterations) so far"
+    if train:
+        text += f", training success {100 * last[train]:.0f}%"
+    if held:
+        text += (f", held-out sample {100 * held[-1]['heldout_success']:.0f}% at {held[-1]['env_steps']:,} steps "
+                 f"(agent.eval_every)")
+    return text + f"; parked in experiments/inflight/{name}, `python experiments/run.py {name}` resumes"
 
 
 def gpu_measured(name: str) -> str:

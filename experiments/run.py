@@ -231,6 +231,11 @@ def park(run_dir: Path, inflight: Path, resume_command: str) -> int:
     if tmp.exists():
         shutil.rmtree(tmp)
     copy_files(run_dir, tmp)
+    done = checkpoint_iteration(tmp)
+    for log in ("metrics.jsonl", "timing.jsonl"):  # rows past the checkpoint are logged again on resume
+        if (tmp / log).exists():
+            rows = [r for r in read_jsonl(tmp / log) if r["iteration"] < done]
+            (tmp / log).write_text("".join(json.dumps(r) + "\n" for r in rows))
     if inflight.exists():
         shutil.rmtree(inflight)
     os.replace(tmp, inflight)
