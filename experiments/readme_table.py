@@ -331,14 +331,15 @@ def ml10_table() -> str:
                 t = json.loads(timing.read_text())
                 status += f" (projected {t['full_run_here_h']:.1f} h here at {t['commit']} by `{t['command']}`)"
         else:
-            ours, status = "–", in_progress(name.stem, cfg) or "not yet run; " + expected(name.stem)
+            running = in_progress(name.stem)
+            ours, status = "–", (running + "; cost: " if running else "not yet run; ") + expected(name.stem)
         status += gpu_measured(name.stem)
         rows.append(f"| {agent} | {pub.get('Meta-World paper', '–')} | {pub.get('Meta-World+', '–')} | {ours} | "
                     f"{status} | `python experiments/run.py {name.stem}` |")
     return "\n".join(rows)
 
 
-def in_progress(name: str, cfg: dict) -> str:
+def in_progress(name: str) -> str:
     """A long run parked between sessions (experiments/run.py --park): how far it got, or ""."""
     f = ROOT / "experiments" / "inflight" / name / "metrics.jsonl"
     if not f.exists():
