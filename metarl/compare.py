@@ -363,6 +363,15 @@ def _fmt(v: list[float], spec: str = ".4g") -> str:
     return f"{v[0]:{spec}} [{v[1]:{spec}}, {v[2]:{spec}}]"
 
 
+def write_summary(path: Path, scores: dict[str, np.ndarray], stats: dict[str, dict], unit: str) -> None:
+    """One CSV row per method: runs, units scored (tasks or tally groups), mean and IQM with CIs."""
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["method", "runs", unit, "mean", "mean_ci_low", "mean_ci_high", "iqm", "iqm_ci_low", "iqm_ci_high"])
+        for m in scores:
+            w.writerow([m, scores[m].shape[0], scores[m].shape[1], *stats[m]["mean"], *stats[m]["iqm"]])
+
+
 def compare(run_dirs: list[str], out: str, *, reps: int = 2000, seed: int = 0, baselines: bool = True,
             allow_unequal_budgets: bool = False, overwrite: bool = False) -> dict:
     """Write the comparison report of `run_dirs` into `out`; returns the summary."""
@@ -385,12 +394,7 @@ def compare(run_dirs: list[str], out: str, *, reps: int = 2000, seed: int = 0, b
     poi = improvement_matrix(scores, reps, seed, lower)
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    with open(out_dir / "summary.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["method", "runs", "tasks", "mean", "mean_ci_low", "mean_ci_high", "iqm", "iqm_ci_low",
-                    "iqm_ci_high"])
-        for m in methods:
-            w.writerow([m, scores[m].shape[0], scores[m].shape[1], *stats[m]["mean"], *stats[m]["iqm"]])
+    write_summary(out_dir / "summary.csv", scores, stats, "tasks")
     with open(out_dir / "poi.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["x", "y", "p_x_better", "ci_low", "ci_high"])
@@ -436,12 +440,7 @@ def compare(run_dirs: list[str], out: str, *, reps: int = 2000, seed: int = 0, b
     tally = gather_tally_scores(runs, labels)
     if tally:  # Meta-World: the published figures' count, beside ours
         t_stats = interval_estimates(tally, reps, seed)
-        with open(out_dir / "tally_summary.csv", "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["method", "runs", "groups", "mean", "mean_ci_low", "mean_ci_high", "iqm", "iqm_ci_low",
-                        "iqm_ci_high"])
-            for m in tally:
-                w.writerow([m, tally[m].shape[0], tally[m].shape[1], *t_stats[m]["mean"], *t_stats[m]["iqm"]])
+        write_summary(out_dir / "tally_summary.csv", tally, t_stats, "groups")
         classes = next(res["metaworld_tally"]["group_classes"] for r in runs
                        for res in (r.result, *other_forms(r).values()) if "metaworld_tally" in res)
         lines += ["", "## Meta-World's own tally", "",
