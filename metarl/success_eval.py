@@ -117,6 +117,11 @@ def evaluate_success(make_agent, protocol: str, env_spec: EnvSpec, env_cfg, goal
 METAWORLD_META_BATCH = 20  # sub-envs Meta-World's published evaluations run at once
 
 
+def tally_group_size(classes: int, meta_batch: int = METAWORLD_META_BATCH) -> int:
+    """Goals of one class that Meta-World's evaluator runs at once: meta_batch // classes."""
+    return max(1, meta_batch // classes)
+
+
 def metaworld_tally(ev: SuccessEvaluation, meta_batch: int = METAWORLD_META_BATCH) -> tuple[list[str], torch.Tensor]:
     """Meta-World's count (metaworld.evaluation.evaluation) replayed on these episodes.
 
@@ -126,7 +131,7 @@ def metaworld_tally(ev: SuccessEvaluation, meta_batch: int = METAWORLD_META_BATC
     (ties in sub-env order, as Meta-World's loop visits them) are counted. -> (class of each
     group, success rate of each group [G])."""
     classes = list(dict.fromkeys(ev.names))
-    size = max(1, meta_batch // len(classes))
+    size = tally_group_size(len(classes), meta_batch)
     E = ev.episodes.shape[1]
     lengths = torch.where(ev.episodes > 0, ev.first + 1, torch.full_like(ev.first, ev.horizon))
     ends = lengths.cumsum(1)  # [N, E] step of the round at which each episode ends
@@ -152,7 +157,7 @@ def summarize_success(ev: SuccessEvaluation) -> dict:
     return, the success curve, and every task's success."""
     groups, group_scores = metaworld_tally(ev)
     tally = {"total": mean_ci(group_scores), "per_class": _by_class(groups, group_scores),
-             "group_size": max(1, METAWORLD_META_BATCH // len(set(ev.names))), "groups": len(groups),
+             "group_size": tally_group_size(len(set(ev.names))), "groups": len(groups),
              "scores": task_scores(group_scores), "group_classes": groups}
     return {"total": mean_ci(ev.success), "per_class": _by_class(ev.names, ev.success),
             "metaworld_tally": tally, "return": mean_ci(ev.returns.mean(1)),
