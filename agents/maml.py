@@ -35,6 +35,8 @@ from metarl.tasks import Tasks, split_generator
 from metarl.training import AgentSpec
 from metarl.trpo import gauss_newton_hvp, trpo_step
 
+LINE_SEARCH_PIECES = 5  # meta-batch pieces a line-search trial evaluates in turn (see trpo.line_search)
+
 
 @dataclass
 class MAMLConfig:
@@ -367,8 +369,15 @@ class MAMLTrainer:
             sub_pre, sub_post = (pre, post) if idx is None else self._tasks(pre, post, idx)
             out = last["out"] if idx is None else self._post_outputs(sub_pre, sub_post)
             return gauss_newton_hvp(out, params, lambda o: sub_post["old_dist"].kl(L.dist(o)).mean(), cfg.cg_damping)
+        def parts():  # the closure a few tasks at a time, so a KL-bound line-search trial stops early
+            n = post["adv"].shape[0]
+            for idx in torch.arange(n).tensor_split(min(LINE_SEARCH_PIECES, n)):
+                sub_pre, sub_post = self._tasks(pre, post, idx)
+                ratio, kl = self._outer_terms(sub_pre, sub_post)
+                share = len(idx) / n
+                yield -(ratio * sub_post["adv"]).mean() * share, kl.mean() * share
         return trpo_step(params, closure, cfg.max_kl, cfg.cg_iters, cfg.cg_damping, cfg.ls_backtracks, cfg.ls_ratio,
-                         curvature, keep_graph=self.hvp_tasks(it) is None)
+                         curvature, keep_graph=self.hvp_tasks(it) is None, parts=parts)
 
     def train_iteration(self, it: int) -> dict[str, float]:
         cfg, L = self.cfg, self.learner
@@ -381,7 +390,7 @@ class MAMLTrainer:
             out.update(pre_success=pre["success"].mean().item(), post_success=post["success"].mean().item())
         if cfg.outer == "trpo":
             stats = self._trpo(pre, post, it)
-            out.update({k: stats[k] for k in ("surrogate_before", "surrogate_after", "kl", "step_fraction")})
+            out.update({k: stats[k] for k in ("surrogate_before", "surrogate_after", "kl", "step_fraction", "ls_trials")})
         else:
             for _ in range(cfg.ppo_epochs):
                 ratio, kl = self._outer_terms(pre, post)

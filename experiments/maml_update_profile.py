@@ -72,7 +72,8 @@ def main(argv=None) -> int:
             maml.gauss_newton_hvp, tr._post_outputs = saved_gn, saved_post
         out["updates"][str(frac)] = {
             "update_s": total, **{f"{k}_s": sum(v) for k, v in pieces.items()},
-            **{f"{k}_calls": len(v) for k, v in pieces.items()}, "step_fraction": stats["step_fraction"]}
+            **{f"{k}_calls": len(v) for k, v in pieces.items()}, "step_fraction": stats["step_fraction"],
+            "ls_trials": stats["ls_trials"]}
     print(json.dumps(out, indent=2))
     return 0
 

@@ -14,7 +14,7 @@ Two ways to multiply by the KL's Hessian H at the current parameters:
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import torch
 
@@ -93,34 +93,54 @@ def _set(params: Sequence[torch.Tensor], vec: torch.Tensor) -> None:
         p.copy_(v)
 
 
+Parts = Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]]
+
+
 def line_search(params: Sequence[torch.Tensor], closure: Callable[[], tuple[torch.Tensor, torch.Tensor]],
                 step: torch.Tensor, old_loss: float, max_kl: float, max_backtracks: int = 15,
-                ratio: float = 0.8) -> tuple[bool, float, float, float]:
+                ratio: float = 0.8, parts: Parts | None = None) -> tuple[bool, float, float, float, int]:
     """Try params + ratio^i * step for i = 0, 1, ...; keep the first that lowers the loss with
-    KL <= max_kl, else restore params. Returns (accepted, fraction, loss, kl)."""
+    KL <= max_kl, else restore params. Returns (accepted, fraction, loss, kl, trials).
+
+    parts() (optional) yields the closure's (loss, KL) in pieces that sum to it, e.g. a few tasks
+    each: a trial stops at the first piece that takes the KL sum over max_kl, since the KL terms
+    are non-negative and the rest cannot bring it back. Same decisions, less work where the
+    step is KL-bound."""
     old = flat([p.detach() for p in params]).clone()
     for i in range(max_backtracks):
         frac = ratio ** i
         _set(params, old + frac * step)
         with torch.no_grad():
-            loss, kl = closure()
-        loss, kl = float(loss), float(kl)
+            loss, kl = _evaluate(closure, parts, max_kl)
         if kl <= max_kl and loss < old_loss:
-            return True, frac, loss, kl
+            return True, frac, loss, kl, i + 1
     _set(params, old)
-    return False, 0.0, old_loss, 0.0
+    return False, 0.0, old_loss, 0.0, max_backtracks
+
+
+def _evaluate(closure, parts: Parts | None, max_kl: float) -> tuple[float, float]:
+    if parts is None:
+        loss, kl = closure()
+        return float(loss), float(kl)
+    loss = kl = 0.0
+    for l_part, kl_part in parts():
+        loss, kl = loss + float(l_part), kl + float(kl_part)
+        if kl > max_kl:
+            break
+    return loss, kl
 
 
 def trpo_step(params: Sequence[torch.Tensor], closure: Callable[[], tuple[torch.Tensor, torch.Tensor]],
               max_kl: float = 0.01, cg_iters: int = 10, damping: float = 1e-5, max_backtracks: int = 15,
               ratio: float = 0.8, curvature: Callable[[], HVP] | None = None,
-              keep_graph: bool = True) -> dict[str, float]:
+              keep_graph: bool = True, parts: Parts | None = None) -> dict[str, float]:
     """One TRPO update of `params` in place.
 
     closure() -> (surrogate loss to minimise, mean KL(old || new)), both differentiable in
     params; at the current params the KL is 0. curvature() -> the damped KL-Hessian-vector
     product at the current params, called right after the first closure() (so it may reuse
     that call's graph, kept unless keep_graph is False); default: `kl_hvp` of the closure's KL.
+    parts: the closure in pieces, for the line search (see `line_search`).
     """
     params = list(params)
     loss, kl = closure()
@@ -131,8 +151,9 @@ def trpo_step(params: Sequence[torch.Tensor], closure: Callable[[], tuple[torch.
     shs = 0.5 * (direction @ h_dir)
     if not torch.isfinite(shs) or shs <= 0:
         return {"accepted": 0.0, "step_fraction": 0.0, "surrogate_before": float(loss.detach()),
-                "surrogate_after": float(loss.detach()), "kl": 0.0, "grad_norm": float(g.norm())}
+                "surrogate_after": float(loss.detach()), "kl": 0.0, "grad_norm": float(g.norm()), "ls_trials": 0}
     step = direction * torch.sqrt(2 * max_kl / shs)
-    ok, frac, new_loss, new_kl = line_search(params, closure, step, float(loss.detach()), max_kl, max_backtracks, ratio)
+    ok, frac, new_loss, new_kl, trials = line_search(params, closure, step, float(loss.detach()), max_kl,
+                                                     max_backtracks, ratio, parts)
     return {"accepted": float(ok), "step_fraction": frac, "surrogate_before": float(loss.detach()),
-            "surrogate_after": new_loss, "kl": new_kl, "grad_norm": float(g.norm())}
+            "surrogate_after": new_loss, "kl": new_kl, "grad_norm": float(g.norm()), "ls_trials": trials}

@@ -44,6 +44,32 @@ def test_trpo_step_respects_kl_bound_and_improves_surrogate():
     assert kl.item() <= 0.01 + 1e-6
 
 
+def test_line_search_in_pieces_decides_as_the_whole_and_stops_kl_bound_trials_early():
+    """Pieces summing to the closure: the same accepted step, loss and KL, while each trial whose
+    KL sum passes the bound stops at that piece."""
+    from metarl.trpo import line_search
+    x = torch.nn.Parameter(torch.zeros(4))
+    weights = torch.tensor([0.4, 0.3, 0.2, 0.1])
+    calls = []
+
+    def pieces():
+        for j in range(4):
+            calls.append(j)
+            yield -weights[j] * x[j], weights[j] * 0.05 * x[j] ** 2
+
+    def closure():
+        return -(weights * x).sum(), (weights * 0.05 * x ** 2).sum()
+    step = torch.ones(4)
+    whole = line_search([x], closure, step, 0.0, max_kl=0.01, ratio=0.8)
+    x.data.zero_()
+    parted = line_search([x], closure, step, 0.0, max_kl=0.01, ratio=0.8, parts=pieces)
+    assert whole[0] and whole[4] > 1  # accepted after backtracking: the test means something
+    assert whole[:2] == parted[:2] and whole[4] == parted[4]
+    assert parted[2] == pytest.approx(whole[2]) and parted[3] == pytest.approx(whole[3])
+    assert len(calls) < 4 * parted[4]  # rejected trials stopped before the last piece
+    assert calls[-4:] == [0, 1, 2, 3]  # the accepted trial summed every piece
+
+
 def test_linear_baseline_recovers_a_linear_function_of_its_features():
     g = torch.Generator().manual_seed(2)
     obs = torch.randn(3, 10, 4, 2, generator=g)
