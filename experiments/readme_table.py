@@ -317,7 +317,17 @@ def ml10_table() -> str:
         meta, agent = cfg.get("experiment", {}), cfg["run"]["agent"]
         pub = meta.get("published", {})
         res = ROOT / "experiments" / "results" / f"{name.stem}.json"
-        if res.exists():
+        seeds = ROOT / "experiments" / "results" / f"{name.stem}_seeds" / "summary.json"
+        command = f"`python experiments/run.py {name.stem}`"
+        if seeds.exists():  # several seeds recorded: their IQM (experiments/run.py runs metarl compare)
+            c = json.loads(seeds.read_text())
+            ours = seeds_cell(c, agent)
+            status = (f"{len(c['runs'])} seeds, {min(c['env_steps']):,} env steps each; per seed: "
+                      + ", ".join(f"{Path(r).name}.json" for r in c["runs"])
+                      + f"; report experiments/results/{name.stem}_seeds/report.md")
+            command = (f"`python experiments/run.py {name.stem} --seed N` for each seed, then "
+                       f"`metarl compare {' '.join(c['runs'])} --out experiments/results/{name.stem}_seeds`")
+        elif res.exists():
             s = json.loads(res.read_text())
             m = s["metrics"]
             ours = forms_cell(m["results"], agent)
@@ -335,8 +345,22 @@ def ml10_table() -> str:
             ours, status = "–", (running + "; cost: " if running else "not yet run; ") + expected(name.stem)
         status += gpu_measured(name.stem)
         rows.append(f"| {agent} | {pub.get('Meta-World paper', '–')} | {pub.get('Meta-World+', '–')} | {ours} | "
-                    f"{status} | `python experiments/run.py {name.stem}` |")
+                    f"{status} | {command} |")
     return "\n".join(rows)
+
+
+def seeds_cell(c: dict, agent: str) -> str:
+    """IQM over seeds [95% CI] of each form of the agent: per task, and by Meta-World's own tally."""
+    def iqm(v):
+        return f"{100 * v[0]:.1f}% [{100 * v[1]:.1f}, {100 * v[2]:.1f}]"
+    cells = []
+    for m, st in c["methods"].items():
+        if m != agent and not m.startswith(agent + " ("):
+            continue
+        label = "sampled actions" if m == agent else m[len(agent) + 2:-1]
+        tally = c["metaworld_tally"].get(m)
+        cells.append(f"{label}: IQM {iqm(st['iqm'])}" + (f" (Meta-World tally IQM {iqm(tally['iqm'])})" if tally else ""))
+    return "; ".join(cells)
 
 
 def in_progress(name: str) -> str:

@@ -15,12 +15,21 @@ not outlive the session) are parked in git between sessions:
     python experiments/run.py maml_trpo_ml10          # on a fresh checkout: resumes from there
 
 The parked copy is removed once the experiment finishes and its results file is written.
+
+Each finished run also keeps its record, what `metarl compare` reads (config, eval.json,
+eval_train.json, metrics and timing logs), in experiments/results/runs/NAME[_seedN]; once a config
+has two or more seeds recorded, their comparison report (IQM and mean over seeds with 95%
+stratified-bootstrap CIs, Meta-World's tally included) is rewritten in
+experiments/results/NAME_seeds/:
+
+    python experiments/run.py rl2_ml10_mwplus --seed 1   # ... and --seed 2: the report covers 0, 1, 2
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -42,6 +51,7 @@ from metarl.workflows import TRAINING_ONLY, evaluate_run, train
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 PARKED = ("config.toml", "metrics.jsonl", "timing.jsonl", "checkpoints/latest.pt", "checkpoints/best.pt")
+RECORD = ("config.toml", "eval.json", "eval_train.json", "metrics.jsonl", "timing.jsonl")
 
 
 def commit() -> str:
@@ -203,10 +213,42 @@ def main(argv=None) -> int:
     (out / f"{stem}.json").write_text(json.dumps(summary, indent=2) + "\n")
     if inflight.exists():  # finished: the results file replaces the parked run
         shutil.rmtree(inflight)
+    keep_record(run_dir, out / "runs" / stem)
     from metarl.workflows import report_table
     print(report_table(report))
     print(f"training time {train_s / 60:.1f} min; wrote {out / (stem + '.json')}")
+    seeds = seed_records(out / "runs", args.name)
+    if len(seeds) > 1:
+        compare_seeds(seeds, out / f"{args.name}_seeds")
     return 0
+
+
+def keep_record(run_dir: Path, dst: Path) -> None:
+    """The run's RECORD files (small: no checkpoints) into dst, replacing an earlier record."""
+    if dst.exists():
+        shutil.rmtree(dst)
+    dst.mkdir(parents=True)
+    for name in RECORD:
+        if (run_dir / name).exists():
+            shutil.copyfile(run_dir / name, dst / name)
+
+
+def seed_records(records: Path, name: str) -> list[Path]:
+    """The recorded runs of config `name`: NAME (its own seed) and NAME_seedN, by seed."""
+    found = [p for p in records.glob(f"{name}*") if p.name == name or re.fullmatch(rf"{re.escape(name)}_seed\d+", p.name)]
+    return sorted(found, key=lambda p: -1 if p.name == name else int(p.name.rsplit("_seed", 1)[1]))
+
+
+def compare_seeds(records: list[Path], out_dir: Path) -> None:
+    """`metarl compare` over the recorded seeds into out_dir (replaced); a failure is reported, not
+    raised: the results file is already written."""
+    from metarl.compare import compare
+    try:
+        summary = compare([os.path.relpath(p) for p in records], os.path.relpath(out_dir), overwrite=True)
+    except UserError as e:
+        print(f"warning: no seed comparison in {out_dir}: {e}", file=sys.stderr)
+        return
+    print(f"compared {len(records)} seeds: {summary['out']}/report.md")
 
 
 def checkpoint_iteration(run_dir: Path) -> int:

@@ -11,7 +11,7 @@ resampled as well as runs (held-out tasks are a sample of the task distribution)
 probability of improvement P(X > Y) of every pair, paired by task (rliable's definition:
 P(X_t > Y_t) + P(X_t = Y_t) / 2 over runs, averaged over tasks; CI by resampling tasks).
 
-Writes report.md, summary.csv, poi.csv, per_task.csv, adaptation.png, training_steps.png,
+Writes report.md, summary.csv, summary.json, poi.csv, per_task.csv, adaptation.png, training_steps.png,
 training_wallclock.png, and for tasks with names (Meta-World) per_task_success.csv and
 per_task_heatmap.png; for Meta-World evaluations also Meta-World's own tally of the agent's forms
 (tally_summary.csv, and a section of report.md with its per-class rates).
@@ -472,7 +472,11 @@ def compare(run_dirs: list[str], out: str, *, reps: int = 2000, seed: int = 0, b
         lines += [f"| {n} | " + " | ".join(f"{success_table[m][t]:.2f}" for m in success_table) + " |"
                   for t, n in enumerate(names)]
         lines.append("")
-    lines.append("Files: summary.csv, poi.csv, per_task.csv (every run's score on every task).")
+    lines.append("Files: summary.csv, summary.json (the aggregates and the runs compared), poi.csv, per_task.csv "
+                 "(every run's score on every task).")
     (out_dir / "report.md").write_text("\n".join(lines) + "\n")
-    return {"methods": {m: {"runs": int(scores[m].shape[0]), **stats[m]} for m in methods},
-            "metaworld_tally": summary_tally, "probability_of_improvement": poi, "out": str(out_dir)}
+    summary = {"runs": paths, "metric": metric, "env_steps": [r.report["env_steps"] for r in runs],
+               "methods": {m: {"runs": int(scores[m].shape[0]), **stats[m]} for m in methods},
+               "metaworld_tally": summary_tally, "probability_of_improvement": poi}
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return {**summary, "out": str(out_dir)}

@@ -189,3 +189,29 @@ def test_parked_run_resumes_on_a_fresh_checkout(tmp_path, monkeypatch, capsys):
     assert "resuming from the parked run" in capsys.readouterr().err
     assert (run_dir / "metrics.jsonl").read_text() == metrics  # resumed at the end: nothing retrained
     assert (tmp_path / "experiments" / "results" / "tiny.json").exists() and not parked.exists()
+
+
+def test_seeds_of_one_config_are_recorded_and_compared(tmp_path, monkeypatch):
+    """Each finished seed keeps its record (what metarl compare reads) under
+    experiments/results/runs/; from the second seed on, experiments/results/NAME_seeds/ holds their
+    comparison, whose summary the README's ML10 table reads."""
+    pytest.importorskip("rliable")
+    run = _load("run")
+    (tmp_path / "experiments" / "configs").mkdir(parents=True)
+    (tmp_path / "experiments" / "configs" / "tiny.toml").write_text(
+        '[experiment]\nbaselines = "none"\neval_tasks = 20\n[run]\nagent = "rl2"\nenv = "bandit"\nseed = 0\n'
+        '[env]\nk = 3\nn = 5\n[agent]\nnum_envs = 16\nhidden_size = 8\ntotal_steps = 240\n')
+    monkeypatch.setattr(run, "HERE", tmp_path / "experiments")
+    monkeypatch.setattr(run, "ROOT", tmp_path)
+    results = tmp_path / "experiments" / "results"
+    assert run.main(["tiny", "--quiet", "--device", "cpu"]) == 0
+    assert (results / "runs" / "tiny" / "eval.json").exists() and not (results / "runs" / "tiny" / "checkpoints").exists()
+    assert not (results / "tiny_seeds").exists()  # one seed: nothing to compare yet
+    assert run.main(["tiny", "--quiet", "--device", "cpu", "--seed", "1"]) == 0
+    summary = json.loads((results / "tiny_seeds" / "summary.json").read_text())
+    assert [Path(r).name for r in summary["runs"]] == ["tiny", "tiny_seed1"]
+    assert summary["methods"]["rl2"]["runs"] == 2
+    lo, point, hi = sorted(summary["methods"]["rl2"]["iqm"])
+    assert summary["methods"]["rl2"]["iqm"][0] == point and lo <= point <= hi
+    cell = _load("readme_table").seeds_cell(summary, "rl2")
+    assert cell.startswith("sampled actions: IQM ") and "deterministic: IQM " in cell
