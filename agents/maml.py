@@ -465,7 +465,7 @@ class MAMLEvalLearner:
 
 
 def load_eval_policy(checkpoint: dict, env_spec: EnvSpec, env_cfg, cfg: MAMLConfig, device, seed: int):
-    env = env_spec.make_env(env_cfg, 1, device, torch.Generator(device=device))
+    env = env_spec.probe(env_cfg, device)
     learner = MAMLLearner(env, cfg, torch.Generator())
     learner.net.load_state_dict(checkpoint["trainer"]["net"])
     env.close()

@@ -94,7 +94,7 @@ def load_eval_policy(checkpoint: dict, env_spec: EnvSpec, env_cfg, cfg: Multitas
     copies at each reset, i.e. each batch of tasks), with the pretraining's discount and GAE
     lambda and ppo-scratch's update schedule."""
     model = _load_model(checkpoint, seed)
-    env = env_spec.make_env(env_cfg, 1, torch.device("cpu"), torch.Generator())
+    env = env_spec.probe(env_cfg)
     try:
         return PPOFromScratch(env, env_cfg, seed, init=model.policy.state_dict(),
                               policy_kwargs=MultitaskPPOTrainer.policy_kwargs(cfg),

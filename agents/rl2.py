@@ -469,12 +469,13 @@ def load_eval_policy(checkpoint: dict, env_spec: EnvSpec, env_cfg, cfg: RL2Confi
     """The trained policy for evaluation. form "carry": one memory through the whole trial,
     sampled (or with deterministic, mode) actions; "restart": RL2RestartPolicy (Meta-World envs,
     which define env.adapt_episodes)."""
-    env = env_spec.make_env(env_cfg, 1, device, torch.Generator(device=device))
+    env = env_spec.probe(env_cfg, device)
     trial_length = env.horizon * env_spec.episodes_per_trial(env_cfg)
     input_dim = rl2_input_dim(env.obs_dim, env.num_actions, cfg.time_feature, cfg.reward_per_action)
     net = _network(input_dim, env.action_space, cfg, torch.Generator(), _task_dim(env, cfg, env_spec.name)).to(device)
     net.load_state_dict(checkpoint["trainer"]["net"])
     net.eval()
+    env.close()
     gen = make_generator(seed, "eval-actions", device)
     if form == "restart":
         return RL2RestartPolicy(net, env.num_actions, trial_length, cfg, gen, env_cfg.adapt_episodes * env.horizon,

@@ -267,7 +267,7 @@ def to_env_actions(a, policy, device) -> torch.Tensor:
 
 def load_eval_policy(checkpoint: dict, env_spec: EnvSpec, env_cfg, cfg: RecurrentPPOConfig, device, seed: int):
     model = load_sb3_model(_sb3()[0], checkpoint, seed)
-    env = env_spec.make_env(env_cfg, 1, torch.device("cpu"), torch.Generator())
+    env = env_spec.probe(env_cfg)
     T = env.horizon * env_spec.episodes_per_trial(env_cfg)
     policy = RecurrentPPOEvalPolicy(model, env, T)
     env.close()

@@ -21,11 +21,11 @@ from metarl.trial import rl2_input_dim, rl2_inputs
 
 GYM_IDS = {"metarl/BernoulliBandit-v0": "bandit", "metarl/GaussianBandit-v0": "gaussian-bandit",
            "metarl/TabularMDP-v0": "tabular-mdp", "metarl/Navigation2D-v0": "navigation-2d"}
-# MuJoCo families: one simulation worker per gymnasium env (needs the mujoco extra).
+# MuJoCo families (mujoco extra): simulated in the calling process, no workers.
 MUJOCO_GYM_IDS = {"metarl/HalfCheetahVel-v0": "halfcheetah-vel", "metarl/HalfCheetahDir-v0": "halfcheetah-dir",
                   "metarl/AntDir-v0": "ant-dir", "metarl/AntGoal-v0": "ant-goal"}
 # Meta-World (metaworld extra): a training task of the benchmark per reset (ML1: env.task picks
-# the task, e.g. gym.make("metarl/ML1-v0", task="push-v3")); one simulation worker per env.
+# the task, e.g. gym.make("metarl/ML1-v0", task="push-v3")); simulated in the calling process.
 METAWORLD_GYM_IDS = {"metarl/ML1-v0": "ml1", "metarl/ML10-v0": "ml10", "metarl/ML25-v0": "ml25",
                      "metarl/ML45-v0": "ml45"}
 
@@ -83,7 +83,8 @@ class SingleTaskEnv(gym.Env):
 
 
 def register_gym_envs() -> None:
-    for ids, extra in ((GYM_IDS, {}), (MUJOCO_GYM_IDS, {"workers": 1}), (METAWORLD_GYM_IDS, {"workers": 1})):
+    inline = {"backend": "inline"}  # one env, no worker processes (a plain script needs no __main__ guard)
+    for ids, extra in ((GYM_IDS, {}), (MUJOCO_GYM_IDS, inline), (METAWORLD_GYM_IDS, inline)):
         for gym_id, name in ids.items():
             if gym_id not in gym.registry:
                 gym.register(gym_id, entry_point="metarl.envs.gym_adapter:SingleTaskEnv",

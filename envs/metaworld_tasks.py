@@ -47,6 +47,8 @@ class MetaWorldConfig:
     goals_per_class: int = option(40, "evaluation protocol: held-out goals per test class", ge=1, le=50)
     benchmark_seed: int = option(0, "seed of metaworld's goal lists (fixed across runs, so runs share tasks)", ge=0)
     workers: int = option(0, "simulation worker processes; 0 = one per CPU core", ge=0)
+    backend: str = option("local", "where the sub-envs simulate: local = in env.workers worker processes; inline = "
+                          "in this process, no workers (what gym.make uses)", choices=("local", "inline"))
     timeout: float = option(60.0, "seconds a worker may take to answer before it counts as hung", gt=0.0)
 
 
@@ -217,7 +219,7 @@ def make_env(benchmark: str, cfg: MetaWorldConfig, num_envs: int, device, genera
     # 0.40 with chunks of 2 against 0.56 without)
     env = ParallelEnv(functools.partial(make_sub_env, cfg.reward_version), num_envs, cfg.horizon, obs_space,
                       act_space, device, generator, cfg.workers, cfg.timeout, task_rows=dist.rows,
-                      info_keys=("success",), step_cost=step_cost, chunk=num_envs)
+                      info_keys=("success",), step_cost=step_cost, chunk=num_envs, backend=cfg.backend)
     env.set_tasks(_spread(dist, num_envs))  # samplers set their own tasks before stepping
     return env
 

@@ -36,6 +36,8 @@ class MujocoTaskConfig:
     horizon: int = option(200, "steps per episode (the MAML paper uses 200)", ge=1)
     episodes: int = option(2, "episodes per trial (RL²); MAML agents set their own rollout counts", ge=1)
     workers: int = option(0, "simulation worker processes; 0 = one per CPU core", ge=0)
+    backend: str = option("local", "where the sub-envs simulate: local = in env.workers worker processes; inline = "
+                          "in this process, no workers (what gym.make uses)", choices=("local", "inline"))
     timeout: float = option(60.0, "seconds a worker may take to answer before it counts as hung", gt=0.0)
 
 
@@ -112,11 +114,11 @@ def make_env(robot: str, task: str, cfg: MujocoTaskConfig, num_envs: int, device
                                dtype=np.float32)
     probe.close()
     env = ParallelEnv(functools.partial(make_sub_env, robot, task), num_envs, cfg.horizon, obs_space, act_space,
-                      device, generator, cfg.workers, cfg.timeout)
+                      device, generator, cfg.workers, cfg.timeout, backend=cfg.backend)
     goal_dim = 2 if task == "goal" else 1
 
     def task_features():  # [B, goal_dim]: the goal of each sub-env (zeros before the first set_tasks)
-        tasks = getattr(env, "_tasks", None)
+        tasks = env.tasks
         return tasks["goal"].to(env.device) if tasks else torch.zeros(num_envs, goal_dim, device=env.device)
     env.task_features = task_features
     return env

@@ -9,6 +9,7 @@ together and a trial of `episodes_per_trial` episodes is `trial_length` steps.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol
@@ -128,9 +129,12 @@ class EnvSpec:
     make_env: Callable[..., BatchedEnv]   # (cfg, num_envs, device, generator) -> BatchedEnv
     episodes_per_trial: Callable[[Any], int]
 
-    def trial_length(self, cfg) -> int:
-        env = self.make_env(cfg, 1, torch.device("cpu"), torch.Generator())
-        return env.horizon * self.episodes_per_trial(cfg)
+    def probe(self, cfg, device="cpu") -> BatchedEnv:
+        """One sub-env built in this process (no simulation workers), to read the env's dimensions
+        and spaces from, e.g. when loading a policy."""
+        if hasattr(cfg, "backend"):
+            cfg = dataclasses.replace(cfg, backend="inline")
+        return self.make_env(cfg, 1, torch.device(device), torch.Generator(device=device))
 
 
 class RowPolicy(Protocol):

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from metarl.errors import UserError
 from metarl.parallel import ParallelEnv, WorkerError
 
 OBS = gym.spaces.Box(-np.inf, np.inf, (2,), np.float32)
@@ -47,8 +48,9 @@ def make(mode="ok", num_envs=5, workers=2, timeout=30.0, **kw):
                        workers=workers, timeout=timeout, **kw)
 
 
-def test_parallel_env_matches_in_process_stepping():
-    env = make()
+@pytest.mark.parametrize("backend", ["local", "inline"])
+def test_parallel_env_matches_in_process_stepping(backend):
+    env = make(backend=backend)
     try:
         goals = torch.arange(5.0).view(5, 1)
         env.set_tasks({"goal": goals})
@@ -144,12 +146,15 @@ def _episode_in_process(goals, policy, episodes=1):
     return torch.stack(obs_buf), torch.stack(act_buf), torch.stack(rew_buf)
 
 
-@pytest.mark.parametrize("workers,chunk", [(1, 0), (2, 0), (3, 0), (2, 2), (3, 2), (2, 7)])
-def test_run_policy_in_workers_equals_stepping_in_process(workers, chunk):
+@pytest.mark.parametrize("workers,chunk,backend", [(1, 0, "local"), (2, 0, "local"), (3, 0, "local"),
+                                                   (2, 2, "local"), (3, 2, "local"), (2, 7, "local"),
+                                                   (1, 0, "inline"), (3, 2, "inline")])
+def test_run_policy_in_workers_equals_stepping_in_process(workers, chunk, backend):
     """run_policy(): each worker acts for its own block of sub-envs and steps the whole episode,
     chunk by chunk; observations, actions and rewards equal plain in-process stepping, however
-    the sub-envs are split and chunked, and the env is usable again afterwards."""
-    env = make(num_envs=7, workers=workers, chunk=chunk)
+    the sub-envs are split and chunked, in worker processes or inline, and the env is usable
+    again afterwards."""
+    env = make(num_envs=7, workers=workers, chunk=chunk, backend=backend)
     try:
         goals = torch.linspace(-1, 1, 7)
         env.set_tasks({"goal": goals.view(7, 1)})
@@ -167,13 +172,14 @@ def test_run_policy_in_workers_equals_stepping_in_process(workers, chunk):
         env.close()
 
 
-@pytest.mark.parametrize("workers,chunk", [(1, 0), (2, 0), (3, 2)])
-def test_run_policy_of_several_episodes_with_a_remembering_policy(workers, chunk):
+@pytest.mark.parametrize("workers,chunk,backend", [(1, 0, "local"), (2, 0, "local"), (3, 2, "local"),
+                                                   (1, 2, "inline")])
+def test_run_policy_of_several_episodes_with_a_remembering_policy(workers, chunk, backend):
     """run_policy(policy, episodes=2): each worker resets its sub-envs before each episode (seeds
     drawn as reset() draws them) and tells the policy every reward (observe); the run equals
     in-process stepping however the sub-envs are split, and a run of another length after it
     (new buffers) is right too."""
-    env = make(num_envs=7, workers=workers, chunk=chunk)
+    env = make(num_envs=7, workers=workers, chunk=chunk, backend=backend)
     try:
         goals = torch.linspace(-1, 1, 7)
         env.set_tasks({"goal": goals.view(7, 1)})
@@ -209,6 +215,28 @@ def test_in_process_run_policy_of_several_episodes_matches_the_workers():
             assert torch.allclose(got[k], want[k], atol=1e-5), k
     finally:
         env.close()
+
+
+def test_inline_backend_starts_no_process_and_raises_where_the_simulator_raises():
+    import multiprocessing
+    before = set(multiprocessing.active_children())
+    env = make(num_envs=3, workers=4, backend="inline")
+    try:
+        assert env.pids == [os.getpid()] and set(multiprocessing.active_children()) == before
+        env.set_tasks({"goal": torch.zeros(3, 1)})
+        env.reset()
+        env.step(torch.zeros(3, 1))
+    finally:
+        env.close()
+    with pytest.raises(WorkerError, match="closed"):
+        env.reset()
+    bad = make("raise", num_envs=2, backend="inline")
+    bad.set_tasks({"goal": torch.zeros(2, 1)})
+    bad.reset()
+    with pytest.raises(RuntimeError, match="simulator exploded"):
+        bad.step(torch.zeros(2, 1))
+    with pytest.raises(UserError, match="unknown simulation backend 'ray2'"):
+        make(backend="ray2")
 
 
 def test_run_policy_reports_a_worker_error():
@@ -250,7 +278,7 @@ def test_killed_worker_raises_clear_error_quickly():
         assert time.monotonic() - t0 < 10
     finally:
         env.close()
-    assert not any(p.is_alive() for p in env._procs)
+    assert not any(p.is_alive() for p in env.pool.procs)
 
 
 def test_hung_worker_times_out():
@@ -261,7 +289,7 @@ def test_hung_worker_times_out():
     with pytest.raises(WorkerError, match="did not answer step within 2 s"):
         env.step(torch.zeros(5, 1))
     assert time.monotonic() - t0 < 10
-    assert not any(p.is_alive() for p in env._procs)
+    assert not any(p.is_alive() for p in env.pool.procs)
 
 
 def test_worker_exception_is_reported_with_its_message():
