@@ -106,7 +106,7 @@ class PolicyMLP(nn.Module):
         """fn(obs [b, D], noise [b(, A)]) -> head.dist(forward(obs)).sample_with(noise) under
         `params` (one task's), computed op for op but with the weights bound as plain tensors:
         on the few rows a simulation worker acts for at once (10 sub-envs of a 2x512 tanh MLP)
-        the module calls cost about half of a call (190 us)."""
+        the module calls cost about half of a call."""
         act = torch.relu if isinstance(self.body[1], nn.ReLU) else torch.tanh
         layers = [(params[f"body.{i}.weight"], params[f"body.{i}.bias"]) for i in range(0, len(self.body), 2)]
         w, b = params["head.linear.weight"], params["head.linear.bias"]
@@ -229,8 +229,8 @@ class MLPRows:
     and the sampling noise noise [H, B, ...] drawn ahead. `first` is the sub-env offset of row 0
     within its task's block, for a slice that starts mid-task. A slice (rows(), what a
     simulation worker gets) acts through PolicyMLP.sampler, one per task it touches: a worker
-    acts on a few sub-envs at a time, where functional_call's and the modules' own cost (about
-    70 and 100 us a call here) would outweigh the network's."""
+    acts on a few sub-envs at a time, where functional_call's and the modules' own per-call cost
+    would outweigh the network's."""
 
     def __init__(self, net: nn.Module, params: Params, per_task: bool, rollouts: int, noise: torch.Tensor,
                  bounds: tuple[torch.Tensor, torch.Tensor] | None, first: int = 0, sliced: bool = False):

@@ -361,7 +361,7 @@ class RL2Trainer:
             v = v * self.rms.std.float() + self.rms.mean.float()
         dones = torch.zeros(T, B, dtype=torch.bool, device=self.device)
         dones[self.trial_env.env.horizon - 1::self.trial_env.env.horizon] = True
-        return (EpisodeBatch(x, actions, rewards, dones, logp, v, torch.ones(T, B, device=self.device)),
+        return (EpisodeBatch(x, actions, rewards, dones, logp, v),
                 torch.stack(h_starts))
 
     def state_dict(self):

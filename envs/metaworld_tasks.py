@@ -203,7 +203,7 @@ def spaces():
 
 def step_cost(task) -> float:
     """Relative cost of a step of a metaworld Task's class inside a worker's round-robin
-    (measured, envs/metaworld_step_costs.py: 205 us for button-press to 783 us for stick-pull),
+    (measured by experiments/metaworld_step_costs.py into envs/metaworld_step_costs.py),
     what ParallelEnv balances its workers by."""
     from metarl.envs.metaworld_step_costs import STEP_US
     return STEP_US.get(task.env_name, 400.0)
@@ -215,8 +215,8 @@ def make_env(benchmark: str, cfg: MetaWorldConfig, num_envs: int, device, genera
     dist = make_distribution(benchmark, cfg)
     obs_space, act_space = spaces()
     # chunk=num_envs: each worker acts on its whole block at once (a 2x512 policy reads ~1 MB of
-    # weights a call; calling it per small chunk cost more than the cache it saves: ML10 bench
-    # 0.40 with chunks of 2 against 0.56 without)
+    # weights a call; calling it per small chunk costs more than the cache it saves, by
+    # `metarl bench metaworld`)
     env = ParallelEnv(functools.partial(make_sub_env, cfg.reward_version), num_envs, cfg.horizon, obs_space,
                       act_space, device, generator, cfg.workers, cfg.timeout, task_rows=dist.rows,
                       info_keys=("success",), step_cost=step_cost, chunk=num_envs, backend=cfg.backend)

@@ -1,4 +1,6 @@
-"""Regenerate the README results table from experiments/results/*.json (never typed by hand).
+"""Regenerate the results from experiments/results/*.json (never typed by hand): the README's
+headline table (the best run of each setting beside its published anchor) and the full record
+in docs/results.md (every run, the ML10 table, benchmarks, GPU checks).
 
     python experiments/readme_table.py
 """
@@ -12,6 +14,77 @@ from metarl.evaluation import REFERENCES, best_baseline
 
 ROOT = Path(__file__).resolve().parent.parent
 START, END = "<!-- results:start -->", "<!-- results:end -->"
+
+
+def headline() -> str:
+    """One row per setting (env, its defining options, agent): the best run's figure beside the
+    published anchor, the best classical baseline and the run's command. Settings without a
+    results file do not appear; the full record is docs/results.md."""
+    best: dict[tuple, tuple] = {}
+    for f in sorted((ROOT / "experiments" / "results").glob("*.json")):
+        if "_timing" in f.stem or f.stem.startswith("gpu_check") or f.stem == "bench_cpu":
+            continue
+        s = json.loads(f.read_text())
+        row = headline_figure(s)
+        if row is None:
+            continue
+        key, value, lower = row[0], row[1], row[2]
+        if key not in best or (value < best[key][1] if lower else value > best[key][1]):
+            best[key] = row + (s,)
+    rows = ["| setting | agent | ours: best run | published | best classical baseline | run |", "|---|---|---|---|---|---|"]
+    for key in sorted(best):
+        _, _, _, ours, anchor, baseline, s = best[key]
+        rows.append(f"| {key[0]} | {key[1]} | {ours} | {anchor or '–'} | {baseline or '–'} | "
+                    f"`{s['command']}` ({s['commit']}) |")
+    return "\n".join(rows)
+
+
+def headline_figure(s: dict):
+    """(setting key, value to rank by, lower is better, ours cell, published cell, baseline cell)
+    of one results file, or None where it has no headline figure (peer and multi-task rows)."""
+    m = s["metrics"]
+    if m.get("protocol") == "peer" or m["agent"] == "multitask-ppo":
+        return None
+    agent, res, envc = m["agent"], m["results"], m["env_config"]
+    paper = paper_refs(s)
+    protocol = m.get("protocol") or "trial"
+    if protocol == "metaworld":
+        forms = [n for n in res if n == agent or n.startswith(agent + " (")]
+        # like for like with published figures: Meta-World's own tally of each form, the best form
+        scored = [(res[n]["metaworld_tally"]["total"] if "metaworld_tally" in res[n] else res[n], n) for n in forms]
+        r, form = max(scored, key=lambda x: x[0]["mean"])
+        tally = "Meta-World tally" if "metaworld_tally" in res[form] else "per task"
+        setting = m["env"].upper() + (f" {envc['task']}" if m["env"] == "ml1" else "") + " meta-test success"
+        cfg = ROOT / "experiments" / "configs" / f"{s.get('config', s['experiment'])}.toml"
+        from metarl.config import tomllib
+        pub = tomllib.loads(cfg.read_text()).get("experiment", {}).get("published", {}) if cfg.exists() else {}
+        return ((setting, agent), r["mean"], False, f"{pct(r)} ({form}, {tally})",
+                "; ".join(f"{k} {v}" for k, v in pub.items()), None)
+    if protocol == "inner-steps":
+        steps = res[agent]["per_step_return"]
+        one = [v for k, v in paper.items() if k.endswith("1 step")]
+        base = best_baseline(res, agent)
+        return ((f"{m['env']} return after 1 gradient step", agent), steps[1]["mean"], False, fmt(steps[1]),
+                f"{one[0]} (MAML paper)" if one else None, None if base is None else f"{base} {fmt(res[base])}")
+    if protocol == "fewshot":
+        r = res[agent]
+        per = r["per_step"]
+        k = "1" if "1" in per else next(iter(per))
+        acc = r.get("metric") == "accuracy"
+        fam = m["env"] + (f" {envc['ways']}-way {envc['shots']}-shot" if "ways" in envc else
+                          f" K={envc['shots']}" if envc.get("shots") else "")
+        what = "accuracy" if acc else "query MSE"
+        after = f"after {k} step{'s' if k != '1' else ''}" if len(per) > 1 else "(closed form)"
+        c = per[k]
+        value = c["mean"] if c["mean"] == c["mean"] else c.get("median", float("inf"))  # nan: diverged tasks
+        anchor = [f"{n} {v}" for n, v in paper.items() if f" {k} step" in n]
+        return ((f"{fam} {what} {after}", agent), value, not acc, pct(c) if acc else mse_cell(c),
+                anchor[0] if anchor else None, None)
+    ag = res[agent]
+    base = best_baseline(res, agent)
+    opts = ", ".join(f"{k}={envc[k]}" for k in ("k", "n") if k in envc)
+    return ((f"{m['env']} ({opts}) total reward", agent), ag["mean"], False, fmt(ag),
+            "; ".join(f"{k} {v}" for k, v in paper.items()) or None, None if base is None else f"{base} {fmt(res[base])}")
 
 
 def paper_refs(s: dict) -> dict:
@@ -431,12 +504,23 @@ def steps_row(s: dict) -> str:
             + " | ".join(cells) + f" | {rnd}" + row_tail(s))
 
 
+RESULTS_PAGE = ROOT / "docs" / "results.md"
+
+
+def results_page() -> str:
+    return ("# metarl: every result\n\nGenerated from `experiments/results/*.json` by `python experiments/readme_table.py`"
+            " (never typed by hand); each file records the command and the commit that produced it. The README shows "
+            "the best run of each setting.\n\n" + table() + "\n")
+
+
 def main() -> None:
     readme = ROOT / "README.md"
     text = readme.read_text()
-    new = re.sub(re.escape(START) + ".*?" + re.escape(END), START + "\n" + table() + "\n" + END, text, flags=re.S)
+    new = re.sub(re.escape(START) + ".*?" + re.escape(END), START + "\n" + headline() + "\n" + END, text, flags=re.S)
     readme.write_text(new)
-    print(table())
+    RESULTS_PAGE.parent.mkdir(exist_ok=True)
+    RESULTS_PAGE.write_text(results_page())
+    print(headline())
 
 
 if __name__ == "__main__":

@@ -65,14 +65,17 @@ def build_parser(full_help: bool = False) -> argparse.ArgumentParser:
                        epilog=EXAMPLES + ("\n" + _options_help() if full_help else
                                           "\nrun `metarl train --help` to list every --set option"))
     t.add_argument("agent", help="agent name (see metarl list), e.g. rl2")
-    t.add_argument("--env", required=True, help="task distribution name (see metarl list), e.g. bandit")
+    t.add_argument("--env", help="task distribution name (see metarl list), e.g. bandit; with --resume, the run's own")
     t.add_argument("--config", metavar="FILE.toml", help="TOML file with [run], [env] and [agent] tables")
     t.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override one option, e.g. --set env.k=10 --set agent.lr=1e-3 (repeatable)")
     t.add_argument("--seed", type=int, help="run seed (default 0); same seed on CPU gives the same metrics.jsonl")
     t.add_argument("--device", help="auto (CUDA if available), cpu or cuda (default: auto)")
     t.add_argument("--run-dir", help="run directory (default: runs/{env}__{agent}__{seed}__{time})")
-    t.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its last checkpoint")
+    t.add_argument("--resume", action="store_true",
+                   help="continue the run in --run-dir from its last checkpoint: the command that started it plus "
+                        "--resume, or just AGENT --run-dir DIR --resume; only agent.total_steps / agent.iterations "
+                        "may change")
     t.add_argument("--overwrite", action="store_true", help="start again in an existing --run-dir, replacing it")
     t.add_argument("--quiet", action="store_true", help="no progress bar or messages")
 

@@ -431,7 +431,7 @@ def compare(run_dirs: list[str], out: str, *, reps: int = 2000, seed: int = 0, b
         unit = "meta-iterations" if r.report.get("protocol") == "fewshot" else "env steps"
         lines.append(f"| {r.path} | {label} | {r.seed} | {r.report['env_steps']:,} {unit} | {t} | "
                      f"{r.report.get('checkpoint', 'latest')} (iteration {r.report.get('checkpoint_iteration')}) |")
-    lines += ["", f"## Aggregates", "",
+    lines += ["", "## Aggregates", "",
               f"95% stratified-bootstrap CIs (rliable, {reps} resamples of runs and tasks).", "",
               "| method | runs | mean [95% CI] | IQM [95% CI] |", "|---|---|---|---|"]
     order = sorted(methods, key=lambda m: stats[m]["mean"][0], reverse=not lower)
@@ -457,7 +457,7 @@ def compare(run_dirs: list[str], out: str, *, reps: int = 2000, seed: int = 0, b
         summary_tally = {m: {"runs": int(tally[m].shape[0]), **t_stats[m]} for m in tally}
     else:
         summary_tally = {}
-    lines += ["", f"## Probability of improvement", "",
+    lines += ["", "## Probability of improvement", "",
               f"P(row {'has lower score than' if lower else 'beats'} column on the same task), averaged over tasks, "
               "95% CI by resampling tasks.", "",
               "| | " + " | ".join(order) + " |", "|---" * (len(order) + 1) + "|"]

@@ -173,7 +173,3 @@ def unit_to_bounds(a: torch.Tensor, low: torch.Tensor, high: torch.Tensor) -> to
     policies are tuned for the same unit box)."""
     return low + (a.float().clamp(-1, 1) + 1) * 0.5 * (high - low)
 
-
-def action_dim(space: gym.Space) -> int:
-    """Width of an action as a policy input: one-hot size for Discrete, vector size for Box."""
-    return int(space.n) if isinstance(space, gym.spaces.Discrete) else int(space.shape[0])

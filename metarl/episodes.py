@@ -1,7 +1,7 @@
 """Episode batches [T, B, ...] and the return estimators every agent shares."""
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import torch
 
@@ -46,23 +46,12 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, dones: torch.Tensor, gamma:
 
 @dataclass
 class EpisodeBatch:
-    """Transitions of B sub-envs over T steps. Time-major: every field is [T, B, ...].
-
-    mask[t, b] is 1 where step t of sub-env b is real data (0 = padding).
-    """
+    """Transitions of B sub-envs over T steps. Time-major: every field is [T, B, ...]."""
     obs: torch.Tensor       # [T, B, D] policy inputs
     actions: torch.Tensor   # [T, B]
     rewards: torch.Tensor   # [T, B]
     dones: torch.Tensor     # [T, B] episode ended after this step
     logprobs: torch.Tensor  # [T, B] log pi(a|.) at collection time
     values: torch.Tensor    # [T, B] value estimates at collection time
-    mask: torch.Tensor      # [T, B]
     mean_rewards: torch.Tensor | None = None  # [T, B] E[reward | task, state, action], if the env knows it
 
-    @property
-    def num_steps(self) -> int:
-        return int(self.mask.sum().item())
-
-    def to(self, device) -> "EpisodeBatch":
-        return EpisodeBatch(**{f.name: None if getattr(self, f.name) is None else getattr(self, f.name).to(device)
-                               for f in fields(self)})

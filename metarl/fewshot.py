@@ -6,7 +6,7 @@ A few-shot task batch is a dict of tensors with a leading task dimension N:
     classification:  xs [N, W*K, C, H, W], ys [N, W*K] (labels 0..W-1), xq [N, W*Q, ...], yq [N, W*Q]
 Support (xs, ys) is what a learner adapts on; query (xq, yq) is what it is scored on.
 
-The learner contract is DESIGN.md's one idea:
+The learner contract, one idea for every few-shot learner:
     state = learner.adapt(xs, ys, steps)     # adapted params (MAML family), prototypes, CNP code
     out   = learner.predict(state, xq)       # [N, Q, dy] predictions or [N, Q, W] logits
     loss, metrics = learner.meta_loss(batch) # then an optimizer step on the meta-parameters

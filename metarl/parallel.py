@@ -45,9 +45,9 @@ __all__ = ["ParallelEnv", "WorkerError", "auto_chunk", "balanced_blocks", "main_
 @contextlib.contextmanager
 def main_thread_only():
     """Run the main process's torch ops on one thread while workers simulate: idle OpenMP
-    threads of the main process spin and steal the workers' cores (measured: mujoco bench
-    efficiency 0.27 with 2 torch threads vs 0.64 with 1 on 2 cores). Restored afterwards, so
-    the learner's update still uses every core."""
+    threads of the main process spin and steal the workers' cores (`metarl bench mujoco`
+    drops by more than half with 2 torch threads on 2 cores). Restored afterwards, so the
+    learner's update still uses every core."""
     n = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -58,8 +58,8 @@ def main_thread_only():
 
 def auto_chunk(num_envs: int, workers: int) -> int:
     """Sub-envs per chunk of run_policy: at most 64, so a chunk's simulators stay in the cache
-    (HalfCheetah, one process: 59 us a step round-robin over 400 envs, 45 over 100, 43 over 20),
-    and no fewer, since each chunk-step costs one policy call (~85 us for a 2x100 MLP here)."""
+    (stepping hundreds of envs round-robin in one process is slower per step than tens), and no
+    fewer, since each chunk-step costs one policy call."""
     return min(64, -(-num_envs // workers))
 
 
@@ -114,8 +114,8 @@ class ParallelEnv(BatchedEnv):
         self.gen = generator if generator is not None else torch.Generator()
         W = 1 if backend == "inline" else max(1, min(workers or os.cpu_count() or 1, num_envs))
         # Contiguous blocks: batches are task-major, so a worker keeps few distinct simulators
-        # (measured on ML10, 20 envs: 2185 steps/s with blocks vs 2004 with sub-env b in worker
-        # b % W, whose workers each cycle through all 10 classes' models and miss the cache).
+        # (with sub-env b in worker b % W instead, every worker cycles through all the classes'
+        # models and misses the cache).
         # With step_cost (the relative cost of a step of each task row), set_tasks moves the
         # bounds so every worker gets the same summed cost (ML10's classes step at different
         # speeds: even blocks leave one worker waiting). The blocks follow from the tasks alone,

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from metarl.config import dump_toml, load_toml
+from metarl.config import dump_toml
 from metarl.errors import UserError
 
 CHECKPOINT = "checkpoints/latest.pt"
@@ -52,9 +52,6 @@ class RunDir:
     # ---- config -------------------------------------------------------------------------
     def save_config(self, data: dict[str, dict[str, Any]]) -> None:
         self._atomic_write_text("config.toml", dump_toml(data))
-
-    def load_config(self) -> dict[str, dict[str, Any]]:
-        return load_toml(self.path / "config.toml")
 
     # ---- metrics ------------------------------------------------------------------------
     def truncate_metrics(self, iteration: int) -> None:

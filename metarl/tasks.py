@@ -26,10 +26,6 @@ def split_generator(seed: int, split: str, device: torch.device | str = "cpu") -
     return make_generator(seed, f"tasks-{split}", device)
 
 
-def tasks_to(tasks: Tasks, device) -> Tasks:
-    return {k: v.to(device) for k, v in tasks.items()}
-
-
 def tasks_slice(tasks: Tasks, index) -> Tasks:
     return {k: v[index] for k, v in tasks.items()}
 

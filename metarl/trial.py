@@ -199,6 +199,5 @@ def _collect_trial(policy, trial_env, tasks, generator, starts):
             if mean_rewards is None:
                 mean_rewards = torch.empty(T, B, device=dev)
             mean_rewards[t] = trial_env.env.mean_reward
-    batch = EpisodeBatch(obs, actions, rewards, dones, logprobs, values, torch.ones(T, B, device=dev),
-                         mean_rewards)
+    batch = EpisodeBatch(obs, actions, rewards, dones, logprobs, values, mean_rewards)
     return batch, torch.stack([h_at[t] for t in starts])

@@ -71,12 +71,12 @@ def train(agent: str, env: str, *, config_file: str | None = None, sets: list[st
             raise UserError("--resume needs --run-dir RUN_DIR naming the run to continue")
         path = open_existing(run_dir)
         saved = load_toml(path / "config.toml")
-        changed = [s for s in sets if not s.startswith(("agent.total_steps=", "agent.iterations="))]
-        if changed or config_file:
-            raise UserError("a resumed run keeps its saved config; only --set agent.total_steps=N (RL²) or "
-                            "agent.iterations=N (MAML, few-shot) may change (start a new run for other changes)")
-        cfg = resolve_config(saved["run"]["agent"], saved["run"]["env"], saved, sets, device=device)
+        cfg = resolve_config(saved["run"]["agent"], saved["run"]["env"], saved,
+                             [s for s in sets if s.startswith(RESUME_CHANGES)], device=device)
+        _check_same_run(cfg, agent, env, config_file, sets, seed)
     else:
+        if not env:
+            raise UserError("--env ENV is needed to start a run (see metarl list); with --resume the run's own is used")
         cfg = resolve_config(agent, env, load_toml(config_file) if config_file else None, sets, seed, device)
         path = Path(run_dir) if run_dir else Path(runs_root) / default_run_name(env, agent, cfg["run"]["seed"])
     dev = resolve_device(cfg["run"]["device"])
@@ -105,6 +105,38 @@ def train(agent: str, env: str, *, config_file: str | None = None, sets: list[st
                        keys=cfg["agent_spec"].curve_keys,
                        xlabel="meta-iterations" if cfg["agent_spec"].protocol == "fewshot" else "env steps")
     return path
+
+
+RESUME_CHANGES = ("agent.total_steps=", "agent.iterations=")  # what a resumed run may change: its length
+
+
+def _check_same_run(saved: dict[str, Any], agent: str | None, env: str | None, config_file: str | None,
+                    sets: list[str], seed: int | None) -> None:
+    """A resume given the command that started the run (plus --resume) is fine; one whose agent,
+    env, --config, --set or --seed differ from the saved run in anything but RESUME_CHANGES (or the
+    evaluation-only agent.eval_* options) is refused in one line naming the first difference."""
+    run = saved["run"]
+    for key, given in (("agent", agent), ("env", env)):
+        if given and given != run[key]:
+            raise UserError(f"the run was trained with {key} {run[key]!r}, not {given!r}; a resumed run keeps its "
+                            f"saved config")
+    if not (config_file or sets or seed is not None):
+        return
+    given = resolve_config(run["agent"], run["env"], load_toml(config_file) if config_file else _saved(saved),
+                           [s for s in sets if not s.startswith(RESUME_CHANGES)], seed)
+    if given["run"]["seed"] != run["seed"]:
+        raise UserError(f"the run was trained with seed {run['seed']}, not {given['run']['seed']}; a resumed run keeps "
+                        f"its saved config")
+    for sec in ("env", "agent"):
+        old, new = as_dict(saved[sec]), as_dict(given[sec])
+        for k in new:
+            if sec == "agent" and (f"agent.{k}=".startswith(RESUME_CHANGES)
+                                   or (k.startswith("eval_") and k not in TRAINING_ONLY)):
+                continue
+            if new[k] != old.get(k):
+                raise UserError(f"a resumed run keeps its saved config: {sec}.{k} is {old.get(k)!r} there, "
+                                f"{new[k]!r} here; only agent.total_steps (RL²) or agent.iterations (MAML, few-shot) "
+                                f"may change (start a new run for other changes)")
 
 
 TRAINING_ONLY = ("eval_every", "eval_goals")  # agent.eval_* options that act while training, not at evaluation

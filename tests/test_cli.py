@@ -161,11 +161,26 @@ def test_same_seed_same_metrics_and_resume_is_exact(cli, tmp_path, tiny, monkeyp
     assert (tmp_path / "d" / "metrics.jsonl").read_text() != ma
 
 
-def test_resume_refuses_config_changes(cli, tmp_path, tiny):
+def test_resume_takes_the_starting_command_and_refuses_config_changes(cli, tmp_path, tiny):
     run = tmp_path / "run"
-    assert cli("train", "rl2", "--env", "bandit", "--set", "agent.total_steps=160", "--run-dir", run, *tiny)[0] == 0
-    code, _, err = cli("train", "rl2", "--env", "bandit", "--run-dir", run, "--resume", "--set", "agent.lr=1")
-    _one_line_error(code, err, "keeps its saved config")
+    start = ["train", "rl2", "--env", "bandit", "--set", "agent.total_steps=160", "--set", "env.k=3", "--seed", "2",
+             "--run-dir", run, *tiny]
+    assert cli(*start)[0] == 0
+    metrics = (run / "metrics.jsonl").read_text()
+    # the command that started it, plus --resume; or only AGENT --run-dir --resume; or a longer run
+    for args in (start + ["--resume"], ["train", "rl2", "--run-dir", run, "--resume", "--quiet"],
+                 start + ["--resume", "--set", "agent.total_steps=320"]):
+        code, _, err = cli(*args)
+        assert code == 0, err
+    assert (run / "metrics.jsonl").read_text().startswith(metrics) and len((run / "metrics.jsonl").read_text()) > len(metrics)
+    for args, needle in ((["--set", "agent.lr=1"], "agent.lr is 0.0003 there, 1.0 here"),
+                         (["--set", "env.k=4"], "env.k is 3 there, 4 here"),
+                         (["--seed", "3"], "seed 2, not 3"),
+                         (["--env", "tabular-mdp"], "env 'bandit', not 'tabular-mdp'")):
+        code, _, err = cli("train", "rl2", "--run-dir", run, "--resume", *args)
+        _one_line_error(code, err, needle)
+    code, _, err = cli("train", "rl2", "--run-dir", tmp_path / "new")
+    _one_line_error(code, err, "--env ENV is needed")
 
 
 @pytest.mark.parametrize("env", ["bandit", "gaussian-bandit", "tabular-mdp"])

@@ -15,9 +15,13 @@ def _load(name):
 
 
 def test_readme_results_table_is_generated_from_results_files():
-    table = _load("readme_table").table()
-    readme = (ROOT / "README.md").read_text()
-    assert table in readme, "README results are stale: run python experiments/readme_table.py"
+    """The README's headline table and docs/results.md are what readme_table.py writes from the
+    results files, and the full record shows every results file."""
+    rt = _load("readme_table")
+    table = rt.table()
+    stale = "results are stale: run python experiments/readme_table.py"
+    assert rt.headline() in (ROOT / "README.md").read_text(), "README " + stale
+    assert (ROOT / "docs" / "results.md").read_text() == rt.results_page(), "docs/results.md " + stale
     for f in (ROOT / "experiments" / "results").glob("*.json"):
         s = json.loads(f.read_text())
         if "_timing" in f.stem:  # experiments/wall_clock.py: shown in the ML10 table (_timing_COMMIT: a before)
@@ -215,3 +219,25 @@ def test_seeds_of_one_config_are_recorded_and_compared(tmp_path, monkeypatch):
     assert summary["methods"]["rl2"]["iqm"][0] == point and lo <= point <= hi
     cell = _load("readme_table").seeds_cell(summary, "rl2")
     assert cell.startswith("sampled actions: IQM ") and "deterministic: IQM " in cell
+
+
+def test_headline_shows_the_best_run_of_each_setting_beside_its_anchor(tmp_path, monkeypatch):
+    rt = _load("readme_table")
+    (tmp_path / "experiments" / "results").mkdir(parents=True)
+    (tmp_path / "experiments" / "configs").mkdir()
+    monkeypatch.setattr(rt, "ROOT", tmp_path)
+
+    def result(name, mean, k=5):
+        r = {"mean": mean, "ci_low": mean - 0.1, "ci_high": mean + 0.1}
+        s = {"experiment": name, "command": f"python experiments/run.py {name}", "commit": "abc1234",
+             "metrics": {"agent": "rl2", "env": "bandit", "env_config": {"k": k, "n": 10}, "protocol": "trial",
+                         "results": {"rl2": r, "greedy": {**r, "mean": 6.0, "ci_low": 5.9}},
+                         "paper": {"Gittins (RL² paper)": 6.61}}}
+        (tmp_path / "experiments" / "results" / f"{name}.json").write_text(json.dumps(s))
+    result("worse", 5.0)
+    result("better", 6.5)
+    result("other_k", 4.0, k=10)
+    rows = rt.headline().splitlines()[2:]
+    assert len(rows) == 2  # one row per setting
+    assert rows[0].startswith("| bandit (k=10, n=10) total reward | rl2 | 4.00 ± 0.10 |")
+    assert "| 6.50 ± 0.10 | Gittins (RL² paper) 6.61 | greedy 6.00 ± 0.10 | `python experiments/run.py better`" in rows[1]

@@ -12,7 +12,7 @@ from metarl.config import build
 from metarl.envs.glyphs import generate_glyphs, load_glyphs
 from metarl.envs.image_tasks import GlyphConfig, OmniglotConfig, make_glyphs, make_omniglot
 from metarl.envs.regression_tasks import GPConfig, GPDistribution, SinusoidConfig, SinusoidDistribution
-from metarl.fewshot import task_generator, task_loss
+from metarl.fewshot import task_generator
 from metarl.functional import adapt_batch, params_of
 
 

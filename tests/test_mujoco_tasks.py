@@ -8,7 +8,6 @@ from gymnasium.utils.env_checker import check_env
 pytest.importorskip("mujoco")
 
 import metarl.envs  # noqa: E402,F401  registers the gymnasium ids
-from metarl.config import build  # noqa: E402
 from metarl.envs.gym_adapter import MUJOCO_GYM_IDS  # noqa: E402
 from metarl.envs.mujoco_tasks import DirectionDistribution, GoalMujoco, VelocityDistribution  # noqa: E402
 
