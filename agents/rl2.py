@@ -23,7 +23,8 @@ from metarl.ppo import RunningMeanStd, ppo_loss
 from metarl.seeding import make_generator
 from metarl.tasks import split_generator
 from metarl.training import AgentSpec
-from metarl.trial import TrialEnv, burn_in_mask, chunk_starts, collect_trial, rl2_input_dim, rl2_inputs, run_trial
+from metarl.trial import (RL2History, RL2Input, TrialEnv, burn_in_mask, chunk_starts, collect_trial, rl2_input_dim,
+                          run_trial)
 
 
 @dataclass
@@ -175,15 +176,13 @@ class _RolloutPolicy:
 class GRURows:
     """The RL² policy as a RowPolicy (metarl.batched_env), for a trial run inside simulation
     workers: the policy GRU and head, the trial's sampling noise [T, B(, A)] drawn ahead, and for
-    its rows the hidden state and previous action and reward, from which it rebuilds the RL²
-    input each step as TrialEnv does (the critic is not needed to act)."""
+    its rows the hidden state and the trial's RL2History, from which it builds the RL² input
+    each step as TrialEnv does (the critic is not needed to act)."""
 
     def __init__(self, gru: nn.GRU, head: nn.Module, noise: torch.Tensor, trial_env: TrialEnv,
                  encoder: nn.Module | None = None):
         self.gru, self.head, self.noise, self.encoder = gru, head, noise, encoder
-        self.H, self.T, self.A = trial_env.env.horizon, trial_env.trial_length, trial_env.num_actions
-        self.time_feature, self.reward_per_action = trial_env.time_feature, trial_env.reward_per_action
-        self.reward_scale = trial_env.reward_scale
+        self.H, self.spec = trial_env.env.horizon, trial_env.spec
 
     def rows(self, lo: int, hi: int) -> "GRURows":
         """Sub-envs [lo, hi): CPU copies with a fresh memory."""
@@ -197,19 +196,17 @@ class GRURows:
     def act(self, obs: torch.Tensor, t: int) -> torch.Tensor:
         """obs [b, O] of step t -> actions [b(, A)]."""
         if t == 0:
-            self.h, self.prev = obs.new_zeros(1, obs.shape[0], self.gru.hidden_size), (None, None, None)
-        x = rl2_inputs(obs, *self.prev, self.A, t / self.T if self.time_feature else None, self.reward_per_action,
-                       self.reward_scale)
+            self.h, self.history = obs.new_zeros(1, obs.shape[0], self.gru.hidden_size), RL2History(self.spec)
+        x = self.history.inputs(obs)
         if self.encoder is not None:
             x = self.encoder(x)
         out, self.h = self.gru(x.unsqueeze(0), self.h)
-        a = self.head.dist(self.head(out[0])).sample_with(self.noise[t])
-        self.prev = (a, None, None)
+        self.action = a = self.head.dist(self.head(out[0])).sample_with(self.noise[t])
         return a
 
     def observe(self, reward: torch.Tensor, t: int) -> None:
         done = torch.full_like(reward, float((t + 1) % self.H == 0), dtype=torch.bool)
-        self.prev = (self.prev[0], reward.clone(), done)
+        self.history.record(self.action, reward.clone(), done)
 
     def to_env(self, a: torch.Tensor) -> torch.Tensor:
         return a
@@ -387,27 +384,23 @@ class RL2EvalPolicy:
 
     def __init__(self, net: GRUActorCritic, num_actions: int, trial_length: int, cfg: RL2Config,
                  generator: torch.Generator, deterministic: bool = False):
-        self.net, self.A, self.T, self.gen = net, num_actions, trial_length, generator
+        self.net, self.gen = net, generator
         self.deterministic = deterministic
-        self.time_feature, self.reward_per_action = cfg.time_feature, cfg.reward_per_action
-        self.reward_scale = cfg.reward_scale
+        self.history = RL2History(RL2Input(num_actions, trial_length, cfg.time_feature, cfg.reward_per_action,
+                                           cfg.reward_scale))
 
     def reset(self, num_envs: int, device) -> None:
         self.h = self.net.initial_state(num_envs, device)
-        self.prev = (None, None, None)
-        self.t = 0
+        self.history.start()
 
     @torch.no_grad()
     def act(self, obs):
-        x = rl2_inputs(obs, *self.prev, self.A, self.t / self.T if self.time_feature else None,
-                       self.reward_per_action, self.reward_scale)
-        out, _, self.h = self.net(x.unsqueeze(0), self.h)
+        out, _, self.h = self.net(self.history.inputs(obs).unsqueeze(0), self.h)
         dist = self.net.pi.dist(out[0])
         return dist.mode() if self.deterministic else dist.sample(self.gen)
 
     def observe(self, actions, rewards, dones, next_obs) -> None:
-        self.prev = (actions, rewards, dones)
-        self.t += 1
+        self.history.record(actions, rewards, dones)
 
 
 class RL2RestartPolicy(RL2EvalPolicy):
@@ -428,9 +421,10 @@ class RL2RestartPolicy(RL2EvalPolicy):
     def act(self, obs):
         k = self.steps - self.adapt_steps
         if k == 0:
-            self.saved = (self.h.clone(), self.prev, self.t)
+            self.saved = (self.h.clone(), self.history.state())
         elif k > 0 and k % self.horizon == 0:
-            self.h, self.prev, self.t = self.saved[0].clone(), self.saved[1], self.saved[2]
+            self.h = self.saved[0].clone()
+            self.history.restore(self.saved[1])
         self.deterministic = k >= 0
         self.steps += 1
         return super().act(obs)

@@ -24,7 +24,7 @@ from metarl.errors import UserError
 from metarl.seeding import make_generator
 from metarl.tasks import split_generator
 from metarl.training import AgentSpec
-from metarl.trial import TrialEnv, rl2_inputs
+from metarl.trial import RL2History, RL2Input, TrialEnv
 
 
 def _sb3():
@@ -235,25 +235,25 @@ class RecurrentPPOEvalPolicy:
     carries the LSTM state through the trial (sampled actions, as the RL² evaluation)."""
 
     def __init__(self, model, env, trial_length: int):
-        self.model, self.T = model, trial_length
-        self.discrete, self.A = env.discrete, env.num_actions
+        self.model = model
+        self.discrete = env.discrete
+        self.history = RL2History(RL2Input(env.num_actions, trial_length))
         if not self.discrete:
             self.low, self.high = box_bounds(env.action_space)
 
     def reset(self, num_envs: int, device) -> None:
         self.state, self.starts = None, np.ones(num_envs, dtype=bool)
-        self.prev, self.t = (None, None, None), 0
+        self.history.start()
 
     @torch.no_grad()
     def act(self, obs):
-        x = rl2_inputs(obs.cpu(), *self.prev, self.A, self.t / self.T)
+        x = self.history.inputs(obs.cpu())
         a, self.state = self.model.predict(x.numpy(), state=self.state, episode_start=self.starts, deterministic=False)
         self.starts = np.zeros_like(self.starts)
         return to_env_actions(a, self, obs.device)
 
     def observe(self, actions, rewards, dones, next_obs) -> None:
-        self.prev = (actions.cpu(), rewards.cpu(), dones.cpu())
-        self.t += 1
+        self.history.record(actions.cpu(), rewards.cpu(), dones.cpu())
 
 
 def to_env_actions(a, policy, device) -> torch.Tensor:

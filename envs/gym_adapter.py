@@ -4,7 +4,7 @@ A Gymnasium episode is one trial: a task is drawn from the distribution at every
 (or fixed with `options={"task": {...}}`), and the trial runs `episodes_per_trial` inner
 episodes; `info["episode_end"]` marks the end of each inner episode.
 
-With `rl2_inputs=True` the observation is what an RL² agent sees (metarl.trial.rl2_inputs):
+With `rl2_inputs=True` the observation is what an RL² agent sees (metarl.trial.RL2Input):
 [obs, previous action (one-hot when discrete), previous reward, previous done, t / trial
 length], so an off-the-shelf recurrent agent (sb3-contrib's RecurrentPPO) can learn to adapt
 within a trial: `gym.make("metarl/BernoulliBandit-v0", k=5, n=100, rl2_inputs=True)`.
@@ -17,7 +17,7 @@ import torch
 
 from metarl.config import build
 from metarl.registry import ENVS, lookup
-from metarl.trial import rl2_input_dim, rl2_inputs
+from metarl.trial import RL2History, RL2Input
 
 GYM_IDS = {"metarl/BernoulliBandit-v0": "bandit", "metarl/GaussianBandit-v0": "gaussian-bandit",
            "metarl/TabularMDP-v0": "tabular-mdp", "metarl/Navigation2D-v0": "navigation-2d"}
@@ -42,8 +42,9 @@ class SingleTaskEnv(gym.Env):
         self.trial_length = self.env.horizon * spec.episodes_per_trial(self.cfg)
         self.action_space = self.env.action_space
         self.rl2 = rl2_inputs
+        self.history = RL2History(RL2Input(self.env.num_actions, self.trial_length))
         if rl2_inputs:
-            n = rl2_input_dim(self.env.obs_dim, self.env.num_actions, time_feature=True)
+            n = self.history.spec.dim(self.env.obs_dim)
             self.observation_space = gym.spaces.Box(-np.inf, np.inf, (n,), np.float32)
         else:
             self.observation_space = self.env.observation_space
@@ -58,13 +59,13 @@ class SingleTaskEnv(gym.Env):
             # Meta-World draws class-major batches; one task at a time takes any class
             self.task = getattr(self.dist, "sample_any", self.dist.sample)(1, self._gen)
         self.env.set_tasks(self.task)
-        self.t = 0
-        obs = self._obs(self.env.reset(), None, None, None)
+        self.history.start()
+        obs = self._obs(self.env.reset())
         return obs, {"task": {k: v[0].numpy() for k, v in self.task.items()}}
 
-    def _obs(self, obs, action, reward, done) -> np.ndarray:
+    def _obs(self, obs) -> np.ndarray:
         if self.rl2:
-            obs = rl2_inputs(obs, action, reward, done, self.env.num_actions, self.t / self.trial_length)
+            obs = self.history.inputs(obs)
         return obs[0].numpy().astype(np.float32)
 
     def step(self, action):
@@ -73,10 +74,9 @@ class SingleTaskEnv(gym.Env):
         a = (torch.tensor([int(action)]) if self.env.discrete else
              torch.as_tensor(np.asarray(action, dtype=np.float32)).view(1, -1))
         obs, reward, done = self.env.step(a)
-        self.t += 1
-        terminated = self.t >= self.trial_length
-        return (self._obs(obs, a.view(-1) if self.env.discrete else a, reward, done), float(reward[0]), terminated,
-                False, {"episode_end": bool(done[0])})
+        self.history.record(a.view(-1) if self.env.discrete else a, reward, done)
+        terminated = self.history.t >= self.trial_length
+        return self._obs(obs), float(reward[0]), terminated, False, {"episode_end": bool(done[0])}
 
     def close(self):
         self.env.close()

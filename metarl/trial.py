@@ -3,10 +3,14 @@
 A trial is `episodes_per_trial` episodes in one task. The recurrent agent sees, at each
 step, x = [obs, one_hot(prev_action), prev_reward, prev_done, t / trial_length], and its
 hidden state is carried across episode boundaries within the trial and reset between trials.
+Every path that feeds an RL² network (the trainer's TrialEnv, the simulation workers' GRURows,
+evaluation, the SB3 peer, the gym adapter) builds that input with one `RL2Input` (whole trials:
+`RL2Input.trial`) and, step by step, one `RL2History`.
 """
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Protocol
 
 import torch
@@ -48,6 +52,58 @@ def rl2_inputs(obs, prev_action, prev_reward, prev_done, num_actions: int, time_
     return x
 
 
+@dataclass(frozen=True)
+class RL2Input:
+    """How the RL² input is built (see rl2_inputs): num_actions is the one-hot width for
+    discrete actions, the action size for Box ones; trial_length scales the time feature."""
+    num_actions: int
+    trial_length: int
+    time_feature: bool = True
+    reward_per_action: bool = False
+    reward_scale: float = 1.0
+
+    def dim(self, obs_dim: int) -> int:
+        return rl2_input_dim(obs_dim, self.num_actions, self.time_feature, self.reward_per_action)
+
+    def at(self, obs: torch.Tensor, t: int, prev_action=None, prev_reward=None, prev_done=None) -> torch.Tensor:
+        """x [B, D] at step t of the trial, after the previous step's action, reward and done
+        (None at the trial's first step)."""
+        return rl2_inputs(obs, prev_action, prev_reward, prev_done, self.num_actions,
+                          t / self.trial_length if self.time_feature else None, self.reward_per_action,
+                          self.reward_scale)
+
+    def trial(self, obs: torch.Tensor, actions: torch.Tensor, rewards: torch.Tensor, horizon: int) -> torch.Tensor:
+        """x [T, B, D] of a whole recorded trial (see trial_inputs)."""
+        return trial_inputs(obs, actions, rewards, horizon, self.num_actions, self.time_feature,
+                            self.reward_per_action, self.reward_scale)
+
+
+class RL2History:
+    """The step-by-step side of RL2Input: the trial's clock and its previous action, reward and
+    done, so that inputs(obs) gives the next x [B, D]; record() after every env step."""
+
+    def __init__(self, spec: RL2Input):
+        self.spec = spec
+        self.start()
+
+    def start(self) -> None:
+        """A new trial: no previous step, clock at 0."""
+        self.t, self.prev = 0, (None, None, None)
+
+    def inputs(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.spec.at(obs, self.t, *self.prev)
+
+    def record(self, action, reward, done) -> None:
+        self.prev = (action, reward, done)
+        self.t += 1
+
+    def state(self) -> tuple:
+        return self.t, self.prev
+
+    def restore(self, state: tuple) -> None:
+        self.t, self.prev = state
+
+
 class TrialEnv:
     """Wraps a BatchedEnv so that it emits RL² inputs, trial by trial."""
 
@@ -56,10 +112,10 @@ class TrialEnv:
         self.env = env
         self.episodes_per_trial = episodes_per_trial
         self.trial_length = env.horizon * episodes_per_trial
-        self.time_feature, self.reward_per_action = time_feature, reward_per_action
-        self.reward_scale = reward_scale
         self.obs_dim, self.num_actions = env.obs_dim, env.num_actions
-        self.input_dim = rl2_input_dim(self.obs_dim, self.num_actions, time_feature, reward_per_action)
+        self.spec = RL2Input(self.num_actions, self.trial_length, time_feature, reward_per_action, reward_scale)
+        self.history = RL2History(self.spec)
+        self.input_dim = self.spec.dim(self.obs_dim)
         self.env_time = 0.0  # seconds spent inside env.reset/step (for the benchmark)
         # [episodes_per_trial, B] 1 where the env reported success at any step of that episode of
         # the current trial (Meta-World's criterion); None for envs without a success signal.
@@ -69,10 +125,10 @@ class TrialEnv:
     def num_envs(self) -> int:
         return self.env.num_envs
 
-    def _inputs(self, obs, prev_action, prev_reward, prev_done) -> torch.Tensor:
-        return rl2_inputs(obs, prev_action, prev_reward, prev_done, self.num_actions,
-                          self.t / self.trial_length if self.time_feature else None, self.reward_per_action,
-                          self.reward_scale)
+    @property
+    def t(self) -> int:
+        """Steps taken in the current trial."""
+        return self.history.t
 
     def start(self, tasks: Tasks) -> torch.Tensor:
         """Begin a new trial in every sub-env; returns x [B, input_dim]."""
@@ -80,9 +136,9 @@ class TrialEnv:
         self.env.set_tasks(tasks)
         obs = self.env.reset()
         self.env_time += time.perf_counter() - t0
-        self.t = 0
+        self.history.start()
         self.success = None
-        return self._inputs(obs, None, None, None)
+        return self.history.inputs(obs)
 
     def step(self, actions: torch.Tensor):
         """actions [B] or [B, A] -> (x [B, input_dim], reward [B], done [B]); the trial ends after
@@ -95,8 +151,8 @@ class TrialEnv:
                 self.success = torch.zeros(self.episodes_per_trial, self.num_envs, device=reward.device)
             e = self.t // self.env.horizon
             self.success[e] = torch.maximum(self.success[e], self.env.info["success"].to(reward.device))
-        self.t += 1
-        return self._inputs(obs, actions, reward, done), reward, done
+        self.history.record(actions, reward, done)
+        return self.history.inputs(obs), reward, done
 
 
 def trial_inputs(obs: torch.Tensor, actions: torch.Tensor, rewards: torch.Tensor, horizon: int, num_actions: int,
@@ -129,8 +185,7 @@ def run_trial(trial_env: "TrialEnv", policy, tasks: Tasks) -> tuple[torch.Tensor
     trial_env.env_time += time.perf_counter() - t0
     success = ep["info"].get("success")
     trial_env.success = None if success is None else success.view(E, env.horizon, -1).amax(1)
-    x = trial_inputs(ep["obs"], ep["actions"], ep["rewards"], env.horizon, trial_env.num_actions,
-                     trial_env.time_feature, trial_env.reward_per_action, trial_env.reward_scale)
+    x = trial_env.spec.trial(ep["obs"], ep["actions"], ep["rewards"], env.horizon)
     return x, ep["actions"], ep["rewards"]
 
 

@@ -51,16 +51,14 @@ def test_truncated_bptt_chunks_start_from_rollout_states():
 
 
 def test_trial_inputs_rebuild_what_the_trial_env_fed_the_policy():
-    """trial_inputs (how the workers' trials get their RL² inputs back) equals TrialEnv's
-    step-by-step inputs: previous action one-hot, reward, episode-boundary flag, time."""
-    from metarl.trial import trial_inputs
+    """RL2Input.trial (how the workers' trials get their RL² inputs back) equals TrialEnv's
+    step-by-step inputs (RL2History): previous action one-hot, reward, episode-boundary flag, time."""
     spec, env_cfg, tr = _trainer(reward_scale=0.5)
     tasks = tr.dist.sample(8, tr.task_gen)
     batch, _ = collect_trial(_RolloutPolicy(tr.net, tr.rms), tr.trial_env, tasks, tr.act_gen)
     te = tr.trial_env
-    x = trial_inputs(batch.obs[..., :te.obs_dim], batch.actions, batch.rewards, te.env.horizon, te.num_actions,
-                     True, False, 0.5)
-    assert torch.equal(x, batch.obs)
+    x = te.spec.trial(batch.obs[..., :te.obs_dim], batch.actions, batch.rewards, te.env.horizon)
+    assert te.spec.reward_scale == 0.5 and torch.equal(x, batch.obs)
 
 
 @pytest.mark.parametrize("time_feature,reward_per_action", [(True, False), (False, True)])
@@ -131,9 +129,9 @@ def test_eval_policy_resets_hidden_state_between_trials():
     for _ in range(3):
         a = policy.act(obs)
         policy.observe(a, torch.ones(4), torch.zeros(4, dtype=torch.bool), obs)
-    assert policy.h.abs().sum() > 0 and policy.t == 3
+    assert policy.h.abs().sum() > 0 and policy.history.t == 3
     policy.reset(4, "cpu")
-    assert torch.all(policy.h == 0) and policy.t == 0 and policy.prev == (None, None, None)
+    assert torch.all(policy.h == 0) and policy.history.state() == (0, (None, None, None))
 
 
 def test_training_improves_bandit_return():
