@@ -68,17 +68,17 @@ class RL2MetaWorldAgent:
     def adapt(self) -> None:
         """RL² adapts in its memory; the restart form keeps it for every evaluation episode."""
         if self.form == "restart":
-            p = self.policy
-            self._saved = (p.h.clone(), p.prev, torch.as_tensor(p.t).expand(self.num_envs).clone())
+            p, hist = self.policy, self.policy.history
+            self._saved = (p.h.clone(), hist.prev, torch.as_tensor(hist.t).expand(self.num_envs).clone())
             p.deterministic = True
 
     def _restore(self, mask: torch.Tensor) -> None:
         """Sub-envs `mask` [B] start an evaluation episode from the post-adaptation memory."""
-        p, (h, prev, t) = self.policy, self._saved
+        p, hist, (h, prev, t) = self.policy, self.policy.history, self._saved
         p.h = torch.where(mask.view(1, -1, 1), h, p.h)
-        p.prev = tuple(torch.where(mask.view(-1, *[1] * (new.dim() - 1)), old, new)
-                       for old, new in zip(prev, p.prev))
-        p.t = torch.where(mask, t, torch.as_tensor(p.t).expand(self.num_envs))
+        hist.restore((torch.where(mask, t, torch.as_tensor(hist.t).expand(self.num_envs)),
+                      tuple(torch.where(mask.view(-1, *[1] * (new.dim() - 1)), old, new)
+                            for old, new in zip(prev, hist.prev))))
 
     def eval_action(self, observations):
         obs = np.asarray(observations)
