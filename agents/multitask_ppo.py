@@ -23,7 +23,7 @@ from metarl.batched_env import EnvSpec
 from metarl.config import option
 from metarl.training import AgentSpec
 
-from metarl.agents.sb3_baselines import SB3Trainer, _sb3, load_sb3_model, to_env_actions
+from metarl.agents.sb3_baselines import SB3Trainer, _sb3, to_env_actions
 from metarl.distributions import box_bounds
 from metarl.agents.sb3_scratch import PPOFromScratch
 
@@ -51,11 +51,11 @@ class MultitaskPPOTrainer(SB3Trainer):
     """One iteration = one episode in each of num_envs fresh training tasks, then SB3's update."""
     policy, metric, obs_only = "MlpPolicy", "episode_return", True
 
-    def __init__(self, env_spec: EnvSpec, env_cfg, cfg: MultitaskPPOConfig, seed: int, device: torch.device):
+    @staticmethod
+    def algo_cls() -> type:
         _sb3()
         from stable_baselines3 import PPO
-        self.algo = PPO
-        super().__init__(env_spec, env_cfg, cfg, seed, device)
+        return PPO
 
     @staticmethod
     def policy_kwargs(cfg) -> dict:
@@ -66,8 +66,8 @@ class ZeroShot:
     """The pretrained policy on held-out tasks, no updates (sampled actions, as every method's
     evaluation). A TrialPolicy."""
 
-    def __init__(self, model, env):
-        self.model, self.discrete = model, env.discrete
+    def __init__(self, policy, env):
+        self.policy, self.discrete = policy, env.discrete
         if not self.discrete:
             self.low, self.high = box_bounds(env.action_space)
 
@@ -76,27 +76,21 @@ class ZeroShot:
 
     @torch.no_grad()
     def act(self, obs):
-        a, _ = self.model.predict(obs.cpu().numpy().astype(np.float32), deterministic=False)
+        a, _ = self.policy.predict(obs.cpu().numpy().astype(np.float32), deterministic=False)
         return to_env_actions(a, self, obs.device)
 
     def observe(self, actions, rewards, dones, next_obs) -> None:
         pass
 
 
-def _load_model(checkpoint: dict, seed: int):
-    _sb3()
-    from stable_baselines3 import PPO
-    return load_sb3_model(PPO, checkpoint, seed)
-
-
 def load_eval_policy(checkpoint: dict, env_spec: EnvSpec, env_cfg, cfg: MultitaskPPOConfig, device, seed: int):
     """Fine-tuned: on every held-out task an SB3 PPO starts from the pretrained weights (new
     copies at each reset, i.e. each batch of tasks), with the pretraining's discount and GAE
     lambda and ppo-scratch's update schedule."""
-    model = _load_model(checkpoint, seed)
+    torch.manual_seed(seed)
     env = env_spec.probe(env_cfg)
     try:
-        return PPOFromScratch(env, env_cfg, seed, init=model.policy.state_dict(),
+        return PPOFromScratch(env, env_cfg, seed, init=checkpoint["trainer"]["policy"],
                               policy_kwargs=MultitaskPPOTrainer.policy_kwargs(cfg),
                               ppo_kwargs={"gamma": cfg.gamma, "gae_lambda": cfg.gae_lambda})
     finally:
@@ -106,8 +100,12 @@ def load_eval_policy(checkpoint: dict, env_spec: EnvSpec, env_cfg, cfg: Multitas
 def extra_eval_policies(checkpoint: dict, env_spec: EnvSpec, env_cfg, cfg: MultitaskPPOConfig, device,
                         seed: int) -> dict:
     """{label: make_policy(env)} evaluated beside the headline figure."""
-    model = _load_model(checkpoint, seed)
-    return {"zero-shot": lambda env: ZeroShot(model, env)}
+    env = env_spec.probe(env_cfg)
+    try:
+        policy = MultitaskPPOTrainer.eval_policy(checkpoint, cfg, env, env.obs_dim, seed)
+    finally:
+        env.close()
+    return {"zero-shot": lambda env: ZeroShot(policy, env)}
 
 
 MULTITASK_PPO = AgentSpec("multitask-ppo", MultitaskPPOConfig, MultitaskPPOTrainer, load_eval_policy,

@@ -10,7 +10,6 @@ compare` puts it beside RL² on the same held-out tasks.
 """
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 
 import gymnasium as gym
@@ -68,6 +67,13 @@ class RecurrentPPOConfig:
     checkpoint_every: int = option(10, "iterations between checkpoints", ge=1)
 
 
+def sb3_spaces(env, input_dim: int) -> tuple[gym.spaces.Space, gym.spaces.Space]:
+    """SB3's (observation, action) spaces for a batched env whose policy reads input_dim
+    features: continuous actions exposed in the unit box (scaled by to_env_actions)."""
+    actions = env.action_space if env.discrete else unit_box(env.action_space)
+    return gym.spaces.Box(-np.inf, np.inf, (input_dim,), np.float32), actions
+
+
 def trial_vec_env(env_spec: EnvSpec, env_cfg, num_envs: int, seed: int, obs_only: bool = False):
     """A TrialVecEnv (built lazily: SB3's VecEnv base class is an optional dependency).
     obs_only: plain episodes for a memoryless learner (multi-task PPO): one episode per SB3
@@ -91,13 +97,9 @@ def trial_vec_env(env_spec: EnvSpec, env_cfg, num_envs: int, seed: int, obs_only
                                   time_feature=not obs_only)
             self.obs_dim = env.obs_dim
             self.discrete = env.discrete
-            if self.discrete:
-                actions = env.action_space
-            else:
+            if not self.discrete:
                 self.low, self.high = box_bounds(env.action_space)
-                actions = unit_box(env.action_space)
-            obs = gym.spaces.Box(-np.inf, np.inf, (self.obs_dim if obs_only else self.trial.input_dim,), np.float32)
-            super().__init__(num_envs, obs, actions)
+            super().__init__(num_envs, *sb3_spaces(env, self.obs_dim if obs_only else self.trial.input_dim))
             self.returns = torch.zeros(num_envs)
             self.finished: list[torch.Tensor] = []  # returns [B] of the trials finished since the last pop
 
@@ -163,9 +165,8 @@ def trial_vec_env(env_spec: EnvSpec, env_cfg, num_envs: int, seed: int, obs_only
 class SB3Trainer:
     """An SB3 algorithm on a TrialVecEnv as a metarl Trainer: one iteration = one rollout of one
     trial (obs_only: one episode) in each of num_envs sub-envs, then SB3's update; checkpoints
-    hold SB3's own save and the task and env generators.
-    Subclasses set algo (the SB3 class), policy and policy_kwargs, metric, obs_only."""
-    algo: type
+    hold the policy's and optimiser's state and the task and env generators.
+    Subclasses give algo_cls (the SB3 class, imported lazily), policy and policy_kwargs, metric, obs_only."""
     policy: str
     metric: str
     obs_only = False
@@ -184,9 +185,13 @@ class SB3Trainer:
         self.kwargs = dict(n_steps=T, batch_size=self.steps_per_iteration // cfg.num_minibatches, n_epochs=cfg.epochs,
                            learning_rate=cfg.lr, gamma=cfg.gamma, gae_lambda=cfg.gae_lambda, clip_range=cfg.clip,
                            ent_coef=cfg.ent_coef, vf_coef=cfg.vf_coef, max_grad_norm=cfg.max_grad_norm)
-        self.model = self.algo(self.policy, self.venv, policy_kwargs=self.policy_kwargs(cfg), seed=seed,
+        self.model = self.algo_cls()(self.policy, self.venv, policy_kwargs=self.policy_kwargs(cfg), seed=seed,
                                device=str(device), **self.kwargs)
         self.started = False
+
+    @staticmethod
+    def algo_cls() -> type:
+        raise NotImplementedError
 
     @staticmethod
     def policy_kwargs(cfg) -> dict:
@@ -200,30 +205,38 @@ class SB3Trainer:
         return {self.metric: float(returns.mean()) if returns.numel() else float("nan")}
 
     def state_dict(self) -> dict:
-        buf = io.BytesIO()
-        self.model.save(buf)
-        return {"model": buf.getvalue(), "venv": self.venv.state_dict(), "num_timesteps": self.model.num_timesteps}
+        """Tensors and plain values only (no SB3 zip: its data section is cloudpickle), so a
+        checkpoint loads with torch.load(weights_only=True)."""
+        m = self.model
+        return {"policy": m.policy.state_dict(), "optimizer": m.policy.optimizer.state_dict(),
+                "num_timesteps": m.num_timesteps, "n_updates": m._n_updates, "venv": self.venv.state_dict()}
 
     def load_state_dict(self, d: dict) -> None:
-        self.model = self.algo.load(io.BytesIO(d["model"]), env=self.venv, device=str(self.device))
+        self.model.policy.load_state_dict(d["policy"])
+        self.model.policy.optimizer.load_state_dict(d["optimizer"])
+        self.model.num_timesteps, self.model._n_updates = d["num_timesteps"], d["n_updates"]
         self.venv.load_state_dict(d["venv"])
         self.started = True
 
-
-def load_sb3_model(algo: type, checkpoint: dict, seed: int):
-    """The trained SB3 model of a checkpoint, on CPU, with torch's global generator seeded (SB3
-    samples actions from it)."""
-    torch.manual_seed(seed)
-    return algo.load(io.BytesIO(checkpoint["trainer"]["model"]), device="cpu")
+    @classmethod
+    def eval_policy(cls, checkpoint: dict, cfg, env, input_dim: int, seed: int):
+        """The trained SB3 policy network of a checkpoint for evaluation, on CPU, torch's global
+        generator seeded (SB3 samples actions from it); env gives the spaces."""
+        torch.manual_seed(seed)
+        policy = cls.algo_cls().policy_aliases[cls.policy](*sb3_spaces(env, input_dim), lambda _: 0.0,
+                                                           **cls.policy_kwargs(cfg))
+        policy.load_state_dict(checkpoint["trainer"]["policy"])
+        policy.set_training_mode(False)
+        return policy
 
 
 class RecurrentPPOTrainer(SB3Trainer):
     """sb3-contrib's RecurrentPPO: one iteration = one trial in each of num_envs tasks."""
     policy, metric = "MlpLstmPolicy", "trial_return"
 
-    def __init__(self, env_spec: EnvSpec, env_cfg, cfg: RecurrentPPOConfig, seed: int, device: torch.device):
-        self.algo = _sb3()[0]
-        super().__init__(env_spec, env_cfg, cfg, seed, device)
+    @staticmethod
+    def algo_cls() -> type:
+        return _sb3()[0]
 
     @staticmethod
     def policy_kwargs(cfg) -> dict:
@@ -231,11 +244,11 @@ class RecurrentPPOTrainer(SB3Trainer):
 
 
 class RecurrentPPOEvalPolicy:
-    """The trained SB3 model as a TrialPolicy for `metarl eval`: builds the RL² inputs itself and
+    """The trained SB3 policy network as a TrialPolicy for `metarl eval`: builds the RL² inputs itself and
     carries the LSTM state through the trial (sampled actions, as the RL² evaluation)."""
 
-    def __init__(self, model, env, trial_length: int):
-        self.model = model
+    def __init__(self, policy, env, trial_length: int):
+        self.policy = policy
         self.discrete = env.discrete
         self.history = RL2History(RL2Input(env.num_actions, trial_length))
         if not self.discrete:
@@ -248,7 +261,7 @@ class RecurrentPPOEvalPolicy:
     @torch.no_grad()
     def act(self, obs):
         x = self.history.inputs(obs.cpu())
-        a, self.state = self.model.predict(x.numpy(), state=self.state, episode_start=self.starts, deterministic=False)
+        a, self.state = self.policy.predict(x.numpy(), state=self.state, episode_start=self.starts, deterministic=False)
         self.starts = np.zeros_like(self.starts)
         return to_env_actions(a, self, obs.device)
 
@@ -266,12 +279,13 @@ def to_env_actions(a, policy, device) -> torch.Tensor:
 
 
 def load_eval_policy(checkpoint: dict, env_spec: EnvSpec, env_cfg, cfg: RecurrentPPOConfig, device, seed: int):
-    model = load_sb3_model(_sb3()[0], checkpoint, seed)
     env = env_spec.probe(env_cfg)
-    T = env.horizon * env_spec.episodes_per_trial(env_cfg)
-    policy = RecurrentPPOEvalPolicy(model, env, T)
-    env.close()
-    return policy
+    try:
+        T = env.horizon * env_spec.episodes_per_trial(env_cfg)
+        net = RecurrentPPOTrainer.eval_policy(checkpoint, cfg, env, RL2Input(env.num_actions, T).dim(env.obs_dim), seed)
+        return RecurrentPPOEvalPolicy(net, env, T)
+    finally:
+        env.close()
 
 
 RECURRENT_PPO = AgentSpec("recurrent-ppo", RecurrentPPOConfig, RecurrentPPOTrainer, load_eval_policy)

@@ -10,7 +10,8 @@ not their goals.
 
 The benchmark's goal lists come from metaworld itself (`metaworld.ML10(seed=...)`); building
 them resets every env 50 times (ML10 ~10 s, ML45 ~40 s), so they are cached on disk
-(`$METARL_CACHE`, default ~/.cache/metarl) keyed by benchmark, task, seed and metaworld version.
+(`$METARL_CACHE`, default ~/.cache/metarl, as JSON) keyed by benchmark, task, seed and metaworld
+version.
 
 Each step also reports Meta-World's success signal as `env.info["success"]` [B].
 """
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import difflib
 import functools
+import json
 import os
 import pickle
 from dataclasses import dataclass
@@ -76,31 +78,58 @@ def cache_dir() -> Path:
 
 @functools.lru_cache(maxsize=8)
 def goal_lists(benchmark: str, task: str, seed: int) -> dict[str, dict[str, list]]:
-    """{split: {class name: [metaworld Task, ...]}} in metaworld's class order, built once and cached."""
+    """{split: {class name: [metaworld Task, ...]}} in metaworld's class order, built once and
+    cached as JSON (plain values: reading a cache runs no code from it)."""
     metaworld = require_metaworld()
     if benchmark not in BENCHMARKS:
         raise UserError(f"unknown Meta-World benchmark {benchmark!r}; choose one of {', '.join(BENCHMARKS)}")
     if benchmark == "ML1":
         check_task_name(task)
     from importlib.metadata import version
-    key = f"{benchmark}{'-' + task if benchmark == 'ML1' else ''}-seed{seed}-metaworld{version('metaworld')}.pkl"
+    key = f"{benchmark}{'-' + task if benchmark == 'ML1' else ''}-seed{seed}-metaworld{version('metaworld')}.json"
     path = cache_dir() / key
     if path.exists():
         try:
-            return pickle.loads(path.read_bytes())
+            return _tasks_of(json.loads(path.read_text()))
         except Exception:  # a corrupt cache file is rebuilt, not fatal
             pass
     bench = metaworld.ML1(task, seed=seed) if benchmark == "ML1" else getattr(metaworld, benchmark)(seed=seed)
-    out = {}
+    plain = {}
     for split in SPLITS:
         classes = bench.train_classes if split == "train" else bench.test_classes
         tasks = bench.train_tasks if split == "train" else bench.test_tasks
-        out[split] = {name: [t for t in tasks if t.env_name == name] for name in classes}
+        plain[split] = {name: [_plain_goal(t) for t in tasks if t.env_name == name] for name in classes}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_bytes(pickle.dumps(out))
+    tmp.write_text(json.dumps(plain))
     os.replace(tmp, path)  # atomic: a concurrent reader sees the old file or the whole new one
-    return out
+    return _tasks_of(plain)  # the same path as a cached read: built and cached lists are equal
+
+
+def _plain_goal(task) -> dict:
+    """A Task's data (metaworld pickles {rand_vec, env_cls, options}; this one was just built by
+    metaworld) as JSON values: the goal vector and the options, the class left to its name."""
+    data = pickle.loads(task.data)
+    cls = data.pop("env_cls")
+    if cls is not _env_classes()[task.env_name]:
+        raise RuntimeError(f"metaworld task {task.env_name} has env class {cls.__name__}")
+    return {"rand_vec": np.asarray(data.pop("rand_vec"), dtype=np.float64).tolist(), **data}
+
+
+def _tasks_of(plain: dict) -> dict[str, dict[str, list]]:
+    """_plain_goal's JSON back to metaworld Tasks (the pickle metaworld's set_task reads, made here)."""
+    from metaworld.types import Task
+    classes = _env_classes()
+    return {split: {name: [Task(name, pickle.dumps({"rand_vec": np.array(g["rand_vec"], dtype=np.float64),
+                                                    "env_cls": classes[name],
+                                                    **{k: v for k, v in g.items() if k != "rand_vec"}}))
+                           for g in goals] for name, goals in per_class.items()}
+            for split, per_class in plain.items()}
+
+
+def _env_classes() -> dict:
+    from metaworld.env_dict import ALL_V3_ENVIRONMENTS
+    return ALL_V3_ENVIRONMENTS
 
 
 class MetaWorldDistribution(TaskDistribution):

@@ -254,7 +254,7 @@ def compare_seeds(records: list[Path], out_dir: Path) -> None:
 def checkpoint_iteration(run_dir: Path) -> int:
     """Iterations done by the run's latest checkpoint (-1 without one)."""
     f = run_dir / "checkpoints" / "latest.pt"
-    return torch.load(f, map_location="cpu", weights_only=False)["iteration"] if f.exists() else -1
+    return torch.load(f, map_location="cpu", weights_only=True)["iteration"] if f.exists() else -1
 
 
 def copy_files(src: Path, dst: Path) -> None:

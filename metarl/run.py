@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import time
 from pathlib import Path
 from typing import Any
@@ -131,9 +132,12 @@ def load_checkpoint(run_dir: str | Path, map_location="cpu", which: str = "lates
                         f"keep one); use --checkpoint latest")
     if not p.exists():
         raise UserError(f"no checkpoint at {p}; train first (metarl train ...) or check the run directory")
-    try:
-        return torch.load(p, map_location=map_location, weights_only=False)
+    try:  # weights_only: tensors and plain values, so loading a received run can't run its code
+        return torch.load(p, map_location=map_location, weights_only=True)
     except Exception as e:  # torch raises many types for truncated/garbled files
+        if isinstance(e, pickle.UnpicklingError) and "weights only" in str(e).lower():
+            raise UserError(f"checkpoint {p} holds objects other than tensors and plain values; metarl does not "
+                            f"unpickle it, since that could run code from the file") from None
         raise UserError(f"checkpoint {p} is corrupt or unreadable ({type(e).__name__}); "
                         f"retrain, or restore the file from a backup") from None
 

@@ -89,6 +89,31 @@ def test_missing_and_corrupt_checkpoint(cli, tmp_path, tiny):
     _one_line_error(code, err, "cannot resume")
 
 
+class _RunsCode:
+    """Unpickling this calls os.system: what a malicious shared checkpoint would do."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_a_checkpoint_that_would_run_code_is_refused_and_never_runs(cli, tmp_path, tiny):
+    run, marker = tmp_path / "run", tmp_path / "pwned"
+    assert cli("train", "rl2", "--env", "bandit", "--set", "agent.total_steps=160", "--run-dir", run, *tiny)[0] == 0
+    ck = run / "checkpoints" / "latest.pt"
+    state = torch.load(ck, weights_only=True)  # the honest checkpoint loads as tensors and plain values
+    state["trainer"]["extra"] = _RunsCode(marker)
+    torch.save(state, ck)
+    for args in (("eval", run, "--tasks", "10"),
+                 ("train", "rl2", "--env", "bandit", "--run-dir", run, "--resume", "--quiet",
+                  "--set", "agent.total_steps=320")):
+        code, _, err = cli(*args)
+        _one_line_error(code, err, "could run code")
+        assert not marker.exists()
+
+
 def test_eval_rejects_baseline_that_does_not_apply(cli, tmp_path, tiny):
     run = tmp_path / "run"
     assert cli("train", "rl2", "--env", "gaussian-bandit", "--set", "agent.total_steps=160", "--run-dir", run,

@@ -94,12 +94,22 @@ def test_reward_versions_differ_and_success_is_reported(ml1):
 def test_goal_lists_are_cached_on_disk(tmp_path, monkeypatch):
     monkeypatch.setenv("METARL_CACHE", str(tmp_path))
     mw.goal_lists.cache_clear()
+    import json
+    import pickle
+    import metaworld
     first = mw.goal_lists("ML1", "reach-v3", 3)
-    files = list((tmp_path / "metaworld").glob("ML1-reach-v3-seed3-*.pkl"))
-    assert len(files) == 1
+    files = list((tmp_path / "metaworld").glob("ML1-reach-v3-seed3-*.json"))
+    assert len(files) == 1 and set(json.loads(files[0].read_text())) == {"train", "test"}  # plain JSON
     mw.goal_lists.cache_clear()
     again = mw.goal_lists("ML1", "reach-v3", 3)  # read back from the file
-    assert [tuple(goal_of(t)) for t in again["test"]["reach-v3"]] == [tuple(goal_of(t)) for t in first["test"]["reach-v3"]]
+    bench = metaworld.ML1("reach-v3", seed=3)
+    for split, tasks in (("train", bench.train_tasks), ("test", bench.test_tasks)):
+        for lists in (first, again):  # built and cached: metaworld's own task data, exactly
+            own = [pickle.loads(t.data) for t in tasks]
+            ours = [pickle.loads(t.data) for t in lists[split]["reach-v3"]]
+            assert [t.env_name for t in lists[split]["reach-v3"]] == [t.env_name for t in tasks]
+            assert [d.pop("rand_vec").tolist() for d in ours] == [d.pop("rand_vec").tolist() for d in own]
+            assert ours == own  # env class and options
     mw.goal_lists.cache_clear()
 
 

@@ -146,8 +146,8 @@ def test_multitask_ppo_pretrains_then_evaluates_zero_shot_and_fine_tuned(cli, tm
     fine = MULTITASK_PPO.load_eval_policy(ck, NAVIGATION, cfg, agent_cfg, "cpu", 0)
     fine.reset(2, "cpu")
     env = NAVIGATION.make_env(cfg, 2, torch.device("cpu"), torch.Generator())
-    zero = MULTITASK_PPO.extra_eval(ck, NAVIGATION, cfg, agent_cfg, "cpu", 0)["zero-shot"](env).model
-    for k, v in zero.policy.state_dict().items():
+    zero = MULTITASK_PPO.extra_eval(ck, NAVIGATION, cfg, agent_cfg, "cpu", 0)["zero-shot"](env).policy
+    for k, v in zero.state_dict().items():
         assert torch.equal(fine.models[1].policy.state_dict()[k], v)
     # fine-tuning moves each task's copy: after its first update (every 5 steps at horizon 10) it differs
     env.set_tasks({"goal": torch.tensor([[0.25, 0.25], [0.3, 0.2]])})
@@ -158,7 +158,7 @@ def test_multitask_ppo_pretrains_then_evaluates_zero_shot_and_fine_tuned(cli, tm
         fine.observe(a, r, d, nxt)
         obs = nxt
     tuned = fine.models[0].policy.state_dict()
-    assert fine.models[0]._n_updates > 0 and any(not torch.equal(tuned[k], v) for k, v in zero.policy.state_dict().items())
+    assert fine.models[0]._n_updates > 0 and any(not torch.equal(tuned[k], v) for k, v in zero.state_dict().items())
 
 
 def test_sac_from_scratch_trains_per_task_in_bounds_and_is_opt_in(cli, tmp_path):
