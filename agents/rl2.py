@@ -154,7 +154,7 @@ class GRUActorCritic(nn.Module):
         return torch.zeros(1, batch, width, device=device)
 
 
-class _RolloutPolicy:
+class RolloutPolicy:
     """Adapts the network to the sampler: one step, sampled action, de-normalised value."""
 
     def __init__(self, net: GRUActorCritic, rms: RunningMeanStd | None, task: torch.Tensor | None = None):
@@ -269,8 +269,8 @@ class RL2Trainer:
         if cfg.policy_in_workers:
             batch, h_starts = self._collect_in_workers(tasks, task_f)
         else:
-            batch, h_starts = collect_trial(_RolloutPolicy(self.net, self.rms, task_f), self.trial_env, tasks,
-                                            self.act_gen, starts=self.starts)
+            batch, h_starts = collect_trial(self.rollout_policy(task_f), self.trial_env, tasks, self.act_gen,
+                                            starts=self.starts)
         t1 = time.perf_counter()
         # The trial is one RL² episode: returns flow across inner-episode boundaries.
         no_dones = torch.zeros_like(batch.dones)
@@ -360,6 +360,11 @@ class RL2Trainer:
         dones[self.trial_env.env.horizon - 1::self.trial_env.env.horizon] = True
         return (EpisodeBatch(x, actions, rewards, dones, logp, v),
                 torch.stack(h_starts))
+
+    def rollout_policy(self, task_features: torch.Tensor | None = None) -> RolloutPolicy:
+        """The policy step training samples with (collect_trial's), task_features [B, F] for a
+        privileged critic."""
+        return RolloutPolicy(self.net, self.rms, task_features)
 
     def state_dict(self):
         return {"net": self.net.state_dict(), "opt": self.opt.state_dict(),

@@ -114,14 +114,14 @@ def make_env(robot: str, task: str, cfg: MujocoTaskConfig, num_envs: int, device
                                dtype=np.float32)
     probe.close()
     env = ParallelEnv(functools.partial(make_sub_env, robot, task), num_envs, cfg.horizon, obs_space, act_space,
-                      device, generator, cfg.workers, cfg.timeout, backend=cfg.backend)
-    goal_dim = 2 if task == "goal" else 1
-
-    def task_features():  # [B, goal_dim]: the goal of each sub-env (zeros before the first set_tasks)
-        tasks = env.tasks
-        return tasks["goal"].to(env.device) if tasks else torch.zeros(num_envs, goal_dim, device=env.device)
-    env.task_features = task_features
+                      device, generator, cfg.workers, cfg.timeout, backend=cfg.backend,
+                      task_features=(2 if task == "goal" else 1, _goal_features))
     return env
+
+
+def _goal_features(tasks) -> torch.Tensor:
+    """[B, goal_dim] each sub-env's goal (velocity [B, 1], direction [B, 1] or position [B, 2])."""
+    return tasks["goal"]
 
 
 def _spec(name: str, robot: str, task: str, dist: type) -> EnvSpec:

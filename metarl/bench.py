@@ -46,8 +46,7 @@ def bench_bandit(device: torch.device, num_envs: int = 4096, k: int = 5, n: int 
     agent = lookup("agent", AGENTS, "rl2")
     acfg = build(agent.config_cls, {"num_envs": num_envs}, "agent")
     trainer = agent.trainer_cls(spec, cfg, acfg, 0, device)
-    from metarl.agents.rl2 import _RolloutPolicy  # the exact policy step training uses
-    policy = _RolloutPolicy(trainer.net, trainer.rms)
+    policy = trainer.rollout_policy()  # the exact policy step training uses
     trial_env: TrialEnv = trainer.trial_env
     tasks = trainer.dist.sample(num_envs, trainer.task_gen)
     best, frac = float("inf"), 0.0

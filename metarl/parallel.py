@@ -95,7 +95,9 @@ class ParallelEnv(BatchedEnv):
     task_rows(tasks) -> one picklable task per sub-env (default: each row as a dict of lists);
     info_keys: info values of each step to expose as `self.info` {key: [B]};
     chunk: sub-envs per chunk in run_policy (0 = auto_chunk; the block's size = no chunking);
-    step_cost(task row) -> relative cost of one step, to balance the workers' blocks by."""
+    step_cost(task row) -> relative cost of one step, to balance the workers' blocks by;
+    task_features (F, fn): fn(tasks) -> [B, F] the privileged description of each sub-env's task
+    (task_features(); zeros before the first set_tasks)."""
 
     def rollout_context(self):
         return main_thread_only()
@@ -104,7 +106,8 @@ class ParallelEnv(BatchedEnv):
                  action_space: gym.spaces.Box, device="cpu", generator: torch.Generator | None = None,
                  workers: int = 0, timeout: float = 60.0, start_timeout: float = 120.0,
                  task_rows: Callable[[Tasks], list] | None = None, info_keys: tuple[str, ...] = (),
-                 chunk: int = 0, step_cost: Callable[[object], float] | None = None, backend: str = "local"):
+                 chunk: int = 0, step_cost: Callable[[object], float] | None = None, backend: str = "local",
+                 task_features: tuple[int, Callable[[Tasks], torch.Tensor]] | None = None):
         if backend not in POOLS:
             raise UserError(f"unknown simulation backend {backend!r}; choose one of {', '.join(POOLS)}")
         pool_cls = POOLS[backend]
@@ -151,12 +154,21 @@ class ParallelEnv(BatchedEnv):
         self.pool = pool_cls(factory, self._blocks(), self._buffers, self.info_keys, self.chunk, **kw)
         self.pids = self.pool.pids
         self.tasks: Tasks | None = None
+        self._features = task_features
         self.t = 0
 
     def _call(self, cmd: str, args: list | None = None, progress: bool = False) -> list:
         return self.pool.call(cmd, args, self.timeout, progress)
 
     # -- BatchedEnv
+    def task_features(self) -> torch.Tensor | None:
+        if self._features is None:
+            return None
+        dim, fn = self._features
+        if self.tasks is None:
+            return torch.zeros(self.num_envs, dim, device=self.device)
+        return fn(self.tasks).to(self.device)
+
     def set_tasks(self, tasks: Tasks) -> None:
         rows = (self._task_rows(tasks) if self._task_rows else
                 [{k: v[b].tolist() for k, v in tasks.items()} for b in range(self.num_envs)])

@@ -2,7 +2,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from metarl.agents.rl2 import RL2Config, RL2Trainer, _RolloutPolicy, load_eval_policy
+from metarl.agents.rl2 import RL2Config, RL2Trainer, load_eval_policy
 from metarl.config import build
 from metarl.registry import ENVS, lookup
 from metarl.trial import collect_trial
@@ -20,7 +20,7 @@ def test_hidden_state_carries_across_episodes_within_a_trial():
     log-probs only if the rollout never reset the hidden state at episode boundaries."""
     spec, env_cfg, tr = _trainer()
     tasks = tr.dist.sample(8, tr.task_gen)
-    batch, h_starts = collect_trial(_RolloutPolicy(tr.net, tr.rms), tr.trial_env, tasks, tr.act_gen)
+    batch, h_starts = collect_trial(tr.rollout_policy(), tr.trial_env, tasks, tr.act_gen)
     assert batch.obs.shape[0] == 12 and batch.dones.sum(0).tolist() == [3] * 8  # 3 episodes of 4 steps
     assert torch.all(h_starts[0] == 0)
     with torch.no_grad():
@@ -39,7 +39,7 @@ def test_hidden_state_carries_across_episodes_within_a_trial():
 def test_truncated_bptt_chunks_start_from_rollout_states():
     spec, env_cfg, tr = _trainer(bptt_len=4)
     tasks = tr.dist.sample(8, tr.task_gen)
-    batch, h_starts = collect_trial(_RolloutPolicy(tr.net, tr.rms), tr.trial_env, tasks, tr.act_gen, 4)
+    batch, h_starts = collect_trial(tr.rollout_policy(), tr.trial_env, tasks, tr.act_gen, 4)
     assert h_starts.shape == (3, 8, 16)
     with torch.no_grad():
         for c in range(3):
@@ -55,7 +55,7 @@ def test_trial_inputs_rebuild_what_the_trial_env_fed_the_policy():
     step-by-step inputs (RL2History): previous action one-hot, reward, episode-boundary flag, time."""
     spec, env_cfg, tr = _trainer(reward_scale=0.5)
     tasks = tr.dist.sample(8, tr.task_gen)
-    batch, _ = collect_trial(_RolloutPolicy(tr.net, tr.rms), tr.trial_env, tasks, tr.act_gen)
+    batch, _ = collect_trial(tr.rollout_policy(), tr.trial_env, tasks, tr.act_gen)
     te = tr.trial_env
     x = te.spec.trial(batch.obs[..., :te.obs_dim], batch.actions, batch.rewards, te.env.horizon)
     assert te.spec.reward_scale == 0.5 and torch.equal(x, batch.obs)
@@ -104,7 +104,7 @@ def test_separate_critic_keeps_value_gradients_out_of_the_policy_gru():
     restart from the rollout's (policy, critic) states."""
     spec, env_cfg, tr = _trainer(separate_critic=True, bptt_len=4)
     tasks = tr.dist.sample(8, tr.task_gen)
-    batch, h_starts = collect_trial(_RolloutPolicy(tr.net, tr.rms), tr.trial_env, tasks, tr.act_gen, 4)
+    batch, h_starts = collect_trial(tr.rollout_policy(), tr.trial_env, tasks, tr.act_gen, 4)
     assert h_starts.shape == (3, 8, 32)
     assert h_starts[1, :, :16].abs().sum() > 0 and h_starts[1, :, 16:].abs().sum() > 0
     out, v, _ = tr.net(batch.obs, tr.net.initial_state(8, "cpu"))
@@ -146,7 +146,7 @@ def test_training_improves_bandit_return():
 def test_expected_rewards_are_the_task_means_of_the_chosen_actions():
     spec, env_cfg, tr = _trainer(expected_rewards=True)
     tasks = tr.dist.sample(8, tr.task_gen)
-    batch, _ = collect_trial(_RolloutPolicy(tr.net, tr.rms), tr.trial_env, tasks, tr.act_gen)
+    batch, _ = collect_trial(tr.rollout_policy(), tr.trial_env, tasks, tr.act_gen)
     # replay the states: the one-hot obs of each step gives s, so E[r] = R[b, s, a]
     s = batch.obs[:, :, :env_cfg.states].argmax(-1)                      # [T, B]
     b = torch.arange(8).expand_as(s)
