@@ -156,15 +156,9 @@ class MAMLMetaWorldAgent:
 def load_metaworld_agent(run_dir: str, num_envs: int, seed: int = 0, rl2_form: str = "restart"):
     """The trained agent of a run directory, wrapped for metaworld.evaluation (CPU); rl2_form:
     RL2MetaWorldAgent's form ("restart": Meta-World+'s evaluation, "carry")."""
-    from metarl.run import load_checkpoint, open_existing
-    from metarl.config import load_toml
-    from metarl.workflows import resolve_config
-    path = open_existing(run_dir)
-    saved = load_toml(path / "config.toml")
-    cfg = resolve_config(saved["run"]["agent"], saved["run"]["env"], saved, device="cpu")
-    ck = load_checkpoint(path, map_location="cpu")
-    policy = cfg["agent_spec"].load_eval_policy(ck, cfg["env_spec"], cfg["env"], cfg["agent"], torch.device("cpu"),
-                                                seed)
-    if cfg["agent_spec"].protocol == "inner-steps":
+    from metarl.run_config import load_run
+    run = load_run(run_dir, device="cpu")  # the loader `metarl eval` uses
+    policy = run.eval_policy(seed)
+    if run.cfg["agent_spec"].protocol == "inner-steps":
         return MAMLMetaWorldAgent(policy, num_envs)
     return RL2MetaWorldAgent(policy, num_envs, rl2_form)

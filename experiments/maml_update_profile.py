@@ -26,7 +26,7 @@ def main(argv=None) -> int:
     import metarl.agents.maml as maml
     import metarl.trpo as trpo
     from metarl.config import load_toml
-    from metarl.workflows import _setup_threads, resolve_config
+    from metarl.run_config import resolve_config, setup_threads
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("name", help="a MAML-TRPO experiment: experiments/configs/NAME.toml")
@@ -34,7 +34,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     raw = load_toml(str(HERE / "configs" / f"{args.name}.toml"))
     cfg = resolve_config(raw["run"]["agent"], raw["run"]["env"], raw, device="cpu")
-    _setup_threads(torch.device("cpu"))
+    setup_threads(torch.device("cpu"))
     tr = cfg["agent_spec"].trainer_cls(cfg["env_spec"], cfg["env"], cfg["agent"], cfg["run"]["seed"],
                                        torch.device("cpu"))
     t0 = time.perf_counter()

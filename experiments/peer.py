@@ -29,7 +29,8 @@ from metarl.compare import compare
 from metarl.config import dump_toml, tomllib
 from metarl.errors import UserError
 from metarl.run import read_jsonl
-from metarl.workflows import evaluate_run, train
+from metarl.app.evaluate import evaluate_run
+from metarl.app.train import train
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent

@@ -46,7 +46,9 @@ from metarl.registry import AGENTS, lookup
 from metarl.run import read_jsonl
 from metarl.stats import paired_diff_ci
 from metarl.training import Interrupted
-from metarl.workflows import TRAINING_ONLY, evaluate_run, train
+from metarl.run_config import TRAINING_ONLY
+from metarl.app.evaluate import evaluate_run
+from metarl.app.train import train
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -214,7 +216,7 @@ def main(argv=None) -> int:
     if inflight.exists():  # finished: the results file replaces the parked run
         shutil.rmtree(inflight)
     keep_record(run_dir, out / "runs" / stem)
-    from metarl.workflows import report_table
+    from metarl.app.report import report_table
     print(report_table(report))
     print(f"training time {train_s / 60:.1f} min; wrote {out / (stem + '.json')}")
     seeds = seed_records(out / "runs", args.name)

@@ -31,7 +31,7 @@ def main(argv=None) -> int:
 
     from metarl.config import tomllib
     from metarl.run import read_jsonl
-    from metarl.workflows import train
+    from metarl.app.train import train
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("name", help="experiment name: experiments/configs/NAME.toml")

@@ -155,14 +155,16 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "list":
             cmd_list()
         elif args.command == "train":
-            from metarl.workflows import train
+            from metarl.app.train import train
             path = train(args.agent, args.env, config_file=args.config, sets=args.set, seed=args.seed,
                          device=args.device, run_dir=args.run_dir, resume=args.resume, overwrite=args.overwrite,
                          quiet=args.quiet)
             if not args.quiet:
                 print(f"done: {path}\nevaluate with: metarl eval {path}")
         elif args.command in ("eval", "demo"):
-            from metarl.workflows import demo, evaluate_run, report_table
+            from metarl.app.demo import demo
+            from metarl.app.evaluate import evaluate_run
+            from metarl.app.report import report_table
             if args.command == "demo":
                 report = demo(device=args.device, quiet=args.quiet, runs_root=args.runs_root)
             else:

@@ -167,10 +167,9 @@ def summarize_episodes(ev: Evaluation) -> dict:
             "scores": task_scores(ev.returns.mean(1))}
 
 
-def format_table(results: dict[str, dict], title: str, metric: str = "mean total reward",
-                 lower_is_better: bool = False) -> str:
-    sign = 1 if lower_is_better else -1
-    rows = sorted(results.items(), key=lambda kv: sign * kv[1]["total"]["mean"])
+def format_table(results: dict[str, dict], title: str, metric: str = "mean total reward") -> str:
+    """Rows {name: {"total": mean_ci}}, in the given order."""
+    rows = results.items()
     width = max(len(n) for n in results) + 2
     lines = [title, f"{'method':<{width}}{metric:>18}  {'95% CI':>20}  {'n':>6}"]
     for name, r in rows:

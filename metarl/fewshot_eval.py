@@ -53,7 +53,7 @@ def step_summary(v: torch.Tensor) -> dict:
 
 def summarize_fewshot(scores: dict[int, torch.Tensor], kind: str) -> dict:
     """{"metric", "per_step": {steps: mean/CI}, "total": the figure after the most steps}."""
-    per_step = {str(s): step_summary(v) for s, v in scores.items()}
+    per_step = {str(s): step_summary(scores[s]) for s in sorted(scores)}  # a curve: in step order
     return {"metric": "mse" if kind == "regression" else "accuracy", "per_step": per_step,
             "total": per_step[str(max(scores))], "scores": task_scores(scores[max(scores)])}
 

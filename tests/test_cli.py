@@ -267,7 +267,7 @@ def test_overwrite_starts_the_run_again(cli, tmp_path, tiny):
 
 
 def test_demo_trains_then_compares_with_every_bandit_baseline(tmp_path):
-    from metarl.workflows import demo
+    from metarl.app.demo import demo
     report = demo(device="cpu", quiet=True, runs_root=str(tmp_path), steps=100)
     assert report["tasks"] == 1000 and report["env_config"]["k"] == 5 and report["env_config"]["n"] == 10
     assert set(report["results"]) == {"rl2", "rl2 (deterministic)", "random", "greedy", "epsilon-greedy", "ucb1", "thompson", "gittins"}
@@ -277,7 +277,7 @@ def test_demo_trains_then_compares_with_every_bandit_baseline(tmp_path):
 def test_metaworld_report_shows_success_per_class():
     """A Meta-World report ends with one row per class and one column per method; a class a
     method was not evaluated on shows a dash."""
-    from metarl.workflows import per_class_table, report_table
+    from metarl.app.report import per_class_table, report_table
     ci = {"ci_low": 0.0, "ci_high": 1.0, "std": 0.1, "n": 2}
     results = {"rl2": {"total": {"mean": 0.25, **ci},
                        "per_class": {"door-close-v3": {"mean": 0.5}, "shelf-place-v3": {"mean": 0.0}}},
@@ -288,3 +288,18 @@ def test_metaworld_report_shows_success_per_class():
     report = {"env": "ml10", "env_config": {}, "tasks": 2, "seed": 0, "agent": "rl2", "env_steps": 10,
               "protocol": "metaworld", "metric": "success rate", "results": results}
     assert report_table(report).endswith("\n".join(lines))
+
+
+def test_report_keeps_a_curve_in_step_order_and_ranks_methods():
+    """A few-shot curve prints 0, 1, 5, 10 steps whatever the scores (MSE after step 0 is the
+    worst, after 1 the best here); methods are ranked by their headline figure, lower MSE first."""
+    from metarl.app.report import report_table
+    ci = {"ci_low": 0.0, "ci_high": 1.0, "std": 0.1, "n": 2}
+    curve = {str(k): {"mean": m, **ci} for k, m in ((0, 3.0), (1, 0.2), (5, 0.4), (10, 0.5))}
+    results = {"maml": {"total": curve["10"], "per_step": curve},
+               "cnp": {"total": {"mean": 0.1, **ci}, "per_step": {"0": {"mean": 0.1, **ci}}}}
+    report = {"env": "sinusoid", "env_config": {}, "tasks": 2, "seed": 0, "agent": "maml", "env_steps": 10,
+              "protocol": "fewshot", "metric": "query MSE", "results": results}
+    names = [line.split()[0] + (" " + line.split()[1] if "(" in line else "")
+             for line in report_table(report).splitlines()[2:]]
+    assert names == ["cnp", "maml (0", "maml (1", "maml (5", "maml (10"]

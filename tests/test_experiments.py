@@ -98,10 +98,10 @@ def test_metaworld_experiment_records_meta_train_success(tmp_path, monkeypatch):
 def test_every_experiment_config_resolves(cfg):
     """Every key of every experiment config is a real option with a valid value."""
     from metarl.config import load_toml, tomllib
-    from metarl.workflows import resolve_config
+    from metarl.run_config import resolve_config
     raw = tomllib.loads(cfg.read_text())
     if "agent" in raw["run"]:
-        from metarl.workflows import choose_baselines
+        from metarl.app.evaluate import choose_baselines
         baselines = raw.get("experiment", {}).get("baselines", "all")
         raw = load_toml(str(cfg))  # also refuses unknown sections
         resolved = resolve_config(raw["run"]["agent"], raw["run"]["env"], raw)
