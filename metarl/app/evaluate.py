@@ -31,7 +31,6 @@ def choose_baselines(spec, names: str) -> list[str]:
     return chosen
 
 
-
 def evaluate_run(run_dir: str, *, tasks: int = 1000, baselines: str = "all", seed: int = 0,
                  device: str | None = None, checkpoint: str = "latest", sets: list[str] = (),
                  split: str = "test") -> dict[str, Any]:
@@ -72,9 +71,8 @@ def evaluate_run(run_dir: str, *, tasks: int = 1000, baselines: str = "all", see
             evaluate_adaptation_steps(learner, env_spec, env_cfg, tasks, seed, dev, steps))}
         summary = summarize_episodes
     else:
-        results = {agent_name: summarize(evaluate(
-            lambda env: run.eval_policy(seed),
-            env_spec, env_cfg, tasks, seed, dev))}
+        results = {agent_name: summarize(evaluate(lambda env: run.eval_policy(seed), env_spec, env_cfg, tasks,
+                                                  seed, dev))}
         for label, make in _extra_policies(spec, ck, cfg, dev, seed).items():
             results[f"{agent_name} ({label})"] = summarize(evaluate(make, env_spec, env_cfg, tasks, seed, dev))
         summary = summarize
