@@ -4,6 +4,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
 
 from metarl.run import CHECKPOINT, RunDir, load_checkpoint
@@ -17,6 +18,7 @@ run.save_checkpoint({"iteration": 2, "big": torch.zeros(200_000_000, dtype=torch
 """
 
 
+@pytest.mark.slow
 def test_kill_during_checkpoint_write_keeps_the_previous(tmp_path):
     run = RunDir(tmp_path / "run", tensorboard=False)
     run.save_checkpoint({"iteration": 1, "w": torch.arange(5)})

@@ -64,6 +64,7 @@ def test_corrupt_config_file(cli, tmp_path):
     _one_line_error(code, err, "not valid TOML")
 
 
+@pytest.mark.slow
 def test_existing_run_dir_is_refused_and_kept(cli, tmp_path, tiny):
     run = tmp_path / "run"
     code, _, err = cli("train", "rl2", "--env", "bandit", "--set", "agent.total_steps=160", "--run-dir", run, *tiny)
@@ -127,6 +128,7 @@ def test_eval_rejects_baseline_that_does_not_apply(cli, tmp_path, tiny):
     assert not (run / "eval_train.json").exists()
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(cli, tmp_path, tiny, monkeypatch):
     from metarl.agents.rl2 import RL2Trainer
     real = RL2Trainer.train_iteration
@@ -145,6 +147,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(cli, tmp_path, tiny, monk
     assert all(torch.isfinite(v).all() for v in ck["trainer"]["net"].values())
 
 
+@pytest.mark.slow
 def test_ctrl_c_saves_a_checkpoint(cli, tmp_path, tiny, monkeypatch):
     import signal
     from metarl.agents.rl2 import RL2Trainer
@@ -162,6 +165,7 @@ def test_ctrl_c_saves_a_checkpoint(cli, tmp_path, tiny, monkeypatch):
     assert torch.load(run / "checkpoints" / "latest.pt", weights_only=False)["iteration"] == 4
 
 
+@pytest.mark.slow
 def test_same_seed_same_metrics_and_resume_is_exact(cli, tmp_path, tiny, monkeypatch):
     import signal
     from metarl.agents.rl2 import RL2Trainer
@@ -208,7 +212,7 @@ def test_resume_takes_the_starting_command_and_refuses_config_changes(cli, tmp_p
     _one_line_error(code, err, "--env ENV is needed")
 
 
-@pytest.mark.parametrize("env", ["bandit", "gaussian-bandit", "tabular-mdp"])
+@pytest.mark.parametrize("env", ["bandit", "gaussian-bandit", pytest.param("tabular-mdp", marks=pytest.mark.slow)])
 def test_smoke_train_then_eval(cli, tmp_path, tiny, env):
     import json
     run = tmp_path / env
@@ -240,6 +244,7 @@ def test_list_and_help_document_every_option(cli):
         assert f"env.{f.name} =" in out
 
 
+@pytest.mark.slow
 def test_bench_json_has_stable_keys(cli):
     import json
     code, out, err = cli("bench", "bandit", "--json")
@@ -256,6 +261,7 @@ def test_console_script_exit_code():
     _one_line_error(p.returncode, p.stderr, "unknown env 'nope'")
 
 
+@pytest.mark.slow
 def test_overwrite_starts_the_run_again(cli, tmp_path, tiny):
     run = tmp_path / "run"
     assert cli("train", "rl2", "--env", "bandit", "--set", "agent.total_steps=480", "--run-dir", run, *tiny)[0] == 0
@@ -266,6 +272,7 @@ def test_overwrite_starts_the_run_again(cli, tmp_path, tiny):
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_demo_trains_then_compares_with_every_bandit_baseline(tmp_path):
     from metarl.app.demo import demo
     report = demo(device="cpu", quiet=True, runs_root=str(tmp_path), steps=100)

@@ -49,6 +49,7 @@ def _train_eval(cli, tiny, run, steps=320, tasks=40, seed=0):
     assert code == 0, err
 
 
+@pytest.mark.slow
 def test_report_over_seeds_writes_every_file(cli, tiny, tmp_path):
     runs = [tmp_path / f"s{i}" for i in range(2)]
     for i, r in enumerate(runs):
@@ -76,6 +77,7 @@ def test_report_over_seeds_writes_every_file(cli, tiny, tmp_path):
     assert {r["method"] for r in csv.DictReader(open(out / "summary.csv"))} == {"rl2", "rl2 (deterministic)"}
 
 
+@pytest.mark.slow
 def test_metaworld_style_per_task_table_and_heatmap(cli, tiny, tmp_path):
     """A success-protocol evaluation (named tasks) gets a per-task table and heatmap. The
     evaluation file is rewritten in that format from a real run, as a Meta-World eval would be."""
@@ -105,6 +107,7 @@ def test_metaworld_style_per_task_table_and_heatmap(cli, tiny, tmp_path):
     assert "## Meta-World's own tally" in (out / "report.md").read_text()
 
 
+@pytest.mark.slow
 def test_mismatched_tasks_or_budgets_are_refused(cli, tiny, tmp_path):
     a, b, c, d = (tmp_path / n for n in "abcd")
     _train_eval(cli, tiny, a)

@@ -65,6 +65,7 @@ def test_held_out_results_go_on_the_plot_whose_axis_they_share():
     assert ret == {"rl2 (deterministic) (held-out)": 0.09, "paper: Duan et al.": 1.5} and succ == {}
 
 
+@pytest.mark.slow
 def test_metaworld_experiment_records_meta_train_success(tmp_path, monkeypatch):
     """experiments/run.py on a tiny ML1 RL² config: the results file holds meta-test and
     meta-train success (the protocol on the training goals) and the success plot is drawn."""
@@ -134,6 +135,7 @@ def test_device_summary_condenses_a_check_log(tmp_path):
     assert steps["runs"]["a"] == {"last_metrics": {"env_steps": 5}, "last_timing": {"steps_per_s": 7.0}}
 
 
+@pytest.mark.slow
 def test_bench_script_records_figures_command_and_commit(tmp_path):
     """experiments/bench.py keeps earlier benchmarks in its file and stamps each new one."""
     out = tmp_path / "bench.json"
@@ -195,6 +197,7 @@ def test_parked_run_resumes_on_a_fresh_checkout(tmp_path, monkeypatch, capsys):
     assert (tmp_path / "experiments" / "results" / "tiny.json").exists() and not parked.exists()
 
 
+@pytest.mark.slow
 def test_seeds_of_one_config_are_recorded_and_compared(tmp_path, monkeypatch):
     """Each finished seed keeps its record (what metarl compare reads) under
     experiments/results/runs/; from the second seed on, experiments/results/NAME_seeds/ holds their

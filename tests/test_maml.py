@@ -271,7 +271,7 @@ def test_evaluation_step_sizes_and_rollouts_follow_the_eval_options():
     assert torch.allclose(big[k] - params[k], 5 * (small[k] - params[k]), atol=1e-5)
 
 
-@pytest.mark.parametrize("agent", ["maml-trpo", "maml-ppo"])
+@pytest.mark.parametrize("agent", [pytest.param("maml-trpo", marks=pytest.mark.slow), "maml-ppo"])
 def test_smoke_train_and_eval_maml_on_navigation(cli, tmp_path, agent):
     rd = tmp_path / agent
     code, _, err = cli("train", agent, "--env", "navigation-2d", "--set", "env.horizon=10",
@@ -308,6 +308,7 @@ def test_smoke_train_and_eval_maml_on_navigation(cli, tmp_path, agent):
         assert code == 2 and "only evaluation options (agent.eval_*)" in err and len(err.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_best_checkpoint_of_an_agent_without_selection_metric_is_a_clear_error(cli, tmp_path, tiny):
     rd = tmp_path / "rl2"
     assert cli("train", "rl2", "--env", "bandit", "--set", "agent.total_steps=400", "--run-dir", rd, *tiny)[0] == 0

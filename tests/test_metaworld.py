@@ -147,6 +147,7 @@ def test_missing_metaworld_is_one_line(cli, tmp_path, monkeypatch):
     assert code == 2 and 'pip install -e ".[metaworld]"' in err and len(err.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("agent", ["maml-trpo", "rl2"])
 def test_smoke_train_on_ml1_logs_success(cli, tmp_path, agent):
     import json
@@ -310,6 +311,7 @@ def test_metaworld_resume_equals_uninterrupted(cli, tmp_path, monkeypatch):
     assert (c / "metrics.jsonl").read_text() == (a / "metrics.jsonl").read_text()
 
 
+@pytest.mark.slow
 def test_metaworld_bench_reports_stable_keys():
     from metarl.bench import bench_metaworld
     f = bench_metaworld(torch.device("cpu"), benchmark="ML1", envs_per_worker=2, steps=10, workers=2)["figures"]
@@ -383,6 +385,7 @@ def test_rl2_metaworld_agent_restart_form_restarts_each_evaluation_episode_from_
     assert not np.allclose(carry.eval_action(obs[0]), first)  # sampled, not the mean action
 
 
+@pytest.mark.slow
 def test_eval_every_logs_held_out_success_without_changing_training(cli, tmp_path):
     """agent.eval_every=1 adds held-out success (per task and Meta-World's tally) to every row of
     metrics.jsonl; everything training logs is what the same run logs without it."""

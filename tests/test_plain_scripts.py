@@ -47,6 +47,7 @@ def run_script(tmp_path, text: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=600, cwd=tmp_path)
 
 
+@pytest.mark.slow
 def test_every_gym_id_in_a_plain_script_makes_checks_steps_and_closes(tmp_path):
     pytest.importorskip("mujoco")
     pytest.importorskip("metaworld")

@@ -61,6 +61,7 @@ def test_trial_inputs_rebuild_what_the_trial_env_fed_the_policy():
     assert te.spec.reward_scale == 0.5 and torch.equal(x, batch.obs)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("time_feature,reward_per_action", [(True, False), (False, True)])
 def test_policy_in_workers_collects_a_consistent_trial(time_feature, reward_per_action):
     """agent.policy_in_workers: GRURows acts through env.run_policy (here in-process: the MDP is a
@@ -98,6 +99,7 @@ def test_policy_in_workers_collects_a_consistent_trial(time_feature, reward_per_
     assert all(torch.isfinite(torch.tensor(v)) for v in m.values())
 
 
+@pytest.mark.slow
 def test_separate_critic_keeps_value_gradients_out_of_the_policy_gru():
     """With agent.separate_critic the value head reads its own GRU: the value loss leaves the
     policy GRU's gradients at zero, both states are carried in h, and truncated BPTT chunks
@@ -134,6 +136,7 @@ def test_eval_policy_resets_hidden_state_between_trials():
     assert torch.all(policy.h == 0) and policy.history.state() == (0, (None, None, None))
 
 
+@pytest.mark.slow
 def test_training_improves_bandit_return():
     """A tiny RL² run learns to beat uniform play (mean 0.5 per pull) on 3-armed bandits."""
     spec, env_cfg, tr = _trainer("bandit", {"k": 3, "n": 8}, num_envs=256, hidden_size=32, lr=3e-3,

@@ -71,6 +71,7 @@ def test_recurrent_ppo_on_continuous_navigation(cli, tmp_path):
     assert cli("eval", run, "--tasks", 10)[0] == 0
 
 
+@pytest.mark.slow
 def test_ppo_from_scratch_learns_within_each_task_and_is_opt_in(cli, tmp_path):
     """One SB3 PPO per held-out task, trained during the trial: on bandits where one arm always
     pays and the other never does, it must end a 1000-pull trial pulling that arm well above
@@ -123,6 +124,7 @@ def test_obs_only_vec_env_gives_plain_episodes_in_fresh_tasks():
     assert not torch.equal(venv.trial.env.goal, goals)  # the next episode is in new training tasks
 
 
+@pytest.mark.slow
 def test_multitask_ppo_pretrains_then_evaluates_zero_shot_and_fine_tuned(cli, tmp_path):
     """Goals all lie up and to the right: the pretrained policy heads there zero-shot and beats random
     clearly; fine-tuning starts from exactly the pretrained weights; runs are seeded."""
@@ -161,6 +163,7 @@ def test_multitask_ppo_pretrains_then_evaluates_zero_shot_and_fine_tuned(cli, tm
     assert fine.models[0]._n_updates > 0 and any(not torch.equal(tuned[k], v) for k, v in zero.state_dict().items())
 
 
+@pytest.mark.slow
 def test_sac_from_scratch_trains_per_task_in_bounds_and_is_opt_in(cli, tmp_path):
     """One SB3 SAC per held-out task: uniform warm-up actions, then a gradient step per env step, each
     model on its own task's transitions only, actions within the env's bounds; opt-in for eval."""
