@@ -28,7 +28,7 @@ import torch
 from metarl.compare import compare
 from metarl.config import dump_toml, tomllib
 from metarl.errors import UserError
-from metarl.run import read_jsonl
+from metarl.rundir import read_jsonl
 from metarl.app.evaluate import evaluate_run
 from metarl.app.train import train
 

@@ -43,7 +43,7 @@ from metarl.errors import UserError
 from metarl.evaluation import best_baseline, is_agent_form
 from metarl.plots import SUCCESS_KEYS, adaptation_curve, learning_curve
 from metarl.registry import AGENTS, lookup
-from metarl.run import read_jsonl
+from metarl.rundir import read_jsonl
 from metarl.stats import paired_diff_ci
 from metarl.training import Interrupted
 from metarl.run_config import TRAINING_ONLY

@@ -30,7 +30,7 @@ def main(argv=None) -> int:
     from run import commit  # experiments/run.py
 
     from metarl.config import tomllib
-    from metarl.run import read_jsonl
+    from metarl.rundir import read_jsonl
     from metarl.app.train import train
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -28,7 +28,7 @@ import numpy as np
 
 from metarl.config import load_toml
 from metarl.errors import UserError
-from metarl.run import open_existing, read_jsonl
+from metarl.rundir import open_existing, read_jsonl
 
 # env options that change how tasks are simulated (processes, timeouts), not which tasks
 SIMULATION_ONLY = {"workers", "timeout"}

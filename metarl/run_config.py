@@ -14,7 +14,7 @@ from metarl.config import as_dict, build, load_toml, parse_sets
 from metarl.device import resolve_device
 from metarl.errors import UserError
 from metarl.registry import AGENTS, ENVS, lookup
-from metarl.run import load_checkpoint, open_existing
+from metarl.rundir import load_checkpoint, open_existing
 
 TRAINING_ONLY = ("eval_every", "eval_goals")  # agent.eval_* options that act while training, not at evaluation
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
 from metarl.errors import TrainingDiverged
-from metarl.run import BEST, RunDir
+from metarl.rundir import BEST, RunDir
 
 
 class Trainer(Protocol):

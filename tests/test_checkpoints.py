@@ -7,11 +7,11 @@ import time
 import pytest
 import torch
 
-from metarl.run import CHECKPOINT, RunDir, load_checkpoint
+from metarl.rundir import CHECKPOINT, RunDir, load_checkpoint
 
 WRITER = """
 import sys, torch
-from metarl.run import RunDir
+from metarl.rundir import RunDir
 run = RunDir(sys.argv[1], resume=True, tensorboard=False)
 print("writing", flush=True)
 run.save_checkpoint({"iteration": 2, "big": torch.zeros(200_000_000, dtype=torch.uint8)})

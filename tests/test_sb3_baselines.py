@@ -129,7 +129,7 @@ def test_multitask_ppo_pretrains_then_evaluates_zero_shot_and_fine_tuned(cli, tm
     """Goals all lie up and to the right: the pretrained policy heads there zero-shot and beats random
     clearly; fine-tuning starts from exactly the pretrained weights; runs are seeded."""
     from metarl.agents.multitask_ppo import MULTITASK_PPO
-    from metarl.run import load_checkpoint
+    from metarl.rundir import load_checkpoint
     a, b = tmp_path / "a", tmp_path / "b"
     for run in (a, b):
         code, _, err = cli("train", "multitask-ppo", "--env", "navigation-2d", "--set", "agent.total_steps=6000",

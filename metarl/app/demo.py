@@ -5,7 +5,7 @@ from pathlib import Path
 
 from metarl.app.evaluate import evaluate_run
 from metarl.app.train import train
-from metarl.run import default_run_name
+from metarl.rundir import default_run_name
 
 DEMO_STEPS = 6_000_000
 

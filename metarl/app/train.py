@@ -9,7 +9,7 @@ from metarl.config import as_dict, load_toml
 from metarl.device import resolve_device
 from metarl.errors import UserError
 from metarl.plots import learning_curve
-from metarl.run import RunDir, default_run_name, open_existing
+from metarl.rundir import RunDir, default_run_name, open_existing
 from metarl.training import train_loop
 
 
