@@ -412,7 +412,9 @@ def ml10_table() -> str:
             timing = ROOT / "experiments" / "results" / f"{name.stem}_timing.json"
             if timing.exists():  # the projection made before the run, to check it against
                 t = json.loads(timing.read_text())
-                status += f" (projected {t['full_run_here_h']:.1f} h here at {t['commit']} by `{t['command']}`)"
+                status += (f" (projected {t['full_run_here_h']:.1f} h here at {t['commit']} by `{t['command']}`: "
+                           f"{t['update_s']:.0f} s update, {t['sample_s']:.0f} s simulation an iteration"
+                           f"{earlier_timings(name.stem)})")
         else:
             running = in_progress(name.stem)
             ours, status = "–", (running + "; cost: " if running else "not yet run; ") + expected(name.stem)
