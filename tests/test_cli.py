@@ -212,7 +212,8 @@ def test_resume_takes_the_starting_command_and_refuses_config_changes(cli, tmp_p
     _one_line_error(code, err, "--env ENV is needed")
 
 
-@pytest.mark.parametrize("env", ["bandit", "gaussian-bandit", pytest.param("tabular-mdp", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("env", ["bandit", pytest.param("gaussian-bandit", marks=pytest.mark.slow),
+                                 pytest.param("tabular-mdp", marks=pytest.mark.slow)])
 def test_smoke_train_then_eval(cli, tmp_path, tiny, env):
     import json
     run = tmp_path / env

@@ -295,12 +295,13 @@ TINY = ["--set", "agent.iterations=4", "--set", "agent.log_every=2", "--set", "a
 
 
 @pytest.mark.parametrize("agent,env", [("maml", "sinusoid"), ("meta-sgd", "sinusoid"), ("reptile", "sinusoid"),
-                                       ("pretrain", "sinusoid"), ("cnp", "gp-regression"), ("maml", "glyphs"),
+                                       ("pretrain", "sinusoid"), ("cnp", "gp-regression"),
+                                       pytest.param("maml", "glyphs", marks=pytest.mark.slow),
                                        pytest.param("anil", "glyphs", marks=pytest.mark.slow),
                                        pytest.param("reptile", "glyphs", marks=pytest.mark.slow),
                                        pytest.param("protonet", "glyphs", marks=pytest.mark.slow),
                                        pytest.param("matching-net", "glyphs", marks=pytest.mark.slow),
-                                       ("relation-net", "glyphs")])
+                                       pytest.param("relation-net", "glyphs", marks=pytest.mark.slow)])
 def test_every_learner_trains_and_evaluates(cli, tmp_path, agent, env):
     run = tmp_path / "run"
     extra = ["--set", "env.classes=60", "--set", "agent.channels=8"] if env == "glyphs" else []

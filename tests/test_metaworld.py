@@ -289,6 +289,7 @@ def test_rl2_metaworld_agent_reads_rewards_from_augmented_observations():
     assert agent.policy.seen == [([5.0, 1.0], [False, True])]
 
 
+@pytest.mark.slow
 def test_metaworld_resume_equals_uninterrupted(cli, tmp_path, monkeypatch):
     """Interrupted at iteration 2, then resumed: the same metrics as a run straight through
     (model, optimiser, task / action / env-reset generators all come back from the checkpoint)."""

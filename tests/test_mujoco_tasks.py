@@ -49,6 +49,7 @@ def test_gymnasium_and_sb3_env_checkers_mujoco(gym_id, sb3_checker):
         env.close()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("agent", ["maml-trpo", "rl2"])
 def test_smoke_train_on_halfcheetah(cli, tmp_path, agent):
     rd = tmp_path / agent
@@ -74,6 +75,7 @@ def test_bad_mujoco_option_is_one_line(cli, tmp_path):
     assert code == 2 and "env.workers" in err and len(err.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_mujoco_bench_reports_stable_keys(cli):
     code, out, err = cli("bench", "mujoco", "--json")
     assert code == 0, err

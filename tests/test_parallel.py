@@ -246,6 +246,7 @@ def test_run_policy_reports_a_worker_error():
         env.run_policy(HalfwayRows(torch.zeros(3, 4, 1)))
 
 
+@pytest.mark.slow
 def test_long_episode_is_not_a_hang_but_a_stalled_one_is():
     """run_policy waits as long as the workers keep stepping (each step here takes 5 ms, the
     episode longer than the 0.3 s timeout); a worker that stops stepping times out."""

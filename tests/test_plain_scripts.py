@@ -59,6 +59,7 @@ def test_every_gym_id_in_a_plain_script_makes_checks_steps_and_closes(tmp_path):
         [*GYM_IDS, *MUJOCO_GYM_IDS, *METAWORLD_GYM_IDS]
 
 
+@pytest.mark.slow
 def test_metalearning_evaluation_of_a_loaded_run_in_a_plain_script(tmp_path, cli):
     pytest.importorskip("metaworld")
     rd = tmp_path / "run"
