@@ -28,6 +28,7 @@ import torch
 from metarl.compare import compare
 from metarl.config import dump_toml, tomllib
 from metarl.errors import UserError
+from metarl.evaluation import read_eval
 from metarl.rundir import read_jsonl
 from metarl.app.evaluate import evaluate_run
 from metarl.app.train import train
@@ -87,7 +88,7 @@ def main(argv=None) -> int:
         runs[agent] = run_dir
     out = HERE / "results"
     summary = compare([str(runs[a]) for a in AGENTS], str(out / args.name), overwrite=True)
-    evals = {a: json.loads((runs[a] / "eval.json").read_text()) for a in AGENTS}
+    evals = {a: read_eval(runs[a] / "eval.json") for a in AGENTS}
     score = {a: evals[a]["results"][a]["total"] for a in AGENTS}
     random = evals["rl2"]["results"]["random"]["total"]["mean"]
     metrics = {a: read_jsonl(runs[a] / "metrics.jsonl") for a in AGENTS}

@@ -28,6 +28,7 @@ import numpy as np
 
 from metarl.config import load_toml
 from metarl.errors import UserError
+from metarl.evaluation import read_eval
 from metarl.rundir import open_existing, read_jsonl
 
 # env options that change how tasks are simulated (processes, timeouts), not which tasks
@@ -59,12 +60,10 @@ def load_run(path: str | Path) -> Run:
     ev = p / "eval.json"
     if not ev.exists():
         raise UserError(f"{p} has no eval.json; evaluate it first: metarl eval {p}")
-    try:
-        report = json.loads(ev.read_text())
-        agent = report["agent"]
-        report["results"][agent]
-    except (ValueError, KeyError, TypeError):
-        raise UserError(f"{ev} is not a metarl evaluation report; re-run: metarl eval {p}") from None
+    report = read_eval(ev)
+    agent = report["agent"]
+    if agent not in report["results"]:
+        raise UserError(f"{ev} is not a metarl evaluation report; re-run: metarl eval {p}")
     if any("scores" not in r for r in report["results"].values()):
         raise UserError(f"{ev} has no per-task scores (written by an older metarl); re-run: metarl eval {p}")
     cfg = load_toml(p / "config.toml")

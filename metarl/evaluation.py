@@ -6,12 +6,15 @@ seeded the same way for every method, so methods differ only by what they do.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 import torch
 
 from metarl.batched_env import BatchedEnv, EnvSpec
+from metarl.errors import UserError
 from metarl.seeding import make_generator
 from metarl.stats import mean_ci
 from metarl.tasks import Tasks, split_generator, tasks_slice
@@ -100,6 +103,24 @@ def evaluate(make_policy, env_spec: EnvSpec, env_cfg, num_tasks: int, seed: int,
         steps = played["step_reward"].cpu()
         step_sum = steps if step_sum is None else step_sum + steps
     return Evaluation(torch.cat(out), step_sum / num_tasks)
+
+
+EVAL_SCHEMA = 1  # eval.json's layout, documented in docs/eval-json.md; files without "schema" are 1
+
+
+def read_eval(path: str | Path) -> dict:
+    """An eval.json (or eval_train.json) report, checked to be one this metarl can read."""
+    path = Path(path)
+    try:
+        report = json.loads(path.read_text())
+        schema = int(report.get("schema", 1))
+        report["agent"], report["results"]
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise UserError(f"{path} is not a metarl evaluation report; re-run: metarl eval {path.parent}") from None
+    if schema > EVAL_SCHEMA:
+        raise UserError(f"{path} was written by a newer metarl (eval.json schema {schema}; this one reads up to "
+                        f"{EVAL_SCHEMA}): upgrade metarl")
+    return report
 
 
 def task_scores(x: torch.Tensor) -> list[float]:

@@ -226,7 +226,9 @@ def test_smoke_train_then_eval(cli, tmp_path, tiny, env):
     assert code == 0, err
     report = json.loads(out)
     assert report["tasks"] == 50 and "rl2" in report["results"] and "random" in report["results"]
-    assert (run / "eval.json").exists() and (run / "eval_adaptation.png").exists()
+    assert (run / "eval_adaptation.png").exists()
+    from metarl.evaluation import EVAL_SCHEMA, read_eval
+    assert read_eval(run / "eval.json") == report and report["schema"] == EVAL_SCHEMA
     for r in report["results"].values():
         assert r["total"]["n"] == 50 and r["total"]["ci_low"] <= r["total"]["mean"] <= r["total"]["ci_high"]
 

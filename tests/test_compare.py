@@ -146,3 +146,18 @@ def test_a_runs_other_forms_are_methods_of_their_own_over_all_its_seeds(tmp_path
     assert set(scores) == {"rl2", "multitask-ppo", "multitask-ppo (zero-shot)", "random"}
     assert scores["multitask-ppo (zero-shot)"].tolist() == [[7.0, 7.0], [9.0, 9.0]]
     assert scores["multitask-ppo"].shape == (2, 2) and scores["random"].shape == (1, 2)
+
+
+def test_an_eval_json_from_a_newer_metarl_is_refused_in_one_line(cli, tmp_path):
+    from metarl.evaluation import EVAL_SCHEMA
+    runs = []
+    for n in ("a", "b"):
+        run = tmp_path / n
+        run.mkdir()
+        (run / "config.toml").write_text('[run]\nagent = "rl2"\nenv = "bandit"\nseed = 0\n')
+        (run / "eval.json").write_text(json.dumps({"schema": EVAL_SCHEMA + 1, "agent": "rl2",
+                                                   "results": {"rl2": {"scores": [1.0]}}}))
+        runs.append(run)
+    code, _, err = cli("compare", *runs, "--out", tmp_path / "out")
+    assert code == 2 and "newer metarl" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()

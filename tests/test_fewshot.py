@@ -315,7 +315,7 @@ def test_every_learner_trains_and_evaluates(cli, tmp_path, agent, env):
     assert code == 0, err
     report = json.loads((run / "eval.json").read_text())
     res = report["results"][agent]
-    assert res["total"]["n"] == 30
+    assert report["schema"] == 1 and res["total"]["n"] == 30
     regression = env != "glyphs"
     assert res["metric"] == ("mse" if regression else "accuracy")
     if agent in ("maml", "anil", "reptile") and not regression:

@@ -170,7 +170,8 @@ def test_smoke_train_on_ml1_logs_success(cli, tmp_path, agent):
     assert code == 0, err
     report = json.loads((rd / "eval.json").read_text())
     forms = {agent, "random"} | ({"rl2 (deterministic)", "rl2 (metaworld+)"} if agent == "rl2" else set())
-    assert report["protocol"] == "metaworld" and report["tasks"] == 2 and set(report["results"]) == forms
+    assert report["schema"] == 1 and report["protocol"] == "metaworld" and report["tasks"] == 2
+    assert set(report["results"]) == forms
     mine = report["results"][agent]
     curve_points = 13 if agent == "rl2" else 2  # 10 adaptation + 3 evaluation episodes, or before / after
     assert mine["success_curve"]["episodes"][:2] == [0, 1 if agent == "rl2" else 10]

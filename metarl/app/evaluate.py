@@ -12,7 +12,8 @@ from metarl.run_config import TRAINING_ONLY, LoadedRun, load_run, setup_threads
 from metarl.app.report import which_tasks
 from metarl.config import parse_sets
 from metarl.errors import UserError
-from metarl.evaluation import evaluate, evaluate_adaptation_steps, summarize, summarize_episodes, summarize_steps
+from metarl.evaluation import (EVAL_SCHEMA, evaluate, evaluate_adaptation_steps, summarize, summarize_episodes,
+                               summarize_steps)
 from metarl.plots import adaptation_curve
 from metarl.registry import BASELINES, baselines_for, lookup
 
@@ -79,7 +80,8 @@ def evaluate_run(run_dir: str, *, tasks: int = 1000, baselines: str = "all", see
     for name in names:
         cls = lookup("baseline", BASELINES, name)
         results[name] = summary(evaluate(lambda env: cls(env, env_cfg, seed), env_spec, env_cfg, tasks, seed, dev))
-    report = {"env": saved["run"]["env"], "env_config": saved["env"], "agent": agent_name, "tasks": tasks,
+    report = {"schema": EVAL_SCHEMA, "env": saved["run"]["env"], "env_config": saved["env"], "agent": agent_name,
+              "tasks": tasks,
               "seed": seed, "device": str(dev), "checkpoint_iteration": ck["iteration"], "env_steps": ck["env_steps"],
               "checkpoint": checkpoint, "eval_options": {k: getattr(cfg["agent"], k) for k in eval_sets.get("agent", {})},
               "protocol": spec.protocol, "metric": "mean episode return" if inner_steps else "mean total reward",
@@ -127,8 +129,8 @@ def _evaluate_success_run(run: LoadedRun, names: list[str], tasks: int, seed: in
         cls = lookup("baseline", BASELINES, name)
         results[name] = summarize_success(evaluate_success(
             lambda env, cls=cls: cls(env, env_cfg, seed), "trial", env_spec, env_cfg, goals, seed, dev, split=split))
-    report = {"env": saved["run"]["env"], "env_config": saved["env"], "agent": saved["run"]["agent"],
-              "split": split, "tasks": classes * goals, "goals_per_class": goals, "seed": seed, "device": str(dev),
+    report = {"schema": EVAL_SCHEMA, "env": saved["run"]["env"], "env_config": saved["env"],
+              "agent": saved["run"]["agent"], "split": split, "tasks": classes * goals, "goals_per_class": goals, "seed": seed, "device": str(dev),
               "checkpoint": checkpoint, "checkpoint_iteration": ck["iteration"], "env_steps": ck["env_steps"],
               "protocol": "metaworld",
               "metric": "success rate", "results": results}
@@ -152,7 +154,8 @@ def _evaluate_fewshot_run(run: LoadedRun, tasks: int, seed: int, checkpoint: str
         contexts = [c for c in (1, 2, 5, 10, 20, 50, 100) if c <= getattr(env_cfg, "context_max", 100)]
         result["per_context"] = fe.evaluate_context_sizes(learner, dist, tasks, seed, contexts, dev)
         fe.context_plot(result["per_context"], path / "eval_context.png", f"{name}: {title}")
-    report = {"env": saved["run"]["env"], "env_config": saved["env"], "agent": name, "tasks": tasks, "seed": seed,
+    report = {"schema": EVAL_SCHEMA, "env": saved["run"]["env"], "env_config": saved["env"], "agent": name,
+              "tasks": tasks, "seed": seed,
               "device": str(dev), "checkpoint": checkpoint, "checkpoint_iteration": ck["iteration"],
               "env_steps": ck["env_steps"], "protocol": "fewshot",
               "metric": "query MSE" if dist.kind == "regression" else "query accuracy",
