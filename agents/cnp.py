@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from metarl.config import option
 from metarl.errors import UserError
 from metarl.fewshot import Batch, FewShotConfig, FewShotLearner, load_learner, make_trainer_cls
+from metarl.protocols import FEWSHOT
 from metarl.training import AgentSpec
 
 
@@ -69,5 +70,5 @@ class CNP(FewShotLearner):
         return loss, {"loss": loss.item(), "mse": ((mu - yt) ** 2).mean().item()}
 
 
-CNP_SPEC = AgentSpec("cnp", CNPConfig, make_trainer_cls(CNP), load_learner(CNP), protocol="fewshot",
+CNP_SPEC = AgentSpec("cnp", CNPConfig, make_trainer_cls(CNP), load_learner(CNP), protocol=FEWSHOT,
                      curve_keys=("loss",))

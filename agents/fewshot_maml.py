@@ -22,6 +22,7 @@ from metarl.errors import UserError
 from metarl.fewshot import (Batch, FewShotConfig, FewShotLearner, FewShotTrainer, load_learner, make_trainer_cls,
                             task_loss)
 from metarl.functional import adapt_batch, meta_sgd_step_sizes, params_of
+from metarl.protocols import FEWSHOT
 from metarl.training import AgentSpec
 from torch.func import vmap
 
@@ -166,7 +167,7 @@ def _pretrain(dist, cfg):
 
 
 def _spec(name: str, cfg_cls: type, make, trainer_base=FewShotTrainer) -> AgentSpec:
-    return AgentSpec(name, cfg_cls, make_trainer_cls(make, trainer_base), load_learner(make), protocol="fewshot",
+    return AgentSpec(name, cfg_cls, make_trainer_cls(make, trainer_base), load_learner(make), protocol=FEWSHOT,
                      curve_keys=("loss", "accuracy"))
 
 

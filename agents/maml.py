@@ -30,6 +30,7 @@ from metarl.errors import UserError
 from metarl.evaluation import first_success
 from metarl.functional import Params, adapt, adapt_batch, params_of
 from metarl.linear_baseline import fit_predict
+from metarl.protocols import INNER_STEPS
 from metarl.seeding import make_generator
 from metarl.tasks import Tasks, split_generator
 from metarl.training import AgentSpec
@@ -484,7 +485,7 @@ class MAMLPPOTrainer(MAMLTrainer):
     outer = "ppo"
 
 
-MAML_TRPO = AgentSpec("maml-trpo", MAMLConfig, MAMLTrainer, load_eval_policy, protocol="inner-steps",
+MAML_TRPO = AgentSpec("maml-trpo", MAMLConfig, MAMLTrainer, load_eval_policy, protocol=INNER_STEPS,
                       curve_keys=("pre_return", "post_return"), select_key="post_return")
-MAML_PPO = AgentSpec("maml-ppo", MAMLPPOConfig, MAMLPPOTrainer, load_eval_policy, protocol="inner-steps",
+MAML_PPO = AgentSpec("maml-ppo", MAMLPPOConfig, MAMLPPOTrainer, load_eval_policy, protocol=INNER_STEPS,
                      curve_keys=("pre_return", "post_return"), select_key="post_return")

@@ -24,6 +24,7 @@ import torch
 
 from metarl.errors import UserError
 from metarl.functional import params_of
+from metarl.protocols import INNER_STEPS
 
 OBS_DIM = 39  # Meta-World v3 observation size; wider observations carry the RL² augmentation
 AUG_REWARD_SCALE = 10.0  # RNNBasedMetaRLWrapper writes reward / 10
@@ -159,6 +160,6 @@ def load_metaworld_agent(run_dir: str, num_envs: int, seed: int = 0, rl2_form: s
     from metarl.run_config import load_run
     run = load_run(run_dir, device="cpu")  # the loader `metarl eval` uses
     policy = run.eval_policy(seed)
-    if run.cfg["agent_spec"].protocol == "inner-steps":
+    if run.cfg["agent_spec"].protocol is INNER_STEPS:
         return MAMLMetaWorldAgent(policy, num_envs)
     return RL2MetaWorldAgent(policy, num_envs, rl2_form)

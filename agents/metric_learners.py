@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from metarl.config import option
 from metarl.errors import UserError
 from metarl.fewshot import Batch, FewShotConfig, FewShotLearner, load_learner, make_trainer_cls
+from metarl.protocols import FEWSHOT
 from metarl.training import AgentSpec
 
 from metarl.agents.fewshot_nets import Conv4
@@ -107,7 +108,7 @@ class RelationNet(_Metric):
 
 
 def _spec(name, cls):
-    return AgentSpec(name, MetricConfig, make_trainer_cls(cls), load_learner(cls), protocol="fewshot",
+    return AgentSpec(name, MetricConfig, make_trainer_cls(cls), load_learner(cls), protocol=FEWSHOT,
                      curve_keys=("loss", "accuracy"))
 
 

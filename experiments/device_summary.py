@@ -13,19 +13,22 @@ import json
 import re
 from pathlib import Path
 
+from metarl.eval_result import GRADIENT_STEPS, INNER_STEPS, curve_of, upgrade_report
+
 STEP = re.compile(r"^=== (\w+): (.*)$", re.M)
 
 
 def _headline(report: dict) -> dict:
     """Eval JSON -> {method: mean [ci_low, ci_high]} (per inner step for MAML / few-shot)."""
     out = {}
+    report = upgrade_report(report) if "results" in report else report
     for method, r in report.get("results", {}).items():
-        if "per_step" in r and isinstance(r["per_step"], dict):
-            out[method] = {s: [round(v["mean"], 4), round(v["ci_low"], 4), round(v["ci_high"], 4)]
-                           for s, v in r["per_step"].items()}
-        elif "per_step_return" in r:
-            out[method] = [[round(v["mean"], 3), round(v["ci_low"], 3), round(v["ci_high"], 3)]
-                           for v in r["per_step_return"]]
+        c = curve_of(r)
+        if c is not None and c.x == INNER_STEPS:
+            out[method] = {str(v["x"]): [round(v["mean"], 4), round(v["ci_low"], 4), round(v["ci_high"], 4)]
+                           for v in c.points}
+        elif c is not None and c.x == GRADIENT_STEPS:
+            out[method] = [[round(v["mean"], 3), round(v["ci_low"], 3), round(v["ci_high"], 3)] for v in c.points]
         else:
             t = r["total"]
             out[method] = [round(t["mean"], 3), round(t["ci_low"], 3), round(t["ci_high"], 3)]

@@ -28,7 +28,7 @@ import torch
 from metarl.compare import compare
 from metarl.config import dump_toml, tomllib
 from metarl.errors import UserError
-from metarl.evaluation import read_eval
+from metarl.eval_result import read_eval
 from metarl.rundir import read_jsonl
 from metarl.app.evaluate import evaluate_run
 from metarl.app.train import train

@@ -10,10 +10,21 @@ import json
 import re
 from pathlib import Path
 
+from metarl.eval_result import curve_of, upgrade_result
 from metarl.evaluation import REFERENCES, best_baseline
 
 ROOT = Path(__file__).resolve().parent.parent
 START, END = "<!-- results:start -->", "<!-- results:end -->"
+
+
+def read_summary(f: Path) -> dict:
+    """A results file of experiments/run.py, its method results in the current eval.json form
+    (files written before schema 2 are upgraded on reading)."""
+    s = json.loads(f.read_text())
+    m = s.get("metrics", {})
+    if isinstance(m.get("results"), dict) and m.get("protocol") != "peer":
+        m["results"] = {n: upgrade_result(r, m.get("metric")) for n, r in m["results"].items()}
+    return s
 
 
 def headline() -> str:
@@ -24,7 +35,7 @@ def headline() -> str:
     for f in sorted((ROOT / "experiments" / "results").glob("*.json")):
         if "_timing" in f.stem or f.stem.startswith("gpu_check") or f.stem == "bench_cpu":
             continue
-        s = json.loads(f.read_text())
+        s = read_summary(f)
         row = headline_figure(s)
         if row is None:
             continue
@@ -61,16 +72,16 @@ def headline_figure(s: dict):
         return ((setting, agent), r["mean"], False, f"{pct(r)} ({form}, {tally})",
                 "; ".join(f"{k} {v}" for k, v in pub.items()), None)
     if protocol == "inner-steps":
-        steps = res[agent]["per_step_return"]
+        steps = curve_of(res[agent]).points
         one = [v for k, v in paper.items() if k.endswith("1 step")]
         base = best_baseline(res, agent)
         return ((f"{m['env']} return after 1 gradient step", agent), steps[1]["mean"], False, fmt(steps[1]),
                 f"{one[0]} (MAML paper)" if one else None, None if base is None else f"{base} {fmt(res[base])}")
     if protocol == "fewshot":
         r = res[agent]
-        per = r["per_step"]
+        per = {str(p["x"]): p for p in curve_of(r).points}
         k = "1" if "1" in per else next(iter(per))
-        acc = r.get("metric") == "accuracy"
+        acc = r["metric"] == "query accuracy"
         fam = m["env"] + (f" {envc['ways']}-way {envc['shots']}-shot" if "ways" in envc else
                           f" K={envc['shots']}" if envc.get("shots") else "")
         what = "accuracy" if acc else "query MSE"
@@ -129,7 +140,7 @@ def table() -> str:
             continue
         if f.stem == "bench_cpu":  # experiments/bench.py, shown in cpu_bench_table
             continue
-        s = json.loads(f.read_text())
+        s = read_summary(f)
         m = s["metrics"]
         if m.get("protocol") == "inner-steps":
             steps_rows.append(steps_row(s))
@@ -309,9 +320,9 @@ def multitask_row(s: dict) -> str:
 def fewshot_row(s: dict) -> str:
     m = s["metrics"]
     r = m["results"][m["agent"]]
-    acc = r.get("metric") == "accuracy"
+    acc = r["metric"] == "query accuracy"
     f = (lambda c: pct(c)) if acc else mse_cell
-    per = r["per_step"]
+    per = {str(p["x"]): p for p in curve_of(r).points}
     cells = [f(per[k]) if k in per else "–" for k in ("0", "1", "5", "10")]
     if len(per) == 1:  # closed-form adaptation: one figure
         cells = [f(next(iter(per.values())))] + ["–"] * 3
@@ -365,7 +376,7 @@ def metaworld_row(s: dict) -> str:
     m = s["metrics"]
     res = m["results"]
     mine = res[m["agent"]]
-    before = mine["success_curve"]["success"][0]
+    before = curve_of(mine).points[0]
     envc = m["env_config"]
     bench = m["env"].upper() + (f" {envc['task']}" if m["env"] == "ml1" else "")
     rnd = pct(res["random"]) if "random" in res else "–"
@@ -401,7 +412,7 @@ def ml10_table() -> str:
             command = (f"`python experiments/run.py {name.stem} --seed N` for each seed, then "
                        f"`metarl compare {' '.join(c['runs'])} --out experiments/results/{name.stem}_seeds`")
         elif res.exists():
-            s = json.loads(res.read_text())
+            s = read_summary(res)
             m = s["metrics"]
             ours = forms_cell(m["results"], agent)
             status = f"measured at {s['commit']}: {m['env_steps']:,} env steps in {m['train_time_s'] / 3600:.1f} h"
@@ -498,7 +509,7 @@ def earlier_timings(name: str) -> str:
 def steps_row(s: dict) -> str:
     m = s["metrics"]
     res = m["results"]
-    steps = res[m["agent"]]["per_step_return"]
+    steps = curve_of(res[m["agent"]]).points
     cells = [fmt(c) for c in steps[:4]] + ["–"] * (4 - len(steps[:4]))
     envc = ", ".join(f"{k}={v}" for k, v in m["env_config"].items())
     rnd = fmt(res["random"]) if "random" in res else "–"

@@ -42,6 +42,7 @@ from metarl.config import tomllib
 from metarl.errors import UserError
 from metarl.evaluation import best_baseline, is_agent_form
 from metarl.plots import SUCCESS_KEYS, adaptation_curve, learning_curve
+from metarl.protocols import FEWSHOT
 from metarl.registry import AGENTS, lookup
 from metarl.rundir import read_jsonl
 from metarl.stats import paired_diff_ci
@@ -169,7 +170,7 @@ def main(argv=None) -> int:
     spec = lookup("agent", AGENTS, agent)
     if "episode_return" in spec.curve_keys:  # one episode per point: trial totals scaled to one episode
         refs = {k: v / report["env_config"].get("episodes", 1) for k, v in refs.items()}
-    fewshot = report["protocol"] == "fewshot"
+    fewshot = report["protocol"] == FEWSHOT.name
     learning_curve(metrics, out / f"{stem}_curve.png", f"{stem}: {agent} training", keys=spec.curve_keys,
                    references=None if fewshot else refs, xlabel="meta-iterations" if fewshot else "env steps")
     if fewshot:  # the run's own plots: metric against inner steps, fitted curves, CNP context curve
@@ -193,10 +194,8 @@ def main(argv=None) -> int:
             "env": report["env"], "env_config": report["env_config"], "agent": agent,
             "held_out_tasks": report["tasks"], "env_steps": report["env_steps"], "train_time_s": train_s,
             "protocol": report["protocol"], "metric": report["metric"], "eval_options": report.get("eval_options", {}),
-            "results": {n: {**r["total"], **{k: r[k] for k in ("per_episode", "per_step_return", "success_curve",
-                                                               "per_class", "return", "per_task", "metric",
-                                                               "metaworld_tally",
-                                                               "per_step", "per_context") if k in r}}
+            "results": {n: {**r["total"], **{k: r[k] for k in ("metric", "curve", "per_class", "return", "per_task",
+                                                               "metaworld_tally", "per_context") if k in r}}
                         for n, r in results.items()},
             "paired_vs_best_baseline": paired_vs_best(results, agent),
             "paper": meta.get("paper", {}), "description": meta.get("description", ""),

@@ -436,6 +436,7 @@ def _fake_runs(root, runs: int, tasks: int, seed: int = 0) -> list:
     import numpy as np
 
     from metarl.config import dump_toml
+    from metarl.eval_result import EVAL_SCHEMA, STEPS_IN_TRIAL, Curve, result
     rng = np.random.default_rng(seed)
     paths = []
     for i in range(runs):
@@ -451,9 +452,11 @@ def _fake_runs(root, runs: int, tasks: int, seed: int = 0) -> list:
         results = {}
         for name in ["rl2", "random", "greedy", "epsilon-greedy", "ucb1", "thompson", "gittins"]:
             sc = rng.normal(70, 10, size=tasks)
-            results[name] = {"total": {"mean": float(sc.mean())}, "per_episode": [float(sc.mean())],
-                             "per_step": rng.random(100).round(4).tolist(), "scores": sc.round(4).tolist()}
-        (p / "eval.json").write_text(json.dumps({"env": "bandit", "env_config": {"k": 5, "n": 100}, "agent": "rl2",
+            ys = rng.random(100).round(4)
+            curve = Curve(STEPS_IN_TRIAL, "mean reward", [{"x": k + 1, "mean": y, "ci_low": y, "ci_high": y}
+                                                           for k, y in enumerate(ys.tolist())]).to_json()
+            results[name] = result("mean total reward", {"mean": float(sc.mean())}, curve, sc.round(4).tolist())
+        (p / "eval.json").write_text(json.dumps({"schema": EVAL_SCHEMA, "env": "bandit", "env_config": {"k": 5, "n": 100}, "agent": "rl2",
                                                  "tasks": tasks, "seed": 0, "env_steps": 200_000,
                                                  "metric": "mean total reward", "results": results}))
         paths.append(p)

@@ -28,7 +28,8 @@ import numpy as np
 
 from metarl.config import load_toml
 from metarl.errors import UserError
-from metarl.evaluation import read_eval
+from metarl.eval_result import curve_of, read_eval
+from metarl.protocols import progress_unit
 from metarl.rundir import open_existing, read_jsonl
 
 # env options that change how tasks are simulated (processes, timeouts), not which tasks
@@ -91,7 +92,7 @@ def check_fair(runs: list[Run], allow_unequal_budgets: bool = False) -> None:
     budgets = [r.report["env_steps"] for r in runs]
     if not allow_unequal_budgets and max(budgets) > (1 + BUDGET_TOLERANCE) * min(budgets):
         lo, hi = runs[budgets.index(min(budgets))], runs[budgets.index(max(budgets))]
-        unit = "meta-iterations" if lo.report.get("protocol") == "fewshot" else "env steps"
+        unit = progress_unit(lo.report)
         raise UserError(f"unequal budgets: {lo.path} was evaluated after {min(budgets):,} {unit}, {hi.path} after "
                         f"{max(budgets):,}; train to the same budget, or pass --allow-unequal-budgets to compare anyway "
                         f"(the report then lists each budget)")
@@ -214,23 +215,13 @@ def probability_of_improvement(x: np.ndarray, y: np.ndarray, reps: int = 2000, s
 
 # ---- curves -------------------------------------------------------------------------------
 
-def adaptation_of(res: dict, metric: str) -> tuple[tuple[str, str], list, list] | None:
-    """((x label, y label), xs, mean ys) of one evaluation result: how it improves with adaptation."""
-    if "success_curve" in res:
-        c = res["success_curve"]
-        return ("adaptation episodes seen", "success rate"), c["episodes"], [p["mean"] for p in c["success"]]
-    if "per_step_return" in res:
-        return (("gradient steps", "mean episode return"), list(range(len(res["per_step_return"]))),
-                [c["mean"] for c in res["per_step_return"]])
-    if isinstance(res.get("per_step"), dict):  # few-shot
-        steps = sorted(res["per_step"], key=int)
-        return ("inner gradient steps", metric), [int(s) for s in steps], [res["per_step"][s]["mean"] for s in steps]
-    if len(res.get("per_episode", [])) > 1:
-        return (("episode within the trial", "mean episode return"), list(range(1, len(res["per_episode"]) + 1)),
-                res["per_episode"])
-    if res.get("per_step"):
-        return ("step (pull) within the trial", "mean reward"), list(range(1, len(res["per_step"]) + 1)), res["per_step"]
-    return None
+def adaptation_of(res: dict) -> tuple[tuple[str, str], list, list] | None:
+    """((x label, y label), xs, mean ys) of one evaluation result's curve: how it improves with
+    adaptation (None without one)."""
+    c = curve_of(res)
+    if c is None:
+        return None
+    return (c.x, c.y), c.xs, c.means
 
 
 def _band(ys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -254,16 +245,16 @@ def adaptation_plot(runs: list[Run], labels: list[str], out: Path, metric: str, 
     runs, with a 95% CI band over runs when it has several."""
     curves: dict[str, dict[str, list]] = {}
     for r, label in zip(runs, labels):
-        c = adaptation_of(r.result, metric)
+        c = adaptation_of(r.result)
         if c:
             curves.setdefault(c[0], {}).setdefault(label, []).append((c[1], c[2]))
         for suffix, res in other_forms(r).items():
-            c = adaptation_of(res, metric)
+            c = adaptation_of(res)
             if c:
                 curves.setdefault(c[0], {}).setdefault(label + suffix, []).append((c[1], c[2]))
     if baselines:
         for name, res in runs[0].report["results"].items():
-            c = adaptation_of(res, metric) if name != runs[0].agent else None
+            c = adaptation_of(res) if name != runs[0].agent else None
             if c and name not in labels and name[len(runs[0].agent):] not in other_forms(runs[0]):
                 curves.setdefault(c[0], {})[name] = [(c[1], c[2])]
     plt = _plt()
@@ -427,7 +418,7 @@ def compare(run_dirs: list[str], out: str, *, reps: int = 2000, seed: int = 0, b
     for r, label in zip(runs, labels):
         t = "–" if r.train_time_s is None else (f"{r.train_time_s / 60:.1f} min" if r.train_time_s >= 60
                                                  else f"{r.train_time_s:.0f} s")
-        unit = "meta-iterations" if r.report.get("protocol") == "fewshot" else "env steps"
+        unit = progress_unit(r.report)
         lines.append(f"| {r.path} | {label} | {r.seed} | {r.report['env_steps']:,} {unit} | {t} | "
                      f"{r.report.get('checkpoint', 'latest')} (iteration {r.report.get('checkpoint_iteration')}) |")
     lines += ["", "## Aggregates", "",

@@ -6,16 +6,14 @@ seeded the same way for every method, so methods differ only by what they do.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Protocol
 
 import torch
 
 from metarl.batched_env import BatchedEnv, EnvSpec
-from metarl.errors import UserError
 from metarl.seeding import make_generator
+from metarl.eval_result import EPISODES_IN_TRIAL, GRADIENT_STEPS, STEPS_IN_TRIAL, columns_curve, result
 from metarl.stats import mean_ci
 from metarl.tasks import Tasks, split_generator, tasks_slice
 
@@ -39,7 +37,7 @@ def held_out_tasks(env_spec: EnvSpec, env_cfg, num_tasks: int, seed: int, device
 @dataclass
 class Evaluation:
     returns: torch.Tensor     # [num_tasks, episodes_per_trial] return of each episode of each trial
-    step_reward: torch.Tensor  # [trial_length] mean reward at each step of the trial, over tasks
+    step_reward: torch.Tensor  # [num_tasks, trial_length] reward at each step of each trial
 
 
 def first_success(success: torch.Tensor) -> torch.Tensor:
@@ -53,11 +51,11 @@ def first_success(success: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def play_trial(policy, env: BatchedEnv, tasks: Tasks, episodes: int) -> dict[str, torch.Tensor]:
     """One trial of `episodes` episodes in every sub-env with a TrialPolicy. Returns returns
-    [B, E], step_reward [E * H] (reward of each step summed over sub-envs) and, for envs with a
+    [B, E], step_reward [B, E * H] (reward of each step) and, for envs with a
     success signal, success [B, E] (1 where any step of that episode succeeded) and
     first_success [B, E] (the step of the episode's first success, H where none)."""
     B, dev, H = env.num_envs, env.device, env.horizon
-    returns, steps = torch.zeros(B, episodes, device=dev), torch.zeros(episodes * H, device=dev)
+    returns, steps = torch.zeros(B, episodes, device=dev), torch.zeros(B, episodes * H, device=dev)
     success = first = None
     with env.rollout_context():
         env.set_tasks(tasks)
@@ -69,7 +67,7 @@ def play_trial(policy, env: BatchedEnv, tasks: Tasks, episodes: int) -> dict[str
                 next_obs, r, d = env.step(a)
                 policy.observe(a, r, d, next_obs)
                 returns[:, e] += r
-                steps[e * H + t] = r.sum()
+                steps[:, e * H + t] = r
                 if "success" in env.info:
                     if success is None:
                         success = torch.zeros(B, episodes, device=dev)
@@ -92,7 +90,7 @@ def evaluate(make_policy, env_spec: EnvSpec, env_cfg, num_tasks: int, seed: int,
     E = env_spec.episodes_per_trial(env_cfg)
     env_gen = make_generator(seed, "eval-env", device)
     policy = None
-    out, step_sum = [], None
+    out, steps = [], []
     for start in range(0, num_tasks, batch_size):
         b = min(batch_size, num_tasks - start)
         env = env_spec.make_env(env_cfg, b, device, env_gen)
@@ -100,27 +98,8 @@ def evaluate(make_policy, env_spec: EnvSpec, env_cfg, num_tasks: int, seed: int,
             policy = make_policy(env)
         played = play_trial(policy, env, tasks_slice(tasks, slice(start, start + b)), E)
         out.append(played["returns"].cpu())
-        steps = played["step_reward"].cpu()
-        step_sum = steps if step_sum is None else step_sum + steps
-    return Evaluation(torch.cat(out), step_sum / num_tasks)
-
-
-EVAL_SCHEMA = 1  # eval.json's layout, documented in docs/eval-json.md; files without "schema" are 1
-
-
-def read_eval(path: str | Path) -> dict:
-    """An eval.json (or eval_train.json) report, checked to be one this metarl can read."""
-    path = Path(path)
-    try:
-        report = json.loads(path.read_text())
-        schema = int(report.get("schema", 1))
-        report["agent"], report["results"]
-    except (ValueError, KeyError, TypeError, AttributeError):
-        raise UserError(f"{path} is not a metarl evaluation report; re-run: metarl eval {path.parent}") from None
-    if schema > EVAL_SCHEMA:
-        raise UserError(f"{path} was written by a newer metarl (eval.json schema {schema}; this one reads up to "
-                        f"{EVAL_SCHEMA}): upgrade metarl")
-    return report
+        steps.append(played["step_reward"].cpu())
+    return Evaluation(torch.cat(out), torch.cat(steps))
 
 
 def task_scores(x: torch.Tensor) -> list[float]:
@@ -146,9 +125,12 @@ def best_baseline(results: dict[str, dict], agent: str) -> str | None:
 
 
 def summarize(ev: Evaluation) -> dict:
-    """-> total-reward mean/CI, the mean return of each episode and the mean reward of each step."""
-    return {"total": mean_ci(ev.returns.sum(1)), "per_episode": ev.returns.mean(0).tolist(),
-            "per_step": [round(x, 5) for x in ev.step_reward.tolist()], "scores": task_scores(ev.returns.sum(1))}
+    """-> total-reward mean/CI; its curve: the mean return of each episode of the trial, or for
+    a trial of one episode (bandits) the mean reward of each step."""
+    total = ev.returns.sum(1)
+    curve = (columns_curve(EPISODES_IN_TRIAL, "mean episode return", ev.returns) if ev.returns.shape[1] > 1 else
+             columns_curve(STEPS_IN_TRIAL, "mean reward", ev.step_reward))
+    return result("mean total reward", mean_ci(total), curve, task_scores(total))
 
 
 @torch.no_grad()
@@ -176,16 +158,18 @@ def evaluate_adaptation_steps(learner, env_spec: EnvSpec, env_cfg, num_tasks: in
 
 
 def summarize_steps(returns: torch.Tensor) -> dict:
-    """[N, steps + 1] -> per-step mean/CI of the episode return; "total" is after the last step."""
-    per_step = [mean_ci(returns[:, k]) for k in range(returns.shape[1])]
-    return {"total": per_step[-1], "per_step_return": per_step, "scores": task_scores(returns[:, -1])}
+    """[N, steps + 1] -> the episode return's curve over gradient steps (0: before adaptation);
+    "total" is after the last step."""
+    curve = columns_curve(GRADIENT_STEPS, "mean episode return", returns, first_x=0)
+    return result("mean episode return", mean_ci(returns[:, -1]), curve, task_scores(returns[:, -1]))
 
 
 def summarize_episodes(ev: Evaluation) -> dict:
     """A trial-protocol evaluation reported per episode (mean episode return per task), to sit
-    beside inner-step results."""
-    return {"total": mean_ci(ev.returns.mean(1)), "per_episode": ev.returns.mean(0).tolist(),
-            "scores": task_scores(ev.returns.mean(1))}
+    beside inner-step results; its curve is the return of each episode of the trial."""
+    per_task = ev.returns.mean(1)
+    curve = columns_curve(EPISODES_IN_TRIAL, "mean episode return", ev.returns) if ev.returns.shape[1] > 1 else None
+    return result("mean episode return", mean_ci(per_task), curve, task_scores(per_task))
 
 
 def format_table(results: dict[str, dict], title: str, metric: str = "mean total reward") -> str:

@@ -12,8 +12,10 @@ from pathlib import Path
 
 import torch
 
+from metarl.eval_result import INNER_STEPS, Curve, result
 from metarl.evaluation import task_scores
 from metarl.fewshot import FewShotDistribution, FewShotLearner, task_generator, task_score
+from metarl.protocols import fewshot_metric
 from metarl.stats import mean_ci
 
 REPORT_STEPS = (0, 1, 5, 10)
@@ -52,10 +54,10 @@ def step_summary(v: torch.Tensor) -> dict:
 
 
 def summarize_fewshot(scores: dict[int, torch.Tensor], kind: str) -> dict:
-    """{"metric", "per_step": {steps: mean/CI}, "total": the figure after the most steps}."""
-    per_step = {str(s): step_summary(scores[s]) for s in sorted(scores)}  # a curve: in step order
-    return {"metric": "mse" if kind == "regression" else "accuracy", "per_step": per_step,
-            "total": per_step[str(max(scores))], "scores": task_scores(scores[max(scores)])}
+    """The metric after each number of inner steps as the curve; "total" after the most steps."""
+    metric, last = fewshot_metric(kind), max(scores)
+    curve = Curve(INNER_STEPS, metric, [{"x": s, **step_summary(scores[s])} for s in sorted(scores)]).to_json()
+    return result(metric, step_summary(scores[last]), curve, task_scores(scores[last]))
 
 
 def gaussian_loglik(mean: torch.Tensor, std: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -91,32 +93,6 @@ def _plt():
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     return plt
-
-
-def steps_plot(results: dict[str, dict], out: Path, title: str) -> Path:
-    """MSE or accuracy (95% CI band) against inner gradient steps; closed-form learners as lines."""
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(6, 4))
-    metric = next(iter(results.values()))["metric"]
-    for i, (name, r) in enumerate(results.items()):
-        xs = [int(s) for s in r["per_step"]]
-        cis = list(r["per_step"].values())
-        if len(xs) > 1:
-            ax.plot(xs, [c["mean"] for c in cis], marker="o", color=f"C{i}", label=name)
-            ax.fill_between(xs, [c["ci_low"] for c in cis], [c["ci_high"] for c in cis], color=f"C{i}", alpha=0.2)
-        else:
-            ax.axhline(cis[0]["mean"], ls="--", color=f"C{i}", label=name)
-    ax.set_xlabel("inner gradient steps on the support set")
-    ax.set_ylabel("query MSE" if metric == "mse" else "query accuracy")
-    if metric == "mse":
-        ax.set_yscale("log")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return out
 
 
 def fits_plot(learner, dist: FewShotDistribution, out: Path, title: str, seed: int, steps: list[int],

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from metarl.eval_result import curve_of
+
 
 def _figure():
     import matplotlib
@@ -54,50 +56,26 @@ def learning_curve(metrics: list[dict], out: Path, title: str, keys: tuple[str, 
     return _save(plt, fig, ax, out, xlabel, ylabel, title)
 
 
-def adaptation_steps_curve(results: dict[str, dict], out: Path, title: str) -> Path:
-    """Mean episode return (95% CI band) against the number of gradient steps of adaptation;
-    methods without steps (baselines) are drawn as horizontal lines."""
+def adaptation_curve(results: dict[str, dict], out: Path, title: str) -> Path:
+    """How fast each method adapts: every result's curve (eval_result.Curve: return per episode
+    or per step of the trial, return per gradient step, success per adaptation episode seen,
+    few-shot metric per inner step) with its 95% CI band, on the x axis of the first method
+    (the agent); a method whose curve counts something else, or that has a single point or
+    none, is a horizontal line at its total."""
     plt, fig, ax = _figure()
+    curves = {n: curve_of(r) for n, r in results.items()}
+    axis = next((c for c in curves.values() if c is not None and len(c.points) > 1), None)
     for i, (name, r) in enumerate(results.items()):
-        if "per_step_return" in r:
-            xs = list(range(len(r["per_step_return"])))
-            ys = [c["mean"] for c in r["per_step_return"]]
-            ax.plot(xs, ys, marker="o", color=f"C{i}", label=name)
-            ax.fill_between(xs, [c["ci_low"] for c in r["per_step_return"]],
-                            [c["ci_high"] for c in r["per_step_return"]], color=f"C{i}", alpha=0.2)
+        c = curves[name]
+        if axis is not None and c is not None and c.x == axis.x and len(c.points) > 1:
+            pts = c.points
+            ax.plot(c.xs, c.means, marker="o" if len(pts) <= 25 else None, ms=3, color=f"C{i}", label=name)
+            ax.fill_between(c.xs, [p["ci_low"] for p in pts], [p["ci_high"] for p in pts], color=f"C{i}", alpha=0.2)
         else:
             ax.axhline(r["total"]["mean"], ls="--", lw=1, color=f"C{i}", label=name)
-    ax.set_xticks(range(max((len(r.get("per_step_return", [])) for r in results.values()), default=1)))
-    return _save(plt, fig, ax, out, "gradient steps of adaptation", "mean episode return", title)
-
-
-def success_curve(results: dict[str, dict], out: Path, title: str) -> Path:
-    """Meta-World: success rate (95% CI band) against the adaptation episodes seen."""
-    plt, fig, ax = _figure()
-    for i, (name, r) in enumerate(results.items()):
-        c = r["success_curve"]
-        xs, ys = c["episodes"], [p["mean"] for p in c["success"]]
-        ax.plot(xs, ys, marker="o", ms=3, color=f"C{i}", label=name)
-        ax.fill_between(xs, [p["ci_low"] for p in c["success"]], [p["ci_high"] for p in c["success"]],
-                        color=f"C{i}", alpha=0.2)
-    ax.set_ylim(-0.02, 1.02)
-    return _save(plt, fig, ax, out, "adaptation episodes seen", "success rate", title)
-
-
-def adaptation_curve(results: dict[str, dict], out: Path, title: str) -> Path:
-    """How fast each method adapts: the mean return of each episode of the trial, or, when a
-    trial is a single episode (bandits), the mean reward of each step; for results of the
-    inner-steps protocol (MAML), the return against gradient steps; for Meta-World, success
-    against adaptation episodes."""
-    if any("success_curve" in r for r in results.values()):
-        return success_curve(results, out, title)
-    if any("per_step_return" in r for r in results.values()):
-        return adaptation_steps_curve(results, out, title)
-    plt, fig, ax = _figure()
-    single = all(len(r["per_episode"]) == 1 for r in results.values())
-    for name, r in results.items():
-        ys = r["per_step"] if single else r["per_episode"]
-        ax.plot(range(1, len(ys) + 1), ys, marker="o" if len(ys) <= 25 else None, ms=3, label=name)
-    if single:
-        return _save(plt, fig, ax, out, "step (pull) within the trial", "mean reward", title)
-    return _save(plt, fig, ax, out, "episode within the trial", "mean episode return", title)
+    x_label, y_label = (axis.x, axis.y) if axis is not None else ("", next(iter(results.values()))["metric"])
+    if y_label == "query MSE":
+        ax.set_yscale("log")
+    if y_label == "success rate":
+        ax.set_ylim(-0.02, 1.02)
+    return _save(plt, fig, ax, out, x_label, y_label, title)

@@ -13,6 +13,7 @@ import torch
 from metarl.config import as_dict, build, load_toml, parse_sets
 from metarl.device import resolve_device
 from metarl.errors import UserError
+from metarl.protocols import FEWSHOT
 from metarl.registry import AGENTS, ENVS, lookup
 from metarl.rundir import load_checkpoint, open_existing
 
@@ -47,7 +48,7 @@ def resolve_config(agent: str, env: str, file: dict[str, dict] | None = None, se
     env_spec = lookup("env", ENVS, run["env"])
     agent_spec = lookup("agent", AGENTS, run["agent"])
     env_domain = getattr(env_spec, "domain", "rl")
-    if env_domain != ("fewshot" if agent_spec.protocol == "fewshot" else "rl"):
+    if env_domain != ("fewshot" if agent_spec.protocol is FEWSHOT else "rl"):
         kind = "a supervised few-shot" if env_domain == "fewshot" else "an RL"
         fits = "maml, meta-sgd, anil, reptile, pretrain, protonet, matching-net, relation-net, cnp" \
             if env_domain == "fewshot" else "rl2, maml-trpo, maml-ppo"
@@ -71,6 +72,7 @@ class LoadedRun:
     cfg: dict[str, Any]
     checkpoint: dict[str, Any]
     device: torch.device
+    which: str = "latest"  # which checkpoint: "latest" or "best"
 
     def eval_policy(self, seed: int):
         """The agent's evaluation policy (AgentSpec.load_eval_policy) of this checkpoint."""
@@ -86,4 +88,4 @@ def load_run(run_dir: str | Path, *, checkpoint: str = "latest", device: str | N
     saved = load_toml(path / "config.toml")
     cfg = resolve_config(saved["run"]["agent"], saved["run"]["env"], saved, sets=list(sets), device=device or "auto")
     dev = resolve_device(cfg["run"]["device"])
-    return LoadedRun(path, saved, cfg, load_checkpoint(path, map_location=dev, which=checkpoint), dev)
+    return LoadedRun(path, saved, cfg, load_checkpoint(path, map_location=dev, which=checkpoint), dev, checkpoint)

@@ -36,7 +36,9 @@ from dataclasses import dataclass
 import torch
 
 from metarl.batched_env import EnvSpec
+from metarl.eval_result import EPISODES_SEEN, Curve, result
 from metarl.evaluation import play_trial, task_scores
+from metarl.protocols import TRIAL, Protocol
 from metarl.seeding import make_generator
 from metarl.stats import mean_ci
 from metarl.tasks import Tasks, tasks_slice
@@ -72,18 +74,18 @@ def protocol_tasks(dist, goals_per_class: int, batch_tasks: int, split: str = "t
             for g0 in range(0, G, per_batch)]
 
 
-def evaluate_success(make_agent, protocol: str, env_spec: EnvSpec, env_cfg, goals_per_class: int, seed: int, device,
+def evaluate_success(make_agent, protocol: Protocol, env_spec: EnvSpec, env_cfg, goals_per_class: int, seed: int, device,
                      batch_tasks: int = 40, split: str = "test") -> SuccessEvaluation:
     """make_agent(env) -> the agent, called once with the first env: a TrialPolicy (protocol
-    "trial"), or an object with adapt_success(env, tasks, adapt_episodes, eval_episodes) ->
+    TRIAL), or an object with adapt_success(env, tasks, adapt_episodes, eval_episodes) ->
     {"curve" [N, 2], and per evaluation episode [N, E] "success", "first_success", "returns"}
-    whose env holds adapt_episodes sub-envs per task (protocol "inner-steps"). split "train" plays the
+    whose env holds adapt_episodes sub-envs per task (INNER_STEPS). split "train" plays the
     training classes' goals instead of the test classes'."""
     device = torch.device(device)
     dist = env_spec.make_distribution(env_cfg)
     A, E = env_cfg.adapt_episodes, env_cfg.eval_episodes
     env_gen = make_generator(seed, "eval-env", device)
-    rollouts = A if protocol != "trial" else 1  # MAML: one sub-env per adaptation episode
+    rollouts = A if protocol is not TRIAL else 1  # MAML: one sub-env per adaptation episode
     names, goals, success, first, returns, curves = [], [], [], [], [], []
     env, agent = None, None
     try:
@@ -94,7 +96,7 @@ def evaluate_success(make_agent, protocol: str, env_spec: EnvSpec, env_cfg, goal
                     env.close()
                 env = env_spec.make_env(env_cfg, n * rollouts, device, env_gen)
                 agent = agent or make_agent(env)
-            if protocol == "trial":
+            if protocol is TRIAL:
                 played = play_trial(agent, env, tasks, A + E)
                 curves.append(played["success"].cpu())
                 played = {k: played[k][:, A:] for k in ("success", "first_success", "returns")}
@@ -109,7 +111,7 @@ def evaluate_success(make_agent, protocol: str, env_spec: EnvSpec, env_cfg, goal
     finally:
         if env is not None:
             env.close()
-    points = list(range(A + E)) if protocol == "trial" else [0, A]
+    points = list(range(A + E)) if protocol is TRIAL else [0, A]
     return SuccessEvaluation(names, goals, torch.cat(success), torch.cat(first), torch.cat(returns), env_cfg.horizon,
                              points, torch.cat(curves))
 
@@ -152,20 +154,19 @@ def _by_class(names: list[str], x: torch.Tensor) -> dict:
 
 
 def summarize_success(ev: SuccessEvaluation) -> dict:
-    """-> "total" (mean success with 95% CI over tasks), per-class success, Meta-World's own
-    tally (mean over its groups, each a class in one evaluation round, with CI), evaluation
-    return, the success curve, and every task's success."""
+    """-> "total" (mean success with 95% CI over tasks), the success curve over adaptation
+    episodes seen, per-class success, Meta-World's own tally (mean over its groups, each a class
+    in one evaluation round, with CI), evaluation return, and every task's success."""
     groups, group_scores = metaworld_tally(ev)
     tally = {"total": mean_ci(group_scores), "per_class": _by_class(groups, group_scores),
              "group_size": tally_group_size(len(set(ev.names))), "groups": len(groups),
              "scores": task_scores(group_scores), "group_classes": groups}
-    return {"total": mean_ci(ev.success), "per_class": _by_class(ev.names, ev.success),
-            "metaworld_tally": tally, "return": mean_ci(ev.returns.mean(1)),
-            "scores": task_scores(ev.success),
-            "success_curve": {"episodes": ev.curve_episodes,
-                              "success": [mean_ci(ev.curve[:, k]) for k in range(ev.curve.shape[1])]},
-            "per_task": [{"class": n, "goal": g, "success": float(s)}
-                         for n, g, s in zip(ev.names, ev.goals, ev.success.tolist())]}
+    curve = Curve(EPISODES_SEEN, "success rate",
+                  [{"x": x, **mean_ci(ev.curve[:, k])} for k, x in enumerate(ev.curve_episodes)]).to_json()
+    return result("success rate", mean_ci(ev.success), curve, task_scores(ev.success),
+                  per_class=_by_class(ev.names, ev.success), metaworld_tally=tally, **{"return": mean_ci(ev.returns.mean(1))},
+                  per_task=[{"class": n, "goal": g, "success": float(s)}
+                            for n, g, s in zip(ev.names, ev.goals, ev.success.tolist())])
 
 
 MONITORED_FORM = "metaworld+"  # the agent form agent.eval_every plays where the agent has it (RL²)
@@ -181,7 +182,7 @@ def held_out_monitor(spec, env_spec: EnvSpec, env_cfg, agent_cfg, seed: int, dev
         ck = {"trainer": trainer_state}
         forms = spec.extra_eval(ck, env_spec, env_cfg, agent_cfg, device, seed) if spec.extra_eval else {}
         if MONITORED_FORM in forms:
-            make, protocol = forms[MONITORED_FORM], "trial"
+            make, protocol = forms[MONITORED_FORM], TRIAL
         else:
             agent = spec.load_eval_policy(ck, env_spec, env_cfg, agent_cfg, device, seed)
             make, protocol = (lambda env: agent), spec.protocol

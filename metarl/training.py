@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
+from metarl import protocols
 from metarl.errors import TrainingDiverged
 from metarl.rundir import BEST, RunDir
 
@@ -39,9 +40,10 @@ class AgentSpec:
 
     trainer_cls(env_spec, env_cfg, agent_cfg, seed, device) -> Trainer
     load_eval_policy(checkpoint, env_spec, env_cfg, agent_cfg, device, seed) -> the evaluated
-        object: a TrialPolicy for protocol "trial" (RL²: one trial per held-out task), or an
-        object with adaptation_returns(env, tasks, steps) -> [N, steps + 1] for protocol
-        "inner-steps" (MAML: return before and after each gradient step).
+        object: a TrialPolicy for protocol TRIAL (RL²: one trial per held-out task), or an
+        object with adaptation_returns(env, tasks, steps) -> [N, steps + 1] for INNER_STEPS
+        (MAML: return before and after each gradient step); a few-shot learner for FEWSHOT.
+    protocol: how `metarl eval` scores it (metarl.protocols; Meta-World envs impose METAWORLD).
     curve_keys: training metrics drawn in learning_curve.png.
     select_key: a training metric to keep the best iteration of (`metarl eval --checkpoint best`).
     extra_eval(checkpoint, env_spec, env_cfg, agent_cfg, device, seed) -> {label: make_policy(env)}:
@@ -51,7 +53,7 @@ class AgentSpec:
     config_cls: type
     trainer_cls: type
     load_eval_policy: Callable[..., Any]
-    protocol: str = "trial"
+    protocol: protocols.Protocol = protocols.TRIAL
     curve_keys: tuple[str, ...] = ("trial_return",)
     select_key: str | None = None  # training metric whose best iteration is kept as checkpoints/best.pt
     extra_eval: Callable[..., dict] | None = None

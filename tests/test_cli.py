@@ -227,8 +227,14 @@ def test_smoke_train_then_eval(cli, tmp_path, tiny, env):
     report = json.loads(out)
     assert report["tasks"] == 50 and "rl2" in report["results"] and "random" in report["results"]
     assert (run / "eval_adaptation.png").exists()
-    from metarl.evaluation import EVAL_SCHEMA, read_eval
+    from metarl.eval_result import EVAL_SCHEMA, read_eval
     assert read_eval(run / "eval.json") == report and report["schema"] == EVAL_SCHEMA
+    one_episode = env != "tabular-mdp"  # a bandit trial is one episode: its curve is per pull
+    for r in report["results"].values():
+        c = r["curve"]
+        assert c["x"] == ("step (pull) within the trial" if one_episode else "episode within the trial")
+        assert [p["x"] for p in c["points"]] == list(range(1, len(c["points"]) + 1)) and len(c["points"]) > 1
+        assert all(p["ci_low"] <= p["mean"] <= p["ci_high"] and p["n"] == 50 for p in c["points"])
     for r in report["results"].values():
         assert r["total"]["n"] == 50 and r["total"]["ci_low"] <= r["total"]["mean"] <= r["total"]["ci_high"]
 
@@ -305,9 +311,10 @@ def test_report_keeps_a_curve_in_step_order_and_ranks_methods():
     worst, after 1 the best here); methods are ranked by their headline figure, lower MSE first."""
     from metarl.app.report import report_table
     ci = {"ci_low": 0.0, "ci_high": 1.0, "std": 0.1, "n": 2}
-    curve = {str(k): {"mean": m, **ci} for k, m in ((0, 3.0), (1, 0.2), (5, 0.4), (10, 0.5))}
-    results = {"maml": {"total": curve["10"], "per_step": curve},
-               "cnp": {"total": {"mean": 0.1, **ci}, "per_step": {"0": {"mean": 0.1, **ci}}}}
+    points = [{"x": k, "mean": m, **ci} for k, m in ((0, 3.0), (1, 0.2), (5, 0.4), (10, 0.5))]
+    results = {"maml": {"total": points[-1], "curve": {"x": "inner gradient steps", "y": "query MSE", "points": points}},
+               "cnp": {"total": {"mean": 0.1, **ci},
+                       "curve": {"x": "inner gradient steps", "y": "query MSE", "points": [{"x": 0, "mean": 0.1, **ci}]}}}
     report = {"env": "sinusoid", "env_config": {}, "tasks": 2, "seed": 0, "agent": "maml", "env_steps": 10,
               "protocol": "fewshot", "metric": "query MSE", "results": results}
     names = [line.split()[0] + (" " + line.split()[1] if "(" in line else "")

@@ -88,7 +88,8 @@ def test_metaworld_style_per_task_table_and_heatmap(cli, tiny, tmp_path):
         succ = [float(i % 2) for i in range(6)] if name == "rl2" else [0.0] * 6
         res["scores"] = succ
         res["per_task"] = [{"class": "reach-v3", "goal": i, "success": s} for i, s in enumerate(succ)]
-        res["success_curve"] = {"episodes": [0, 1, 2], "success": [{"mean": 0.1 * k} for k in range(3)]}
+        res["curve"] = {"x": "adaptation episodes seen", "y": "success rate",
+                        "points": [{"x": k, "mean": 0.1 * k, "ci_low": 0.0, "ci_high": 0.3} for k in range(3)]}
         if name.startswith("rl2"):  # Meta-World's own tally: two groups of three goals
             res["metaworld_tally"] = {"scores": [1.0, 2 / 3] if name == "rl2" else [0.0, 1 / 3],
                                       "group_classes": ["reach-v3", "reach-v3"]}
@@ -149,7 +150,7 @@ def test_a_runs_other_forms_are_methods_of_their_own_over_all_its_seeds(tmp_path
 
 
 def test_an_eval_json_from_a_newer_metarl_is_refused_in_one_line(cli, tmp_path):
-    from metarl.evaluation import EVAL_SCHEMA
+    from metarl.eval_result import EVAL_SCHEMA
     runs = []
     for n in ("a", "b"):
         run = tmp_path / n

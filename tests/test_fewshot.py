@@ -283,8 +283,8 @@ def test_summary_counts_diverged_tasks_and_reports_the_median():
     from metarl.fewshot_eval import summarize_fewshot
     scores = {0: torch.tensor([1.0, 2.0, 3.0]), 10: torch.tensor([0.1, float("nan"), 0.3, float("inf")])}
     s = summarize_fewshot(scores, "regression")
-    assert s["per_step"]["0"]["diverged"] == 0 and s["per_step"]["0"]["median"] == 2.0
-    ten = s["per_step"]["10"]
+    zero, ten = s["curve"]["points"]
+    assert zero["x"] == 0 and zero["diverged"] == 0 and zero["median"] == 2.0 and ten["x"] == 10
     assert ten["diverged"] == 2 and ten["median"] == pytest.approx(0.1) and math.isnan(ten["mean"])
 
 
@@ -315,15 +315,16 @@ def test_every_learner_trains_and_evaluates(cli, tmp_path, agent, env):
     assert code == 0, err
     report = json.loads((run / "eval.json").read_text())
     res = report["results"][agent]
-    assert report["schema"] == 1 and res["total"]["n"] == 30
+    assert report["schema"] == 2 and res["total"]["n"] == 30
     regression = env != "glyphs"
-    assert res["metric"] == ("mse" if regression else "accuracy")
+    assert res["metric"] == report["metric"] == ("query MSE" if regression else "query accuracy")
+    steps = [p["x"] for p in res["curve"]["points"]]
     if agent in ("maml", "anil", "reptile") and not regression:
-        assert list(res["per_step"]) == ["0", "1", "2"]
+        assert steps == [0, 1, 2]
     elif agent in ("maml", "meta-sgd", "reptile", "pretrain"):
-        assert list(res["per_step"]) == ["0", "1", "5", "10"]
+        assert steps == [0, 1, 5, 10]
     else:
-        assert list(res["per_step"]) == ["0"]
+        assert steps == [0]
     assert (run / "eval_adaptation.png").stat().st_size > 1000
     if regression:
         assert (run / "eval_fits.png").stat().st_size > 1000

@@ -288,7 +288,9 @@ def test_smoke_train_and_eval_maml_on_navigation(cli, tmp_path, agent):
     for row in (f"{agent} (0 steps)", f"{agent} (1 step)", f"{agent} (3 steps)", "random"):
         assert row in out
     report = json.loads((rd / "eval.json").read_text())
-    assert len(report["results"][agent]["per_step_return"]) == 4
+    curve = report["results"][agent]["curve"]
+    assert curve["x"] == "gradient steps" and [p["x"] for p in curve["points"]] == [0, 1, 2, 3]
+    assert curve["points"][-1]["mean"] == report["results"][agent]["total"]["mean"]
     assert (rd / "eval_adaptation.png").stat().st_size > 1000
     # the MAML paper's protocol: evaluate the iteration with the best post-adaptation return
     # (the parameters that iteration started from, which earned its return: checkpoint "iteration" best_it)

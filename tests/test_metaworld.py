@@ -170,12 +170,13 @@ def test_smoke_train_on_ml1_logs_success(cli, tmp_path, agent):
     assert code == 0, err
     report = json.loads((rd / "eval.json").read_text())
     forms = {agent, "random"} | ({"rl2 (deterministic)", "rl2 (metaworld+)"} if agent == "rl2" else set())
-    assert report["schema"] == 1 and report["protocol"] == "metaworld" and report["tasks"] == 2
+    assert report["schema"] == 2 and report["protocol"] == "metaworld" and report["tasks"] == 2
     assert set(report["results"]) == forms
     mine = report["results"][agent]
     curve_points = 13 if agent == "rl2" else 2  # 10 adaptation + 3 evaluation episodes, or before / after
-    assert mine["success_curve"]["episodes"][:2] == [0, 1 if agent == "rl2" else 10]
-    assert len(mine["success_curve"]["success"]) == curve_points
+    assert mine["curve"]["x"] == "adaptation episodes seen" and mine["metric"] == "success rate"
+    assert [p["x"] for p in mine["curve"]["points"]][:2] == [0, 1 if agent == "rl2" else 10]
+    assert len(mine["curve"]["points"]) == curve_points
     assert [t["goal"] for t in mine["per_task"]] == [0, 1] and set(mine["per_class"]) == {"reach-v3"}
     assert 0 <= mine["total"]["mean"] <= 1 and (rd / "eval_adaptation.png").stat().st_size > 0
     tally = mine["metaworld_tally"]  # one group: ML1's single class, both goals

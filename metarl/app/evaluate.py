@@ -12,9 +12,10 @@ from metarl.run_config import TRAINING_ONLY, LoadedRun, load_run, setup_threads
 from metarl.app.report import which_tasks
 from metarl.config import parse_sets
 from metarl.errors import UserError
-from metarl.evaluation import (EVAL_SCHEMA, evaluate, evaluate_adaptation_steps, summarize, summarize_episodes,
-                               summarize_steps)
+from metarl.eval_result import EVAL_SCHEMA
+from metarl.evaluation import evaluate, evaluate_adaptation_steps, summarize, summarize_episodes, summarize_steps
 from metarl.plots import adaptation_curve
+from metarl.protocols import FEWSHOT, INNER_STEPS, METAWORLD, TRIAL, Protocol, protocol_of
 from metarl.registry import BASELINES, baselines_for, lookup
 
 
@@ -51,43 +52,56 @@ def evaluate_run(run_dir: str, *, tasks: int = 1000, baselines: str = "all", see
             raise UserError(f"--set {section}.{bad[0]}: metarl eval changes only evaluation options (agent.eval_*); "
                             f"the rest are fixed by training")
     run = load_run(run_dir, checkpoint=checkpoint, device=device, sets=sets)
-    path, saved, cfg, ck, dev = run.path, run.saved, run.cfg, run.checkpoint, run.device
-    setup_threads(dev)
-    names = choose_baselines(cfg["env_spec"], baselines)
-    env_spec, env_cfg = cfg["env_spec"], cfg["env"]
-    agent_name = saved["run"]["agent"]
-    spec = cfg["agent_spec"]
-    inner_steps = spec.protocol == "inner-steps"
-    if spec.protocol == "fewshot":
-        return _evaluate_fewshot_run(run, tasks, seed, checkpoint)
-    if "metaworld" in env_spec.families:  # success by Meta-World's protocol, every method alike
-        return _evaluate_success_run(run, names, tasks, seed, checkpoint, split)
-    if split != "test":
+    setup_threads(run.device)
+    protocol = protocol_of(run.cfg["agent_spec"], run.cfg["env_spec"])
+    if split != "test" and protocol is not METAWORLD:
         raise UserError(f"--split train is for Meta-World runs, whose training and test classes differ; "
-                        f"{saved['run']['env']!r} draws both splits from one distribution")
-    if inner_steps:  # MAML: return before and after each gradient step, baselines per episode
-        learner = run.eval_policy(seed)
-        steps = cfg["agent"].eval_steps
-        results = {agent_name: summarize_steps(
-            evaluate_adaptation_steps(learner, env_spec, env_cfg, tasks, seed, dev, steps))}
-        summary = summarize_episodes
-    else:
-        results = {agent_name: summarize(evaluate(lambda env: run.eval_policy(seed), env_spec, env_cfg, tasks,
-                                                  seed, dev))}
-        for label, make in _extra_policies(spec, ck, cfg, dev, seed).items():
-            results[f"{agent_name} ({label})"] = summarize(evaluate(make, env_spec, env_cfg, tasks, seed, dev))
-        summary = summarize
+                        f"{run.saved['run']['env']!r} draws both splits from one distribution")
+    names = choose_baselines(run.cfg["env_spec"], baselines)
+    return EVALUATE[protocol](run, names, tasks, seed, split, eval_sets)
+
+
+def _report(run: LoadedRun, protocol: Protocol, metric: str, tasks: int, seed: int, results: dict, **extra) -> dict:
+    """eval.json: what was evaluated, how, and every method's result (metarl.eval_result)."""
+    ck = run.checkpoint
+    return {"schema": EVAL_SCHEMA, "env": run.saved["run"]["env"], "env_config": run.saved["env"],
+            "agent": run.saved["run"]["agent"], "tasks": tasks, "seed": seed, "device": str(run.device),
+            "checkpoint": run.which, "checkpoint_iteration": ck["iteration"], "env_steps": ck["env_steps"],
+            "protocol": protocol.name, "metric": metric, **extra, "results": results}
+
+
+def _evaluate_trial_run(run: LoadedRun, names: list[str], tasks: int, seed: int, split: str, eval_sets: dict) -> dict:
+    """RL²-style agents, their other forms and the baselines: one trial per held-out task, total reward."""
+    cfg, dev = run.cfg, run.device
+    env_spec, env_cfg, agent = cfg["env_spec"], cfg["env"], run.saved["run"]["agent"]
+    results = {agent: summarize(evaluate(lambda env: run.eval_policy(seed), env_spec, env_cfg, tasks, seed, dev))}
+    for label, make in _extra_policies(cfg["agent_spec"], run.checkpoint, cfg, dev, seed).items():
+        results[f"{agent} ({label})"] = summarize(evaluate(make, env_spec, env_cfg, tasks, seed, dev))
     for name in names:
         cls = lookup("baseline", BASELINES, name)
-        results[name] = summary(evaluate(lambda env: cls(env, env_cfg, seed), env_spec, env_cfg, tasks, seed, dev))
-    report = {"schema": EVAL_SCHEMA, "env": saved["run"]["env"], "env_config": saved["env"], "agent": agent_name,
-              "tasks": tasks,
-              "seed": seed, "device": str(dev), "checkpoint_iteration": ck["iteration"], "env_steps": ck["env_steps"],
-              "checkpoint": checkpoint, "eval_options": {k: getattr(cfg["agent"], k) for k in eval_sets.get("agent", {})},
-              "protocol": spec.protocol, "metric": "mean episode return" if inner_steps else "mean total reward",
-              "results": results}
-    return _write_report(path, report)
+        results[name] = summarize(evaluate(lambda env: cls(env, env_cfg, seed), env_spec, env_cfg, tasks, seed, dev))
+    return _write_report(run.path, _report(run, TRIAL, TRIAL.metric, tasks, seed, results,
+                                           eval_options=_eval_options(cfg, eval_sets)))
 
+
+def _evaluate_steps_run(run: LoadedRun, names: list[str], tasks: int, seed: int, split: str, eval_sets: dict) -> dict:
+    """MAML: the episode return before and after each gradient step; baselines per episode."""
+    cfg, dev = run.cfg, run.device
+    env_spec, env_cfg = cfg["env_spec"], cfg["env"]
+    learner = run.eval_policy(seed)
+    results = {run.saved["run"]["agent"]: summarize_steps(
+        evaluate_adaptation_steps(learner, env_spec, env_cfg, tasks, seed, dev, cfg["agent"].eval_steps))}
+    for name in names:
+        cls = lookup("baseline", BASELINES, name)
+        results[name] = summarize_episodes(evaluate(lambda env: cls(env, env_cfg, seed), env_spec, env_cfg, tasks,
+                                                    seed, dev))
+    return _write_report(run.path, _report(run, INNER_STEPS, INNER_STEPS.metric, tasks, seed, results,
+                                           eval_options=_eval_options(cfg, eval_sets)))
+
+
+def _eval_options(cfg: dict, eval_sets: dict) -> dict:
+    """The agent.eval_* options given to `metarl eval`, as applied."""
+    return {k: getattr(cfg["agent"], k) for k in eval_sets.get("agent", {})}
 
 
 def _extra_policies(spec, ck: dict, cfg: dict, dev, seed: int) -> dict:
@@ -109,40 +123,37 @@ def _write_report(path: Path, report: dict, stem: str = "eval") -> dict:
 
 
 
-def _evaluate_success_run(run: LoadedRun, names: list[str], tasks: int, seed: int, checkpoint: str,
-                          split: str = "test") -> dict:
+def _evaluate_success_run(run: LoadedRun, names: list[str], tasks: int, seed: int, split: str,
+                          eval_sets: dict) -> dict:
     """Meta-World: the split's classes x goals (env.goals_per_class, fewer when --tasks asks for
     fewer), adaptation then evaluation episodes; success tallied per task (metarl.success_eval).
     Writes eval.json (test) or eval_train.json (train)."""
     from metarl.success_eval import evaluate_success, summarize_success
-    path, saved, cfg, ck, dev = run.path, run.saved, run.cfg, run.checkpoint, run.device
+    cfg, ck, dev = run.cfg, run.checkpoint, run.device
     env_spec, env_cfg, spec = cfg["env_spec"], cfg["env"], cfg["agent_spec"]
     classes = len(env_spec.make_distribution(env_cfg).names[split])
     goals = max(1, min(env_cfg.goals_per_class, tasks // classes))
-    agent = run.eval_policy(seed)
-    results = {saved["run"]["agent"]: summarize_success(
+    agent, name = run.eval_policy(seed), run.saved["run"]["agent"]
+    results = {name: summarize_success(
         evaluate_success(lambda env: agent, spec.protocol, env_spec, env_cfg, goals, seed, dev, split=split))}
     for label, make in _extra_policies(spec, ck, cfg, dev, seed).items():
-        results[f"{saved['run']['agent']} ({label})"] = summarize_success(
-            evaluate_success(make, "trial", env_spec, env_cfg, goals, seed, dev, split=split))
-    for name in names:
-        cls = lookup("baseline", BASELINES, name)
-        results[name] = summarize_success(evaluate_success(
-            lambda env, cls=cls: cls(env, env_cfg, seed), "trial", env_spec, env_cfg, goals, seed, dev, split=split))
-    report = {"schema": EVAL_SCHEMA, "env": saved["run"]["env"], "env_config": saved["env"],
-              "agent": saved["run"]["agent"], "split": split, "tasks": classes * goals, "goals_per_class": goals, "seed": seed, "device": str(dev),
-              "checkpoint": checkpoint, "checkpoint_iteration": ck["iteration"], "env_steps": ck["env_steps"],
-              "protocol": "metaworld",
-              "metric": "success rate", "results": results}
-    return _write_report(path, report, "eval" if split == "test" else "eval_train")
+        results[f"{name} ({label})"] = summarize_success(
+            evaluate_success(make, TRIAL, env_spec, env_cfg, goals, seed, dev, split=split))
+    for b in names:
+        cls = lookup("baseline", BASELINES, b)
+        results[b] = summarize_success(evaluate_success(
+            lambda env, cls=cls: cls(env, env_cfg, seed), TRIAL, env_spec, env_cfg, goals, seed, dev, split=split))
+    report = _report(run, METAWORLD, METAWORLD.metric, classes * goals, seed, results, split=split,
+                     goals_per_class=goals)
+    return _write_report(run.path, report, "eval" if split == "test" else "eval_train")
 
 
-
-def _evaluate_fewshot_run(run: LoadedRun, tasks: int, seed: int, checkpoint: str) -> dict:
+def _evaluate_fewshot_run(run: LoadedRun, names: list[str], tasks: int, seed: int, split: str,
+                          eval_sets: dict) -> dict:
     """Few-shot learners: query MSE (regression) or accuracy (classification) on held-out tasks
     after 0, 1, 5, 10 inner steps; CNP also against the number of context points."""
     from metarl import fewshot_eval as fe
-    path, saved, cfg, ck, dev = run.path, run.saved, run.cfg, run.checkpoint, run.device
+    path, saved, cfg, dev = run.path, run.saved, run.cfg, run.device
     env_spec, env_cfg, agent_cfg = cfg["env_spec"], cfg["env"], cfg["agent"]
     dist = env_spec.make_distribution(env_cfg)
     learner = run.eval_policy(seed)
@@ -154,18 +165,12 @@ def _evaluate_fewshot_run(run: LoadedRun, tasks: int, seed: int, checkpoint: str
         contexts = [c for c in (1, 2, 5, 10, 20, 50, 100) if c <= getattr(env_cfg, "context_max", 100)]
         result["per_context"] = fe.evaluate_context_sizes(learner, dist, tasks, seed, contexts, dev)
         fe.context_plot(result["per_context"], path / "eval_context.png", f"{name}: {title}")
-    report = {"schema": EVAL_SCHEMA, "env": saved["run"]["env"], "env_config": saved["env"], "agent": name,
-              "tasks": tasks, "seed": seed,
-              "device": str(dev), "checkpoint": checkpoint, "checkpoint_iteration": ck["iteration"],
-              "env_steps": ck["env_steps"], "protocol": "fewshot",
-              "metric": "query MSE" if dist.kind == "regression" else "query accuracy",
-              "results": {name: result}}
-    tmp = path / "eval.json.tmp"
-    tmp.write_text(json.dumps(report, indent=2))
-    os.replace(tmp, path / "eval.json")
-    fe.steps_plot(report["results"], path / "eval_adaptation.png", title)
+    report = _write_report(path, _report(run, FEWSHOT, result["metric"], tasks, seed, {name: result}))
     if dist.kind == "regression":
         fe.fits_plot(learner, dist, path / "eval_fits.png", f"{name}: {title}", seed,
                      fe.report_steps(agent_cfg.eval_steps), dev)
     return report
 
+
+EVALUATE = {TRIAL: _evaluate_trial_run, INNER_STEPS: _evaluate_steps_run, METAWORLD: _evaluate_success_run,
+            FEWSHOT: _evaluate_fewshot_run}  # protocol -> fn(run, baselines, tasks, seed, split, eval_sets)

@@ -2,7 +2,9 @@
 step), Meta-World's two tallies and its per-class table."""
 from __future__ import annotations
 
+from metarl.eval_result import GRADIENT_STEPS, INNER_STEPS, curve_of
 from metarl.evaluation import format_table
+from metarl.protocols import METAWORLD, progress_unit
 
 
 def which_tasks(report: dict) -> str:
@@ -12,18 +14,16 @@ def which_tasks(report: dict) -> str:
 
 
 def table_rows(report: dict) -> dict[str, dict]:
-    """One row per method, methods ranked best first by their headline figure; an agent with a
-    curve (return or few-shot metric per number of gradient steps) gets one row per point, in
+    """One row per method, methods ranked best first by their headline figure; a method whose
+    curve counts gradient steps (MAML's return, a few-shot metric) gets one row per point, in
     step order, named like the MAML paper's table ("maml-trpo (1 step)")."""
     sign = 1 if report.get("metric") == "query MSE" else -1
     rows = {}
     for name, r in sorted(report["results"].items(), key=lambda kv: sign * kv[1]["total"]["mean"]):
-        if isinstance(r.get("per_step"), dict) and len(r["per_step"]) > 1:  # few-shot
-            for k, c in sorted(r["per_step"].items(), key=lambda kc: int(kc[0])):
-                rows[f"{name} ({k} step{'' if k == '1' else 's'})"] = {"total": c}
-        elif "per_step_return" in r:
-            for k, c in enumerate(r["per_step_return"]):
-                rows[f"{name} ({k} step{'' if k == 1 else 's'})"] = {"total": c}
+        c = curve_of(r)
+        if c is not None and c.x in (GRADIENT_STEPS, INNER_STEPS) and len(c.points) > 1:
+            for p in c.points:
+                rows[f"{name} ({p['x']} step{'' if p['x'] == 1 else 's'})"] = {"total": p}
         else:
             rows[name] = {"total": r["total"]}
     return rows
@@ -36,7 +36,7 @@ def report_table(report: dict) -> str:
         if r["total"].get("diverged"):
             text += (f"\n{name}: {r['total']['diverged']} of {r['total']['n']} tasks diverged (score not finite); "
                      f"median over the rest {r['total']['median']:.3f}")
-    if report.get("protocol") == "metaworld":
+    if report.get("protocol") == METAWORLD.name:
         text += "".join("\n\n" + t for t in (tally_table(report["results"]), per_class_table(report["results"])) if t)
     return text
 
@@ -76,5 +76,5 @@ def eval_title(report: dict) -> str:
     envc = ", ".join(f"{k}={v}" for k, v in report["env_config"].items())
     return (f"{report['env']} ({envc}): {report['tasks']} {which_tasks(report)} tasks, seed {report['seed']}, "
             f"{report['agent']} after {report['env_steps']:,} "
-            f"{'meta-iterations' if report.get('protocol') == 'fewshot' else 'env steps'}")
+            f"{progress_unit(report)}")
 

@@ -54,7 +54,7 @@ def train(agent: str, env: str, *, config_file: str | None = None, sets: list[st
     if metrics:
         learning_curve(metrics, path / "learning_curve.png", f"{cfg['run']['agent']} on {cfg['run']['env']}",
                        keys=cfg["agent_spec"].curve_keys,
-                       xlabel="meta-iterations" if cfg["agent_spec"].protocol == "fewshot" else "env steps")
+                       xlabel=cfg["agent_spec"].protocol.progress)
     return path
 
 
