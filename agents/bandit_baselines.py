@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from metarl.batched_env import BatchedEnv
+from metarl.rl.batched_env import BatchedEnv
 from metarl.seeding import make_generator
 
 PRIOR_MEAN, PRIOR_VAR = 0.5, 1.0 / 12.0

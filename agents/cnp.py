@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from metarl.config import option
 from metarl.errors import UserError
-from metarl.fewshot import Batch, FewShotConfig, FewShotLearner, load_learner, make_trainer_cls
+from metarl.fewshot.core import Batch, FewShotConfig, FewShotLearner, load_learner, make_trainer_cls
 from metarl.protocols import FEWSHOT
 from metarl.training import AgentSpec
 

@@ -22,19 +22,19 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.func import functional_call, vmap
 
-from metarl.batched_env import BatchedEnv, EnvSpec
+from metarl.rl.batched_env import BatchedEnv, EnvSpec
 from metarl.config import option
-from metarl.distributions import box_bounds, make_head, unit_to_bounds
-from metarl.episodes import discounted_returns, gae
+from metarl.rl.distributions import box_bounds, make_head, unit_to_bounds
+from metarl.rl.episodes import discounted_returns, gae
 from metarl.errors import UserError
-from metarl.evaluation import first_success
+from metarl.eval.trials import first_success
 from metarl.functional import Params, adapt, adapt_batch, params_of
-from metarl.linear_baseline import fit_predict
+from metarl.rl.linear_baseline import fit_predict
 from metarl.protocols import INNER_STEPS
 from metarl.seeding import make_generator
 from metarl.tasks import Tasks, split_generator
 from metarl.training import AgentSpec
-from metarl.trpo import gauss_newton_hvp, trpo_step
+from metarl.rl.trpo import gauss_newton_hvp, trpo_step
 
 LINE_SEARCH_PIECES = 5  # meta-batch pieces a line-search trial evaluates in turn (see trpo.line_search)
 
@@ -225,7 +225,7 @@ class MAMLLearner:
 
 
 class MLPRows:
-    """The MAML policy as a RowPolicy (metarl.batched_env): the network, its parameters (shared
+    """The MAML policy as a RowPolicy (metarl.rl.batched_env): the network, its parameters (shared
     {name: [...]} or per task {name: [N, ...]}, task n acting for sub-envs n * R .. n * R + R - 1)
     and the sampling noise noise [H, B, ...] drawn ahead. `first` is the sub-env offset of row 0
     within its task's block, for a slice that starts mid-task. A slice (rows(), what a

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from metarl.batched_env import BatchedEnv
+from metarl.rl.batched_env import BatchedEnv
 from metarl.seeding import make_generator
 
 

@@ -13,17 +13,17 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from metarl.batched_env import EnvSpec
+from metarl.rl.batched_env import EnvSpec
 from metarl.config import option
-from metarl.distributions import make_head
-from metarl.episodes import EpisodeBatch, discounted_returns, gae
+from metarl.rl.distributions import make_head
+from metarl.rl.episodes import EpisodeBatch, discounted_returns, gae
 from metarl.errors import UserError
-from metarl.linear_baseline import fit_predict
-from metarl.ppo import RunningMeanStd, ppo_loss
+from metarl.rl.linear_baseline import fit_predict
+from metarl.rl.ppo import RunningMeanStd, ppo_loss
 from metarl.seeding import make_generator
 from metarl.tasks import split_generator
 from metarl.training import AgentSpec
-from metarl.trial import (RL2History, RL2Input, TrialEnv, burn_in_mask, chunk_starts, collect_trial, rl2_input_dim,
+from metarl.rl.trial import (RL2History, RL2Input, TrialEnv, burn_in_mask, chunk_starts, collect_trial, rl2_input_dim,
                           run_trial)
 
 
@@ -174,7 +174,7 @@ class RolloutPolicy:
 
 
 class GRURows:
-    """The RL² policy as a RowPolicy (metarl.batched_env), for a trial run inside simulation
+    """The RL² policy as a RowPolicy (metarl.rl.batched_env), for a trial run inside simulation
     workers: the policy GRU and head, the trial's sampling noise [T, B(, A)] drawn ahead, and for
     its rows the hidden state and the trial's RL2History, from which it builds the RL² input
     each step as TrialEnv does (the critic is not needed to act)."""
@@ -443,7 +443,7 @@ def _network(input_dim: int, action_space, cfg: RL2Config, generator: torch.Gene
 def linear_baseline_values(x: torch.Tensor, rewards: torch.Tensor, gamma: float) -> torch.Tensor:
     """Values [T, B] of Meta-World+'s RL² baseline: per trial (task), a least-squares fit of the
     discounted return over the whole trial (episode boundaries crossed, as the GRU sees it) on
-    features of the RL² inputs x [T, B, D] and the step (metarl.linear_baseline), in float64 (t³
+    features of the RL² inputs x [T, B, D] and the step (metarl.rl.linear_baseline), in float64 (t³
     reaches 1e5 on a 5,000-step trial), evaluated on the same trial."""
     ret = discounted_returns(rewards, torch.zeros_like(rewards, dtype=torch.bool), gamma)
     v = fit_predict(x.transpose(0, 1).unsqueeze(2).double(), ret.T.unsqueeze(2).double())  # [B, T, 1]

@@ -15,7 +15,7 @@ import torch
 from metarl.errors import UserError
 
 from metarl.agents.sb3_baselines import _sb3, quiet_logger, to_env_actions, unit_box
-from metarl.distributions import box_bounds, unit_to_bounds
+from metarl.rl.distributions import box_bounds, unit_to_bounds
 
 
 class _Spaces(gym.Env):

@@ -4,7 +4,7 @@ A Gymnasium episode is one trial: a task is drawn from the distribution at every
 (or fixed with `options={"task": {...}}`), and the trial runs `episodes_per_trial` inner
 episodes; `info["episode_end"]` marks the end of each inner episode.
 
-With `rl2_inputs=True` the observation is what an RL² agent sees (metarl.trial.RL2Input):
+With `rl2_inputs=True` the observation is what an RL² agent sees (metarl.rl.trial.RL2Input):
 [obs, previous action (one-hot when discrete), previous reward, previous done, t / trial
 length], so an off-the-shelf recurrent agent (sb3-contrib's RecurrentPPO) can learn to adapt
 within a trial: `gym.make("metarl/BernoulliBandit-v0", k=5, n=100, rl2_inputs=True)`.
@@ -17,7 +17,7 @@ import torch
 
 from metarl.config import build
 from metarl.registry import ENVS, lookup
-from metarl.trial import RL2History, RL2Input
+from metarl.rl.trial import RL2History, RL2Input
 
 GYM_IDS = {"metarl/BernoulliBandit-v0": "bandit", "metarl/GaussianBandit-v0": "gaussian-bandit",
            "metarl/TabularMDP-v0": "tabular-mdp", "metarl/Navigation2D-v0": "navigation-2d"}

@@ -24,7 +24,7 @@ import torch
 from metarl.cache import cache_root, save_atomic
 from metarl.config import option
 from metarl.errors import UserError
-from metarl.fewshot import FEWSHOT_SPLITS, Batch, FewShotDistribution, FewShotSpec
+from metarl.fewshot.core import FEWSHOT_SPLITS, Batch, FewShotDistribution, FewShotSpec
 
 from metarl.envs.glyphs import load_glyphs
 

@@ -1,5 +1,5 @@
 """Meta-World ML1 / ML10 / ML25 / ML45 (metaworld 3.x, v3 envs) as metarl task distributions,
-stepped in worker processes by metarl.parallel.ParallelEnv.
+stepped in worker processes by metarl.sim.parallel.ParallelEnv.
 
 A task is one (class, goal) pair of a benchmark split: {"split": [n], "cls": [n], "goal": [n]}
 (long tensors; cls indexes the split's class list, goal that class's goal list). A meta-batch
@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from metarl.batched_env import EnvSpec
+from metarl.rl.batched_env import EnvSpec
 from metarl.config import option
 from metarl.errors import UserError
 from metarl.cache import cache_root
@@ -240,7 +240,7 @@ def step_cost(task) -> float:
 
 def make_env(benchmark: str, cfg: MetaWorldConfig, num_envs: int, device, generator):
     require_metaworld()
-    from metarl.parallel import ParallelEnv
+    from metarl.sim.parallel import ParallelEnv
     dist = make_distribution(benchmark, cfg)
     obs_space, act_space = spaces()
     # chunk=num_envs: each worker acts on its whole block at once (a 2x512 policy reads ~1 MB of

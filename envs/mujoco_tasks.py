@@ -1,5 +1,5 @@
 """Goal-conditioned MuJoCo task families of the MAML paper on gymnasium's v5 envs, stepped in
-worker processes by metarl.parallel.ParallelEnv (each sub-env has its own task).
+worker processes by metarl.sim.parallel.ParallelEnv (each sub-env has its own task).
 
     halfcheetah-vel  target velocity ~ U[0, 2];  r = -|v_x - v*| - 0.05 |a|^2
     halfcheetah-dir  direction +1 or -1;         r = d v_x - 0.05 |a|^2
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from metarl.batched_env import EnvSpec
+from metarl.rl.batched_env import EnvSpec
 from metarl.config import option
 from metarl.errors import UserError
 from metarl.tasks import TaskDistribution, Tasks
@@ -105,7 +105,7 @@ class GoalDistribution(TaskDistribution):
 def make_env(robot: str, task: str, cfg: MujocoTaskConfig, num_envs: int, device, generator):
     _require_mujoco()
     import gymnasium as gym
-    from metarl.parallel import ParallelEnv
+    from metarl.sim.parallel import ParallelEnv
     probe = gym.make(GYM_IDS[robot], **GYM_KWARGS[robot])
     # float32 spaces: the batched tensors are float32
     obs_space = gym.spaces.Box(probe.observation_space.low.astype(np.float32),

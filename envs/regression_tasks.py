@@ -4,7 +4,7 @@ sinusoid (MAML paper, Finn et al. 2017, section 5.1): y = A sin(x - phi), A ~ U[
     phi ~ U[0, pi], x ~ U[-5, 5]; K support points (shots) and Q query points per task.
 gp-regression (CNP paper, Garnelo et al. 2018): functions drawn from a GP prior with a
     squared-exponential kernel, k(x, x') = sigma_f^2 exp(-(x - x')^2 / (2 l^2)), x ~ U[-2, 2].
-Task batches follow metarl.fewshot: xs [N, K, 1], ys [N, K, 1], xq [N, Q, 1], yq [N, Q, 1].
+Task batches follow metarl.fewshot.core: xs [N, K, 1], ys [N, K, 1], xq [N, Q, 1], yq [N, Q, 1].
 With grid=True the query inputs are an evenly spaced grid over the input range (for plots).
 """
 from __future__ import annotations
@@ -16,7 +16,7 @@ import torch
 
 from metarl.config import option
 from metarl.errors import UserError
-from metarl.fewshot import FEWSHOT_SPLITS, Batch, FewShotDistribution, FewShotSpec
+from metarl.fewshot.core import FEWSHOT_SPLITS, Batch, FewShotDistribution, FewShotSpec
 
 
 def _check_split(split: str) -> None:
@@ -57,7 +57,7 @@ class SinusoidDistribution(FewShotDistribution):
 
     def sample(self, n: int, generator: torch.Generator, split: str = "train", *, shots: int | None = None,
                query: int | None = None, grid: bool = False) -> Batch:
-        """Parametric family: the split is the generator stream (metarl.fewshot.task_generator)."""
+        """Parametric family: the split is the generator stream (metarl.fewshot.core.task_generator)."""
         _check_split(split)
         c, dev = self.cfg, generator.device
         k, q = shots or c.shots, query or c.query

@@ -12,7 +12,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from metarl.batched_env import BatchedEnv, EnvSpec
+from metarl.rl.batched_env import BatchedEnv, EnvSpec
 from metarl.config import option
 from metarl.tasks import TaskDistribution, Tasks
 

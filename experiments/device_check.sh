@@ -20,7 +20,7 @@ if ls .whl/*.whl >/dev/null 2>&1; then
 fi
 # The package without its dependencies (they are on the machine or in /tmp/site).
 python3 -m pip install -q --no-index --no-deps --no-build-isolation -e . >>"$LOG" 2>&1 || echo "pip install -e . failed" >>"$SUMMARY"
-M="python3 -m metarl.cli"
+M="python3 -m metarl.app.cli"
 
 step() {  # step NAME TIMEOUT_S CMD...   (ONLY="a b" runs just the steps named)
   local name=$1 limit=$2; shift 2

@@ -13,7 +13,7 @@ import json
 import re
 from pathlib import Path
 
-from metarl.eval_result import GRADIENT_STEPS, INNER_STEPS, curve_of, upgrade_report
+from metarl.eval.result import GRADIENT_STEPS, INNER_STEPS, curve_of, upgrade_report
 
 STEP = re.compile(r"^=== (\w+): (.*)$", re.M)
 

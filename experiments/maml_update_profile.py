@@ -24,7 +24,7 @@ def main(argv=None) -> int:
     import torch
 
     import metarl.agents.maml as maml
-    import metarl.trpo as trpo
+    import metarl.rl.trpo as trpo
     from metarl.config import load_toml
     from metarl.run_config import resolve_config, setup_threads
 

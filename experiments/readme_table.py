@@ -10,8 +10,8 @@ import json
 import re
 from pathlib import Path
 
-from metarl.eval_result import curve_of, upgrade_result
-from metarl.evaluation import REFERENCES, best_baseline
+from metarl.eval.result import curve_of, upgrade_result
+from metarl.eval.trials import REFERENCES, best_baseline
 
 ROOT = Path(__file__).resolve().parent.parent
 START, END = "<!-- results:start -->", "<!-- results:end -->"

@@ -40,12 +40,12 @@ import torch
 
 from metarl.config import tomllib
 from metarl.errors import UserError
-from metarl.evaluation import best_baseline, is_agent_form
-from metarl.plots import SUCCESS_KEYS, adaptation_curve, learning_curve
+from metarl.eval.trials import best_baseline, is_agent_form
+from metarl.eval.plots import SUCCESS_KEYS, adaptation_curve, learning_curve
 from metarl.protocols import FEWSHOT
 from metarl.registry import AGENTS, lookup
 from metarl.rundir import read_jsonl
-from metarl.stats import paired_diff_ci
+from metarl.eval.stats import paired_diff_ci
 from metarl.training import Interrupted
 from metarl.run_config import TRAINING_ONLY
 from metarl.app.evaluate import evaluate_run
@@ -243,7 +243,7 @@ def seed_records(records: Path, name: str) -> list[Path]:
 def compare_seeds(records: list[Path], out_dir: Path) -> None:
     """`metarl compare` over the recorded seeds into out_dir (replaced); a failure is reported, not
     raised: the results file is already written."""
-    from metarl.compare import compare
+    from metarl.eval.compare import compare
     try:
         summary = compare([os.path.relpath(p) for p in records], os.path.relpath(out_dir), overwrite=True)
     except UserError as e:

@@ -103,22 +103,22 @@ BASELINES: dict[str, Entry] = {
 }
 
 BENCHES: dict[str, Entry] = {
-    "bandit": Entry("metarl.bench:bench_bandit",
+    "bandit": Entry("metarl.app.bench:bench_bandit",
                     "bandit env steps/s alone and in RL² rollouts (4096 parallel tasks)"),
-    "inner-loop": Entry("metarl.bench:bench_inner_loop",
+    "inner-loop": Entry("metarl.app.bench:bench_inner_loop",
                         "MAML inner step for 40 tasks: vmapped functional loop vs a per-task autograd loop"),
-    "mujoco": Entry("metarl.bench:bench_mujoco",
+    "mujoco": Entry("metarl.app.bench:bench_mujoco",
                     "MuJoCo steps/s: one env alone vs one worker per core with the policy in the loop"),
-    "mujoco-paper": Entry("metarl.bench:bench_mujoco_paper",
+    "mujoco-paper": Entry("metarl.app.bench:bench_mujoco_paper",
                           "the mujoco bench at the MAML paper's HalfCheetah scale: 800 sub-envs (40 tasks x 20 rollouts)"),
-    "metaworld": Entry("metarl.bench:bench_metaworld",
+    "metaworld": Entry("metarl.app.bench:bench_metaworld",
                        "Meta-World ML10 steps/s: one env alone, metarl's workers and Meta-World's async vector env, "
                        "policy in the loop"),
-    "metaworld-maml": Entry("metarl.bench:bench_metaworld_maml",
+    "metaworld-maml": Entry("metarl.app.bench:bench_metaworld_maml",
                             "the metaworld bench at the MAML ML10 config's scale: 200 sub-envs, 500-step episodes"),
-    "compare": Entry("metarl.bench:bench_compare",
+    "compare": Entry("metarl.app.bench:bench_compare",
                      "seconds metarl compare takes for a report over 10 runs (1000 and 10,000 held-out tasks each)"),
-    "maml-sinusoid": Entry("metarl.bench:bench_maml_sinusoid",
+    "maml-sinusoid": Entry("metarl.app.bench:bench_maml_sinusoid",
                            "MAML meta-iterations/s on sinusoid (meta-batch 25, K=10, second order): functional "
                            "inner loop vs a per-task autograd loop"),
 }

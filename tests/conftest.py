@@ -14,7 +14,7 @@ TINY = ["--set", "agent.num_envs=16", "--set", "agent.hidden_size=16", "--set", 
 @pytest.fixture
 def cli():
     """Run `metarl ARGS` in-process; returns (exit code, stdout, stderr)."""
-    from metarl.cli import main
+    from metarl.app.cli import main
 
     def run(*args):
         out, err = io.StringIO(), io.StringIO()

@@ -5,7 +5,7 @@ from metarl.agents.bandit_baselines import UCB1, Greedy
 from metarl.agents.gittins import GittinsPolicy, gittins_table
 from metarl.agents.mdp_baselines import PSRL, CertaintyEquivalent, plan
 from metarl.config import build
-from metarl.evaluation import evaluate
+from metarl.eval.trials import evaluate
 from metarl.registry import BASELINES, ENVS, load, lookup
 
 

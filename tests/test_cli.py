@@ -227,7 +227,7 @@ def test_smoke_train_then_eval(cli, tmp_path, tiny, env):
     report = json.loads(out)
     assert report["tasks"] == 50 and "rl2" in report["results"] and "random" in report["results"]
     assert (run / "eval_adaptation.png").exists()
-    from metarl.eval_result import EVAL_SCHEMA, read_eval
+    from metarl.eval.result import EVAL_SCHEMA, read_eval
     assert read_eval(run / "eval.json") == report and report["schema"] == EVAL_SCHEMA
     one_episode = env != "tabular-mdp"  # a bandit trial is one episode: its curve is per pull
     for r in report["results"].values():
@@ -265,7 +265,7 @@ def test_bench_json_has_stable_keys(cli):
 
 
 def test_console_script_exit_code():
-    p = subprocess.run([sys.executable, "-m", "metarl.cli", "train", "rl2", "--env", "nope"],
+    p = subprocess.run([sys.executable, "-m", "metarl.app.cli", "train", "rl2", "--env", "nope"],
                        capture_output=True, text=True)
     _one_line_error(p.returncode, p.stderr, "unknown env 'nope'")
 

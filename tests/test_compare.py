@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from metarl.compare import interval_estimates, per_task_improvement, probability_of_improvement
+from metarl.eval.compare import interval_estimates, per_task_improvement, probability_of_improvement
 
 rliable_metrics = pytest.importorskip("rliable.metrics")
 
@@ -136,7 +136,7 @@ def test_mismatched_tasks_or_budgets_are_refused(cli, tiny, tmp_path):
 def test_a_runs_other_forms_are_methods_of_their_own_over_all_its_seeds(tmp_path):
     """multitask-ppo reports "multitask-ppo (zero-shot)" beside itself: every seed's zero-shot scores
     form one method, not a baseline taken from the first run only."""
-    from metarl.compare import Run, gather_scores
+    from metarl.eval.compare import Run, gather_scores
 
     def run(agent, seed, extra):
         res = {agent: {"scores": [seed, seed + 1.0]}, "random": {"scores": [0.0, 0.5]}}
@@ -150,7 +150,7 @@ def test_a_runs_other_forms_are_methods_of_their_own_over_all_its_seeds(tmp_path
 
 
 def test_an_eval_json_from_a_newer_metarl_is_refused_in_one_line(cli, tmp_path):
-    from metarl.eval_result import EVAL_SCHEMA
+    from metarl.eval.result import EVAL_SCHEMA
     runs = []
     for n in ("a", "b"):
         run = tmp_path / n

@@ -1,6 +1,6 @@
 import torch
 
-from metarl.episodes import discounted_returns, gae
+from metarl.rl.episodes import discounted_returns, gae
 
 
 def test_discounted_returns_hand_computed():

@@ -1,4 +1,4 @@
-"""eval.json's method-result contract (metarl.eval_result): one curve per result, schema-1 files
+"""eval.json's method-result contract (metarl.eval.result): one curve per result, schema-1 files
 read in the current form."""
 import json
 from pathlib import Path
@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from metarl.eval_result import (EPISODES_IN_TRIAL, EPISODES_SEEN, EVAL_SCHEMA, GRADIENT_STEPS, INNER_STEPS,
+from metarl.eval.result import (EPISODES_IN_TRIAL, EPISODES_SEEN, EVAL_SCHEMA, GRADIENT_STEPS, INNER_STEPS,
                                 STEPS_IN_TRIAL, curve_of, read_eval, upgrade_report)
-from metarl.evaluation import Evaluation, summarize, summarize_steps
+from metarl.eval.trials import Evaluation, summarize, summarize_steps
 
 ROOT = Path(__file__).resolve().parent.parent
 CI = {"ci_low": 0.0, "ci_high": 1.0, "std": 0.5, "n": 4}

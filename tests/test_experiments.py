@@ -154,8 +154,8 @@ def test_paired_difference_and_best_baseline():
     so the paired CI is far narrower than either mean's."""
     import torch
 
-    from metarl.evaluation import best_baseline
-    from metarl.stats import mean_ci, paired_diff_ci
+    from metarl.eval.trials import best_baseline
+    from metarl.eval.stats import mean_ci, paired_diff_ci
     res = {"rl2": {"mean": 70.0}, "rl2 (deterministic)": {"mean": 90.0}, "random": {"mean": 95.0},
            "gittins": {"mean": 99.0}, "greedy": {"total": {"mean": 79.0}}, "ucb1": {"mean": 60.0}}
     assert best_baseline(res, "rl2") == "greedy"

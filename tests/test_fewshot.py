@@ -12,7 +12,7 @@ from metarl.config import build
 from metarl.envs.glyphs import generate_glyphs, load_glyphs
 from metarl.envs.image_tasks import GlyphConfig, OmniglotConfig, make_glyphs, make_omniglot
 from metarl.envs.regression_tasks import GPConfig, GPDistribution, SinusoidConfig, SinusoidDistribution
-from metarl.fewshot import task_generator
+from metarl.fewshot.core import task_generator
 from metarl.functional import adapt_batch, params_of
 
 
@@ -280,7 +280,7 @@ def test_regression_mlp_uses_the_reference_init_unless_asked_for_torch_default()
 
 
 def test_summary_counts_diverged_tasks_and_reports_the_median():
-    from metarl.fewshot_eval import summarize_fewshot
+    from metarl.fewshot.evaluation import summarize_fewshot
     scores = {0: torch.tensor([1.0, 2.0, 3.0]), 10: torch.tensor([0.1, float("nan"), 0.3, float("inf")])}
     s = summarize_fewshot(scores, "regression")
     zero, ten = s["curve"]["points"]

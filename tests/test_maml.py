@@ -5,11 +5,11 @@ import torch
 
 from metarl.agents.maml import MAMLConfig, MAMLLearner, repeat_tasks
 from metarl.config import build
-from metarl.distributions import Categorical
+from metarl.rl.distributions import Categorical
 from metarl.envs.navigation import NavigationConfig, NavigationEnv
 from metarl.functional import params_of
-from metarl.linear_baseline import fit_predict
-from metarl.trpo import conjugate_gradient, flat, trpo_step
+from metarl.rl.linear_baseline import fit_predict
+from metarl.rl.trpo import conjugate_gradient, flat, trpo_step
 
 
 def test_conjugate_gradient_solves_spd_system():
@@ -47,7 +47,7 @@ def test_trpo_step_respects_kl_bound_and_improves_surrogate():
 def test_line_search_in_pieces_decides_as_the_whole_and_stops_kl_bound_trials_early():
     """Pieces summing to the closure: the same accepted step, loss and KL, while each trial whose
     KL sum passes the bound stops at that piece."""
-    from metarl.trpo import line_search
+    from metarl.rl.trpo import line_search
     x = torch.nn.Parameter(torch.zeros(4))
     weights = torch.tensor([0.4, 0.3, 0.2, 0.1])
     calls = []
@@ -361,7 +361,7 @@ def _tiny_trainer(**agent):
 def test_gauss_newton_hvp_equals_double_backward_through_the_inner_step():
     """At the sampling parameters the outer KL is at its minimum, so J^T F J is its exact Hessian,
     second derivatives of the inner step included: equal to double backward, vector by vector."""
-    from metarl.trpo import gauss_newton_hvp, kl_hvp
+    from metarl.rl.trpo import gauss_newton_hvp, kl_hvp
     tr = _tiny_trainer()
     pre, post = tr._sample()
     params = list(tr.net.parameters())
@@ -390,7 +390,7 @@ def test_trpo_outer_step_with_gauss_newton_curvature_equals_the_double_backward_
     meta-parameters where the textbook step (double backward, one more product) moves them. In
     float64: ten CG iterations on a damping of 1e-5 amplify float32 rounding (either way) to a
     few percent of the direction."""
-    from metarl.trpo import trpo_step
+    from metarl.rl.trpo import trpo_step
     a, b = _tiny_trainer(), _tiny_trainer()
     pre, post = a._sample()
     stats = a._trpo(pre, post, 0)

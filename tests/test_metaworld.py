@@ -61,7 +61,7 @@ def test_official_evaluation_set_enumerates_classes_by_goals():
 
 
 def test_protocol_tasks_play_the_training_classes_on_split_train():
-    from metarl.success_eval import protocol_tasks
+    from metarl.eval.success import protocol_tasks
     d = fake_distribution(10)
     train = protocol_tasks(d, 3, batch_tasks=40, split="train")  # 10 classes x 3 goals in one batch
     assert len(train) == 1 and (train[0]["split"] == 0).all() and train[0]["cls"].tolist() == [
@@ -316,7 +316,7 @@ def test_metaworld_resume_equals_uninterrupted(cli, tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_metaworld_bench_reports_stable_keys():
-    from metarl.bench import bench_metaworld
+    from metarl.app.bench import bench_metaworld
     f = bench_metaworld(torch.device("cpu"), benchmark="ML1", envs_per_worker=2, steps=10, workers=2)["figures"]
     assert {"single_env_steps_per_s", "parallel_steps_per_s", "independent_steps_per_s", "efficiency",
             "metaworld_async_steps_per_s", "speedup_vs_metaworld_async", "worker_busy_fraction"} <= set(f)

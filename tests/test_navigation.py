@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from metarl.config import build
-from metarl.distributions import Categorical, DiagGaussian, GaussianHead, make_head
+from metarl.rl.distributions import Categorical, DiagGaussian, GaussianHead, make_head
 from metarl.envs.navigation import GoalDistribution, NavigationConfig, NavigationEnv
 
 

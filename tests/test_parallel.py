@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from metarl.errors import UserError
-from metarl.parallel import ParallelEnv, WorkerError
+from metarl.sim.parallel import ParallelEnv, WorkerError
 
 OBS = gym.spaces.Box(-np.inf, np.inf, (2,), np.float32)
 ACT = gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
@@ -202,7 +202,7 @@ def test_in_process_run_policy_of_several_episodes_matches_the_workers():
     """BatchedEnv.run_policy (what pure-tensor envs use) runs the same episodes, resets and
     observe calls as the workers, per call from the same generator state: here stepping a
     one-worker ParallelEnv through step()."""
-    from metarl.batched_env import BatchedEnv
+    from metarl.rl.batched_env import BatchedEnv
     env = make(num_envs=4, workers=1)
     try:
         env.set_tasks({"goal": torch.linspace(-1, 1, 4).view(4, 1)})
@@ -308,7 +308,7 @@ def test_balanced_blocks_minimise_the_slowest_worker():
     is the smallest possible (checked against every split)."""
     import itertools
 
-    from metarl.parallel import balanced_blocks
+    from metarl.sim.parallel import balanced_blocks
     rng = np.random.default_rng(0)
     load = lambda cost, bounds: max(sum(cost[a:b]) for a, b in zip(bounds, bounds[1:]))  # noqa: E731
     for _ in range(50):

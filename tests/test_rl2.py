@@ -5,7 +5,7 @@ import torch.nn.functional as F
 from metarl.agents.rl2 import RL2Config, RL2Trainer, load_eval_policy
 from metarl.config import build
 from metarl.registry import ENVS, lookup
-from metarl.trial import collect_trial
+from metarl.rl.trial import collect_trial
 
 
 def _trainer(env="tabular-mdp", env_set=None, **agent):
@@ -180,7 +180,7 @@ def test_privileged_critic_informs_the_value_but_never_the_policy():
 
 
 def test_reward_per_action_input_puts_each_reward_on_its_actions_line():
-    from metarl.trial import rl2_inputs
+    from metarl.rl.trial import rl2_inputs
     obs = torch.zeros(3, 1)
     a, r, d = torch.tensor([0, 2, 1]), torch.tensor([1.0, 0.5, 0.0]), torch.zeros(3, dtype=torch.bool)
     x = rl2_inputs(obs, a, r, d, 3, 0.25, reward_per_action=True)
@@ -224,7 +224,7 @@ def test_restart_form_replays_the_post_adaptation_memory_in_every_evaluation_epi
     navigation starts at the origin) the evaluation episodes are identical; carrying the memory
     on instead makes them differ."""
     from metarl.agents.rl2 import RL2EvalPolicy, RL2RestartPolicy
-    from metarl.evaluation import play_trial
+    from metarl.eval.trials import play_trial
     spec, env_cfg, tr = _trainer("navigation-2d", {"horizon": 5, "episodes": 5})
     T, H, A = tr.trial_env.trial_length, 5, 2
     env, tasks = tr.trial_env.env, tr.dist.sample(8, torch.Generator().manual_seed(1))
@@ -247,7 +247,7 @@ def test_restart_form_replays_the_post_adaptation_memory_in_every_evaluation_epi
 def test_overlapping_chunks_cover_every_step_once_in_the_loss():
     """Meta-World+'s BPTT: 250-step chunks every 200 steps of a 5,000-step trial; the last one
     ends at the trial's end, and the burn-in mask puts every step in exactly one chunk's loss."""
-    from metarl.trial import burn_in_mask, chunk_starts
+    from metarl.rl.trial import burn_in_mask, chunk_starts
     starts = chunk_starts(5000, 250, 50)
     assert starts[:3] == [0, 200, 400] and starts[-2:] == [4600, 4750] and len(starts) == 25
     mask = burn_in_mask(starts, 250)

@@ -1,11 +1,11 @@
-"""Meta-World's own tally, replayed by metarl.success_eval, against metaworld.evaluation itself."""
+"""Meta-World's own tally, replayed by metarl.eval.success, against metaworld.evaluation itself."""
 import numpy as np
 import pytest
 import torch
 
 metaworld_evaluation = pytest.importorskip("metaworld.evaluation")
 
-from metarl.success_eval import SuccessEvaluation, metaworld_tally, summarize_success  # noqa: E402
+from metarl.eval.success import SuccessEvaluation, metaworld_tally, summarize_success  # noqa: E402
 
 
 class ScriptedEpisodes:

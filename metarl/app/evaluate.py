@@ -12,9 +12,9 @@ from metarl.run_config import TRAINING_ONLY, LoadedRun, load_run, setup_threads
 from metarl.app.report import which_tasks
 from metarl.config import parse_sets
 from metarl.errors import UserError
-from metarl.eval_result import EVAL_SCHEMA
-from metarl.evaluation import evaluate, evaluate_adaptation_steps, summarize, summarize_episodes, summarize_steps
-from metarl.plots import adaptation_curve
+from metarl.eval.result import EVAL_SCHEMA
+from metarl.eval.trials import evaluate, evaluate_adaptation_steps, summarize, summarize_episodes, summarize_steps
+from metarl.eval.plots import adaptation_curve
 from metarl.protocols import FEWSHOT, INNER_STEPS, METAWORLD, TRIAL, Protocol, protocol_of
 from metarl.registry import BASELINES, baselines_for, lookup
 
@@ -62,7 +62,7 @@ def evaluate_run(run_dir: str, *, tasks: int = 1000, baselines: str = "all", see
 
 
 def _report(run: LoadedRun, protocol: Protocol, metric: str, tasks: int, seed: int, results: dict, **extra) -> dict:
-    """eval.json: what was evaluated, how, and every method's result (metarl.eval_result)."""
+    """eval.json: what was evaluated, how, and every method's result (metarl.eval.result)."""
     ck = run.checkpoint
     return {"schema": EVAL_SCHEMA, "env": run.saved["run"]["env"], "env_config": run.saved["env"],
             "agent": run.saved["run"]["agent"], "tasks": tasks, "seed": seed, "device": str(run.device),
@@ -126,9 +126,9 @@ def _write_report(path: Path, report: dict, stem: str = "eval") -> dict:
 def _evaluate_success_run(run: LoadedRun, names: list[str], tasks: int, seed: int, split: str,
                           eval_sets: dict) -> dict:
     """Meta-World: the split's classes x goals (env.goals_per_class, fewer when --tasks asks for
-    fewer), adaptation then evaluation episodes; success tallied per task (metarl.success_eval).
+    fewer), adaptation then evaluation episodes; success tallied per task (metarl.eval.success).
     Writes eval.json (test) or eval_train.json (train)."""
-    from metarl.success_eval import evaluate_success, summarize_success
+    from metarl.eval.success import evaluate_success, summarize_success
     cfg, ck, dev = run.cfg, run.checkpoint, run.device
     env_spec, env_cfg, spec = cfg["env_spec"], cfg["env"], cfg["agent_spec"]
     classes = len(env_spec.make_distribution(env_cfg).names[split])
@@ -152,7 +152,7 @@ def _evaluate_fewshot_run(run: LoadedRun, names: list[str], tasks: int, seed: in
                           eval_sets: dict) -> dict:
     """Few-shot learners: query MSE (regression) or accuracy (classification) on held-out tasks
     after 0, 1, 5, 10 inner steps; CNP also against the number of context points."""
-    from metarl import fewshot_eval as fe
+    from metarl.fewshot import evaluation as fe
     path, saved, cfg, dev = run.path, run.saved, run.cfg, run.device
     env_spec, env_cfg, agent_cfg = cfg["env_spec"], cfg["env"], cfg["agent"]
     dist = env_spec.make_distribution(env_cfg)

@@ -2,8 +2,8 @@
 step), Meta-World's two tallies and its per-class table."""
 from __future__ import annotations
 
-from metarl.eval_result import GRADIENT_STEPS, INNER_STEPS, curve_of
-from metarl.evaluation import format_table
+from metarl.eval.result import GRADIENT_STEPS, INNER_STEPS, curve_of
+from metarl.eval.trials import format_table
 from metarl.protocols import METAWORLD, progress_unit
 
 
@@ -42,7 +42,7 @@ def report_table(report: dict) -> str:
 
 
 def tally_table(results: dict) -> str:
-    """Meta-World: each method's success by both tallies of the same episodes (metarl.success_eval):
+    """Meta-World: each method's success by both tallies of the same episodes (metarl.eval.success):
     per task (every episode counts) and Meta-World's own (the first episodes to end per class
     among a meta-batch of 20, what published figures use)."""
     rows = [(n, r) for n, r in results.items() if "metaworld_tally" in r]

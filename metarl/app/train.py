@@ -8,7 +8,7 @@ from metarl.run_config import TRAINING_ONLY, resolve_config, saved_config, setup
 from metarl.config import as_dict, load_toml
 from metarl.device import resolve_device
 from metarl.errors import UserError
-from metarl.plots import learning_curve
+from metarl.eval.plots import learning_curve
 from metarl.rundir import RunDir, default_run_name, open_existing
 from metarl.training import train_loop
 
@@ -102,7 +102,7 @@ def _held_out_monitor(cfg: dict, dev):
     if "metaworld" not in env_spec.families:
         raise UserError(f"agent.eval_every needs an env with a held-out protocol (Meta-World: ml1, ml10, ml25, "
                         f"ml45); {cfg['run']['env']!r} has none: leave agent.eval_every at 0")
-    from metarl.success_eval import held_out_monitor
+    from metarl.eval.success import held_out_monitor
     return every, held_out_monitor(cfg["agent_spec"], env_spec, cfg["env"], cfg["agent"], cfg["run"]["seed"], dev,
                                    cfg["agent"].eval_goals)
 

@@ -15,8 +15,8 @@ from typing import Protocol
 
 import torch
 
-from metarl.batched_env import BatchedEnv
-from metarl.episodes import EpisodeBatch
+from metarl.rl.batched_env import BatchedEnv
+from metarl.rl.episodes import EpisodeBatch
 from metarl.tasks import Tasks
 
 

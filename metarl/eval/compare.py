@@ -28,7 +28,7 @@ import numpy as np
 
 from metarl.config import load_toml
 from metarl.errors import UserError
-from metarl.eval_result import curve_of, read_eval
+from metarl.eval.result import curve_of, read_eval
 from metarl.protocols import progress_unit
 from metarl.rundir import open_existing, read_jsonl
 
@@ -133,7 +133,7 @@ def gather_scores(runs: list[Run], labels: list[str], baselines: bool = True) ->
 
 def gather_tally_scores(runs: list[Run], labels: list[str]) -> dict[str, np.ndarray]:
     """Meta-World: method (the agent and its forms) -> Meta-World's own tally [runs, groups], each
-    group a class in one evaluation round (metarl.success_eval.metaworld_tally); empty when the
+    group a class in one evaluation round (metarl.eval.success.metaworld_tally); empty when the
     evaluations predate it or are not Meta-World's."""
     rows: dict[str, list] = {}
     expected: dict[str, int] = {}

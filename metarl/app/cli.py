@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 print(report_table(report))
         elif args.command == "compare":
-            from metarl.compare import compare
+            from metarl.eval.compare import compare
             summary = compare(args.run_dirs, args.out, reps=args.reps, seed=args.seed, baselines=not args.no_baselines,
                               allow_unequal_budgets=args.allow_unequal_budgets, overwrite=args.overwrite)
             if args.json:

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from metarl.errors import UserError
-from metarl.stats import mean_ci
+from metarl.eval.stats import mean_ci
 
 EVAL_SCHEMA = 2  # eval.json's layout, documented in docs/eval-json.md; files without "schema" are 1
 

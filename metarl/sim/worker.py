@@ -1,5 +1,5 @@
 """One simulation worker: a contiguous block [lo, hi) of a ParallelEnv's sub-envs and the
-commands that act on it, one method each. metarl.worker_pool runs it in a worker process
+commands that act on it, one method each. metarl.sim.pool runs it in a worker process
 (serving the commands over a pipe) or in the calling process.
 
 The worker reads actions from and writes observations, rewards and info into buffers shared with

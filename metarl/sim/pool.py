@@ -1,4 +1,4 @@
-"""Pools of simulation workers (metarl.sim_worker.SimWorker): start them, send each a command,
+"""Pools of simulation workers (metarl.sim.worker.SimWorker): start them, send each a command,
 gather the replies, shut them down.
 
 - `ProcessPool`: one spawned process per worker; the pipe carries a one-word command and its
@@ -25,7 +25,7 @@ import torch
 import torch.multiprocessing as mp
 
 from metarl.errors import UserError
-from metarl.sim_worker import SimBuffers, SimWorker
+from metarl.sim.worker import SimBuffers, SimWorker
 
 
 class WorkerError(UserError):

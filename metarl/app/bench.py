@@ -10,7 +10,7 @@ import torch
 from metarl.config import build
 from metarl.registry import AGENTS, ENVS, lookup
 from metarl.seeding import make_generator
-from metarl.trial import TrialEnv, collect_trial
+from metarl.rl.trial import TrialEnv, collect_trial
 
 
 def _cores(workers: int) -> int:
@@ -291,7 +291,7 @@ def bench_metaworld(device: torch.device, benchmark: str = "ML10", envs_per_work
     Meta-World's own async vector env (metaworld.make_ml_envs, one process per sub-env) with the
     same policy in the loop: metaworld_async_steps_per_s and speedup_vs_metaworld_async."""
     from metarl.agents.maml import MAMLConfig, MAMLLearner
-    from metarl.parallel import main_thread_only
+    from metarl.sim.parallel import main_thread_only
 
     cores = _cores(workers)
     spec = lookup("env", ENVS, benchmark.lower())
@@ -378,7 +378,7 @@ def bench_maml_sinusoid(device: torch.device, meta_batch: int = 25, shots: int =
 def _bench_maml_sinusoid(device, meta_batch, shots, iterations, repeats) -> dict:
     from metarl.agents.fewshot_maml import MAMLConfig, MAMLLearner
     from metarl.envs.regression_tasks import SinusoidConfig, SinusoidDistribution
-    from metarl.fewshot import task_loss
+    from metarl.fewshot.core import task_loss
     from metarl.functional import params_of
 
     dist = SinusoidDistribution(SinusoidConfig(shots=shots))
@@ -436,7 +436,7 @@ def _fake_runs(root, runs: int, tasks: int, seed: int = 0) -> list:
     import numpy as np
 
     from metarl.config import dump_toml
-    from metarl.eval_result import EVAL_SCHEMA, STEPS_IN_TRIAL, Curve, result
+    from metarl.eval.result import EVAL_SCHEMA, STEPS_IN_TRIAL, Curve, result
     rng = np.random.default_rng(seed)
     paths = []
     for i in range(runs):
@@ -469,7 +469,7 @@ def bench_compare(device: torch.device, runs: int = 10) -> dict:
     and with 10,000 held-out tasks per run."""
     import tempfile
 
-    from metarl.compare import compare
+    from metarl.eval.compare import compare
     figures = {"runs": runs}
     for tasks in (1000, 10_000):
         with tempfile.TemporaryDirectory() as tmp:

@@ -1,5 +1,5 @@
 """Parallel simulation for CPU simulators (MuJoCo, Meta-World): a BatchedEnv whose sub-envs
-live in simulation workers (metarl.sim_worker), run by a worker pool (metarl.worker_pool):
+live in simulation workers (metarl.sim.worker), run by a worker pool (metarl.sim.pool):
 worker processes (backend "local"), or the calling process (backend "inline": no processes,
 for one env made by gym.make or an env built to read its dimensions).
 
@@ -12,7 +12,7 @@ for its own sub-envs and steps whole episodes (an RL² trial's, resets included)
 writing them into shared [T, B, ...] buffers, one chunk of sub-envs at a time (a chunk's
 simulators stay in the cache). Given a step_cost per task, set_tasks sizes the blocks so every
 worker carries the same cost (Meta-World's classes differ 4x in step time). Worker failures
-surface as a WorkerError naming the worker and what it was doing (metarl.worker_pool).
+surface as a WorkerError naming the worker and what it was doing (metarl.sim.pool).
 
 A sub-env is any object with
     set_task(task) -> None          (task: one row of `task_rows(tasks)`, by default dict[str, list])
@@ -32,12 +32,12 @@ from typing import Callable
 import gymnasium as gym
 import torch
 
-from metarl.batched_env import BatchedEnv
-from metarl.distributions import box_bounds
+from metarl.rl.batched_env import BatchedEnv
+from metarl.rl.distributions import box_bounds
 from metarl.errors import UserError
-from metarl.sim_worker import SimBuffers
+from metarl.sim.worker import SimBuffers
 from metarl.tasks import Tasks
-from metarl.worker_pool import POOLS, WorkerError
+from metarl.sim.pool import POOLS, WorkerError
 
 __all__ = ["ParallelEnv", "WorkerError", "auto_chunk", "balanced_blocks", "main_thread_only"]
 

@@ -3,7 +3,7 @@
 Regression: query MSE after 0, 1, 5 and 10 inner steps (those <= eval_steps, and eval_steps);
 classification: query accuracy at the same steps. Learners that adapt in closed form
 (ProtoNets, CNP, ...) have one figure. Every learner evaluated with the same seed sees the same
-tasks (the test stream of metarl.fewshot.task_generator, drawn in the same batch sizes).
+tasks (the test stream of metarl.fewshot.core.task_generator, drawn in the same batch sizes).
 """
 from __future__ import annotations
 
@@ -12,11 +12,11 @@ from pathlib import Path
 
 import torch
 
-from metarl.eval_result import INNER_STEPS, Curve, result
-from metarl.evaluation import task_scores
-from metarl.fewshot import FewShotDistribution, FewShotLearner, task_generator, task_score
+from metarl.eval.result import INNER_STEPS, Curve, result
+from metarl.eval.trials import task_scores
+from metarl.fewshot.core import FewShotDistribution, FewShotLearner, task_generator, task_score
 from metarl.protocols import fewshot_metric
-from metarl.stats import mean_ci
+from metarl.eval.stats import mean_ci
 
 REPORT_STEPS = (0, 1, 5, 10)
 

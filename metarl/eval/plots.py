@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from metarl.eval_result import curve_of
+from metarl.eval.result import curve_of
 
 
 def _figure():
@@ -57,7 +57,7 @@ def learning_curve(metrics: list[dict], out: Path, title: str, keys: tuple[str, 
 
 
 def adaptation_curve(results: dict[str, dict], out: Path, title: str) -> Path:
-    """How fast each method adapts: every result's curve (eval_result.Curve: return per episode
+    """How fast each method adapts: every result's curve (metarl.eval.result.Curve: return per episode
     or per step of the trial, return per gradient step, success per adaptation episode seen,
     few-shot metric per inner step) with its 95% CI band, on the x axis of the first method
     (the agent); a method whose curve counts something else, or that has a single point or
