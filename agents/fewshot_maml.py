@@ -19,8 +19,8 @@ import torch
 
 from metarl.config import option
 from metarl.errors import UserError
-from metarl.fewshot.core import (Batch, FewShotConfig, FewShotLearner, FewShotTrainer, load_learner, make_trainer_cls,
-                            task_loss)
+from metarl.fewshot.core import (Batch, FewShotConfig, FewShotLearner, FewShotTrainer, load_learner,
+                                 make_trainer_cls, task_loss)
 from metarl.functional import adapt_batch, meta_sgd_step_sizes, params_of
 from metarl.protocols import FEWSHOT
 from metarl.training import AgentSpec

@@ -22,19 +22,19 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.func import functional_call, vmap
 
-from metarl.rl.batched_env import BatchedEnv, EnvSpec
 from metarl.config import option
-from metarl.rl.distributions import box_bounds, make_head, unit_to_bounds
-from metarl.rl.episodes import discounted_returns, gae
 from metarl.errors import UserError
 from metarl.eval.trials import first_success
 from metarl.functional import Params, adapt, adapt_batch, params_of
-from metarl.rl.linear_baseline import fit_predict
 from metarl.protocols import INNER_STEPS
+from metarl.rl.batched_env import BatchedEnv, EnvSpec
+from metarl.rl.distributions import box_bounds, make_head, unit_to_bounds
+from metarl.rl.episodes import discounted_returns, gae
+from metarl.rl.linear_baseline import fit_predict
+from metarl.rl.trpo import gauss_newton_hvp, trpo_step
 from metarl.seeding import make_generator
 from metarl.tasks import Tasks, split_generator
 from metarl.training import AgentSpec
-from metarl.rl.trpo import gauss_newton_hvp, trpo_step
 
 LINE_SEARCH_PIECES = 5  # meta-batch pieces a line-search trial evaluates in turn (see trpo.line_search)
 
@@ -157,8 +157,8 @@ class MAMLLearner:
     @torch.no_grad()
     def rollout(self, env: BatchedEnv, params: Params, per_task: bool, generator: torch.Generator,
                 rollouts: int | None = None) -> dict:
-        """R rollouts of H steps in each of N tasks (env already holds the tasks). Returns
-        obs [N, H, R, D], actions [N, H, R(, A)], rewards [N, H, R], and for envs with a success
+        """R rollouts of H steps in each of N tasks (env already holds the tasks): the env's
+        EpisodeBatch [H, N * R] viewed per task. Returns obs [N, H, R, D], actions [N, H, R(, A)], rewards [N, H, R], and for envs with a success
         signal success [N, R] (1 where any step of the rollout succeeded) and first_success
         [N, R] (the step of its first success, H where none)."""
         R, H = rollouts or self.cfg.rollouts, env.horizon
@@ -172,10 +172,9 @@ class MAMLLearner:
 
         def task_major(x):  # [H, N * R, ...] -> [N, H, R, ...]
             return x.view(H, N, R, *x.shape[2:]).transpose(0, 1).contiguous()
-        out = {"obs": task_major(ep["obs"]), "actions": task_major(ep["actions"]),
-               "rewards": task_major(ep["rewards"])}
-        if "success" in ep["info"]:  # 1 where any step of the rollout succeeded: [N, R]; its first step [N, R]
-            hits = ep["info"]["success"].to(out["rewards"].device)
+        out = {"obs": task_major(ep.obs), "actions": task_major(ep.actions), "rewards": task_major(ep.rewards)}
+        if "success" in ep.info:  # 1 where any step of the rollout succeeded: [N, R]; its first step [N, R]
+            hits = ep.info["success"].to(out["rewards"].device)
             out["success"] = hits.amax(0).view(N, R)
             out["first_success"] = first_success(hits).view(N, R)
         return out

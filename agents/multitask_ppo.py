@@ -19,13 +19,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from metarl.rl.batched_env import EnvSpec
 from metarl.config import option
+from metarl.rl.batched_env import EnvSpec
 from metarl.training import AgentSpec
 
 from metarl.agents.sb3_baselines import SB3Trainer, _sb3, to_env_actions
-from metarl.rl.distributions import box_bounds
 from metarl.agents.sb3_scratch import PPOFromScratch
+from metarl.rl.distributions import box_bounds
 
 
 @dataclass

@@ -13,18 +13,18 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from metarl.rl.batched_env import EnvSpec
 from metarl.config import option
+from metarl.errors import UserError
+from metarl.rl.batched_env import EnvSpec
 from metarl.rl.distributions import make_head
 from metarl.rl.episodes import EpisodeBatch, discounted_returns, gae
-from metarl.errors import UserError
 from metarl.rl.linear_baseline import fit_predict
 from metarl.rl.ppo import RunningMeanStd, ppo_loss
+from metarl.rl.trial import (RL2History, RL2Input, TrialEnv, burn_in_mask, chunk_starts, collect_trial, rl2_input_dim,
+                             run_trial)
 from metarl.seeding import make_generator
 from metarl.tasks import split_generator
 from metarl.training import AgentSpec
-from metarl.rl.trial import (RL2History, RL2Input, TrialEnv, burn_in_mask, chunk_starts, collect_trial, rl2_input_dim,
-                          run_trial)
 
 
 @dataclass
@@ -341,9 +341,9 @@ class RL2Trainer:
         one pass of the network over the recorded inputs here, chunk by chunk as PPO replays them."""
         T, B, L = self.trial_env.trial_length, self.cfg.num_envs, self.bptt
         noise = self.net.pi.draw_noise((T, B), self.act_gen)
-        x, actions, rewards = run_trial(self.trial_env, GRURows(self.net.gru, self.net.pi, noise, self.trial_env,
-                                                                self.net.encoder), tasks)
-        x, actions, rewards = x.to(self.device), actions.to(self.device), rewards.to(self.device)
+        ep = run_trial(self.trial_env, GRURows(self.net.gru, self.net.pi, noise, self.trial_env, self.net.encoder),
+                       tasks)
+        x, actions, rewards = ep.obs.to(self.device), ep.actions.to(self.device), ep.rewards.to(self.device)
         h, outs, values, h_at = self.net.initial_state(B, self.device), [], [], {}
         cuts = sorted(set(self.starts) | {c * L for c in range(-(-T // L))}) + [T]  # PPO's chunks and L-step pieces
         for lo, hi in zip(cuts, cuts[1:]):
@@ -356,10 +356,7 @@ class RL2Trainer:
         v = torch.cat(values)
         if self.rms is not None:
             v = v * self.rms.std.float() + self.rms.mean.float()
-        dones = torch.zeros(T, B, dtype=torch.bool, device=self.device)
-        dones[self.trial_env.env.horizon - 1::self.trial_env.env.horizon] = True
-        return (EpisodeBatch(x, actions, rewards, dones, logp, v),
-                torch.stack(h_starts))
+        return EpisodeBatch(x, actions, rewards, ep.dones.to(self.device), logp, v), torch.stack(h_starts)
 
     def rollout_policy(self, task_features: torch.Tensor | None = None) -> RolloutPolicy:
         """The policy step training samples with (collect_trial's), task_features [B, F] for a

@@ -16,14 +16,14 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from metarl.rl.batched_env import EnvSpec
 from metarl.config import option
-from metarl.rl.distributions import box_bounds, unit_to_bounds
 from metarl.errors import UserError
+from metarl.rl.batched_env import EnvSpec
+from metarl.rl.distributions import box_bounds, unit_to_bounds
+from metarl.rl.trial import RL2History, RL2Input, TrialEnv
 from metarl.seeding import make_generator
 from metarl.tasks import split_generator
 from metarl.training import AgentSpec
-from metarl.rl.trial import RL2History, RL2Input, TrialEnv
 
 
 def _sb3():

@@ -12,8 +12,8 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from metarl.rl.batched_env import BatchedEnv, EnvSpec
 from metarl.config import option
+from metarl.rl.batched_env import BatchedEnv, EnvSpec
 from metarl.tasks import TaskDistribution, Tasks
 
 

@@ -28,10 +28,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from metarl.rl.batched_env import EnvSpec
+from metarl.cache import cache_root
 from metarl.config import option
 from metarl.errors import UserError
-from metarl.cache import cache_root
+from metarl.rl.batched_env import EnvSpec
 from metarl.tasks import SPLITS, TaskDistribution, Tasks
 
 BENCHMARKS = ("ML1", "ML10", "ML25", "ML45")

@@ -19,9 +19,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from metarl.rl.batched_env import EnvSpec
 from metarl.config import option
 from metarl.errors import UserError
+from metarl.rl.batched_env import EnvSpec
 from metarl.tasks import TaskDistribution, Tasks
 
 GYM_IDS = {"halfcheetah": "HalfCheetah-v5", "ant": "Ant-v5"}

@@ -25,13 +25,13 @@ from pathlib import Path
 
 import torch
 
-from metarl.eval.compare import compare
-from metarl.config import dump_toml, tomllib
-from metarl.errors import UserError
-from metarl.eval.result import read_eval
-from metarl.rundir import read_jsonl
 from metarl.app.evaluate import evaluate_run
 from metarl.app.train import train
+from metarl.config import dump_toml, tomllib
+from metarl.errors import UserError
+from metarl.eval.compare import compare
+from metarl.eval.result import read_eval
+from metarl.rundir import read_jsonl
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent

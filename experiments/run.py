@@ -38,18 +38,18 @@ from pathlib import Path
 
 import torch
 
-from metarl.config import tomllib
-from metarl.errors import UserError
-from metarl.eval.trials import best_baseline, is_agent_form
-from metarl.eval.plots import SUCCESS_KEYS, adaptation_curve, learning_curve
-from metarl.protocols import FEWSHOT
-from metarl.registry import AGENTS, lookup
-from metarl.rundir import read_jsonl
-from metarl.eval.stats import paired_diff_ci
-from metarl.training import Interrupted
-from metarl.run_config import TRAINING_ONLY
 from metarl.app.evaluate import evaluate_run
 from metarl.app.train import train
+from metarl.config import tomllib
+from metarl.errors import UserError
+from metarl.eval.plots import SUCCESS_KEYS, adaptation_curve, learning_curve
+from metarl.eval.stats import paired_diff_ci
+from metarl.eval.trials import best_baseline, is_agent_form
+from metarl.protocols import FEWSHOT
+from metarl.registry import AGENTS, lookup
+from metarl.run_config import TRAINING_ONLY
+from metarl.rundir import read_jsonl
+from metarl.training import Interrupted
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent

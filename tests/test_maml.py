@@ -5,9 +5,9 @@ import torch
 
 from metarl.agents.maml import MAMLConfig, MAMLLearner, repeat_tasks
 from metarl.config import build
-from metarl.rl.distributions import Categorical
 from metarl.envs.navigation import NavigationConfig, NavigationEnv
 from metarl.functional import params_of
+from metarl.rl.distributions import Categorical
 from metarl.rl.linear_baseline import fit_predict
 from metarl.rl.trpo import conjugate_gradient, flat, trpo_step
 

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from metarl.config import build
-from metarl.rl.distributions import Categorical, DiagGaussian, GaussianHead, make_head
 from metarl.envs.navigation import GoalDistribution, NavigationConfig, NavigationEnv
+from metarl.rl.distributions import Categorical, DiagGaussian, GaussianHead, make_head
 
 
 def test_goals_are_uniform_in_the_square():

@@ -161,9 +161,9 @@ def test_run_policy_in_workers_equals_stepping_in_process(workers, chunk, backen
         policy = HalfwayRows(0.3 * torch.randn(3, 7, 1, generator=torch.Generator().manual_seed(1)))
         ep = env.run_policy(policy)
         want_obs, want_act, want_rew = _episode_in_process(goals, policy)
-        assert torch.allclose(ep["obs"], want_obs, atol=1e-5)
-        assert torch.allclose(ep["actions"], want_act, atol=1e-6)
-        assert torch.allclose(ep["rewards"], want_rew, atol=1e-5)
+        assert torch.allclose(ep.obs, want_obs, atol=1e-5)
+        assert torch.allclose(ep.actions, want_act, atol=1e-6)
+        assert torch.allclose(ep.rewards, want_rew, atol=1e-5)
         stats = env.worker_stats()
         assert [s["env_steps"] for s in stats] == [3 * s["envs"] for s in stats] and sum(s["envs"] for s in stats) == 7
         obs = env.reset()  # usable again after the episode
@@ -186,14 +186,14 @@ def test_run_policy_of_several_episodes_with_a_remembering_policy(workers, chunk
         noise = 0.3 * torch.randn(6, 7, 1, generator=torch.Generator().manual_seed(1))
         ep = env.run_policy(RecallRows(noise), episodes=2)
         want_obs, want_act, want_rew = _episode_in_process(goals, RecallRows(noise), episodes=2)
-        assert ep["obs"].shape == (6, 7, 2)
-        assert torch.allclose(ep["obs"], want_obs, atol=1e-5)
-        assert torch.allclose(ep["actions"], want_act, atol=1e-5)
-        assert torch.allclose(ep["rewards"], want_rew, atol=1e-5)
+        assert ep.obs.shape == (6, 7, 2)
+        assert torch.allclose(ep.obs, want_obs, atol=1e-5)
+        assert torch.allclose(ep.actions, want_act, atol=1e-5)
+        assert torch.allclose(ep.rewards, want_rew, atol=1e-5)
         env.gen.manual_seed(0)
         ep = env.run_policy(HalfwayRows(noise[:3]))
         want_obs, want_act, _ = _episode_in_process(goals, HalfwayRows(noise[:3]))
-        assert torch.allclose(ep["obs"], want_obs, atol=1e-5) and torch.allclose(ep["actions"], want_act, atol=1e-6)
+        assert torch.allclose(ep.obs, want_obs, atol=1e-5) and torch.allclose(ep.actions, want_act, atol=1e-6)
     finally:
         env.close()
 
@@ -212,7 +212,8 @@ def test_in_process_run_policy_of_several_episodes_matches_the_workers():
         env.gen.manual_seed(5)
         got = BatchedEnv.run_policy(env, RecallRows(noise), episodes=2)
         for k in ("obs", "actions", "rewards"):
-            assert torch.allclose(got[k], want[k], atol=1e-5), k
+            assert torch.allclose(getattr(got, k), getattr(want, k), atol=1e-5), k
+        assert torch.equal(got.dones, want.dones) and got.dones[2::3].all() and got.dones.sum() == 2 * 4
     finally:
         env.close()
 
@@ -255,7 +256,7 @@ def test_long_episode_is_not_a_hang_but_a_stalled_one_is():
     try:
         env.set_tasks({"goal": torch.zeros(4, 1)})
         ep = env.run_policy(HalfwayRows(torch.zeros(40, 4, 1)))
-        assert ep["rewards"].shape == (40, 4)
+        assert ep.rewards.shape == (40, 4)
     finally:
         env.close()
     env = make("hang", timeout=1.0)
@@ -346,4 +347,4 @@ def test_step_cost_balances_the_blocks_and_samples_stay_the_same():
             env.close()
     for a, b in zip(eps[True], eps[False]):
         for k in ("obs", "actions", "rewards"):
-            assert torch.equal(a[k], b[k])
+            assert torch.equal(getattr(a, k), getattr(b, k))

@@ -7,8 +7,8 @@ import torch
 
 pytest.importorskip("sb3_contrib")
 
-from metarl.config import build  # noqa: E402
 from metarl.agents.sb3_baselines import trial_vec_env  # noqa: E402
+from metarl.config import build  # noqa: E402
 from metarl.envs.bandits import BERNOULLI_BANDIT  # noqa: E402
 from metarl.envs.navigation import NAVIGATION  # noqa: E402
 

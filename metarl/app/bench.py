@@ -9,8 +9,8 @@ import torch
 
 from metarl.config import build
 from metarl.registry import AGENTS, ENVS, lookup
-from metarl.seeding import make_generator
 from metarl.rl.trial import TrialEnv, collect_trial
+from metarl.seeding import make_generator
 
 
 def _cores(workers: int) -> int:

@@ -8,15 +8,15 @@ import os
 from pathlib import Path
 from typing import Any
 
-from metarl.run_config import TRAINING_ONLY, LoadedRun, load_run, setup_threads
 from metarl.app.report import which_tasks
 from metarl.config import parse_sets
 from metarl.errors import UserError
+from metarl.eval.plots import adaptation_curve
 from metarl.eval.result import EVAL_SCHEMA
 from metarl.eval.trials import evaluate, evaluate_adaptation_steps, summarize, summarize_episodes, summarize_steps
-from metarl.eval.plots import adaptation_curve
 from metarl.protocols import FEWSHOT, INNER_STEPS, METAWORLD, TRIAL, Protocol, protocol_of
 from metarl.registry import BASELINES, baselines_for, lookup
+from metarl.run_config import TRAINING_ONLY, LoadedRun, load_run, setup_threads
 
 
 def choose_baselines(spec, names: str) -> list[str]:

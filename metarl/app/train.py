@@ -4,11 +4,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from metarl.run_config import TRAINING_ONLY, resolve_config, saved_config, setup_threads
 from metarl.config import as_dict, load_toml
 from metarl.device import resolve_device
 from metarl.errors import UserError
 from metarl.eval.plots import learning_curve
+from metarl.run_config import TRAINING_ONLY, resolve_config, saved_config, setup_threads
 from metarl.rundir import RunDir, default_run_name, open_existing
 from metarl.training import train_loop
 

@@ -35,12 +35,12 @@ from dataclasses import dataclass
 
 import torch
 
-from metarl.rl.batched_env import EnvSpec
 from metarl.eval.result import EPISODES_SEEN, Curve, result
+from metarl.eval.stats import mean_ci
 from metarl.eval.trials import play_trial, task_scores
 from metarl.protocols import TRIAL, Protocol
+from metarl.rl.batched_env import EnvSpec
 from metarl.seeding import make_generator
-from metarl.eval.stats import mean_ci
 from metarl.tasks import Tasks, tasks_slice
 
 

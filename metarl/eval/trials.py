@@ -11,10 +11,10 @@ from typing import Protocol
 
 import torch
 
-from metarl.rl.batched_env import BatchedEnv, EnvSpec
-from metarl.seeding import make_generator
 from metarl.eval.result import EPISODES_IN_TRIAL, GRADIENT_STEPS, STEPS_IN_TRIAL, columns_curve, result
 from metarl.eval.stats import mean_ci
+from metarl.rl.batched_env import BatchedEnv, EnvSpec
+from metarl.seeding import make_generator
 from metarl.tasks import Tasks, split_generator, tasks_slice
 
 

@@ -13,10 +13,10 @@ from pathlib import Path
 import torch
 
 from metarl.eval.result import INNER_STEPS, Curve, result
+from metarl.eval.stats import mean_ci
 from metarl.eval.trials import task_scores
 from metarl.fewshot.core import FewShotDistribution, FewShotLearner, task_generator, task_score
 from metarl.protocols import fewshot_metric
-from metarl.eval.stats import mean_ci
 
 REPORT_STEPS = (0, 1, 5, 10)
 

@@ -17,6 +17,7 @@ from typing import Any, Callable, Protocol
 import gymnasium as gym
 import torch
 
+from metarl.rl.episodes import EpisodeBatch, episode_ends
 from metarl.tasks import TaskDistribution, Tasks
 
 
@@ -50,15 +51,15 @@ class BatchedEnv(ABC):
 
     def episode(self, obs: torch.Tensor, act: Callable[[torch.Tensor], torch.Tensor],
                 to_env: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                observe: Callable[[torch.Tensor], None] | None = None, episodes: int = 1) -> dict[str, Any]:
+                observe: Callable[[torch.Tensor], None] | None = None, episodes: int = 1) -> EpisodeBatch:
         """Step `episodes` whole episodes (horizon steps each; the env resets itself between them)
         from `obs` [B, D], just returned by reset().
 
         act(obs [B, D]) -> actions [B(, A)] in the policy's units; to_env maps them to the env's
-        (default identity); observe(reward [B]), if given, sees each step's reward. Returns obs
-        [T, B, D] (what the policy saw), actions [T, B(, A)] (as act returned them), rewards
-        [T, B] and info {key: [T, B]}, T = episodes x horizon. The episode is over afterwards:
-        call reset() before stepping again."""
+        (default identity); observe(reward [B]), if given, sees each step's reward. Returns an
+        EpisodeBatch of T = episodes x horizon steps: obs (what the policy saw), actions (as act
+        returned them), rewards, dones, info {key: [T, B]}; no logprobs or values. The episode is
+        over afterwards: call reset() before stepping again."""
         obs_buf, act_buf, rew_buf, info_buf = [], [], [], {}
         for _ in range(episodes * self.horizon):
             a = act(obs)
@@ -70,10 +71,12 @@ class BatchedEnv(ABC):
             rew_buf.append(r)
             for k, v in self.info.items():
                 info_buf.setdefault(k, []).append(v)
-        return {"obs": torch.stack(obs_buf), "actions": torch.stack(act_buf), "rewards": torch.stack(rew_buf),
-                "info": {k: torch.stack(v) for k, v in info_buf.items()}}
+        rewards = torch.stack(rew_buf)
+        return EpisodeBatch(torch.stack(obs_buf), torch.stack(act_buf), rewards,
+                            episode_ends(*rewards.shape, self.horizon, rewards.device),
+                            info={k: torch.stack(v) for k, v in info_buf.items()})
 
-    def run_policy(self, policy: "RowPolicy", episodes: int = 1) -> dict[str, Any]:
+    def run_policy(self, policy: "RowPolicy", episodes: int = 1) -> EpisodeBatch:
         """Reset, then `episodes` whole episodes of a policy whose randomness is drawn ahead (see
         RowPolicy), its step t counted across them (episode e holds t = e * horizon ...); returns
         what episode() returns. A policy with observe(reward, t) sees every reward (RL²'s keeps

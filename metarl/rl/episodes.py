@@ -1,7 +1,8 @@
-"""Episode batches [T, B, ...] and the return estimators every agent shares."""
+"""The rollout container every collection path fills (EpisodeBatch [T, B, ...]) and the return
+estimators every agent shares."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -46,12 +47,21 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, dones: torch.Tensor, gamma:
 
 @dataclass
 class EpisodeBatch:
-    """Transitions of B sub-envs over T steps. Time-major: every field is [T, B, ...]."""
-    obs: torch.Tensor       # [T, B, D] policy inputs
-    actions: torch.Tensor   # [T, B]
+    """Transitions of B sub-envs over T steps, time-major: every tensor is [T, B, ...]. What the
+    envs' episode() / run_policy() return (obs, actions, rewards, dones, info) and what RL²
+    trains on (plus logprobs and values, its obs the RL² inputs); MAML views it per task."""
+    obs: torch.Tensor       # [T, B, D] what the policy saw (RL²: its inputs)
+    actions: torch.Tensor   # [T, B(, A)] as the policy returned them
     rewards: torch.Tensor   # [T, B]
-    dones: torch.Tensor     # [T, B] episode ended after this step
-    logprobs: torch.Tensor  # [T, B] log pi(a|.) at collection time
-    values: torch.Tensor    # [T, B] value estimates at collection time
+    dones: torch.Tensor     # [T, B] an episode ended after this step
+    logprobs: torch.Tensor | None = None  # [T, B] log pi(a|.) at collection time, where computed
+    values: torch.Tensor | None = None    # [T, B] value estimates at collection time, where computed
     mean_rewards: torch.Tensor | None = None  # [T, B] E[reward | task, state, action], if the env knows it
+    info: dict[str, torch.Tensor] = field(default_factory=dict)  # per-step signals [T, B] (Meta-World: "success")
 
+
+def episode_ends(T: int, B: int, horizon: int, device=None) -> torch.Tensor:
+    """dones [T, B] of back-to-back episodes of `horizon` steps: True at each one's last step."""
+    dones = torch.zeros(T, B, dtype=torch.bool, device=device)
+    dones[horizon - 1::horizon] = True
+    return dones

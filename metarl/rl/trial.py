@@ -171,22 +171,22 @@ def trial_inputs(obs: torch.Tensor, actions: torch.Tensor, rewards: torch.Tensor
     return x
 
 
-def run_trial(trial_env: "TrialEnv", policy, tasks: Tasks) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def run_trial(trial_env: "TrialEnv", policy, tasks: Tasks) -> EpisodeBatch:
     """One trial in every sub-env with a RowPolicy that keeps its own memory (observe: RL²'s
     GRU), run by env.run_policy: inside a ParallelEnv's simulation workers, one message per
     worker a trial, where collect_trial's policy in this process costs a round trip every step
-    (a pure-tensor env runs it in this process). Returns
-    x [T, B, D] (the inputs it saw), actions [T, B(, A)], rewards [T, B]; sets trial_env.success."""
+    (a pure-tensor env runs it in this process). Returns the trial's EpisodeBatch [T, B], its
+    obs the RL² inputs x [T, B, D] the policy saw (no logprobs or values); sets trial_env.success."""
     env, E = trial_env.env, trial_env.episodes_per_trial
     t0 = time.perf_counter()
     env.set_tasks(tasks)
     with env.rollout_context():
         ep = env.run_policy(policy, E)
     trial_env.env_time += time.perf_counter() - t0
-    success = ep["info"].get("success")
+    success = ep.info.get("success")
     trial_env.success = None if success is None else success.view(E, env.horizon, -1).amax(1)
-    x = trial_env.spec.trial(ep["obs"], ep["actions"], ep["rewards"], env.horizon)
-    return x, ep["actions"], ep["rewards"]
+    ep.obs = trial_env.spec.trial(ep.obs, ep.actions, ep.rewards, env.horizon)
+    return ep
 
 
 class RecurrentPolicy(Protocol):

@@ -32,12 +32,13 @@ from typing import Callable
 import gymnasium as gym
 import torch
 
+from metarl.errors import UserError
 from metarl.rl.batched_env import BatchedEnv
 from metarl.rl.distributions import box_bounds
-from metarl.errors import UserError
+from metarl.rl.episodes import EpisodeBatch, episode_ends
+from metarl.sim.pool import POOLS, WorkerError
 from metarl.sim.worker import SimBuffers
 from metarl.tasks import Tasks
-from metarl.sim.pool import POOLS, WorkerError
 
 __all__ = ["ParallelEnv", "WorkerError", "auto_chunk", "balanced_blocks", "main_thread_only"]
 
@@ -197,7 +198,7 @@ class ParallelEnv(BatchedEnv):
             return self.reset(), reward, self._done
         return b.obs.to(self.device, copy=True), reward, self._not_done
 
-    def run_policy(self, policy, episodes: int = 1) -> dict:
+    def run_policy(self, policy, episodes: int = 1) -> EpisodeBatch:
         """BatchedEnv.run_policy with the policy inside the workers: each worker gets
         policy.rows(lo, hi) for its block of sub-envs and runs the whole run (every episode
         after a reset, with seeds drawn here as that many reset() calls draw them; the
@@ -222,8 +223,9 @@ class ParallelEnv(BatchedEnv):
         info = {k: ep_info[:, :, i].to(self.device, copy=True) for i, k in enumerate(self.info_keys)}
         if self.info_keys:
             self.info = {k: v[-1] for k, v in info.items()}
-        return {"obs": ep_obs.to(self.device, copy=True), "actions": ep_act.to(self.device, copy=True),
-                "rewards": ep_rew.to(self.device, copy=True), "info": info}
+        rewards = ep_rew.to(self.device, copy=True)
+        return EpisodeBatch(ep_obs.to(self.device, copy=True), ep_act.to(self.device, copy=True), rewards,
+                            episode_ends(*rewards.shape, self.horizon, self.device), info=info)
 
     def _episode_buffers(self, T: int) -> None:
         """Shared buffers of T steps for run_policy, sent to the workers when T changes."""
