@@ -50,7 +50,10 @@ class MetaWorldConfig:
     benchmark_seed: int = option(0, "seed of metaworld's goal lists (fixed across runs, so runs share tasks)", ge=0)
     workers: int = option(0, "simulation worker processes; 0 = one per CPU core", ge=0)
     backend: str = option("local", "where the sub-envs simulate: local = in env.workers worker processes; inline = "
-                          "in this process, no workers (what gym.make uses)", choices=("local", "inline"))
+                          "in this process, no workers (what gym.make uses); ray = in Ray actors on the cluster of "
+                          "env.ray_address (pip install -e \".[ray]\")", choices=("local", "inline", "ray"))
+    ray_address: str = option("", "env.backend=ray: the Ray cluster ('' starts a local Ray instance; auto joins the "
+                              "cluster `ray start` made; HOST:PORT a remote head); set by --ray-address")
     timeout: float = option(60.0, "seconds a worker may take to answer before it counts as hung", gt=0.0)
 
 
@@ -248,7 +251,8 @@ def make_env(benchmark: str, cfg: MetaWorldConfig, num_envs: int, device, genera
     # `metarl bench metaworld`)
     env = ParallelEnv(functools.partial(make_sub_env, cfg.reward_version), num_envs, cfg.horizon, obs_space,
                       act_space, device, generator, cfg.workers, cfg.timeout, task_rows=dist.rows,
-                      info_keys=("success",), step_cost=step_cost, chunk=num_envs, backend=cfg.backend)
+                      info_keys=("success",), step_cost=step_cost, chunk=num_envs, backend=cfg.backend,
+                      ray_address=cfg.ray_address)
     env.set_tasks(_spread(dist, num_envs))  # samplers set their own tasks before stepping
     return env
 

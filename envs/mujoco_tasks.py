@@ -37,7 +37,10 @@ class MujocoTaskConfig:
     episodes: int = option(2, "episodes per trial (RL²); MAML agents set their own rollout counts", ge=1)
     workers: int = option(0, "simulation worker processes; 0 = one per CPU core", ge=0)
     backend: str = option("local", "where the sub-envs simulate: local = in env.workers worker processes; inline = "
-                          "in this process, no workers (what gym.make uses)", choices=("local", "inline"))
+                          "in this process, no workers (what gym.make uses); ray = in Ray actors on the cluster of "
+                          "env.ray_address (pip install -e \".[ray]\")", choices=("local", "inline", "ray"))
+    ray_address: str = option("", "env.backend=ray: the Ray cluster ('' starts a local Ray instance; auto joins the "
+                              "cluster `ray start` made; HOST:PORT a remote head); set by --ray-address")
     timeout: float = option(60.0, "seconds a worker may take to answer before it counts as hung", gt=0.0)
 
 
@@ -114,7 +117,7 @@ def make_env(robot: str, task: str, cfg: MujocoTaskConfig, num_envs: int, device
                                dtype=np.float32)
     probe.close()
     env = ParallelEnv(functools.partial(make_sub_env, robot, task), num_envs, cfg.horizon, obs_space, act_space,
-                      device, generator, cfg.workers, cfg.timeout, backend=cfg.backend,
+                      device, generator, cfg.workers, cfg.timeout, backend=cfg.backend, ray_address=cfg.ray_address,
                       task_features=(2 if task == "goal" else 1, _goal_features))
     return env
 

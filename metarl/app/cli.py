@@ -75,7 +75,11 @@ def build_parser(full_help: bool = False) -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true",
                    help="continue the run in --run-dir from its last checkpoint: the command that started it plus "
                         "--resume, or just AGENT --run-dir DIR --resume; only agent.total_steps / agent.iterations "
-                        "may change")
+                        "and where it simulates (env.workers, env.backend, --ray-address) may change")
+    t.add_argument("--ray-address", metavar="ADDRESS",
+                   help="with --set env.backend=ray (MuJoCo, Meta-World): the Ray cluster to simulate on; default: "
+                        "start a local Ray instance; auto: join the cluster `ray start` made on this machine; "
+                        "HOST:PORT: a remote head")
     t.add_argument("--overwrite", action="store_true", help="start again in an existing --run-dir, replacing it")
     t.add_argument("--quiet", action="store_true", help="no progress bar or messages")
 
@@ -156,7 +160,8 @@ def main(argv: list[str] | None = None) -> int:
             cmd_list()
         elif args.command == "train":
             from metarl.app.train import train
-            path = train(args.agent, args.env, config_file=args.config, sets=args.set, seed=args.seed,
+            sets = args.set + ([f"env.ray_address={args.ray_address}"] if args.ray_address is not None else [])
+            path = train(args.agent, args.env, config_file=args.config, sets=sets, seed=args.seed,
                          device=args.device, run_dir=args.run_dir, resume=args.resume, overwrite=args.overwrite,
                          quiet=args.quiet)
             if not args.quiet:

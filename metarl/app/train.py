@@ -59,7 +59,9 @@ def train(agent: str, env: str, *, config_file: str | None = None, sets: list[st
 
 
 
-RESUME_CHANGES = ("agent.total_steps=", "agent.iterations=")  # what a resumed run may change: its length
+# What a resumed run may change: its length, and where it simulates (the samples do not depend on it)
+RESUME_CHANGES = ("agent.total_steps=", "agent.iterations=", "env.workers=", "env.backend=", "env.ray_address=",
+                  "env.timeout=")
 
 
 def _check_same_run(saved: dict[str, Any], agent: str | None, env: str | None, config_file: str | None,
@@ -82,13 +84,14 @@ def _check_same_run(saved: dict[str, Any], agent: str | None, env: str | None, c
     for sec in ("env", "agent"):
         old, new = as_dict(saved[sec]), as_dict(given[sec])
         for k in new:
-            if sec == "agent" and (f"agent.{k}=".startswith(RESUME_CHANGES)
-                                   or (k.startswith("eval_") and k not in TRAINING_ONLY)):
+            if f"{sec}.{k}=".startswith(RESUME_CHANGES) or (sec == "agent" and k.startswith("eval_")
+                                                             and k not in TRAINING_ONLY):
                 continue
             if new[k] != old.get(k):
                 raise UserError(f"a resumed run keeps its saved config: {sec}.{k} is {old.get(k)!r} there, "
                                 f"{new[k]!r} here; only agent.total_steps (RL²) or agent.iterations (MAML, few-shot) "
-                                f"may change (start a new run for other changes)")
+                                f"and where it simulates (env.workers, env.backend, env.ray_address, env.timeout) may "
+                                f"change (start a new run for other changes)")
 
 
 

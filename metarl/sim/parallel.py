@@ -1,7 +1,8 @@
 """Parallel simulation for CPU simulators (MuJoCo, Meta-World): a BatchedEnv whose sub-envs
 live in simulation workers (metarl.sim.worker), run by a worker pool (metarl.sim.pool):
-worker processes (backend "local"), or the calling process (backend "inline": no processes,
-for one env made by gym.make or an env built to read its dimensions).
+worker processes (backend "local"), the calling process (backend "inline": no processes,
+for one env made by gym.make or an env built to read its dimensions), or Ray actors on a
+cluster (backend "ray", metarl.sim.ray_pool: the same samples, replies carry the rows).
 
 Each of W workers owns a contiguous block of the B sub-envs and steps them. Actions,
 observations and rewards travel through shared-memory tensors ([B, A], [B, D], [B]); the pipe
@@ -36,9 +37,12 @@ from metarl.errors import UserError
 from metarl.rl.batched_env import BatchedEnv
 from metarl.rl.distributions import box_bounds
 from metarl.rl.episodes import EpisodeBatch, episode_ends
-from metarl.sim.pool import POOLS, WorkerError
+from metarl.sim.pool import InlinePool, ProcessPool, WorkerError
+from metarl.sim.ray_pool import RayPool, connect, import_ray
 from metarl.sim.worker import SimBuffers
 from metarl.tasks import Tasks
+
+POOLS = {"local": ProcessPool, "inline": InlinePool, "ray": RayPool}  # env.backend -> where the workers run
 
 __all__ = ["ParallelEnv", "WorkerError", "auto_chunk", "balanced_blocks", "main_thread_only"]
 
@@ -88,9 +92,19 @@ def balanced_blocks(cost: list[float], workers: int) -> list[int]:
     return starts
 
 
+def _cores(backend: str, ray_address: str) -> int:
+    """Default worker count: this machine's cores, or with Ray the cluster's CPUs."""
+    if backend == "ray":
+        ray = import_ray()
+        connect(ray_address)
+        return max(1, int(ray.cluster_resources().get("CPU", 1)))
+    return os.cpu_count() or 1
+
+
 class ParallelEnv(BatchedEnv):
-    """B sub-envs built by `factory` in `workers` simulation workers (0 = one per CPU core), run by
-    the pool `backend` ("local": worker processes; "inline": one worker in this process).
+    """B sub-envs built by `factory` in `workers` simulation workers (0 = one per CPU core; with
+    Ray one per CPU of the cluster), run by the pool `backend` ("local": worker processes;
+    "inline": one worker in this process; "ray": Ray actors, on the cluster at `ray_address`).
     Samplers should step it inside `main_thread_only()` (see `rollout_context`).
 
     task_rows(tasks) -> one picklable task per sub-env (default: each row as a dict of lists);
@@ -108,7 +122,7 @@ class ParallelEnv(BatchedEnv):
                  workers: int = 0, timeout: float = 60.0, start_timeout: float = 120.0,
                  task_rows: Callable[[Tasks], list] | None = None, info_keys: tuple[str, ...] = (),
                  chunk: int = 0, step_cost: Callable[[object], float] | None = None, backend: str = "local",
-                 task_features: tuple[int, Callable[[Tasks], torch.Tensor]] | None = None):
+                 task_features: tuple[int, Callable[[Tasks], torch.Tensor]] | None = None, ray_address: str = ""):
         if backend not in POOLS:
             raise UserError(f"unknown simulation backend {backend!r}; choose one of {', '.join(POOLS)}")
         pool_cls = POOLS[backend]
@@ -116,7 +130,7 @@ class ParallelEnv(BatchedEnv):
         self.observation_space, self.action_space = observation_space, action_space
         self.timeout = timeout
         self.gen = generator if generator is not None else torch.Generator()
-        W = 1 if backend == "inline" else max(1, min(workers or os.cpu_count() or 1, num_envs))
+        W = 1 if backend == "inline" else max(1, min(workers or _cores(backend, ray_address), num_envs))
         # Contiguous blocks: batches are task-major, so a worker keeps few distinct simulators
         # (with sub-env b in worker b % W instead, every worker cycles through all the classes'
         # models and misses the cache).
@@ -151,7 +165,8 @@ class ParallelEnv(BatchedEnv):
             self._low, self._high = box_bounds(action_space)
         self._done = torch.ones(num_envs, dtype=torch.bool, device=self.device)
         self._not_done = torch.zeros(num_envs, dtype=torch.bool, device=self.device)
-        kw = {"start_timeout": start_timeout} if backend == "local" else {}
+        kw = {"local": {"start_timeout": start_timeout}, "inline": {},
+              "ray": {"start_timeout": start_timeout, "address": ray_address}}[backend]
         self.pool = pool_cls(factory, self._blocks(), self._buffers, self.info_keys, self.chunk, **kw)
         self.pids = self.pool.pids
         self.tasks: Tasks | None = None

@@ -193,5 +193,3 @@ class InlinePool:
             for w in self.workers:
                 w.close()
 
-
-POOLS = {"local": ProcessPool, "inline": InlinePool}
