@@ -54,6 +54,8 @@ class MetaWorldConfig:
                           "env.ray_address (pip install -e \".[ray]\")", choices=("local", "inline", "ray"))
     ray_address: str = option("", "env.backend=ray: the Ray cluster ('' starts a local Ray instance; auto joins the "
                               "cluster `ray start` made; HOST:PORT a remote head); set by --ray-address")
+    max_restarts: int = option(3, "env.backend=ray: Ray actors (or nodes) that may die and be replaced, the "
+                               "samples unchanged, before the run stops", ge=0)
     timeout: float = option(60.0, "seconds a worker may take to answer before it counts as hung", gt=0.0)
 
 
@@ -252,7 +254,7 @@ def make_env(benchmark: str, cfg: MetaWorldConfig, num_envs: int, device, genera
     env = ParallelEnv(functools.partial(make_sub_env, cfg.reward_version), num_envs, cfg.horizon, obs_space,
                       act_space, device, generator, cfg.workers, cfg.timeout, task_rows=dist.rows,
                       info_keys=("success",), step_cost=step_cost, chunk=num_envs, backend=cfg.backend,
-                      ray_address=cfg.ray_address)
+                      ray_address=cfg.ray_address, max_restarts=cfg.max_restarts)
     env.set_tasks(_spread(dist, num_envs))  # samplers set their own tasks before stepping
     return env
 

@@ -41,6 +41,8 @@ class MujocoTaskConfig:
                           "env.ray_address (pip install -e \".[ray]\")", choices=("local", "inline", "ray"))
     ray_address: str = option("", "env.backend=ray: the Ray cluster ('' starts a local Ray instance; auto joins the "
                               "cluster `ray start` made; HOST:PORT a remote head); set by --ray-address")
+    max_restarts: int = option(3, "env.backend=ray: Ray actors (or nodes) that may die and be replaced, the "
+                               "samples unchanged, before the run stops", ge=0)
     timeout: float = option(60.0, "seconds a worker may take to answer before it counts as hung", gt=0.0)
 
 
@@ -118,6 +120,7 @@ def make_env(robot: str, task: str, cfg: MujocoTaskConfig, num_envs: int, device
     probe.close()
     env = ParallelEnv(functools.partial(make_sub_env, robot, task), num_envs, cfg.horizon, obs_space, act_space,
                       device, generator, cfg.workers, cfg.timeout, backend=cfg.backend, ray_address=cfg.ray_address,
+                      max_restarts=cfg.max_restarts,
                       task_features=(2 if task == "goal" else 1, _goal_features))
     return env
 

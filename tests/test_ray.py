@@ -78,10 +78,11 @@ def cluster():
     c.shutdown()
 
 
-def _make(backend, workers, delay=0.0, timeout=30.0, cost=False):
+def _make(backend, workers, delay=0.0, timeout=30.0, cost=False, max_restarts=3):
     return ParallelEnv(functools.partial(walker, delay), 7, 3, OBS, ACT, generator=torch.Generator().manual_seed(0),
                        workers=workers, timeout=timeout, backend=backend, info_keys=("success",),
-                       step_cost=(lambda row: 1.0 + 3 * (row["goal"][0] > 0)) if cost else None)
+                       step_cost=(lambda row: 1.0 + 3 * (row["goal"][0] > 0)) if cost else None,
+                       max_restarts=max_restarts)
 
 
 def _sample(env) -> list[torch.Tensor]:
@@ -113,8 +114,38 @@ def test_ray_actors_sample_what_worker_processes_sample(cluster):
             assert all(torch.equal(a, b) for a, b in zip(got, want)), (key, cost)
 
 
-def test_an_actor_killed_mid_rollout_is_one_error_naming_it(cluster):
-    env = _make("ray", 2, delay=0.01, timeout=20.0)
+def _steps_and_episode(env, kill=None):
+    """Tasks, a reset, 2 steps, [kill an actor], 2 more steps, then a 40-step episode during which
+    [an actor is killed]: everything sampled."""
+    env.set_tasks({"goal": torch.linspace(-1, 1, 7).view(7, 1)})
+    out = [env.reset()]
+    for t in range(4):
+        if t == 2 and kill is not None:
+            ray.kill(env.pool.actors[kill])
+        out += list(env.step(torch.full((7, 1), 0.2 * t)))[:2]
+    if kill is not None:
+        threading.Timer(0.2, lambda: ray.kill(env.pool.actors[kill])).start()
+    ep = env.run_policy(Recall(0.1 * torch.randn(40, 7, 1, generator=torch.Generator().manual_seed(3))), episodes=1)
+    return out + [ep.obs, ep.actions, ep.rewards]
+
+
+def test_an_actor_killed_mid_trial_is_replaced_with_the_same_samples(cluster):
+    """A dead actor (between steps; mid-episode) is replaced and brought back to its state by
+    replaying its tasks, reset and steps: the samples equal a run without the faults."""
+    runs = []
+    for kill in (None, 1):
+        env = ParallelEnv(functools.partial(walker, 0.005), 7, 40, OBS, ACT,
+                          generator=torch.Generator().manual_seed(0), workers=2, backend="ray", info_keys=("success",))
+        try:
+            runs.append(_steps_and_episode(env, kill))
+            assert env.pool.restarts == (0 if kill is None else 2)
+        finally:
+            env.close()
+    assert all(torch.equal(a, b) for a, b in zip(*runs))
+
+
+def test_past_max_restarts_a_killed_actor_is_one_error_naming_it(cluster):
+    env = _make("ray", 2, delay=0.01, timeout=20.0, max_restarts=0)
     try:
         env.set_tasks({"goal": torch.zeros(7, 1)})
         threading.Timer(0.5, lambda: ray.kill(env.pool.actors[1])).start()
@@ -122,6 +153,7 @@ def test_an_actor_killed_mid_rollout_is_one_error_naming_it(cluster):
         with pytest.raises(WorkerError, match="worker 1") as err:
             env.run_policy(Recall(torch.zeros(300, 7, 1)), episodes=100)
         assert time.monotonic() - t0 < 20.0 and len(str(err.value).splitlines()) == 1
+        assert "max_restarts=0" in str(err.value)
         with pytest.raises(WorkerError, match="closed"):
             env.reset()
     finally:

@@ -61,7 +61,7 @@ def train(agent: str, env: str, *, config_file: str | None = None, sets: list[st
 
 # What a resumed run may change: its length, and where it simulates (the samples do not depend on it)
 RESUME_CHANGES = ("agent.total_steps=", "agent.iterations=", "env.workers=", "env.backend=", "env.ray_address=",
-                  "env.timeout=")
+                  "env.timeout=", "env.max_restarts=")
 
 
 def _check_same_run(saved: dict[str, Any], agent: str | None, env: str | None, config_file: str | None,

@@ -33,7 +33,7 @@ from metarl.protocols import progress_unit
 from metarl.rundir import open_existing, read_jsonl
 
 # env options that change how tasks are simulated (processes, timeouts), not which tasks
-SIMULATION_ONLY = {"workers", "timeout", "backend", "ray_address"}
+SIMULATION_ONLY = {"workers", "timeout", "backend", "ray_address", "max_restarts"}
 BUDGET_TOLERANCE = 0.05  # budgets within 5% count as equal (RL² rounds steps up to whole iterations)
 
 

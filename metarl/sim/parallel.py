@@ -104,7 +104,8 @@ def _cores(backend: str, ray_address: str) -> int:
 class ParallelEnv(BatchedEnv):
     """B sub-envs built by `factory` in `workers` simulation workers (0 = one per CPU core; with
     Ray one per CPU of the cluster), run by the pool `backend` ("local": worker processes;
-    "inline": one worker in this process; "ray": Ray actors, on the cluster at `ray_address`).
+    "inline": one worker in this process; "ray": Ray actors, on the cluster at `ray_address`,
+    a dead one replaced up to `max_restarts` times with the same samples).
     Samplers should step it inside `main_thread_only()` (see `rollout_context`).
 
     task_rows(tasks) -> one picklable task per sub-env (default: each row as a dict of lists);
@@ -122,7 +123,8 @@ class ParallelEnv(BatchedEnv):
                  workers: int = 0, timeout: float = 60.0, start_timeout: float = 120.0,
                  task_rows: Callable[[Tasks], list] | None = None, info_keys: tuple[str, ...] = (),
                  chunk: int = 0, step_cost: Callable[[object], float] | None = None, backend: str = "local",
-                 task_features: tuple[int, Callable[[Tasks], torch.Tensor]] | None = None, ray_address: str = ""):
+                 task_features: tuple[int, Callable[[Tasks], torch.Tensor]] | None = None, ray_address: str = "",
+                 max_restarts: int = 3):
         if backend not in POOLS:
             raise UserError(f"unknown simulation backend {backend!r}; choose one of {', '.join(POOLS)}")
         pool_cls = POOLS[backend]
@@ -166,7 +168,7 @@ class ParallelEnv(BatchedEnv):
         self._done = torch.ones(num_envs, dtype=torch.bool, device=self.device)
         self._not_done = torch.zeros(num_envs, dtype=torch.bool, device=self.device)
         kw = {"local": {"start_timeout": start_timeout}, "inline": {},
-              "ray": {"start_timeout": start_timeout, "address": ray_address}}[backend]
+              "ray": {"start_timeout": start_timeout, "address": ray_address, "max_restarts": max_restarts}}[backend]
         self.pool = pool_cls(factory, self._blocks(), self._buffers, self.info_keys, self.chunk, **kw)
         self.pids = self.pool.pids
         self.tasks: Tasks | None = None

@@ -8,9 +8,14 @@ same buffers as with worker processes, so a run samples the same trajectories on
 
 Ray is an optional extra (`pip install -e ".[ray]"`), imported only when this backend is chosen.
 `address`: "" starts a local Ray instance (or uses the one this process already joined), "auto"
-joins the cluster `ray start` made on this machine, "HOST:PORT" a remote head. A dead actor or
-node, or one that answers nothing for `timeout` seconds (while stepping an episode: that makes no
-step for `timeout` seconds), is a WorkerError naming the worker and the command.
+joins the cluster `ray start` made on this machine, "HOST:PORT" a remote head.
+
+Faults: an actor (or its node) that dies is replaced, up to `max_restarts` times per pool: the
+new actor is brought to the state the old one had (its tasks, then the reset and every step
+since, replayed from a log of the commands sent) and gets the failed command again, so the
+samples are those the run would have had without the fault. Past `max_restarts`, an actor that
+raises, or one that answers nothing for `timeout` seconds (while stepping an episode: that makes
+no step for `timeout` seconds) is a WorkerError naming the worker and the command.
 """
 from __future__ import annotations
 
@@ -97,15 +102,22 @@ class RayPool:
     shared_memory = False
 
     def __init__(self, factory: Callable, blocks: list[tuple[int, int]], buffers: SimBuffers,
-                 info_keys: tuple[str, ...], chunk: int, start_timeout: float = 120.0, address: str = ""):
+                 info_keys: tuple[str, ...], chunk: int, start_timeout: float = 120.0, address: str = "",
+                 max_restarts: int = 3):
         ray = import_ray()
         connect(address)
         self.ray, self.buffers, self.blocks = ray, buffers, list(blocks)
-        actor = ray.remote(num_cpus=1, max_concurrency=2)(_Block)  # 2 threads: `steps` answers mid-episode
-        shapes = _private(buffers)
-        self.actors = [actor.remote(i, block, factory, shapes, info_keys, chunk) for i, block in enumerate(blocks)]
+        self._actor = ray.remote(num_cpus=1, max_concurrency=2)(_Block)  # 2 threads: `steps` answers mid-episode
+        self._spawn_args = (factory, _private(buffers), info_keys, chunk)
+        self.max_restarts, self.restarts, self.start_timeout = max_restarts, 0, start_timeout
+        # what a replacement actor replays: episode buffer shapes, its tasks, the commands since its last reset
+        self._shapes, self._tasks, self._log = None, [None] * len(blocks), [[] for _ in blocks]
+        self.actors = [self._spawn(i) for i in range(len(blocks))]
         self.closed = False
         self.pids = self._gather([a.pid.remote() for a in self.actors], "start", start_timeout)
+
+    def _spawn(self, i: int):
+        return self._actor.remote(i, self.blocks[i], *self._spawn_args)
 
     @property
     def size(self) -> int:
@@ -120,12 +132,21 @@ class RayPool:
             self.blocks = [block for block, _ in args]
         if cmd == "buffers":  # every actor allocates its own
             args = [[(tuple(x.shape), x.dtype) for x in a] for a in args]
-        refs = []
-        for i, a in enumerate(self.actors):
-            lo, hi = self.blocks[i]
-            refs.append(a.run.remote(cmd, None if args is None else args[i],
-                                     b.act[lo:hi].clone() if cmd == "step" else None))
-        replies = self._gather(refs, cmd, timeout, progress)
+        sends = [(cmd, None if args is None else args[i], b.act[lo:hi].clone() if cmd == "step" else None)
+                 for i, (lo, hi) in enumerate(self.blocks)]
+        refs = [a.run.remote(*s) for a, s in zip(self.actors, sends)]
+        replies = self._gather(refs, cmd, timeout, progress, resend=lambda i: self._replace(i, sends[i], cmd))
+        for i, s in enumerate(sends):  # the log a replacement replays
+            if cmd == "set_tasks":
+                self._tasks[i], self._log[i] = s, []
+            elif cmd == "reset":
+                self._log[i] = [s]
+            elif cmd == "step":
+                self._log[i].append(s)
+            elif cmd == "episode":  # self-contained (it resets first); the env is done after it
+                self._log[i] = []
+            elif cmd == "buffers":
+                self._shapes = s
         out = []
         for (lo, hi), (reply, rows) in zip(self.blocks, replies):
             if cmd in ("step", "reset"):
@@ -136,9 +157,30 @@ class RayPool:
             out.append(reply)
         return out
 
-    def _gather(self, refs: list, what: str, timeout: float, progress: bool = False) -> list:
-        """ray.get of every reply; a dead actor, an error or `timeout` seconds without an answer
-        (with `progress`: without a step) is a WorkerError naming the actor."""
+    def _replace(self, i: int, send: tuple, what: str):
+        """A new actor i in the state of the dead one (replaying its log), sent `send` again; its
+        reply's ref. Past max_restarts: a WorkerError."""
+        if self.restarts >= self.max_restarts:
+            self._fail(f"worker {i} (Ray actor) died during {what}, after {self.restarts} restart(s) "
+                       f"(env.max_restarts={self.max_restarts}); workers shut down")
+        self.restarts += 1
+        try:
+            self.ray.kill(self.actors[i])
+        except Exception:
+            pass
+        self.actors[i] = a = self._spawn(i)
+        replay = [s for s in (self._shapes, self._tasks[i]) if s is not None] + self._log[i]
+        try:
+            for s in replay:  # one at a time: a threaded actor may run queued calls out of order
+                self.ray.get(a.run.remote(*s), timeout=self.start_timeout)
+        except Exception as e:
+            self._fail(f"worker {i} (Ray actor) could not be restarted after it died during {what}: {_first_line(e)}")
+        return a.run.remote(*send)
+
+    def _gather(self, refs: list, what: str, timeout: float, progress: bool = False, resend=None) -> list:
+        """ray.get of every reply; an actor that died is replaced (resend(i) -> the new ref) while
+        restarts remain; an error, or `timeout` seconds without an answer (with `progress`:
+        without a step), is a WorkerError naming the actor."""
         ray = self.ray
         pending = {r: i for i, r in enumerate(refs)}
         replies = [None] * len(refs)
@@ -151,7 +193,10 @@ class RayPool:
                 try:
                     replies[i] = ray.get(r)
                 except ray.exceptions.RayActorError as e:
-                    self._fail(f"worker {i} (Ray actor) died during {what}: {_first_line(e)}")
+                    if resend is None:
+                        self._fail(f"worker {i} (Ray actor) died during {what}: {_first_line(e)}")
+                    pending[resend(i)] = i
+                    deadline = time.monotonic() + timeout
                 except ray.exceptions.RayTaskError as e:
                     self._fail(f"worker {i} raised during {what}: {_first_line(e.cause if e.cause else e)}")
             if pending and time.monotonic() >= deadline:
