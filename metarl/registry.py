@@ -116,6 +116,9 @@ BENCHES: dict[str, Entry] = {
                        "policy in the loop"),
     "metaworld-maml": Entry("metarl.app.bench:bench_metaworld_maml",
                             "the metaworld bench at the MAML ML10 config's scale: 200 sub-envs, 500-step episodes"),
+    "metaworld-ray": Entry("metarl.app.bench:bench_metaworld_ray",
+                           "Meta-World ML10 sampler steps/s on Ray actors vs worker processes, alternating rounds "
+                           "(needs the [ray] extra)"),
     "compare": Entry("metarl.app.bench:bench_compare",
                      "seconds metarl compare takes for a report over 10 runs (1000 and 10,000 held-out tasks each)"),
     "maml-sinusoid": Entry("metarl.app.bench:bench_maml_sinusoid",

@@ -83,4 +83,8 @@ def test_mujoco_bench_reports_stable_keys(cli):
     assert {"single_env_steps_per_s", "parallel_steps_per_s", "cores", "efficiency", "worker_busy_fraction",
             "worker_us_per_env_step", "single_env_us_per_step"} <= set(f)
     assert 0.0 < f["worker_busy_fraction"] <= 1.0 and f["worker_us_per_env_step"] > 0
-    assert f["efficiency"] == pytest.approx(f["parallel_steps_per_s"] / (f["cores"] * f["single_env_steps_per_s"]))
+    assert f["main_cpu_us_per_env_step"] > 0 and 0.0 <= f["worker_wait_fraction"] < 1.0
+    # the phases alternate for 5 rounds: the figure is the median round, inside its spread
+    assert f["rounds"] == len(f["efficiency_rounds"]) == 5
+    assert f["efficiency"] == pytest.approx(sorted(f["efficiency_rounds"])[2])
+    assert f["efficiency_spread"][0] <= f["efficiency"] <= f["efficiency_spread"][1]

@@ -184,3 +184,11 @@ def test_a_tiny_run_trains_the_same_on_ray_as_on_worker_processes(cluster, cli, 
         assert code == 0, err
         metrics[backend] = (tmp_path / backend / "metrics.jsonl").read_text()
     assert metrics["ray"] == metrics["local"] and metrics["local"].count("\n") == 2
+
+
+def test_the_ray_bench_alternates_backends_in_one_run(cluster):
+    from metarl.app.bench import bench_metaworld_ray
+    f = bench_metaworld_ray(torch.device("cpu"), benchmark="ML1", envs_per_worker=2, steps=10, workers=2,
+                            rounds=3)["figures"]
+    assert f["envs"] == 4 and f["rounds"] == 3 and f["local_steps_per_s"] > 0 and f["ray_steps_per_s"] > 0
+    assert f["ray_vs_local_spread"][0] <= f["ray_vs_local"] <= f["ray_vs_local_spread"][1]

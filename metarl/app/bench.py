@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import statistics
 import time
 
 import torch
@@ -124,19 +125,17 @@ def bench_inner_loop(device: torch.device, tasks: int = 40, rollouts: int = 20, 
 
 
 def bench_mujoco(device: torch.device, env: str = "halfcheetah-vel", envs_per_worker: int = 32, steps: int = 200,
-                 workers: int = 0) -> dict:
-    """MuJoCo throughput: one env stepped alone in this process (random actions), the same in
-    `cores` independent processes at once (independent_steps_per_s: the machine's real parallel
-    ceiling), then `cores` simulation workers with a MAML-sized policy (2x100 MLP) in the loop,
-    all in the same run. efficiency = parallel_steps_per_s / (cores * single_env_steps_per_s)."""
+                 workers: int = 0, rounds: int = 5) -> dict:
+    """MuJoCo throughput: one env stepped alone in this process (random actions), and `cores`
+    simulation workers with a MAML-sized policy (2x100 MLP) in the loop, the two phases
+    alternating for `rounds` rounds in the same run (see _alternate); then the same env in `cores`
+    independent processes at once (independent_steps_per_s: the machine's real parallel
+    ceiling). efficiency = parallel / (cores * single) steps/s, the median over rounds."""
     from metarl.agents.maml import MAMLConfig, MAMLLearner
 
     cores = _cores(workers)
     robot, task = env.split("-")
     make = functools.partial(_mujoco_stepper, robot, task, 5 * steps)
-    single_sps = _rate(make)
-    ceiling_sps = _ceiling(make, cores)
-
     spec = lookup("env", ENVS, env)
     cfg = build(spec.config_cls, {"workers": cores, "horizon": steps}, "env")
     gen = make_generator(0, "bench", "cpu")
@@ -144,15 +143,15 @@ def bench_mujoco(device: torch.device, env: str = "halfcheetah-vel", envs_per_wo
     try:
         learner = MAMLLearner(penv, build(MAMLConfig, {}, "agent"), make_generator(0, "bench-init"))
         penv.set_tasks(spec.make_distribution(cfg).sample(penv.num_envs, gen))
-        par_sps, breakdown = _sampler_rate(penv, learner, envs_per_worker, single_sps, device, repeats=1)
+        figures = _single_vs_parallel(make, penv, learner, envs_per_worker, cores, device, rounds)
     finally:
         penv.close()
-    return {"bench": "mujoco", "device": str(device),
-            "figures": {"single_env_steps_per_s": single_sps, "parallel_steps_per_s": par_sps, "cores": cores,
-                        "efficiency": par_sps / (cores * single_sps), "independent_steps_per_s": ceiling_sps,
-                        "ceiling_efficiency": ceiling_sps / (cores * single_sps),
-                        "efficiency_vs_ceiling": par_sps / ceiling_sps, "envs": cores * envs_per_worker, "env": env,
-                        **breakdown}}
+    ceiling_sps = _ceiling(make, cores)
+    figures.update({"independent_steps_per_s": ceiling_sps,
+                    "ceiling_efficiency": ceiling_sps / (cores * figures["single_env_steps_per_s"]),
+                    "efficiency_vs_ceiling": figures["parallel_steps_per_s"] / ceiling_sps,
+                    "envs": cores * envs_per_worker, "env": env})
+    return {"bench": "mujoco", "device": str(device), "figures": figures}
 
 
 def bench_mujoco_paper(device: torch.device, workers: int = 0) -> dict:
@@ -172,30 +171,75 @@ def _sampler_rate(penv, learner, rollouts: int, single_sps: float, device, repea
     best, breakdown = 0.0, {}
     for _ in range(repeats):
         penv.worker_stats()  # zero the workers' timers
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         learner.rollout(penv, params, False, act_gen, rollouts=rollouts)
         _sync(device)
-        wall = time.perf_counter() - t0
-        sps = penv.num_envs * penv.horizon / wall
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+        steps = penv.num_envs * penv.horizon
         stats = penv.worker_stats()
-        if sps > best:
-            best, breakdown = sps, worker_breakdown(stats, wall, single_sps)
+        if steps / wall > best:
+            best, breakdown = steps / wall, worker_breakdown(stats, wall, single_sps)
+            breakdown["main_cpu_us_per_env_step"] = 1e6 * cpu / steps
     return best, breakdown
 
 
 def worker_breakdown(stats: list[dict], wall: float, single_sps: float) -> dict:
     """Where a parallel rollout's time went, from ParallelEnv.worker_stats() over `wall` seconds:
-    worker_busy_fraction (mean share of the wall clock a worker spent stepping its envs; the rest
-    went to the policy, the messages and waiting for the slowest worker), worker_policy_fraction
-    (the share a worker spent acting, when the policy runs inside it), worker_us_per_env_step and
-    its CPU-time twin (one env step inside a worker) beside single_env_us_per_step (alone in
-    this process). efficiency ~= busy fraction * single / worker per-step time * workers / cores."""
+    worker_busy_fraction (mean share of the wall clock a worker spent stepping its envs),
+    worker_policy_fraction (the share a worker spent acting, when the policy runs inside it),
+    worker_wait_fraction (the rest: messages and waiting for the slowest worker or the main
+    process), worker_us_per_env_step and its CPU-time twin (one env step inside a worker) beside
+    single_env_us_per_step (alone in this process, where single_sps is given). efficiency ~=
+    busy fraction * single / worker per-step time * workers / cores."""
     n = sum(s["env_steps"] for s in stats)
-    return {"worker_busy_fraction": sum(s["step_s"] for s in stats) / (len(stats) * wall),
-            "worker_policy_fraction": sum(s.get("policy_s", 0.0) for s in stats) / (len(stats) * wall),
-            "worker_us_per_env_step": 1e6 * sum(s["step_s"] for s in stats) / n,
-            "worker_cpu_us_per_env_step": 1e6 * sum(s["step_cpu_s"] for s in stats) / n,
-            "single_env_us_per_step": 1e6 / single_sps}
+    busy = sum(s["step_s"] for s in stats) / (len(stats) * wall)
+    policy = sum(s.get("policy_s", 0.0) for s in stats) / (len(stats) * wall)
+    out = {"worker_busy_fraction": busy, "worker_policy_fraction": policy,
+           "worker_wait_fraction": max(0.0, 1.0 - busy - policy),
+           "worker_us_per_env_step": 1e6 * sum(s["step_s"] for s in stats) / n,
+           "worker_cpu_us_per_env_step": 1e6 * sum(s["step_cpu_s"] for s in stats) / n}
+    if single_sps:
+        out["single_env_us_per_step"] = 1e6 / single_sps
+    return out
+
+
+def _alternate(phases: dict, rounds: int) -> dict[str, list]:
+    """{name: [result of each round]}: every phase once per round, the phases alternating, so
+    that each sees the same shared, noisy machine (phases run back to back, minutes apart, gave
+    efficiencies of 0.80 and 0.46 on one idle machine)."""
+    out = {k: [] for k in phases}
+    for _ in range(rounds):
+        for k, fn in phases.items():
+            out[k].append(fn())
+    return out
+
+
+def _median(xs: list[float]) -> float:
+    return float(statistics.median(xs))
+
+
+def _spread(xs: list[float]) -> list[float]:
+    """[min, max] of a figure over the rounds."""
+    return [float(min(xs)), float(max(xs))]
+
+
+def _single_vs_parallel(make, penv, learner, rollouts: int, cores: int, device, rounds: int) -> dict:
+    """The single-env and parallel phases alternating for `rounds` rounds: medians of
+    single_env_steps_per_s, parallel_steps_per_s and efficiency (each round's parallel over
+    cores x that round's single), their spreads [min, max], the workers' breakdown of the median
+    round, and the main process's CPU time per env step (what it costs to drive the workers)."""
+    runs = _alternate({"single": lambda: _rate(make, 1),
+                       "parallel": lambda: _sampler_rate(penv, learner, rollouts, None, device, repeats=1)}, rounds)
+    single = runs["single"]
+    par = [sps for sps, _ in runs["parallel"]]
+    eff = [p / (cores * s) for p, s in zip(par, single)]
+    mid = sorted(range(rounds), key=lambda i: eff[i])[rounds // 2]
+    breakdown = {k: v for k, v in runs["parallel"][mid][1].items()}
+    breakdown["single_env_us_per_step"] = 1e6 / single[mid]
+    return {"single_env_steps_per_s": _median(single), "parallel_steps_per_s": _median(par), "cores": cores,
+            "efficiency": _median(eff), "rounds": rounds, "single_env_steps_per_s_spread": _spread(single),
+            "parallel_steps_per_s_spread": _spread(par), "efficiency_spread": _spread(eff),
+            "efficiency_rounds": eff, **breakdown}
 
 
 def _mujoco_stepper(robot: str, task: str, steps: int):
@@ -282,14 +326,16 @@ def _ceiling_once(make, processes: int) -> float:
 
 
 def bench_metaworld(device: torch.device, benchmark: str = "ML10", envs_per_worker: int = 10, steps: int = 200,
-                    workers: int = 0, compare: bool = True, repeats: int = 3) -> dict:
+                    workers: int = 0, compare: bool = True, repeats: int = 3, rounds: int = 5) -> dict:
     """Meta-World throughput, measured in one run: (1) one env of each train class stepped in
-    this process (random actions): single_env_steps_per_s; the same in `cores` independent
-    processes at once: independent_steps_per_s (the machine's real parallel ceiling); (2)
-    metarl's ParallelEnv, one worker per core, with a Meta-World+ MAML policy (2x512 tanh MLP) choosing every action;
-    efficiency = parallel_steps_per_s / (cores * single_env_steps_per_s); (3) with compare,
-    Meta-World's own async vector env (metaworld.make_ml_envs, one process per sub-env) with the
-    same policy in the loop: metaworld_async_steps_per_s and speedup_vs_metaworld_async."""
+    this process (random actions): single_env_steps_per_s, alternating for `rounds` rounds with
+    (2) metarl's ParallelEnv, one worker per core, with a Meta-World+ MAML policy (2x512 tanh
+    MLP) choosing every action: parallel_steps_per_s; efficiency = parallel / (cores * single),
+    the median over rounds (_single_vs_parallel); (3) the single env in `cores` independent
+    processes at once: independent_steps_per_s (the machine's real parallel ceiling); (4) with
+    compare, Meta-World's own async vector env (metaworld.make_ml_envs, one process per sub-env)
+    with the same policy in the loop: metaworld_async_steps_per_s (best of `repeats`) and
+    speedup_vs_metaworld_async."""
     from metarl.agents.maml import MAMLConfig, MAMLLearner
     from metarl.sim.parallel import main_thread_only
 
@@ -301,8 +347,6 @@ def bench_metaworld(device: torch.device, benchmark: str = "ML10", envs_per_work
     classes = dist.names["train"]
     C = len(classes)
     make = functools.partial(_mw_stepper, benchmark, cfg.task, 5 * steps)
-    single_sps = _rate(make, repeats)
-    ceiling_sps = _ceiling(make, cores, repeats)
 
     num_envs = -(-cores * envs_per_worker // C) * C  # a multiple of the classes
     mcfg = build(MAMLConfig, {"hidden_size": 512, "activation": "tanh"}, "agent")
@@ -319,14 +363,14 @@ def bench_metaworld(device: torch.device, benchmark: str = "ML10", envs_per_work
     try:
         learner = MAMLLearner(penv, mcfg, make_generator(0, "bench-init"))
         penv.set_tasks(dist.sample(num_envs, gen))
-        par_sps, breakdown = _sampler_rate(penv, learner, C, single_sps, device, repeats)
+        figures = _single_vs_parallel(make, penv, learner, C, cores, device, rounds)
     finally:
         penv.close()
-    figures = {"single_env_steps_per_s": single_sps, "parallel_steps_per_s": par_sps, "cores": cores,
-               "efficiency": par_sps / (cores * single_sps), "independent_steps_per_s": ceiling_sps,
-               "ceiling_efficiency": ceiling_sps / (cores * single_sps),
-               "efficiency_vs_ceiling": par_sps / ceiling_sps, "envs": num_envs, "benchmark": benchmark,
-               **breakdown}
+    par_sps = figures["parallel_steps_per_s"]
+    ceiling_sps = _ceiling(make, cores, repeats)
+    figures.update({"independent_steps_per_s": ceiling_sps,
+                    "ceiling_efficiency": ceiling_sps / (cores * figures["single_env_steps_per_s"]),
+                    "efficiency_vs_ceiling": par_sps / ceiling_sps, "envs": num_envs, "benchmark": benchmark})
     if compare:
         import metaworld
         per_cls = num_envs // C  # sub-envs per class; metaworld wants each class's goals to split evenly
@@ -356,8 +400,48 @@ def bench_metaworld_maml(device: torch.device, workers: int = 0) -> dict:
     so short episodes understate the sampler), without the async comparison (one process per
     sub-env would be 200 processes)."""
     cores = _cores(workers)
-    out = bench_metaworld(device, envs_per_worker=-(-200 // cores), steps=500, workers=cores, compare=False, repeats=1)
+    out = bench_metaworld(device, envs_per_worker=-(-200 // cores), steps=500, workers=cores, compare=False, repeats=1,
+                          rounds=3)
     return {**out, "bench": "metaworld-maml"}
+
+
+def bench_metaworld_ray(device: torch.device, benchmark: str = "ML10", envs_per_worker: int = 10, steps: int = 200,
+                        workers: int = 0, rounds: int = 5) -> dict:
+    """The Ray backend against worker processes on this machine: ParallelEnv rollouts of
+    bench_metaworld's sampler (one worker per core, a 2x512 policy in the workers) with
+    env.backend "local" and "ray" alternating for `rounds` rounds; ray_vs_local is the median of
+    each round's ratio of steps/s. Ray is started locally with the machine's cores."""
+    from metarl.agents.maml import MAMLConfig, MAMLLearner
+    from metarl.sim.ray_pool import connect
+
+    cores = _cores(workers)
+    connect("")
+    spec = lookup("env", ENVS, benchmark.lower())
+    mcfg = build(MAMLConfig, {"hidden_size": 512, "activation": "tanh"}, "agent")
+    envs, rates = {}, {}
+    try:
+        for backend in ("local", "ray"):
+            cfg = build(spec.config_cls, {"workers": cores, "horizon": min(steps, 500), "backend": backend}, "env")
+            dist = spec.make_distribution(cfg)
+            C = len(dist.names["train"])
+            num_envs = -(-cores * envs_per_worker // C) * C
+            envs[backend] = penv = spec.make_env(cfg, num_envs, device, make_generator(0, "bench", "cpu"))
+            learner = MAMLLearner(penv, mcfg, make_generator(0, "bench-init"))
+            penv.set_tasks(dist.sample(num_envs, make_generator(0, "bench-tasks", "cpu")))
+            rates[backend] = functools.partial(_sampler_rate, penv, learner, C, None, device, 1)
+        runs = _alternate(rates, rounds)
+    finally:
+        for penv in envs.values():
+            penv.close()
+    local, ray_ = ([sps for sps, _ in runs[k]] for k in ("local", "ray"))
+    ratio = [r / loc for r, loc in zip(ray_, local)]
+    return {"bench": "metaworld-ray", "device": str(device),
+            "figures": {"local_steps_per_s": _median(local), "ray_steps_per_s": _median(ray_),
+                        "ray_vs_local": _median(ratio), "ray_vs_local_spread": _spread(ratio), "rounds": rounds,
+                        "cores": cores, "envs": envs["local"].num_envs, "benchmark": benchmark,
+                        "ray_main_cpu_us_per_env_step": _median([b["main_cpu_us_per_env_step"] for _, b in runs["ray"]]),
+                        "local_main_cpu_us_per_env_step": _median([b["main_cpu_us_per_env_step"]
+                                                                   for _, b in runs["local"]])}}
 
 
 def bench_maml_sinusoid(device: torch.device, meta_batch: int = 25, shots: int = 10, iterations: int = 200,
