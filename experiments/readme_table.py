@@ -225,7 +225,9 @@ def workers_figure(f: dict) -> str:
     """A simulation-worker bench's figure: steps/s (efficiency; the workers' share of the time
     stepping / acting; one env step inside a worker vs alone)."""
     nan = float("nan")
-    return (f"{f['parallel_steps_per_s']:,.0f} (**{f['efficiency']:.2f}**; "
+    spread = (f" [{f['efficiency_spread'][0]:.2f}, {f['efficiency_spread'][1]:.2f}] over {f['rounds']} rounds"
+              if "efficiency_spread" in f else "")  # median of alternating rounds, since 4e7263a
+    return (f"{f['parallel_steps_per_s']:,.0f} (**{f['efficiency']:.2f}**{spread}; "
             f"{f.get('worker_busy_fraction', nan):.2f} / {f.get('worker_policy_fraction', nan):.2f}; "
             f"{f.get('worker_us_per_env_step', nan):.0f} vs {f.get('single_env_us_per_step', nan):.0f} µs)")
 
@@ -240,6 +242,12 @@ def cpu_bench_table(b: dict) -> str:
         if name.startswith("mujoco"):
             rows.append(f"| MuJoCo ({f['env']}, {f['envs']} sub-envs) workers on {f['cores']} cores, MAML's sampler: "
                         f"{WORKERS_MEASURE} | {workers_figure(f)} | efficiency 0.80" + tail(e))
+        elif name == "metaworld-ray":
+            lo, hi = f["ray_vs_local_spread"]
+            rows.append(f"| Meta-World {f['benchmark']} ({f['envs']} sub-envs) on {f['cores']} Ray actors vs {f['cores']} "
+                        f"worker processes, MAML's sampler, {f['rounds']} alternating rounds: steps/s | "
+                        f"{f['ray_steps_per_s']:,.0f} vs {f['local_steps_per_s']:,.0f} (Ray **{f['ray_vs_local']:.2f}x** "
+                        f"[{lo:.2f}, {hi:.2f}]) | at least 0.8x" + tail(e))
         elif name.startswith("metaworld"):
             rows.append(f"| Meta-World {f['benchmark']} ({f['envs']} sub-envs) workers on {f['cores']} cores, MAML's "
                         f"sampler (2x512 policy): {WORKERS_MEASURE} | {workers_figure(f)} | efficiency 0.85" + tail(e))
