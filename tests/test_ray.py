@@ -123,8 +123,12 @@ def _steps_and_episode(env, kill=None):
         if t == 2 and kill is not None:
             ray.kill(env.pool.actors[kill])
         out += list(env.step(torch.full((7, 1), 0.2 * t)))[:2]
-    if kill is not None:
-        threading.Timer(0.2, lambda: ray.kill(env.pool.actors[kill])).start()
+    if kill is not None:  # once the episode has begun stepping in that actor
+        def kill_mid_episode(actor=env.pool.actors[kill]):
+            while ray.get(actor.steps.options(concurrency_group="probe").remote()) == 0:
+                time.sleep(0.01)
+            ray.kill(actor)
+        threading.Thread(target=kill_mid_episode, daemon=True).start()
     ep = env.run_policy(Recall(0.1 * torch.randn(40, 7, 1, generator=torch.Generator().manual_seed(3))), episodes=1)
     return out + [ep.obs, ep.actions, ep.rewards]
 

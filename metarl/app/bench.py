@@ -204,13 +204,14 @@ def worker_breakdown(stats: list[dict], wall: float, single_sps: float) -> dict:
 
 
 def _alternate(phases: dict, rounds: int) -> dict[str, list]:
-    """{name: [result of each round]}: every phase once per round, the phases alternating, so
-    that each sees the same shared, noisy machine (phases run back to back, minutes apart, gave
-    efficiencies of 0.80 and 0.46 on one idle machine)."""
+    """{name: [result of each round]}: every phase once per round, the phases alternating (in
+    reverse order every other round, so neither always goes first), so that each sees the same
+    shared, noisy machine (phases run back to back, minutes apart, gave efficiencies of 0.80 and
+    0.46 on one idle machine)."""
     out = {k: [] for k in phases}
-    for _ in range(rounds):
-        for k, fn in phases.items():
-            out[k].append(fn())
+    for r in range(rounds):
+        for k in (list(phases) if r % 2 == 0 else list(phases)[::-1]):
+            out[k].append(phases[k]())
     return out
 
 
@@ -233,7 +234,7 @@ def _single_vs_parallel(make, penv, learner, rollouts: int, cores: int, device, 
     single = runs["single"]
     par = [sps for sps, _ in runs["parallel"]]
     eff = [p / (cores * s) for p, s in zip(par, single)]
-    mid = sorted(range(rounds), key=lambda i: eff[i])[rounds // 2]
+    mid = sorted(range(rounds), key=lambda i: eff[i])[(rounds - 1) // 2]  # the median round (lower of two)
     breakdown = {k: v for k, v in runs["parallel"][mid][1].items()}
     breakdown["single_env_us_per_step"] = 1e6 / single[mid]
     return {"single_env_steps_per_s": _median(single), "parallel_steps_per_s": _median(par), "cores": cores,

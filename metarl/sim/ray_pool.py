@@ -107,7 +107,8 @@ class RayPool:
         ray = import_ray()
         connect(address)
         self.ray, self.buffers, self.blocks = ray, buffers, list(blocks)
-        self._actor = ray.remote(num_cpus=1, max_concurrency=2)(_Block)  # 2 threads: `steps` answers mid-episode
+        # commands run one at a time; `steps` has a thread of its own, to answer mid-episode
+        self._actor = ray.remote(num_cpus=1, concurrency_groups={"probe": 1})(_Block)
         self._spawn_args = (factory, _private(buffers), info_keys, chunk)
         self.max_restarts, self.restarts, self.start_timeout = max_restarts, 0, start_timeout
         # what a replacement actor replays: episode buffer shapes, its tasks, the commands since its last reset
@@ -128,14 +129,14 @@ class RayPool:
         if self.closed:
             raise WorkerError(CLOSED)
         b = self.buffers
-        if cmd == "set_tasks":
-            self.blocks = [block for block, _ in args]
         if cmd == "buffers":  # every actor allocates its own
             args = [[(tuple(x.shape), x.dtype) for x in a] for a in args]
         sends = [(cmd, None if args is None else args[i], b.act[lo:hi].clone() if cmd == "step" else None)
                  for i, (lo, hi) in enumerate(self.blocks)]
         refs = [a.run.remote(*s) for a, s in zip(self.actors, sends)]
         replies = self._gather(refs, cmd, timeout, progress, resend=lambda i: self._replace(i, sends[i], cmd))
+        if cmd == "set_tasks":  # the blocks move once every actor has moved (a replacement starts on the old one)
+            self.blocks = [block for block, _ in args]
         for i, s in enumerate(sends):  # the log a replacement replays
             if cmd == "set_tasks":
                 self._tasks[i], self._log[i] = s, []
@@ -158,24 +159,34 @@ class RayPool:
         return out
 
     def _replace(self, i: int, send: tuple, what: str):
-        """A new actor i in the state of the dead one (replaying its log), sent `send` again; its
-        reply's ref. Past max_restarts: a WorkerError."""
-        if self.restarts >= self.max_restarts:
-            self._fail(f"worker {i} (Ray actor) died during {what}, after {self.restarts} restart(s) "
-                       f"(env.max_restarts={self.max_restarts}); workers shut down")
-        self.restarts += 1
-        try:
-            self.ray.kill(self.actors[i])
-        except Exception:
-            pass
-        self.actors[i] = a = self._spawn(i)
-        replay = [s for s in (self._shapes, self._tasks[i]) if s is not None] + self._log[i]
-        try:
-            for s in replay:  # one at a time: a threaded actor may run queued calls out of order
-                self.ray.get(a.run.remote(*s), timeout=self.start_timeout)
-        except Exception as e:
-            self._fail(f"worker {i} (Ray actor) could not be restarted after it died during {what}: {_first_line(e)}")
-        return a.run.remote(*send)
+        """A new actor i in the state of the dead one (its log replayed, its step counters zeroed),
+        sent `send` again; its reply's ref. A replacement that dies while replaying is replaced
+        too. Past max_restarts: a WorkerError."""
+        ray = self.ray
+        while True:
+            if self.restarts >= self.max_restarts:
+                self._fail(f"worker {i} (Ray actor) died during {what}, after {self.restarts} restart(s) "
+                           f"(env.max_restarts={self.max_restarts}); workers shut down")
+            self.restarts += 1
+            try:
+                ray.kill(self.actors[i])
+            except Exception:
+                pass
+            self.actors[i] = a = self._spawn(i)
+            replay = [s for s in (self._shapes, self._tasks[i]) if s is not None] + self._log[i] + [("stats", None)]
+            try:
+                self.pids[i] = ray.get(a.pid.remote(), timeout=self.start_timeout)
+                for s in replay:
+                    ray.get(a.run.remote(*s), timeout=self.start_timeout)
+            except ray.exceptions.RayTaskError as e:
+                self._fail(f"worker {i} (Ray actor) could not be restarted after it died during {what}: "
+                           f"{_first_line(e.cause if e.cause else e)}")
+            except (ray.exceptions.RayError, TimeoutError) as e:  # died again, or its node: another one
+                if isinstance(e, TimeoutError):  # (ray's GetTimeoutError is one)
+                    self._fail(f"worker {i} (Ray actor) could not be restarted within {self.start_timeout:.0f} s "
+                               f"after it died during {what}")
+                continue
+            return a.run.remote(*send)
 
     def _gather(self, refs: list, what: str, timeout: float, progress: bool = False, resend=None) -> list:
         """ray.get of every reply; an actor that died is replaced (resend(i) -> the new ref) while
@@ -192,17 +203,17 @@ class RayPool:
                 i = pending.pop(r)
                 try:
                     replies[i] = ray.get(r)
-                except ray.exceptions.RayActorError as e:
+                except ray.exceptions.RayTaskError as e:
+                    self._fail(f"worker {i} raised during {what}: {_first_line(e.cause if e.cause else e)}")
+                except ray.exceptions.RayError as e:  # the actor, its node or its reply is gone
                     if resend is None:
                         self._fail(f"worker {i} (Ray actor) died during {what}: {_first_line(e)}")
                     pending[resend(i)] = i
                     deadline = time.monotonic() + timeout
-                except ray.exceptions.RayTaskError as e:
-                    self._fail(f"worker {i} raised during {what}: {_first_line(e.cause if e.cause else e)}")
             if pending and time.monotonic() >= deadline:
                 if progress:
                     now = self._steps(timeout)
-                    if now != steps:
+                    if now is not None and now != steps:
                         steps, deadline = now, time.monotonic() + timeout
                         continue
                 late = min(pending.values())
@@ -212,7 +223,8 @@ class RayPool:
 
     def _steps(self, timeout: float = 10.0) -> list | None:
         try:
-            return self.ray.get([a.steps.remote() for a in self.actors], timeout=timeout)
+            return self.ray.get([a.steps.options(concurrency_group="probe").remote() for a in self.actors],
+                                timeout=timeout)
         except Exception:  # an actor that cannot say: let the caller's deadline decide
             return None
 
