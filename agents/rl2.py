@@ -20,10 +20,10 @@ from metarl.rl.distributions import make_head
 from metarl.rl.episodes import EpisodeBatch, discounted_returns, gae
 from metarl.rl.linear_baseline import fit_predict
 from metarl.rl.ppo import RunningMeanStd, ppo_loss
-from metarl.rl.trial import (RL2History, RL2Input, TrialEnv, burn_in_mask, chunk_starts, collect_trial, rl2_input_dim,
+from metarl.rl.trial import (RL2History, RL2Input, TrialEnv, burn_in_mask, chunk_starts, rl2_input_dim,
                              run_trial)
 from metarl.seeding import make_generator
-from metarl.tasks import split_generator
+from metarl.tasks import Tasks, split_generator
 from metarl.training import AgentSpec
 
 
@@ -72,9 +72,9 @@ class RL2Config:
                                   "runs from the rollout state as burn-in, outside its loss", ge=0)
     minibatch_by_chunk: bool = option(False, "each minibatch holds one chunk position of every trial (chunk positions "
                                              "shuffled each epoch; replaces num_minibatches), as Meta-World+'s RL²")
-    policy_in_workers: bool = option(False, "CPU simulators (MuJoCo, Meta-World): the policy GRU acts inside the "
-                                            "simulation workers for a whole trial, not in this process with a "
-                                            "round trip per step (log-probs and values are recomputed here)")
+    policy_in_workers: bool = option(True, "CPU simulators (MuJoCo, Meta-World): the policy GRU acts inside the "
+                                           "simulation workers for a whole trial; false: in this process, with a "
+                                           "round trip per step (the same samples, slower)")
     eval_every: int = option(0, "Meta-World: every N iterations, play the evaluation protocol on eval_goals goals "
                                 "of each held-out class and log heldout_success beside training success "
                                 "(0 = off)", ge=0)
@@ -154,25 +154,6 @@ class GRUActorCritic(nn.Module):
         return torch.zeros(1, batch, width, device=device)
 
 
-class RolloutPolicy:
-    """Adapts the network to the sampler: one step, sampled action, de-normalised value."""
-
-    def __init__(self, net: GRUActorCritic, rms: RunningMeanStd | None, task: torch.Tensor | None = None):
-        self.net, self.rms, self.task = net, rms, task
-
-    def initial_state(self, batch, device):
-        return self.net.initial_state(batch, device)
-
-    def step(self, x, h, generator):
-        out, v, h = self.net(x.unsqueeze(0), h, self.task)
-        dist = self.net.pi.dist(out[0])
-        a = dist.sample(generator)
-        v = v[0]
-        if self.rms is not None:
-            v = v * self.rms.std.float() + self.rms.mean.float()
-        return a, dist.log_prob(a), v, h
-
-
 class GRURows:
     """The RL² policy as a RowPolicy (metarl.rl.batched_env), for a trial run inside simulation
     workers: the policy GRU and head, the trial's sampling noise [T, B(, A)] drawn ahead, and for
@@ -245,8 +226,6 @@ class RL2Trainer:
         if not cfg.minibatch_by_chunk and cfg.num_minibatches > chunks:
             raise UserError(f"agent.num_minibatches={cfg.num_minibatches} exceeds the {chunks} sequences per "
                             f"iteration; lower it or raise agent.num_envs")
-        if cfg.policy_in_workers and cfg.expected_rewards:
-            raise UserError("agent.expected_rewards needs the policy in this process; set agent.policy_in_workers=false")
         task_dim = _task_dim(env, cfg, env_spec.name)
         self.net = _network(self.trial_env.input_dim, env.action_space, cfg, make_generator(seed, "init"),
                             task_dim).to(device)
@@ -266,11 +245,7 @@ class RL2Trainer:
         tasks = self.dist.sample(cfg.num_envs, self.task_gen)
         self.trial_env.env.set_tasks(tasks)
         task_f = self.trial_env.env.task_features() if cfg.privileged_critic else None
-        if cfg.policy_in_workers:
-            batch, h_starts = self._collect_in_workers(tasks, task_f)
-        else:
-            batch, h_starts = collect_trial(self.rollout_policy(task_f), self.trial_env, tasks, self.act_gen,
-                                            starts=self.starts)
+        batch, h_starts = self.collect(tasks, task_f)
         t1 = time.perf_counter()
         # The trial is one RL² episode: returns flow across inner-episode boundaries.
         no_dones = torch.zeros_like(batch.dones)
@@ -335,14 +310,18 @@ class RL2Trainer:
         return list(torch.randperm(N, generator=self.shuffle_gen).to(self.device).chunk(self.cfg.num_minibatches))
 
     @torch.no_grad()
-    def _collect_in_workers(self, tasks, task_f):
-        """collect_trial with the policy acting inside the simulation workers (run_trial, GRURows);
-        the log-probs of its actions, the values and each BPTT chunk's starting state come from
-        one pass of the network over the recorded inputs here, chunk by chunk as PPO replays them."""
+    def collect(self, tasks: Tasks, task_f: torch.Tensor | None = None) -> tuple[EpisodeBatch, torch.Tensor]:
+        """One trial in every sub-env for training: the policy (GRURows, its sampling noise drawn
+        here) acts through run_trial, inside the simulation workers with agent.policy_in_workers,
+        else in this process; the log-probs of its actions, the values (task features task_f
+        [B, F] for a privileged critic) and each BPTT chunk's starting state come from one pass
+        of the network over the recorded inputs, chunk by chunk as PPO replays them.
+        Returns (EpisodeBatch [T, B] with logprobs, values and the env's mean_rewards if any,
+        h_starts [C, B, H'])."""
         T, B, L = self.trial_env.trial_length, self.cfg.num_envs, self.bptt
         noise = self.net.pi.draw_noise((T, B), self.act_gen)
         ep = run_trial(self.trial_env, GRURows(self.net.gru, self.net.pi, noise, self.trial_env, self.net.encoder),
-                       tasks)
+                       tasks, in_workers=self.cfg.policy_in_workers)
         x, actions, rewards = ep.obs.to(self.device), ep.actions.to(self.device), ep.rewards.to(self.device)
         h, outs, values, h_at = self.net.initial_state(B, self.device), [], [], {}
         cuts = sorted(set(self.starts) | {c * L for c in range(-(-T // L))}) + [T]  # PPO's chunks and L-step pieces
@@ -356,12 +335,9 @@ class RL2Trainer:
         v = torch.cat(values)
         if self.rms is not None:
             v = v * self.rms.std.float() + self.rms.mean.float()
-        return EpisodeBatch(x, actions, rewards, ep.dones.to(self.device), logp, v), torch.stack(h_starts)
-
-    def rollout_policy(self, task_features: torch.Tensor | None = None) -> RolloutPolicy:
-        """The policy step training samples with (collect_trial's), task_features [B, F] for a
-        privileged critic."""
-        return RolloutPolicy(self.net, self.rms, task_features)
+        mean_rewards = None if ep.mean_rewards is None else ep.mean_rewards.to(self.device)
+        return (EpisodeBatch(x, actions, rewards, ep.dones.to(self.device), logp, v, mean_rewards),
+                torch.stack(h_starts))
 
     def state_dict(self):
         return {"net": self.net.state_dict(), "opt": self.opt.state_dict(),

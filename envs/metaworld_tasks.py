@@ -32,6 +32,7 @@ from metarl.cache import cache_root
 from metarl.config import option
 from metarl.errors import UserError
 from metarl.rl.batched_env import EnvSpec
+from metarl.sim.options import SimulationOptions
 from metarl.tasks import SPLITS, TaskDistribution, Tasks
 
 BENCHMARKS = ("ML1", "ML10", "ML25", "ML45")
@@ -39,7 +40,7 @@ MAX_PATH_LENGTH = 500  # Meta-World's episode length; its envs refuse to step pa
 
 
 @dataclass
-class MetaWorldConfig:
+class MetaWorldConfig(SimulationOptions):
     task: str = option("reach-v3", "ML1 only: the Meta-World task, e.g. reach-v3, push-v3, pick-place-v3")
     reward_version: str = option("v2", "Meta-World reward function version", choices=("v1", "v2"))
     horizon: int = option(MAX_PATH_LENGTH, "steps per episode (Meta-World: 500)", ge=1, le=MAX_PATH_LENGTH)
@@ -48,15 +49,6 @@ class MetaWorldConfig:
     eval_episodes: int = option(3, "evaluation protocol: evaluation episodes per held-out task", ge=1)
     goals_per_class: int = option(40, "evaluation protocol: held-out goals per test class", ge=1, le=50)
     benchmark_seed: int = option(0, "seed of metaworld's goal lists (fixed across runs, so runs share tasks)", ge=0)
-    workers: int = option(0, "simulation worker processes; 0 = one per CPU core", ge=0)
-    backend: str = option("local", "where the sub-envs simulate: local = in env.workers worker processes; inline = "
-                          "in this process, no workers (what gym.make uses); ray = in Ray actors on the cluster of "
-                          "env.ray_address (pip install -e \".[ray]\")", choices=("local", "inline", "ray"))
-    ray_address: str = option("", "env.backend=ray: the Ray cluster ('' starts a local Ray instance; auto joins the "
-                              "cluster `ray start` made; HOST:PORT a remote head); set by --ray-address")
-    max_restarts: int = option(3, "env.backend=ray: Ray actors (or nodes) that may die and be replaced, the "
-                               "samples unchanged, before the run stops", ge=0)
-    timeout: float = option(60.0, "seconds a worker may take to answer before it counts as hung", gt=0.0)
 
 
 def require_metaworld():
@@ -252,9 +244,8 @@ def make_env(benchmark: str, cfg: MetaWorldConfig, num_envs: int, device, genera
     # weights a call; calling it per small chunk costs more than the cache it saves, by
     # `metarl bench metaworld`)
     env = ParallelEnv(functools.partial(make_sub_env, cfg.reward_version), num_envs, cfg.horizon, obs_space,
-                      act_space, device, generator, cfg.workers, cfg.timeout, task_rows=dist.rows,
-                      info_keys=("success",), step_cost=step_cost, chunk=num_envs, backend=cfg.backend,
-                      ray_address=cfg.ray_address, max_restarts=cfg.max_restarts)
+                      act_space, device, generator, task_rows=dist.rows, info_keys=("success",),
+                      step_cost=step_cost, chunk=num_envs, **cfg.pool_options())
     env.set_tasks(_spread(dist, num_envs))  # samplers set their own tasks before stepping
     return env
 

@@ -22,6 +22,7 @@ import torch
 from metarl.config import option
 from metarl.errors import UserError
 from metarl.rl.batched_env import EnvSpec
+from metarl.sim.options import SimulationOptions
 from metarl.tasks import TaskDistribution, Tasks
 
 GYM_IDS = {"halfcheetah": "HalfCheetah-v5", "ant": "Ant-v5"}
@@ -32,18 +33,9 @@ CTRL_WEIGHT = {"halfcheetah": 0.05, "ant": 0.005}
 
 
 @dataclass
-class MujocoTaskConfig:
+class MujocoTaskConfig(SimulationOptions):
     horizon: int = option(200, "steps per episode (the MAML paper uses 200)", ge=1)
     episodes: int = option(2, "episodes per trial (RL²); MAML agents set their own rollout counts", ge=1)
-    workers: int = option(0, "simulation worker processes; 0 = one per CPU core", ge=0)
-    backend: str = option("local", "where the sub-envs simulate: local = in env.workers worker processes; inline = "
-                          "in this process, no workers (what gym.make uses); ray = in Ray actors on the cluster of "
-                          "env.ray_address (pip install -e \".[ray]\")", choices=("local", "inline", "ray"))
-    ray_address: str = option("", "env.backend=ray: the Ray cluster ('' starts a local Ray instance; auto joins the "
-                              "cluster `ray start` made; HOST:PORT a remote head); set by --ray-address")
-    max_restarts: int = option(3, "env.backend=ray: Ray actors (or nodes) that may die and be replaced, the "
-                               "samples unchanged, before the run stops", ge=0)
-    timeout: float = option(60.0, "seconds a worker may take to answer before it counts as hung", gt=0.0)
 
 
 def _require_mujoco():
@@ -119,9 +111,8 @@ def make_env(robot: str, task: str, cfg: MujocoTaskConfig, num_envs: int, device
                                dtype=np.float32)
     probe.close()
     env = ParallelEnv(functools.partial(make_sub_env, robot, task), num_envs, cfg.horizon, obs_space, act_space,
-                      device, generator, cfg.workers, cfg.timeout, backend=cfg.backend, ray_address=cfg.ray_address,
-                      max_restarts=cfg.max_restarts,
-                      task_features=(2 if task == "goal" else 1, _goal_features))
+                      device, generator, task_features=(2 if task == "goal" else 1, _goal_features),
+                      **cfg.pool_options())
     return env
 
 

@@ -103,9 +103,11 @@ def as_dict(cfg) -> dict[str, Any]:
 
 
 def describe(cls, section: str) -> str:
-    """Help text listing every option of a config class with its default."""
+    """Help text listing every option of a config class with its default: its own options first,
+    then those it inherits (e.g. metarl.sim.options.SimulationOptions)."""
+    inherited = {f.name for base in cls.__mro__[1:] if dataclasses.is_dataclass(base) for f in dataclasses.fields(base)}
     lines = []
-    for f in dataclasses.fields(cls):
+    for f in sorted(dataclasses.fields(cls), key=lambda f: f.name in inherited):
         lines.append(f"  {section}.{f.name} = {f.default!r}\n      {f.metadata.get('help', '')}")
     return "\n".join(lines)
 

@@ -210,7 +210,11 @@ def test_rl2_policy_in_workers_on_ml1_acts_as_the_recomputed_network():
     """RL² with agent.policy_in_workers on Meta-World: two workers run the GRU for their own
     sub-envs over a 2-episode trial (each chunk with a fresh memory, rewards observed, resets
     between episodes); the actions equal mean + std * noise of the network rerun here over the
-    recorded inputs, and the per-episode success is recorded."""
+    recorded inputs, the per-episode success is recorded, and the policy acting in this process
+    (a round trip per step) samples the same trial (to float rounding: a worker's GRU runs on
+    its block of rows, this process's on all of them)."""
+    import dataclasses
+
     from metarl.agents.rl2 import RL2Config, RL2Trainer
     from metarl.config import build
     from metarl.registry import ENVS, lookup
@@ -220,8 +224,10 @@ def test_rl2_policy_in_workers_on_ml1_acts_as_the_recomputed_network():
                             "reward_scale": 0.1}, "agent")
     tr = RL2Trainer(spec, env_cfg, cfg, 0, torch.device("cpu"))
     try:
-        state = tr.act_gen.get_state()
-        batch, h_starts = tr._collect_in_workers(tr.dist.sample(4, tr.task_gen), None)
+        tasks = tr.dist.sample(4, tr.task_gen)
+        state, env_state = tr.act_gen.get_state(), tr.trial_env.env.gen.get_state()
+        batch, h_starts = tr.collect(tasks)
+        success = tr.trial_env.success
         tr.act_gen.set_state(state)
         noise = tr.net.pi.draw_noise((20, 4), tr.act_gen)
         with torch.no_grad():
@@ -229,8 +235,16 @@ def test_rl2_policy_in_workers_on_ml1_acts_as_the_recomputed_network():
         dist = tr.net.pi.dist(out)
         assert torch.allclose(batch.actions, dist.mean + dist.log_std.exp() * noise, atol=1e-5)
         assert h_starts.shape == (2, 4, 8) and not torch.equal(h_starts[1], h_starts[0])
-        assert tr.trial_env.success.shape == (2, 4)
+        assert success.shape == (2, 4)
         assert torch.allclose(batch.obs[1:, :, 39 + 4], 0.1 * batch.rewards[:-1])  # previous reward input
+
+        tr.act_gen.set_state(state)
+        tr.trial_env.env.gen.set_state(env_state)
+        tr.cfg = dataclasses.replace(tr.cfg, policy_in_workers=False)
+        here, h_here = tr.collect(tasks)
+        for a, b in ((here.obs, batch.obs), (here.actions, batch.actions), (here.rewards, batch.rewards),
+                     (here.logprobs, batch.logprobs), (h_here, h_starts), (tr.trial_env.success, success)):
+            assert torch.allclose(a, b, atol=1e-5)
     finally:
         tr.trial_env.env.close()
 

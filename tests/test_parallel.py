@@ -348,3 +348,23 @@ def test_step_cost_balances_the_blocks_and_samples_stay_the_same():
     for a, b in zip(eps[True], eps[False]):
         for k in ("obs", "actions", "rewards"):
             assert torch.equal(getattr(a, k), getattr(b, k))
+
+
+def test_every_simulated_env_takes_the_one_set_of_simulation_options():
+    """Env configs get workers / backend / ray_address / max_restarts / timeout only by inheriting
+    SimulationOptions (one definition: resume, compare and gym.make's inline probe key on it)."""
+    import dataclasses
+
+    from metarl.registry import ENVS, load
+    from metarl.sim.options import SIMULATION_FIELDS, SimulationOptions
+    simulated = []
+    for name, e in ENVS.items():
+        cls = load(e.target).config_cls
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        if issubclass(cls, SimulationOptions):  # inherited as they are, not redeclared
+            simulated.append(name)
+            shared = {f.name: f for f in dataclasses.fields(SimulationOptions)}
+            assert all(fields[f] is shared[f] for f in SIMULATION_FIELDS), name
+        else:
+            assert not fields.keys() & set(SIMULATION_FIELDS), name
+    assert {"halfcheetah-vel", "ml10"} <= set(simulated)

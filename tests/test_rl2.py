@@ -5,7 +5,6 @@ import torch.nn.functional as F
 from metarl.agents.rl2 import RL2Config, RL2Trainer, load_eval_policy
 from metarl.config import build
 from metarl.registry import ENVS, lookup
-from metarl.rl.trial import collect_trial
 
 
 def _trainer(env="tabular-mdp", env_set=None, **agent):
@@ -16,21 +15,27 @@ def _trainer(env="tabular-mdp", env_set=None, **agent):
 
 
 def test_hidden_state_carries_across_episodes_within_a_trial():
-    """Re-running the network over the whole trial from a zero state reproduces the rollout's
-    log-probs only if the rollout never reset the hidden state at episode boundaries."""
+    """The rollout's actions are the Gumbel-argmax, under the drawn noise, of the network run over
+    the whole trial from a zero state, which they are only if acting never reset the hidden
+    state at episode boundaries (resetting it changes the outputs: the state matters)."""
     spec, env_cfg, tr = _trainer()
+    with torch.no_grad():
+        tr.net.pi.linear.weight.mul_(300.0)  # logits that depend on the state, so a wrong state flips actions
     tasks = tr.dist.sample(8, tr.task_gen)
-    batch, h_starts = collect_trial(tr.rollout_policy(), tr.trial_env, tasks, tr.act_gen)
+    state = tr.act_gen.get_state()
+    batch, h_starts = tr.collect(tasks)
+    tr.act_gen.set_state(state)
+    noise = tr.net.pi.draw_noise((12, 8), tr.act_gen)
     assert batch.obs.shape[0] == 12 and batch.dones.sum(0).tolist() == [3] * 8  # 3 episodes of 4 steps
     assert torch.all(h_starts[0] == 0)
     with torch.no_grad():
         logits, _, _ = tr.net(batch.obs, tr.net.initial_state(8, "cpu"))
-        logp = F.log_softmax(logits, -1).gather(-1, batch.actions.unsqueeze(-1)).squeeze(-1)
-        assert torch.allclose(logp, batch.logprobs, atol=1e-5)
-        # resetting the state at each episode start gives different outputs: the state matters
+        logp_all = F.log_softmax(logits, -1)
+        assert torch.equal(batch.actions, (logp_all + noise).argmax(-1))
+        assert torch.allclose(logp_all.gather(-1, batch.actions.unsqueeze(-1)).squeeze(-1), batch.logprobs, atol=1e-5)
         reset_logits = torch.cat([tr.net(batch.obs[e * 4:(e + 1) * 4], tr.net.initial_state(8, "cpu"))[0]
                                   for e in range(3)])
-        assert not torch.allclose(reset_logits[4:], logits[4:], atol=1e-4)
+        assert not torch.equal((F.log_softmax(reset_logits, -1) + noise).argmax(-1)[4:], batch.actions[4:])
     # the RL² input flags the episode boundary: done of the previous step
     done_col = batch.obs[:, :, -2]
     assert torch.equal(done_col[1:].bool(), batch.dones[:-1])
@@ -39,7 +44,7 @@ def test_hidden_state_carries_across_episodes_within_a_trial():
 def test_truncated_bptt_chunks_start_from_rollout_states():
     spec, env_cfg, tr = _trainer(bptt_len=4)
     tasks = tr.dist.sample(8, tr.task_gen)
-    batch, h_starts = collect_trial(tr.rollout_policy(), tr.trial_env, tasks, tr.act_gen, 4)
+    batch, h_starts = tr.collect(tasks)
     assert h_starts.shape == (3, 8, 16)
     with torch.no_grad():
         for c in range(3):
@@ -55,7 +60,7 @@ def test_trial_inputs_rebuild_what_the_trial_env_fed_the_policy():
     step-by-step inputs (RL2History): previous action one-hot, reward, episode-boundary flag, time."""
     spec, env_cfg, tr = _trainer(reward_scale=0.5)
     tasks = tr.dist.sample(8, tr.task_gen)
-    batch, _ = collect_trial(tr.rollout_policy(), tr.trial_env, tasks, tr.act_gen)
+    batch, _ = tr.collect(tasks)
     te = tr.trial_env
     x = te.spec.trial(batch.obs[..., :te.obs_dim], batch.actions, batch.rewards, te.env.horizon)
     assert te.spec.reward_scale == 0.5 and torch.equal(x, batch.obs)
@@ -64,7 +69,7 @@ def test_trial_inputs_rebuild_what_the_trial_env_fed_the_policy():
 @pytest.mark.slow
 @pytest.mark.parametrize("time_feature,reward_per_action", [(True, False), (False, True)])
 def test_policy_in_workers_collects_a_consistent_trial(time_feature, reward_per_action):
-    """agent.policy_in_workers: GRURows acts through env.run_policy (here in-process: the MDP is a
+    """RL2Trainer.collect: GRURows acts through env.run_policy (here in-process: the MDP is a
     pure-tensor env) with noise drawn ahead, building its own RL² inputs step by step; its
     actions are the Gumbel-argmax, under that noise, of the network rerun over the inputs that
     trial_inputs rebuilt, with the recomputed log-probs and BPTT chunk states; then PPO trains.
@@ -75,7 +80,7 @@ def test_policy_in_workers_collects_a_consistent_trial(time_feature, reward_per_
         tr.net.pi.linear.weight.mul_(300.0)
     tasks = tr.dist.sample(8, tr.task_gen)
     state = tr.act_gen.get_state()
-    batch, h_starts = tr._collect_in_workers(tasks, None)
+    batch, h_starts = tr.collect(tasks)
     tr.act_gen.set_state(state)
     noise = tr.net.pi.draw_noise((12, 8), tr.act_gen)
     assert batch.obs.shape == (12, 8, tr.trial_env.input_dim) and h_starts.shape == (3, 8, 16)
@@ -106,7 +111,7 @@ def test_separate_critic_keeps_value_gradients_out_of_the_policy_gru():
     restart from the rollout's (policy, critic) states."""
     spec, env_cfg, tr = _trainer(separate_critic=True, bptt_len=4)
     tasks = tr.dist.sample(8, tr.task_gen)
-    batch, h_starts = collect_trial(tr.rollout_policy(), tr.trial_env, tasks, tr.act_gen, 4)
+    batch, h_starts = tr.collect(tasks)
     assert h_starts.shape == (3, 8, 32)
     assert h_starts[1, :, :16].abs().sum() > 0 and h_starts[1, :, 16:].abs().sum() > 0
     out, v, _ = tr.net(batch.obs, tr.net.initial_state(8, "cpu"))
@@ -149,7 +154,7 @@ def test_training_improves_bandit_return():
 def test_expected_rewards_are_the_task_means_of_the_chosen_actions():
     spec, env_cfg, tr = _trainer(expected_rewards=True)
     tasks = tr.dist.sample(8, tr.task_gen)
-    batch, _ = collect_trial(tr.rollout_policy(), tr.trial_env, tasks, tr.act_gen)
+    batch, _ = tr.collect(tasks)
     # replay the states: the one-hot obs of each step gives s, so E[r] = R[b, s, a]
     s = batch.obs[:, :, :env_cfg.states].argmax(-1)                      # [T, B]
     b = torch.arange(8).expand_as(s)
@@ -287,7 +292,7 @@ def test_metaworld_plus_recipe_acts_in_workers_as_the_network_and_trains():
     assert tr.starts == [0, 4, 8, 9]
     tasks = tr.dist.sample(8, tr.task_gen)
     state = tr.act_gen.get_state()
-    batch, h_starts = tr._collect_in_workers(tasks, None)
+    batch, h_starts = tr.collect(tasks)
     tr.act_gen.set_state(state)
     noise = tr.net.pi.draw_noise((15, 8), tr.act_gen)
     with torch.no_grad():

@@ -10,6 +10,7 @@ from metarl.errors import UserError
 from metarl.eval.plots import learning_curve
 from metarl.run_config import TRAINING_ONLY, resolve_config, saved_config, setup_threads
 from metarl.rundir import RunDir, default_run_name, open_existing
+from metarl.sim.options import SIMULATION_FIELDS
 from metarl.training import train_loop
 
 
@@ -60,8 +61,7 @@ def train(agent: str, env: str, *, config_file: str | None = None, sets: list[st
 
 
 # What a resumed run may change: its length, and where it simulates (the samples do not depend on it)
-RESUME_CHANGES = ("agent.total_steps=", "agent.iterations=", "env.workers=", "env.backend=", "env.ray_address=",
-                  "env.timeout=", "env.max_restarts=")
+RESUME_CHANGES = ("agent.total_steps=", "agent.iterations=", *(f"env.{f}=" for f in SIMULATION_FIELDS))
 
 
 def _check_same_run(saved: dict[str, Any], agent: str | None, env: str | None, config_file: str | None,
@@ -90,7 +90,7 @@ def _check_same_run(saved: dict[str, Any], agent: str | None, env: str | None, c
             if new[k] != old.get(k):
                 raise UserError(f"a resumed run keeps its saved config: {sec}.{k} is {old.get(k)!r} there, "
                                 f"{new[k]!r} here; only agent.total_steps (RL²) or agent.iterations (MAML, few-shot) "
-                                f"and where it simulates (env.workers, env.backend, env.ray_address, env.timeout) may "
+                                f"and where it simulates (env.{', env.'.join(SIMULATION_FIELDS)}) may "
                                 f"change (start a new run for other changes)")
 
 

@@ -31,9 +31,10 @@ from metarl.errors import UserError
 from metarl.eval.result import curve_of, read_eval
 from metarl.protocols import progress_unit
 from metarl.rundir import open_existing, read_jsonl
+from metarl.sim.options import SIMULATION_FIELDS
 
 # env options that change how tasks are simulated (processes, timeouts), not which tasks
-SIMULATION_ONLY = {"workers", "timeout", "backend", "ray_address", "max_restarts"}
+SIMULATION_ONLY = set(SIMULATION_FIELDS)
 BUDGET_TOLERANCE = 0.05  # budgets within 5% count as equal (RL² rounds steps up to whole iterations)
 
 

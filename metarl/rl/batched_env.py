@@ -18,6 +18,7 @@ import gymnasium as gym
 import torch
 
 from metarl.rl.episodes import EpisodeBatch, episode_ends
+from metarl.sim.options import SimulationOptions
 from metarl.tasks import TaskDistribution, Tasks
 
 
@@ -58,9 +59,9 @@ class BatchedEnv(ABC):
         act(obs [B, D]) -> actions [B(, A)] in the policy's units; to_env maps them to the env's
         (default identity); observe(reward [B]), if given, sees each step's reward. Returns an
         EpisodeBatch of T = episodes x horizon steps: obs (what the policy saw), actions (as act
-        returned them), rewards, dones, info {key: [T, B]}; no logprobs or values. The episode is
-        over afterwards: call reset() before stepping again."""
-        obs_buf, act_buf, rew_buf, info_buf = [], [], [], {}
+        returned them), rewards, dones, info {key: [T, B]}, mean_rewards where the env has them;
+        no logprobs or values. The episode is over afterwards: call reset() before stepping again."""
+        obs_buf, act_buf, rew_buf, mean_buf, info_buf = [], [], [], [], {}
         for _ in range(episodes * self.horizon):
             a = act(obs)
             obs_buf.append(obs)
@@ -69,11 +70,14 @@ class BatchedEnv(ABC):
             if observe is not None:
                 observe(r)
             rew_buf.append(r)
+            if self.has_mean_reward:
+                mean_buf.append(self.mean_reward)
             for k, v in self.info.items():
                 info_buf.setdefault(k, []).append(v)
         rewards = torch.stack(rew_buf)
         return EpisodeBatch(torch.stack(obs_buf), torch.stack(act_buf), rewards,
                             episode_ends(*rewards.shape, self.horizon, rewards.device),
+                            mean_rewards=torch.stack(mean_buf) if mean_buf else None,
                             info={k: torch.stack(v) for k, v in info_buf.items()})
 
     def run_policy(self, policy: "RowPolicy", episodes: int = 1) -> EpisodeBatch:
@@ -81,7 +85,9 @@ class BatchedEnv(ABC):
         RowPolicy), its step t counted across them (episode e holds t = e * horizon ...); returns
         what episode() returns. A policy with observe(reward, t) sees every reward (RL²'s keeps
         its memory across the episodes). An env that simulates in worker processes runs each
-        worker's share of the policy there, with no round trip per step."""
+        worker's share of the policy there, with no round trip per step; calling
+        BatchedEnv.run_policy(env, ...) on it runs the policy here instead, stepping the workers
+        (the same samples: the policy's randomness is drawn ahead)."""
         t = [-1]
 
         def act(o):
@@ -135,7 +141,7 @@ class EnvSpec:
     def probe(self, cfg, device="cpu") -> BatchedEnv:
         """One sub-env built in this process (no simulation workers), to read the env's dimensions
         and spaces from, e.g. when loading a policy."""
-        if hasattr(cfg, "backend"):
+        if isinstance(cfg, SimulationOptions):
             cfg = dataclasses.replace(cfg, backend="inline")
         return self.make_env(cfg, 1, torch.device(device), torch.Generator(device=device))
 

@@ -9,10 +9,7 @@ evaluation, the SB3 peer, the gym adapter) builds that input with one `RL2Input`
 """
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
-from typing import Protocol
-
 import torch
 
 from metarl.rl.batched_env import BatchedEnv
@@ -116,7 +113,6 @@ class TrialEnv:
         self.spec = RL2Input(self.num_actions, self.trial_length, time_feature, reward_per_action, reward_scale)
         self.history = RL2History(self.spec)
         self.input_dim = self.spec.dim(self.obs_dim)
-        self.env_time = 0.0  # seconds spent inside env.reset/step (for the benchmark)
         # [episodes_per_trial, B] 1 where the env reported success at any step of that episode of
         # the current trial (Meta-World's criterion); None for envs without a success signal.
         self.success: torch.Tensor | None = None
@@ -132,10 +128,8 @@ class TrialEnv:
 
     def start(self, tasks: Tasks) -> torch.Tensor:
         """Begin a new trial in every sub-env; returns x [B, input_dim]."""
-        t0 = time.perf_counter()
         self.env.set_tasks(tasks)
         obs = self.env.reset()
-        self.env_time += time.perf_counter() - t0
         self.history.start()
         self.success = None
         return self.history.inputs(obs)
@@ -143,9 +137,7 @@ class TrialEnv:
     def step(self, actions: torch.Tensor):
         """actions [B] or [B, A] -> (x [B, input_dim], reward [B], done [B]); the trial ends after
         trial_length steps."""
-        t0 = time.perf_counter()
         obs, reward, done = self.env.step(actions)
-        self.env_time += time.perf_counter() - t0
         if "success" in self.env.info:
             if self.success is None:
                 self.success = torch.zeros(self.episodes_per_trial, self.num_envs, device=reward.device)
@@ -171,31 +163,22 @@ def trial_inputs(obs: torch.Tensor, actions: torch.Tensor, rewards: torch.Tensor
     return x
 
 
-def run_trial(trial_env: "TrialEnv", policy, tasks: Tasks) -> EpisodeBatch:
+def run_trial(trial_env: "TrialEnv", policy, tasks: Tasks, in_workers: bool = True) -> EpisodeBatch:
     """One trial in every sub-env with a RowPolicy that keeps its own memory (observe: RL²'s
-    GRU), run by env.run_policy: inside a ParallelEnv's simulation workers, one message per
-    worker a trial, where collect_trial's policy in this process costs a round trip every step
-    (a pure-tensor env runs it in this process). Returns the trial's EpisodeBatch [T, B], its
-    obs the RL² inputs x [T, B, D] the policy saw (no logprobs or values); sets trial_env.success."""
+    GRU), the one way RL² collects: by env.run_policy, inside a ParallelEnv's simulation
+    workers (one message per worker a trial), or with in_workers=False in this process,
+    stepping the env (a round trip per step for a ParallelEnv; a pure-tensor env always acts
+    here). The policy draws its randomness ahead, so both give the same trial. Returns the
+    trial's EpisodeBatch [T, B], its obs the RL² inputs x [T, B, D] the policy saw (no
+    logprobs or values); sets trial_env.success."""
     env, E = trial_env.env, trial_env.episodes_per_trial
-    t0 = time.perf_counter()
     env.set_tasks(tasks)
     with env.rollout_context():
-        ep = env.run_policy(policy, E)
-    trial_env.env_time += time.perf_counter() - t0
+        ep = env.run_policy(policy, E) if in_workers else BatchedEnv.run_policy(env, policy, E)
     success = ep.info.get("success")
     trial_env.success = None if success is None else success.view(E, env.horizon, -1).amax(1)
     ep.obs = trial_env.spec.trial(ep.obs, ep.actions, ep.rewards, env.horizon)
     return ep
-
-
-class RecurrentPolicy(Protocol):
-    hidden_size: int
-
-    def initial_state(self, batch: int, device) -> torch.Tensor: ...
-
-    def step(self, x: torch.Tensor, h: torch.Tensor, generator: torch.Generator):
-        """x [B, D], h [1, B, H] -> action [B] or [B, A], logprob [B], value [B], h' [1, B, H]"""
 
 
 def chunk_starts(trial_length: int, bptt_len: int, overlap: int = 0) -> list[int]:
@@ -213,46 +196,3 @@ def burn_in_mask(starts: list[int], bptt_len: int) -> torch.Tensor:
     first chunk that reaches it; a chunk's steps before the previous chunk's end are burn-in."""
     ends = torch.tensor([0] + [s + bptt_len for s in starts[:-1]])
     return torch.arange(bptt_len).view(-1, 1) + torch.tensor(starts) >= ends
-
-
-@torch.no_grad()
-def collect_trial(policy: RecurrentPolicy, trial_env: TrialEnv, tasks: Tasks, generator: torch.Generator,
-                  bptt_len: int | None = None, starts: list[int] | None = None):
-    """Run one full trial in every sub-env.
-
-    Returns (EpisodeBatch [T, B], h_starts [C, B, H]): the hidden state at the start of each
-    truncated-BPTT chunk (steps `starts`, default chunk_starts(T, bptt_len)), so training can
-    start every chunk from its rollout state.
-    """
-    with trial_env.env.rollout_context():
-        return _collect_trial(policy, trial_env, tasks, generator,
-                              starts or chunk_starts(trial_env.trial_length, bptt_len or trial_env.trial_length))
-
-
-def _collect_trial(policy, trial_env, tasks, generator, starts):
-    B, T = trial_env.num_envs, trial_env.trial_length
-    x = trial_env.start(tasks)
-    dev = x.device
-    obs = torch.empty(T, B, trial_env.input_dim, device=dev)
-    env = trial_env.env
-    actions = (torch.empty(T, B, dtype=torch.long, device=dev) if env.discrete else
-               torch.empty(T, B, env.num_actions, device=dev))
-    rewards, logprobs, values = (torch.empty(T, B, device=dev) for _ in range(3))
-    dones = torch.empty(T, B, dtype=torch.bool, device=dev)
-    mean_rewards = None
-    h = policy.initial_state(B, dev)
-    h_at = {}
-    wanted = set(starts)
-    for t in range(T):
-        if t in wanted:
-            h_at[t] = h[0]
-        obs[t] = x
-        a, logp, v, h = policy.step(x, h, generator)
-        x, r, d = trial_env.step(a)
-        actions[t], rewards[t], dones[t], logprobs[t], values[t] = a, r, d, logp, v
-        if trial_env.env.mean_reward is not None:
-            if mean_rewards is None:
-                mean_rewards = torch.empty(T, B, device=dev)
-            mean_rewards[t] = trial_env.env.mean_reward
-    batch = EpisodeBatch(obs, actions, rewards, dones, logprobs, values, mean_rewards)
-    return batch, torch.stack([h_at[t] for t in starts])

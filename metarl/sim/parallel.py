@@ -221,9 +221,8 @@ class ParallelEnv(BatchedEnv):
         after a reset, with seeds drawn here as that many reset() calls draw them; the
         in-process BatchedEnv.run_policy also draws one for the auto-reset after its last
         episode, so the two agree per call, not on the generator's state after), acting and
-        stepping with no message to the main process per step, which only waits. (A policy in
-        the main process leaves the workers idle while it acts and costs a round trip per
-        step: efficiency 0.43-0.53 on 2 cores, experiments/bench.py.)"""
+        stepping with no message to the main process per step, which only waits (a policy in
+        the main process leaves the workers idle while it acts and costs a round trip per step)."""
         if self.pool.closed:
             raise WorkerError("this ParallelEnv was closed (after an error or close()); build a new env")
         if episodes < 1:
