@@ -75,6 +75,9 @@ class RL2Config:
     policy_in_workers: bool = option(True, "CPU simulators (MuJoCo, Meta-World): the policy GRU acts inside the "
                                            "simulation workers for a whole trial; false: in this process, with a "
                                            "round trip per step (the same samples, slower)")
+    target_kl: float = option(0.0, "stop an iteration's PPO epochs at the first minibatch whose approximate KL "
+                                   "from the sampling policy exceeds 1.5 x this, before its step (as SB3's PPO); "
+                                   "0 = off, every epoch runs (Meta-World+'s RL²)", ge=0.0)
     eval_every: int = option(0, "Meta-World: every N iterations, play the evaluation protocol on eval_goals goals "
                                 "of each held-out class and log heldout_success beside training success "
                                 "(0 = off)", ge=0)
@@ -270,7 +273,10 @@ class RL2Trainer:
         task_c = task_f.repeat(C, 1) if task_f is not None else None  # [C * B, F], chunk-major like h0
         N = C * B
         stats = []
+        stop = False
         for _ in range(cfg.epochs):
+            if stop:
+                break
             for idx in self._minibatches(N, B, C):
                 out, v, _ = self.net(obs[:, idx], h0[idx].unsqueeze(0),
                                      task_c[idx] if task_c is not None else None)
@@ -284,6 +290,9 @@ class RL2Trainer:
                     a = (a - a.mean()) / (a.std() + 1e-8)
                 loss, st = ppo_loss(terms["logp"], terms["old"], a, terms["v"], terms["ret"], terms["ent"], cfg.clip,
                                     cfg.vf_coef if cfg.baseline == "gru" else 0.0, ent_coef)
+                if cfg.target_kl and st["approx_kl"].item() > 1.5 * cfg.target_kl:  # as SB3's PPO: no step, stop
+                    stop = True
+                    break
                 self.opt.zero_grad(set_to_none=True)
                 loss.backward()
                 nn.utils.clip_grad_norm_(self.net.parameters(), cfg.max_grad_norm)
@@ -297,6 +306,8 @@ class RL2Trainer:
             out["success"] = self.trial_env.success.mean().item()
             out["success_last"] = self.trial_env.success[-1].mean().item()
         out.update(zip(("policy_loss", "value_loss", "entropy", "approx_kl", "clip_frac"), means))
+        if cfg.target_kl:
+            out["updates"] = len(stats)  # Adam steps taken before the KL stop
         out["loss"] = loss.item()
         return out
 

@@ -175,8 +175,8 @@ def test_a_bad_ray_address_is_one_line():
     assert len(lines) == 1 and "127.0.0.1:9" in lines[0], p.stderr[-2000:]
 
 
-@pytest.mark.parametrize("env,extra", [("halfcheetah-vel", []),  # the policy here, a round trip per step
-                                       ("ml1", ["--set", "agent.policy_in_workers=true"])])  # whole trials in actors
+@pytest.mark.parametrize("env,extra", [("halfcheetah-vel", ["--set", "agent.policy_in_workers=false"]),  # a round
+                                       ("ml1", [])])  # trip per step with the policy here; whole trials in actors
 def test_a_tiny_run_trains_the_same_on_ray_as_on_worker_processes(cluster, cli, tmp_path, env, extra):
     common = ["--set", "env.horizon=10", "--set", "env.episodes=2", "--set", "env.workers=2",
               "--set", "agent.num_envs=4", "--set", "agent.hidden_size=8", "--set", "agent.total_steps=160",

@@ -306,3 +306,19 @@ def test_metaworld_plus_recipe_acts_in_workers_as_the_network_and_trains():
     m = tr.train_iteration(0)
     assert len(steps) == 2 * 4 and m["value_loss"] == 0.0
     assert all(torch.isfinite(torch.tensor(v)) for v in m.values())
+
+
+def test_target_kl_stops_the_epochs_before_the_step_that_would_pass_it():
+    """agent.target_kl: Adam steps stop at the first minibatch whose approximate KL from the
+    sampling policy exceeds 1.5 x target_kl (that minibatch takes no step); off, every epoch runs."""
+    steps = {}
+    for target in (0.0, 0.01):
+        spec, env_cfg, tr = _trainer(epochs=8, num_minibatches=4, lr=0.05, target_kl=target)
+        n = []
+        tr.opt.step = (lambda step: lambda *a, **k: n.append(1) or step(*a, **k))(tr.opt.step)
+        m = tr.train_iteration(0)
+        steps[target] = len(n)
+        assert ("updates" in m) == bool(target) and m.get("updates", len(n)) == len(n)
+        if target:
+            assert m["approx_kl"] <= 1.5 * target  # the mean over the steps taken
+    assert steps[0.0] == 32 and 1 <= steps[0.01] < 32

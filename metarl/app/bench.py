@@ -120,12 +120,13 @@ def bench_inner_loop(device: torch.device, tasks: int = 40, rollouts: int = 20, 
 
 
 def bench_mujoco(device: torch.device, env: str = "halfcheetah-vel", envs_per_worker: int = 32, steps: int = 200,
-                 workers: int = 0, rounds: int = 5) -> dict:
+                 workers: int = 0, rounds: int = 15) -> dict:
     """MuJoCo throughput: one env stepped alone in this process (random actions), and `cores`
     simulation workers with a MAML-sized policy (2x100 MLP) in the loop, the two phases
     alternating for `rounds` rounds in the same run (see _alternate); then the same env in `cores`
     independent processes at once (independent_steps_per_s: the machine's real parallel
-    ceiling). efficiency = parallel / (cores * single) steps/s, the median over rounds."""
+    ceiling). efficiency = parallel / (cores * single) steps/s, the median over rounds (rounds
+    are short: 15 of them outlast a burst of contention on a shared machine that spoils most of 5)."""
     from metarl.agents.maml import MAMLConfig, MAMLLearner
 
     cores = _cores(workers)
