@@ -158,10 +158,10 @@ class GRUActorCritic(nn.Module):
 
 
 class GRURows:
-    """The RL² policy as a RowPolicy (metarl.rl.batched_env), for a trial run inside simulation
-    workers: the policy GRU and head, the trial's sampling noise [T, B(, A)] drawn ahead, and for
-    its rows the hidden state and the trial's RL2History, from which it builds the RL² input
-    each step as TrialEnv does (the critic is not needed to act)."""
+    """The RL² policy as a RowPolicy (metarl.rl.batched_env), how RL2Trainer.collect acts (in
+    simulation workers or in this process): the policy GRU and head, the trial's sampling noise
+    [T, B(, A)] drawn ahead, and for its rows the hidden state and the trial's RL2History, from
+    which it builds the RL² input each step as TrialEnv does (the critic is not needed to act)."""
 
     def __init__(self, gru: nn.GRU, head: nn.Module, noise: torch.Tensor, trial_env: TrialEnv,
                  encoder: nn.Module | None = None):
@@ -290,7 +290,7 @@ class RL2Trainer:
                     a = (a - a.mean()) / (a.std() + 1e-8)
                 loss, st = ppo_loss(terms["logp"], terms["old"], a, terms["v"], terms["ret"], terms["ent"], cfg.clip,
                                     cfg.vf_coef if cfg.baseline == "gru" else 0.0, ent_coef)
-                if cfg.target_kl and st["approx_kl"].item() > 1.5 * cfg.target_kl:  # as SB3's PPO: no step, stop
+                if cfg.target_kl and stats and st["approx_kl"].item() > 1.5 * cfg.target_kl:  # as SB3: stop unstepped
                     stop = True
                     break
                 self.opt.zero_grad(set_to_none=True)
