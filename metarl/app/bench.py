@@ -54,7 +54,7 @@ def bench_bandit(device: torch.device, num_envs: int = 4096, k: int = 5, n: int 
         trainer.collect(tasks)  # the exact collection training uses
         _sync(device)
         best = min(best, time.perf_counter() - t0)
-    rollout_sps = n * num_envs / best
+    rollout_sps = n * num_envs / best  # env_time_fraction: the env's time alone for these steps over the rollout's
     return {"bench": "bandit", "device": str(device),
             "figures": {"env_steps_per_s": env_sps, "rollout_steps_per_s": rollout_sps,
                         "env_time_fraction": rollout_sps / env_sps, "num_envs": num_envs, "k": k, "n": n,

@@ -10,6 +10,7 @@ evaluation, the SB3 peer, the gym adapter) builds that input with one `RL2Input`
 from __future__ import annotations
 
 from dataclasses import dataclass
+
 import torch
 
 from metarl.rl.batched_env import BatchedEnv
