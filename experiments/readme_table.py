@@ -10,7 +10,7 @@ import json
 import re
 from pathlib import Path
 
-from metarl.eval.result import curve_of, upgrade_result
+from metarl.eval.result import curve_of, shown, upgrade_result
 from metarl.eval.trials import REFERENCES, best_baseline
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -87,7 +87,7 @@ def headline_figure(s: dict):
         what = "accuracy" if acc else "query MSE"
         after = f"after {k} step{'s' if k != '1' else ''}" if len(per) > 1 else "(closed form)"
         c = per[k]
-        value = c["mean"] if c["mean"] == c["mean"] else c.get("median", float("inf"))  # nan: diverged tasks
+        value = shown(c)["mean"]  # without the tasks whose inner loop diverged, if any
         anchor = [f"{n} {v}" for n, v in paper.items() if f" {k} step" in n]
         return ((f"{fam} {what} {after}", agent), value, not acc, pct(c) if acc else mse_cell(c),
                 anchor[0] if anchor else None, None)
@@ -341,9 +341,10 @@ def fewshot_row(s: dict) -> str:
 
 
 def mse_cell(c: dict) -> str:
-    cell = f"{c['mean']:.3f} ± {c['mean'] - c['ci_low']:.3f}"
-    if c.get("diverged"):  # a few tasks blew up: say so, and what the others did
-        cell += f" ({c['diverged']} of {c['n']} diverged; median {c['median']:.3f})"
+    k = shown(c)
+    cell = f"{k['mean']:.3f} ± {k['mean'] - k['ci_low']:.3f}"
+    if c.get("diverged"):  # a few tasks blew up: the mean is over the others, and the cell says so
+        cell += f" ({c['diverged']} of {c['n']} diverged, left out; median {c['median']:.3f})"
     elif "median" in c and c["mean"] - c["ci_low"] > c["mean"]:  # heavy tail: a few tasks far off
         cell += f" (heavy tail; median {c['median']:.3f})"
     return cell

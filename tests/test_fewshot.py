@@ -281,11 +281,36 @@ def test_regression_mlp_uses_the_reference_init_unless_asked_for_torch_default()
 
 def test_summary_counts_diverged_tasks_and_reports_the_median():
     from metarl.fewshot.evaluation import summarize_fewshot
-    scores = {0: torch.tensor([1.0, 2.0, 3.0]), 10: torch.tensor([0.1, float("nan"), 0.3, float("inf")])}
+    scores = {0: torch.tensor([1.0, 2.0, 3.0, 1.0]), 10: torch.tensor([0.1, float("nan"), 0.3, float("inf")])}
     s = summarize_fewshot(scores, "regression")
     zero, ten = s["curve"]["points"]
-    assert zero["x"] == 0 and zero["diverged"] == 0 and zero["median"] == 2.0 and ten["x"] == 10
-    assert ten["diverged"] == 2 and ten["median"] == pytest.approx(0.1) and math.isnan(ten["mean"])
+    assert zero["x"] == 0 and zero["diverged"] == 0 and zero["median"] == 1.0 and "kept" not in zero
+    assert ten["x"] == 10 and ten["diverged"] == 2 and ten["median"] == pytest.approx(0.1) and math.isnan(ten["mean"])
+    assert ten["kept"]["n"] == 2 and ten["kept"]["mean"] == pytest.approx(0.2)
+
+
+def test_a_regression_task_ten_times_worse_than_before_adaptation_counts_as_diverged():
+    """A finite blow-up (MSE 1e4 from 2.0) swamps the mean as surely as inf: it is counted, and
+    the mean tables print is over the other tasks; an MSE under 10x its start is kept."""
+    from metarl.fewshot.evaluation import summarize_fewshot
+    before = torch.tensor([2.0, 2.0, 0.5, 1.0])
+    s = summarize_fewshot({0: before, 5: torch.tensor([0.2, 1e4, 4.9, 0.4])}, "regression")
+    five = s["curve"]["points"][1]
+    assert five["diverged"] == 1 and five["mean"] > 2000
+    assert five["kept"]["mean"] == pytest.approx((0.2 + 4.9 + 0.4) / 3)
+    acc = summarize_fewshot({0: torch.tensor([0.9, 0.2]), 1: torch.tensor([0.1, 0.2])}, "classification")
+    assert acc["total"]["diverged"] == 0  # accuracy has no blow-up to count
+
+
+def test_report_table_prints_the_mean_without_diverged_tasks_and_says_so():
+    from metarl.app.report import report_table
+    from metarl.fewshot.evaluation import summarize_fewshot
+    r = summarize_fewshot({0: torch.full((4,), 2.0), 1: torch.tensor([0.2, 0.4, 1e6, float("nan")])}, "regression")
+    text = report_table({"results": {"maml": r}, "metric": "query MSE", "protocol": "fewshot", "env": "sinusoid",
+                         "agent": "maml", "tasks": 4, "env_config": {"shots": 10}, "seed": 0, "env_steps": 8})
+    row = next(line for line in text.splitlines() if line.startswith("maml (1 step)"))
+    assert "0.300*" in row and "nan" not in row and "1000000" not in row
+    assert "2 of 4 tasks diverged" in text and "over the other 2" in text
 
 
 # ---- CLI: every learner trains and evaluates ------------------------------------------------------

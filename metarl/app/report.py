@@ -2,8 +2,9 @@
 step), Meta-World's two tallies and its per-class table."""
 from __future__ import annotations
 
-from metarl.eval.result import GRADIENT_STEPS, INNER_STEPS, curve_of
+from metarl.eval.result import GRADIENT_STEPS, INNER_STEPS, curve_of, shown
 from metarl.eval.trials import format_table
+from metarl.fewshot.evaluation import DIVERGED_RULE
 from metarl.protocols import METAWORLD, progress_unit
 
 
@@ -19,7 +20,7 @@ def table_rows(report: dict) -> dict[str, dict]:
     step order, named like the MAML paper's table ("maml-trpo (1 step)")."""
     sign = 1 if report.get("metric") == "query MSE" else -1
     rows = {}
-    for name, r in sorted(report["results"].items(), key=lambda kv: sign * kv[1]["total"]["mean"]):
+    for name, r in sorted(report["results"].items(), key=lambda kv: sign * shown(kv[1]["total"])["mean"]):
         c = curve_of(r)
         if c is not None and c.x in (GRADIENT_STEPS, INNER_STEPS) and len(c.points) > 1:
             for p in c.points:
@@ -32,10 +33,11 @@ def table_rows(report: dict) -> dict[str, dict]:
 def report_table(report: dict) -> str:
     rows = table_rows(report)
     text = format_table(rows, eval_title(report), report.get("metric", "mean total reward"))
-    for name, r in rows.items():  # few-shot: tasks whose inner loop blew up make the mean nan / inf
-        if r["total"].get("diverged"):
-            text += (f"\n{name}: {r['total']['diverged']} of {r['total']['n']} tasks diverged (score not finite); "
-                     f"median over the rest {r['total']['median']:.3f}")
+    for name, r in rows.items():  # few-shot: tasks whose inner loop blew up would swamp the mean
+        t = r["total"]
+        if t.get("diverged"):
+            text += (f"\n* {name}: {t['diverged']} of {t['n']} tasks diverged ({DIVERGED_RULE}); the mean and CI "
+                     f"are over the other {t['n'] - t['diverged']}, median {t['median']:.3f}")
     if report.get("protocol") == METAWORLD.name:
         text += "".join("\n\n" + t for t in (tally_table(report["results"]), per_class_table(report["results"])) if t)
     return text

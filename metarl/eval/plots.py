@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from metarl.eval.result import curve_of
+from metarl.eval.result import curve_of, shown
 
 
 def _figure():
@@ -68,11 +68,13 @@ def adaptation_curve(results: dict[str, dict], out: Path, title: str) -> Path:
     for i, (name, r) in enumerate(results.items()):
         c = curves[name]
         if axis is not None and c is not None and c.x == axis.x and len(c.points) > 1:
-            pts = c.points
-            ax.plot(c.xs, c.means, marker="o" if len(pts) <= 25 else None, ms=3, color=f"C{i}", label=name)
+            pts = [shown(p) for p in c.points]  # few-shot: without the tasks that diverged, said in the label
+            label = name + (" (diverged tasks left out)" if any("kept" in p for p in c.points) else "")
+            ax.plot(c.xs, [p["mean"] for p in pts], marker="o" if len(pts) <= 25 else None, ms=3, color=f"C{i}",
+                    label=label)
             ax.fill_between(c.xs, [p["ci_low"] for p in pts], [p["ci_high"] for p in pts], color=f"C{i}", alpha=0.2)
         else:
-            ax.axhline(r["total"]["mean"], ls="--", lw=1, color=f"C{i}", label=name)
+            ax.axhline(shown(r["total"])["mean"], ls="--", lw=1, color=f"C{i}", label=name)
     x_label, y_label = (axis.x, axis.y) if axis is not None else ("", next(iter(results.values()))["metric"])
     if y_label == "query MSE":
         ax.set_yscale("log")

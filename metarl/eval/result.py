@@ -56,6 +56,13 @@ class Curve:
         return {"x": self.x, "y": self.y, "points": self.points}
 
 
+def shown(ci: dict) -> dict:
+    """What tables and plots show of a total or a curve point: its CI over all tasks, or, where
+    some few-shot tasks' inner loops diverged, the CI over the others ("kept", written by
+    metarl.fewshot.evaluation.step_summary beside the count "diverged")."""
+    return ci.get("kept", ci)
+
+
 def curve_of(result: dict) -> Curve | None:
     """The result's curve (None where it has none)."""
     c = result.get("curve")

@@ -11,7 +11,7 @@ from typing import Protocol
 
 import torch
 
-from metarl.eval.result import EPISODES_IN_TRIAL, GRADIENT_STEPS, STEPS_IN_TRIAL, columns_curve, result
+from metarl.eval.result import EPISODES_IN_TRIAL, GRADIENT_STEPS, STEPS_IN_TRIAL, columns_curve, result, shown
 from metarl.eval.stats import mean_ci
 from metarl.rl.batched_env import BatchedEnv, EnvSpec
 from metarl.seeding import make_generator
@@ -173,11 +173,12 @@ def summarize_episodes(ev: Evaluation) -> dict:
 
 
 def format_table(results: dict[str, dict], title: str, metric: str = "mean total reward") -> str:
-    """Rows {name: {"total": mean_ci}}, in the given order."""
+    """Rows {name: {"total": mean_ci}}, in the given order. A total with "kept" (few-shot: some
+    tasks' inner loops diverged) prints the mean over the other tasks, marked *."""
     rows = results.items()
     width = max(len(n) for n in results) + 2
     lines = [title, f"{'method':<{width}}{metric:>18}  {'95% CI':>20}  {'n':>6}"]
     for name, r in rows:
-        t = r["total"]
-        lines.append(f"{name:<{width}}{t['mean']:>18.3f}  [{t['ci_low']:>8.3f}, {t['ci_high']:>8.3f}]  {t['n']:>6}")
+        t, mark = shown(r["total"]), "*" if "kept" in r["total"] else " "  # *: diverged tasks left out
+        lines.append(f"{name:<{width}}{t['mean']:>17.3f}{mark}  [{t['ci_low']:>8.3f}, {t['ci_high']:>8.3f}]  {t['n']:>6}")
     return "\n".join(lines)

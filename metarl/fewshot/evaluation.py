@@ -44,20 +44,41 @@ def evaluate_fewshot(learner: FewShotLearner, dist: FewShotDistribution, num_tas
     return {s: torch.cat(v) for s, v in out.items()}
 
 
-def step_summary(v: torch.Tensor) -> dict:
-    """mean_ci of per-task scores [N], plus the median and the number of tasks whose score is not
-    finite ("diverged": an inner loop that blew up on that task; the mean is then nan or inf,
-    and the median says what the other tasks did)."""
-    finite = torch.isfinite(v)
-    return {**mean_ci(v), "median": v[finite].median().item() if finite.any() else float("nan"),
-            "diverged": int((~finite).sum())}
+DIVERGED_FACTOR = 10.0  # regression: an inner loop that ends 10x worse than it started blew up
+DIVERGED_RULE = f"score not finite, or an MSE over {DIVERGED_FACTOR:g}x its value before adaptation"
+
+
+def diverged_tasks(v: torch.Tensor, before: torch.Tensor | None = None) -> torch.Tensor:
+    """Which tasks' inner loops blew up [N] bool: the score is not finite, or (regression, with
+    the pre-adaptation MSE `before` [N]) the MSE is over DIVERGED_FACTOR times its value before
+    adaptation. Gradient steps that make a task's error 10x worse are past the step size the
+    task's curvature allows, and such a task's MSE grows without bound with more steps."""
+    out = ~torch.isfinite(v)
+    if before is not None:
+        out |= v > DIVERGED_FACTOR * before
+    return out
+
+
+def step_summary(v: torch.Tensor, before: torch.Tensor | None = None) -> dict:
+    """mean_ci of per-task scores [N], the median over the tasks that did not diverge and the
+    number that did (diverged_tasks). When some diverged the mean over all tasks is dominated by
+    them (nan, inf or huge), so "kept" holds mean_ci over the others: what tables print."""
+    bad = diverged_tasks(v, before)
+    ok = v[~bad]
+    out = {**mean_ci(v), "median": ok.median().item() if ok.numel() else float("nan"), "diverged": int(bad.sum())}
+    if out["diverged"] and ok.numel():
+        out["kept"] = mean_ci(ok)
+    return out
 
 
 def summarize_fewshot(scores: dict[int, torch.Tensor], kind: str) -> dict:
-    """The metric after each number of inner steps as the curve; "total" after the most steps."""
+    """The metric after each number of inner steps as the curve; "total" after the most steps.
+    Regression counts a task as diverged against its own MSE before adaptation (step 0)."""
     metric, last = fewshot_metric(kind), max(scores)
-    curve = Curve(INNER_STEPS, metric, [{"x": s, **step_summary(scores[s])} for s in sorted(scores)]).to_json()
-    return result(metric, step_summary(scores[last]), curve, task_scores(scores[last]))
+    before = scores.get(0) if kind == "regression" else None
+    summary = {s: step_summary(scores[s], before) for s in sorted(scores)}
+    curve = Curve(INNER_STEPS, metric, [{"x": s, **summary[s]} for s in sorted(scores)]).to_json()
+    return result(metric, summary[last], curve, task_scores(scores[last]))
 
 
 def gaussian_loglik(mean: torch.Tensor, std: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
