@@ -291,13 +291,16 @@ def test_summary_counts_diverged_tasks_and_reports_the_median():
 
 def test_a_regression_task_ten_times_worse_than_before_adaptation_counts_as_diverged():
     """A finite blow-up (MSE 1e4 from 2.0) swamps the mean as surely as inf: it is counted, and
-    the mean tables print is over the other tasks; an MSE under 10x its start is kept."""
+    the mean tables print is over the other tasks. Under 10x its start is kept, and so is a task
+    that started almost fitted and stays under 10x the median task's start (0.01 -> 0.3)."""
     from metarl.fewshot.evaluation import summarize_fewshot
-    before = torch.tensor([2.0, 2.0, 0.5, 1.0])
-    s = summarize_fewshot({0: before, 5: torch.tensor([0.2, 1e4, 4.9, 0.4])}, "regression")
+    before = torch.tensor([2.0, 2.0, 0.5, 1.0, 0.01])
+    s = summarize_fewshot({0: before, 5: torch.tensor([0.2, 1e4, 4.9, 0.4, 0.3])}, "regression")
     five = s["curve"]["points"][1]
     assert five["diverged"] == 1 and five["mean"] > 2000
-    assert five["kept"]["mean"] == pytest.approx((0.2 + 4.9 + 0.4) / 3)
+    assert five["kept"]["mean"] == pytest.approx((0.2 + 4.9 + 0.4 + 0.3) / 4)
+    worse = summarize_fewshot({0: before, 5: torch.tensor([0.2, 2.0, 5.1, 0.4, 10.1])}, "regression")
+    assert worse["total"]["diverged"] == 1  # 10.1 > 10 x median 1.0; 5.1 > 10 x 0.5 but not 10 x 1.0
     acc = summarize_fewshot({0: torch.tensor([0.9, 0.2]), 1: torch.tensor([0.1, 0.2])}, "classification")
     assert acc["total"]["diverged"] == 0  # accuracy has no blow-up to count
 

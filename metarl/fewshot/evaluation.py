@@ -45,17 +45,19 @@ def evaluate_fewshot(learner: FewShotLearner, dist: FewShotDistribution, num_tas
 
 
 DIVERGED_FACTOR = 10.0  # regression: an inner loop that ends 10x worse than it started blew up
-DIVERGED_RULE = f"score not finite, or an MSE over {DIVERGED_FACTOR:g}x its value before adaptation"
+DIVERGED_RULE = (f"score not finite, or an MSE over {DIVERGED_FACTOR:g}x its value before adaptation "
+                 f"and over {DIVERGED_FACTOR:g}x the median task's")
 
 
 def diverged_tasks(v: torch.Tensor, before: torch.Tensor | None = None) -> torch.Tensor:
     """Which tasks' inner loops blew up [N] bool: the score is not finite, or (regression, with
-    the pre-adaptation MSE `before` [N]) the MSE is over DIVERGED_FACTOR times its value before
-    adaptation. Gradient steps that make a task's error 10x worse are past the step size the
-    task's curvature allows, and such a task's MSE grows without bound with more steps."""
+    the pre-adaptation MSEs `before` [N]) the MSE is over DIVERGED_FACTOR times the larger of the
+    task's own MSE before adaptation and the median task's. Steps past the size a task's curvature
+    allows grow its error without bound; the median floor keeps a task that started almost fitted
+    (MSE 0.02 -> 0.4) from counting: its error rose, but it does not swamp the mean."""
     out = ~torch.isfinite(v)
     if before is not None:
-        out |= v > DIVERGED_FACTOR * before
+        out |= v > DIVERGED_FACTOR * torch.maximum(before, before.median())
     return out
 
 
