@@ -88,16 +88,21 @@ def adapt_batch(loss_fn: Callable[[Params, Any], torch.Tensor], params: Params, 
 def _adapt_vectorized(loss_fn, params: Params, data, steps: int, lr, first_order: bool) -> Params:
     """Per-task gradient steps for a natively batched loss: the gradient of sum_i loss_i with
     respect to params expanded to [N, ...] is, slice by slice, each task's own gradient."""
+    n = torch.utils._pytree.tree_leaves(data)[0].shape[0]
+    return adapt_per_task(loss_fn, {k: p.unsqueeze(0).expand(n, *p.shape) for k, p in params.items()}, data,
+                          steps, lr, first_order)
+
+
+def adapt_per_task(loss_fn: Callable[[Params, Any], torch.Tensor], params_batch: Params, data, steps: int = 1,
+                   lr: StepSize | nn.ParameterDict = 0.1, first_order: bool = False) -> Params:
+    """`steps` gradient steps from per-task params {name: [N, ...]} (a hypernetwork's output, or
+    shared params expanded), for a natively batched loss_fn(params_batch, data) -> [N]. Outside
+    autograd (evaluation) no graph is kept beyond each step and the result is detached."""
     if steps < 0:
         raise ValueError(f"steps must be >= 0, got {steps}")
-    n = torch.utils._pytree.tree_leaves(data)[0].shape[0]
     outer = torch.is_grad_enabled()  # False at evaluation: no graph is kept beyond each step
     with torch.enable_grad():
-        batch = {}
-        for k, p in params.items():
-            if not p.requires_grad:  # evaluation on detached params: gradients still needed inside
-                p = p.detach().requires_grad_()
-            batch[k] = p.unsqueeze(0).expand(n, *p.shape)
+        batch = {k: p if p.requires_grad else p.detach().requires_grad_() for k, p in params_batch.items()}
         for _ in range(steps):
             grads = torch.autograd.grad(loss_fn(batch, data).sum(), list(batch.values()),
                                         create_graph=not first_order and outer)

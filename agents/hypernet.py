@@ -1,0 +1,197 @@
+"""Hypernetworks for few-shot learning: a set encoder maps a task's support set to the weights
+of the task's network, phi = g(mean_i h(support_i)), with no gradient step (Ha et al. 2017's
+hypernetworks in the few-shot form of Qiao et al. 2018 and HyperMAML).
+
+- Regression: phi is every weight of the target MLP (the MAML paper's 2 x 40 ReLU net); h reads
+  [x_i, y_i].
+- Classification: a meta-learned Conv4 embeds the images and phi is the linear head, one row
+  [w_c, b_c] per class generated from that class's mean support embedding, so relabelling the
+  classes permutes the rows.
+
+agent.mode:
+- "end-to-end": h and g are trained through the generated network's loss on the query set.
+- "two-stage" (regression): each training task's phi*_i is first fit by `fit_steps` of
+  full-batch Adam on the task's support and query points, from one shared init
+  (`target_init = "shared"`) or an independent draw per task ("independent"); then h and g
+  regress onto phi*_i (mean squared error in parameter space). No gradient passes through the
+  target network, but a target is one of many equivalent weight vectors (hidden units can be
+  permuted), and independent inits make the targets of similar tasks far apart.
+
+The output layer of g starts with weights near 0 and its bias at a standard init of the target
+network (Beck et al. 2023's bias-HyperInit), so the generated networks start as a well-scaled
+network rather than near zero. adapt(xs, ys, steps) returns the generated weights after `steps`
+SGD steps of the support loss at inner_lr: the hypernetwork as an initialiser (steps 0 = as
+generated), which the evaluation reports after 0, 1, 5 and 10 steps.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+from metarl.config import option
+from metarl.errors import UserError
+from metarl.fewshot.core import Batch, FewShotConfig, FewShotLearner, load_learner, make_trainer_cls, task_loss
+from metarl.functional import Params, adapt_per_task, params_of
+from metarl.protocols import FEWSHOT
+from metarl.training import AgentSpec
+
+from metarl.agents.fewshot_nets import Conv4, FunctionalMLP
+
+MODES = ("end-to-end", "two-stage")
+
+
+@dataclass
+class HyperNetConfig(FewShotConfig):
+    mode: str = option("end-to-end", "end-to-end: trained through the generated network's query loss; two-stage "
+                                     "(regression): regress onto weights fit to each task first", choices=MODES)
+    iterations: int = option(70_000, "meta-iterations (as MAML's sinusoid run)", ge=1)
+    hidden: int = option(40, "target MLP (regression): hidden units per layer (MAML paper: 40)", ge=1)
+    layers: int = option(2, "target MLP (regression): hidden layers (MAML paper: 2)", ge=1)
+    channels: int = option(64, "classification: Conv4 embedding channels", ge=1)
+    encoder_hidden: int = option(128, "set encoder h and generator g: units per layer", ge=1)
+    encoder_layers: int = option(3, "set encoder h: hidden layers (regression)", ge=1)
+    inner_lr: float = option(0.001, "step size of the fine-tuning steps from the generated weights (evaluation)", gt=0.0)
+    fit_steps: int = option(100, "two-stage: Adam steps fitting each training task's weights phi*", ge=1)
+    fit_lr: float = option(0.01, "two-stage: Adam step size of that fit", gt=0.0)
+    target_init: str = option("shared", "two-stage: fit phi* from one shared init (fixed at construction) or from "
+                                        "an independent init per task", choices=("shared", "independent"))
+
+
+def _mlp(d_in: int, hidden: int, layers: int, d_out: int) -> nn.Sequential:
+    mods, d = [], d_in
+    for _ in range(layers):
+        mods += [nn.Linear(d, hidden), nn.ReLU()]
+        d = hidden
+    mods.append(nn.Linear(d, d_out))
+    return nn.Sequential(*mods)
+
+
+def _bias_hyperinit(layer: nn.Linear, base: torch.Tensor, scale: float = 0.01) -> None:
+    """Output layer of a generator: weights a `scale` of their default init, bias = base [out]."""
+    with torch.no_grad():
+        layer.weight.mul_(scale)
+        layer.bias.copy_(base)
+
+
+class _Flat:
+    """Splits a flat weight vector [..., P] into a parameter dict shaped like `shapes`."""
+
+    def __init__(self, shapes: dict[str, torch.Size]):
+        self.shapes = dict(shapes)
+        self.sizes = [math.prod(s) for s in self.shapes.values()]
+        self.total = sum(self.sizes)
+
+    def split(self, flat: torch.Tensor) -> Params:
+        lead = flat.shape[:-1]
+        return {k: t.reshape(*lead, *s) for (k, s), t in zip(self.shapes.items(), flat.split(self.sizes, -1))}
+
+    def join(self, params: Params, lead: int = 1) -> torch.Tensor:
+        return torch.cat([params[k].reshape(*params[k].shape[:lead], -1) for k in self.shapes], -1)
+
+
+class HyperNetLearner(FewShotLearner):
+    """state = generated (then fine-tuned) per-task weights: the target MLP's {w0, b0, ...}
+    [N, ...] (regression) or the head {head_w [N, W, D], head_b [N, W]} (classification)."""
+    gradient_steps = True
+
+    def __init__(self, dist, cfg: HyperNetConfig):
+        super().__init__(dist)
+        if cfg.mode == "two-stage" and dist.kind != "regression":
+            raise UserError("agent.mode=two-stage regresses onto weights fit per task, implemented for regression "
+                            "(sinusoid, gp-regression); use agent.mode=end-to-end on classification")
+        self.cfg = cfg
+        if dist.kind == "regression":
+            dx, dy = dist.x_shape[0], dist.y_dim
+            self.target = FunctionalMLP([dx] + [cfg.hidden] * cfg.layers + [dy], init="torch")
+            base = params_of(self.target)
+            self.flat = _Flat({k: v.shape for k, v in base.items()})
+            self.encoder = _mlp(dx + dy, cfg.encoder_hidden, cfg.encoder_layers, cfg.encoder_hidden)
+            self.generator = _mlp(cfg.encoder_hidden, cfg.encoder_hidden, 1, self.flat.total)
+            _bias_hyperinit(self.generator[-1], self.flat.join(base, lead=0).detach())
+            self.target.requires_grad_(False)  # only its shapes, init and forward are used
+            # two-stage, independent inits: their draws, saved with the learner so a resumed run draws the same
+            self.register_buffer("init_rng", torch.Generator().manual_seed(int(torch.randint(2**31, ()))).get_state())
+        else:
+            self.embedding = Conv4(dist.x_shape[0], cfg.channels, 0)
+            d = self.embedding.features
+            self.generator = _mlp(d, cfg.encoder_hidden, 1, d + 1)
+            head = nn.Linear(d, 1)
+            _bias_hyperinit(self.generator[-1], torch.cat([head.weight.view(-1), head.bias]).detach())
+        self.ways = dist.ways
+
+    # ---- generation ---------------------------------------------------------------------------
+    def generate(self, xs: torch.Tensor, ys: torch.Tensor) -> Params:
+        if self.kind == "regression":
+            r = self.encoder(torch.cat([xs, ys], -1)).mean(-2)                   # [N, R]
+            return self.flat.split(self.generator(r))                             # {name: [N, ...]}
+        emb = self.embedding(xs)                                                  # [N, W*K, D]
+        onehot = nn.functional.one_hot(ys, self.ways).to(emb.dtype)               # [N, W*K, W]
+        protos = onehot.transpose(1, 2) @ emb / onehot.sum(1).unsqueeze(-1)       # [N, W, D] class means
+        rows = self.generator(protos)                                             # [N, W, D + 1]
+        return {"head_w": rows[..., :-1], "head_b": rows[..., -1]}
+
+    def _out(self, params: Params, x: torch.Tensor) -> torch.Tensor:
+        if self.kind == "regression":
+            return self.target.forward_with(params, x)
+        return self.embedding.head_with(params, x)                                # x: embeddings
+
+    def adapt(self, xs, ys, steps=None):
+        params = self.generate(xs, ys)
+        steps = steps or 0
+        if not steps:
+            return params
+        x = xs if self.kind == "regression" else self.embedding(xs)
+        return adapt_per_task(lambda p, d: task_loss(self.kind, self._out(p, d[0]), d[1]), params, (x, ys), steps,
+                              self.cfg.inner_lr, first_order=True)
+
+    def predict(self, state, xq):
+        return self._out(state, xq if self.kind == "regression" else self.embedding(xq))
+
+    # ---- meta-training ------------------------------------------------------------------------
+    def meta_loss(self, batch: Batch):
+        if self.cfg.mode == "end-to-end":
+            return super().meta_loss(batch)
+        target = self.fit_targets(batch)                                          # [N, P]
+        pred = self.flat.join(self.generate(batch["xs"], batch["ys"]))
+        loss = ((pred - target) ** 2).mean()
+        with torch.no_grad():
+            mse = task_loss(self.kind, self._out(self.flat.split(pred), batch["xq"]), batch["yq"]).mean()
+        return loss, {"loss": loss.item(), "query_mse": mse.item(), "target_mse": self._target_mse}
+
+    def fit_targets(self, batch: Batch) -> torch.Tensor:
+        """Two-stage targets phi*_i [N, P]: full-batch Adam on each task's support and query points."""
+        x = torch.cat([batch["xs"], batch["xq"]], -2)
+        y = torch.cat([batch["ys"], batch["yq"]], -2)
+        n = x.shape[0]
+        base = self.flat.join(params_of(self.target), lead=0)
+        if self.cfg.target_init == "shared":
+            start = base.unsqueeze(0).expand(n, -1)
+        else:  # a fresh nn.Linear-style draw per task
+            gen = torch.Generator().set_state(self.init_rng)
+            start = ((torch.rand(n, self.flat.total, generator=gen) * 2 - 1) * self._init_bounds()).to(x.device)
+            self.init_rng = gen.get_state()
+        phi = start.detach().clone().requires_grad_(True)
+        opt = torch.optim.Adam([phi], lr=self.cfg.fit_lr)
+        with torch.enable_grad():
+            for _ in range(self.cfg.fit_steps):
+                loss = task_loss(self.kind, self.target.forward_with(self.flat.split(phi), x), y)
+                opt.zero_grad(set_to_none=True)
+                loss.sum().backward()
+                opt.step()
+        self._target_mse = loss.mean().item()
+        return phi.detach()
+
+    def _init_bounds(self) -> torch.Tensor:
+        """nn.Linear's init bounds per entry [P]: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weights and biases."""
+        out = []
+        for k, s in self.flat.shapes.items():
+            fan_in = s[-1] if k.startswith("w") else self.flat.shapes["w" + k[1:]][-1]
+            out.append(torch.full((math.prod(s),), 1 / math.sqrt(fan_in)))
+        return torch.cat(out)
+
+
+HYPERNET = AgentSpec("hypernet", HyperNetConfig, make_trainer_cls(HyperNetLearner), load_learner(HyperNetLearner),
+                     protocol=FEWSHOT, curve_keys=("loss", "accuracy", "query_mse"))

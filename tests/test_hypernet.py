@@ -1,0 +1,115 @@
+"""Hypernetwork learner: generated weights, bias-HyperInit, two-stage targets, class equivariance."""
+import pytest
+import torch
+
+from metarl.agents.hypernet import HyperNetConfig, HyperNetLearner
+from metarl.config import build
+from metarl.envs.image_tasks import GlyphConfig, make_glyphs
+from metarl.envs.regression_tasks import SinusoidConfig, SinusoidDistribution
+from metarl.fewshot.core import task_loss
+from metarl.functional import params_of
+
+
+@pytest.fixture(autouse=True)
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("METARL_CACHE", str(tmp_path / "cache"))
+
+
+def sinusoid_learner(**kw):
+    torch.manual_seed(0)
+    dist = SinusoidDistribution(SinusoidConfig())
+    return dist, HyperNetLearner(dist, build(HyperNetConfig, kw, "agent"))
+
+
+def test_generated_weights_start_at_the_target_init_and_depend_on_the_task():
+    """bias-HyperInit: before training every task's generated MLP is close to one standard init
+    of the target network, not near zero, and different support sets already give different weights."""
+    dist, hn = sinusoid_learner()
+    b = dist.sample(8, torch.Generator().manual_seed(1))
+    gen = hn.generate(b["xs"], b["ys"])
+    base = params_of(hn.target)
+    for k, p in base.items():
+        assert gen[k].shape == (8, *p.shape)
+        assert (gen[k] - p).abs().max() < 0.1 * p.abs().max()
+    assert not torch.allclose(gen["w1"][0], gen["w1"][1])
+
+
+def test_fine_tuning_steps_from_the_generated_weights_lower_the_support_loss():
+    dist, hn = sinusoid_learner(inner_lr=0.01)
+    b = dist.sample(16, torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        losses = [task_loss("regression", hn.predict(hn.adapt(b["xs"], b["ys"], s), b["xs"]), b["ys"]).mean()
+                  for s in (0, 1, 5)]
+    assert losses[0] > losses[1] > losses[2]
+    zero = hn.adapt(b["xs"], b["ys"], 0)
+    assert all(torch.equal(zero[k], v) for k, v in hn.generate(b["xs"], b["ys"]).items())
+
+
+def test_end_to_end_training_lowers_the_query_loss():
+    dist, hn = sinusoid_learner(meta_lr=1e-3)
+    opt = torch.optim.Adam([p for p in hn.parameters() if p.requires_grad], lr=1e-3)
+    gen = torch.Generator().manual_seed(3)
+    test = dist.sample(200, torch.Generator().manual_seed(4), "test")
+
+    def query_mse():
+        with torch.no_grad():
+            return task_loss("regression", hn.predict(hn.adapt(test["xs"], test["ys"]), test["xq"]), test["yq"]).mean()
+    before = query_mse()
+    for _ in range(150):
+        hn.meta_update(dist.sample(25, gen), opt)
+    assert query_mse() < 0.5 * before
+
+
+@pytest.mark.parametrize("target_init", ["shared", "independent"])
+def test_two_stage_targets_fit_each_task_from_the_chosen_init(target_init):
+    """phi* fits each task (its loss is far below the init's), and two copies of one task get
+    the same target from a shared init but different ones from independent inits."""
+    dist, hn = sinusoid_learner(mode="two-stage", fit_steps=200, target_init=target_init)
+    one = dist.sample(1, torch.Generator().manual_seed(5))
+    batch = {k: v.expand(2, *v.shape[1:]) for k, v in one.items() if k in ("xs", "ys", "xq", "yq")}
+    phi = hn.fit_targets(batch)
+    x, y = torch.cat([batch["xs"], batch["xq"]], 1), torch.cat([batch["ys"], batch["yq"]], 1)
+    fitted = task_loss("regression", hn.target.forward_with(hn.flat.split(phi), x), y)
+    start = task_loss("regression", hn.target(x), y)
+    assert (fitted < 0.2 * start).all()
+    same = torch.allclose(phi[0], phi[1], atol=1e-5)
+    assert same == (target_init == "shared")
+    # the parameter-space regression trains the generator without touching the target network
+    base = hn.flat.join(params_of(hn.target), lead=0).clone()
+    opt = torch.optim.Adam([p for p in hn.parameters() if p.requires_grad], lr=1e-3)
+    metrics = hn.meta_update(dist.sample(4, torch.Generator().manual_seed(6)), opt)
+    assert {"loss", "query_mse", "target_mse"} <= set(metrics)
+    assert torch.equal(hn.flat.join(params_of(hn.target), lead=0), base)
+
+
+def test_independent_target_draws_are_part_of_the_saved_state():
+    """A resumed run draws the same independent inits as the uninterrupted one."""
+    dist, hn = sinusoid_learner(mode="two-stage", fit_steps=1, target_init="independent")
+    state = {k: v.clone() for k, v in hn.state_dict().items()}
+    batch = dist.sample(3, torch.Generator().manual_seed(7))
+    first = hn.fit_targets(batch)
+    hn.load_state_dict(state)
+    assert torch.equal(hn.fit_targets(batch), first)
+    assert not torch.equal(hn.fit_targets(batch), first)  # the draw moved on
+
+
+def test_classification_heads_follow_the_class_labels():
+    """Relabelling the support classes permutes the generated head's rows, so the predicted
+    labels are relabelled the same way: the generator is equivariant to class order."""
+    torch.manual_seed(0)
+    dist = make_glyphs(build(GlyphConfig, {"classes": 40, "variants": 20, "ways": 3, "shots": 2}, "env"))
+    hn = HyperNetLearner(dist, build(HyperNetConfig, {"channels": 8}, "agent"))
+    b = dist.sample(2, torch.Generator().manual_seed(8), "train")
+    perm = torch.tensor([2, 0, 1])                                   # class c becomes perm[c]
+    with torch.no_grad():
+        logits = hn.predict(hn.adapt(b["xs"], b["ys"]), b["xq"])
+        relabelled = hn.predict(hn.adapt(b["xs"], perm[b["ys"]]), b["xq"])
+    assert torch.allclose(relabelled[..., perm], logits, atol=1e-5)
+    assert logits.shape == (2, b["xq"].shape[1], 3)
+
+
+def test_two_stage_on_classification_and_unknown_modes_are_user_errors(cli):
+    code, _, err = cli("train", "hypernet", "--env", "glyphs", "--set", "agent.mode=two-stage", "--quiet")
+    assert code == 2 and "two-stage" in err and len(err.strip().splitlines()) == 1
+    code, _, err = cli("train", "hypernet", "--env", "sinusoid", "--set", "agent.mode=backprop", "--quiet")
+    assert code == 2 and "mode" in err
