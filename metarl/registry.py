@@ -78,6 +78,9 @@ AGENTS: dict[str, Entry] = {
     "matching-net": Entry("metarl.agents.metric_learners:MATCHING_NET", "Matching Networks (classification)"),
     "relation-net": Entry("metarl.agents.metric_learners:RELATION_NET", "Relation Networks (classification)"),
     "cnp": Entry("metarl.agents.cnp:CNP_SPEC", "Conditional Neural Process (regression, predictive uncertainty)"),
+    "learned-opt": Entry("metarl.agents.learned_opt:LEARNED_OPT",
+                         "learned optimizer: a coordinate-wise LSTM replaces SGD in the inner loop, with a learned "
+                         "init (agent.task_conditioned: one update rule per task)"),
     "hypernet": Entry("metarl.agents.hypernet:HYPERNET",
                       "hypernetwork: the support set generates the task network's weights (agent.mode: end-to-end "
                       "or two-stage)"),

@@ -105,7 +105,8 @@ def _eval_options(cfg: dict, eval_sets: dict) -> dict:
 
 
 def _extra_policies(spec, ck: dict, cfg: dict, dev, seed: int) -> dict:
-    """{label: make_policy(env)}: the run's other evaluated forms (AgentSpec.extra_eval)."""
+    """The run's other evaluated forms (AgentSpec.extra_eval): {label: make_policy(env)}, or for a
+    few-shot learner {label: learner}."""
     if spec.extra_eval is None:
         return {}
     return spec.extra_eval(ck, cfg["env_spec"], cfg["env"], cfg["agent"], dev, seed)
@@ -160,12 +161,16 @@ def _evaluate_fewshot_run(run: LoadedRun, names: list[str], tasks: int, seed: in
     name = saved["run"]["agent"]
     result = fe.summarize_fewshot(fe.evaluate_fewshot(learner, dist, tasks, seed, agent_cfg.eval_steps, dev),
                                   dist.kind)
+    results = {name: result}
+    for label, other in _extra_policies(cfg["agent_spec"], run.checkpoint, cfg, dev, seed).items():
+        results[f"{name} ({label})"] = fe.summarize_fewshot(  # the same tasks, e.g. SGD from a learned init
+            fe.evaluate_fewshot(other, dist, tasks, seed, agent_cfg.eval_steps, dev), dist.kind)
     title = f"held-out {saved['run']['env']} tasks"
     if hasattr(learner, "predict_dist"):
         contexts = [c for c in (1, 2, 5, 10, 20, 50, 100) if c <= getattr(env_cfg, "context_max", 100)]
         result["per_context"] = fe.evaluate_context_sizes(learner, dist, tasks, seed, contexts, dev)
         fe.context_plot(result["per_context"], path / "eval_context.png", f"{name}: {title}")
-    report = _write_report(path, _report(run, FEWSHOT, result["metric"], tasks, seed, {name: result}))
+    report = _write_report(path, _report(run, FEWSHOT, result["metric"], tasks, seed, results))
     if dist.kind == "regression":
         fe.fits_plot(learner, dist, path / "eval_fits.png", f"{name}: {title}", seed,
                      fe.report_steps(agent_cfg.eval_steps), dev)
