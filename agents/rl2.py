@@ -64,6 +64,11 @@ class RL2Config:
                                  "log std) or tanh (Box actions: tanh on [mean, log std], the log std "
                                  "state-dependent in (-1, 1), as Meta-World+'s RL²; init_std does not apply)",
                        choices=("linear", "tanh"))
+    policy_head: str = option("linear", "linear: the head reads the GRU output; hyper: the GRU output generates the "
+                                        "weights of a tanh layer of hyper_size units over the RL² input, which the "
+                                        "head reads (a hypernetwork policy, Beck et al. 2022; bias-HyperInit)",
+                              choices=("linear", "hyper"))
+    hyper_size: int = option(64, "policy_head=hyper: units of the generated layer", ge=1)
     baseline: str = option("gru", "advantage baseline: gru (the learned value head) or linear (each trial's own "
                                   "least-squares fit of its discounted return on [x, x², t, t², t³, 1] of the RL² "
                                   "input x, as Meta-World+'s RL²; no value loss)", choices=("gru", "linear"))
@@ -85,6 +90,28 @@ class RL2Config:
     checkpoint_every: int = option(10, "iterations between checkpoints", ge=1)
 
 
+class HyperLayer(nn.Module):
+    """A tanh layer whose weights the task's memory generates (Beck et al. 2022's hypernetwork
+    policy): z [..., H] (GRU output), x [..., D] (the RL² input) -> tanh(W(z) x + b(z)) [..., U],
+    with [W, b] = G z + g. bias-HyperInit (Beck et al. 2023): G starts orthogonal with gain 0.01
+    and g at an orthogonal init of [W, b] (b zero), so the layer starts as a well-scaled ordinary
+    layer that the memory then modulates."""
+
+    def __init__(self, z_dim: int, x_dim: int, units: int, generator: torch.Generator):
+        super().__init__()
+        self.x_dim, self.units = x_dim, units
+        self.gen = nn.Linear(z_dim, units * (x_dim + 1))
+        with torch.no_grad():
+            nn.init.orthogonal_(self.gen.weight, gain=0.01, generator=generator)
+            w = torch.empty(units, x_dim)
+            nn.init.orthogonal_(w, gain=2 ** 0.5, generator=generator)
+            self.gen.bias.copy_(torch.cat([w, torch.zeros(units, 1)], 1).view(-1))
+
+    def forward(self, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        wb = self.gen(z).view(*z.shape[:-1], self.units, self.x_dim + 1)
+        return torch.tanh((wb[..., :-1] @ x.unsqueeze(-1)).squeeze(-1) + wb[..., -1])
+
+
 class GRUActorCritic(nn.Module):
     """x [T, B, D], h [1, B, H], task features f [B, F] -> head output [T, B, P], value [T, B], h' [1, B, H].
 
@@ -97,11 +124,13 @@ class GRUActorCritic(nn.Module):
     regression does not shape the policy's memory; h then holds both states, [1, B, 2H]
     (policy's first). With task_dim > 0
     the value head is an MLP on [critic GRU output, f]: a privileged critic that knows the
-    task, used only to train; the policy head sees its GRU output alone."""
+    task, used only to train; the policy head sees its GRU output alone. policy_head "hyper": the
+    head reads HyperLayer(GRU output, x) instead of the GRU output (`policy_features`)."""
 
     def __init__(self, input_dim: int, action_space, hidden_size: int, generator: torch.Generator,
                  task_dim: int = 0, init_std: float = 1.0, separate_critic: bool = False,
-                 encoder_layers: int = 0, encoder_size: int = 256, head: str = "linear"):
+                 encoder_layers: int = 0, encoder_size: int = 256, head: str = "linear",
+                 policy_head: str = "linear", hyper_size: int = 64):
         super().__init__()
         self.hidden_size, self.task_dim = hidden_size, task_dim
         dims = [input_dim] + [encoder_size] * encoder_layers
@@ -110,7 +139,8 @@ class GRUActorCritic(nn.Module):
                         if encoder_layers else None)
         self.gru = nn.GRU(dims[-1], hidden_size)
         self.critic_gru = nn.GRU(dims[-1], hidden_size) if separate_critic else None
-        self.pi = make_head(hidden_size, action_space, init_std, head)
+        self.hyper = HyperLayer(hidden_size, input_dim, hyper_size, generator) if policy_head == "hyper" else None
+        self.pi = make_head(hyper_size if self.hyper is not None else hidden_size, action_space, init_std, head)
         self.v = nn.Linear(hidden_size, 1)
         if task_dim:
             self.critic = nn.Sequential(nn.Linear(hidden_size + task_dim, hidden_size), nn.Tanh())
@@ -135,6 +165,7 @@ class GRUActorCritic(nn.Module):
             self.v.bias.zero_()
 
     def forward(self, x, h, task=None):
+        inputs = x
         if self.encoder is not None:
             x = self.encoder(x)
         if self.critic_gru is None:
@@ -145,16 +176,23 @@ class GRUActorCritic(nn.Module):
             out, hp = self.gru(x, hp.contiguous())
             vin, hv = self.critic_gru(x, hv.contiguous())
             h = torch.cat([hp, hv], -1)
+        pi_out = self.pi(policy_features(self.hyper, out, inputs))
         if self.task_dim:
             if task is None:  # acting only (evaluation): the value is not needed
-                return self.pi(out), out.new_zeros(out.shape[:2]), h
+                return pi_out, out.new_zeros(out.shape[:2]), h
             z = torch.cat([vin, task.unsqueeze(0).expand(out.shape[0], -1, -1)], -1)
-            return self.pi(out), self.v(self.critic(z)).squeeze(-1), h
-        return self.pi(out), self.v(vin).squeeze(-1), h
+            return pi_out, self.v(self.critic(z)).squeeze(-1), h
+        return pi_out, self.v(vin).squeeze(-1), h
 
     def initial_state(self, batch: int, device) -> torch.Tensor:
         width = self.hidden_size * (1 if self.critic_gru is None else 2)
         return torch.zeros(1, batch, width, device=device)
+
+
+def policy_features(hyper: HyperLayer | None, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """What the policy head reads: the GRU output [..., H], or with a hypernetwork policy the
+    generated layer's output on the RL² input x [..., D]."""
+    return out if hyper is None else hyper(out, x)
 
 
 class GRURows:
@@ -164,16 +202,17 @@ class GRURows:
     which it builds the RL² input each step as TrialEnv does (the critic is not needed to act)."""
 
     def __init__(self, gru: nn.GRU, head: nn.Module, noise: torch.Tensor, trial_env: TrialEnv,
-                 encoder: nn.Module | None = None):
-        self.gru, self.head, self.noise, self.encoder = gru, head, noise, encoder
+                 encoder: nn.Module | None = None, hyper: HyperLayer | None = None):
+        self.gru, self.head, self.noise, self.encoder, self.hyper = gru, head, noise, encoder, hyper
         self.H, self.spec = trial_env.env.horizon, trial_env.spec
 
     def rows(self, lo: int, hi: int) -> "GRURows":
         """Sub-envs [lo, hi): CPU copies with a fresh memory."""
         out = copy.copy(self)
         out.gru, out.head = (copy.deepcopy(m).to("cpu").requires_grad_(False) for m in (self.gru, self.head))
-        if self.encoder is not None:
-            out.encoder = copy.deepcopy(self.encoder).to("cpu").requires_grad_(False)
+        for name in ("encoder", "hyper"):
+            if getattr(self, name) is not None:
+                setattr(out, name, copy.deepcopy(getattr(self, name)).to("cpu").requires_grad_(False))
         out.noise = self.noise[:, lo:hi].to("cpu", copy=True)
         return out
 
@@ -181,11 +220,11 @@ class GRURows:
         """obs [b, O] of step t -> actions [b(, A)]."""
         if t == 0:
             self.h, self.history = obs.new_zeros(1, obs.shape[0], self.gru.hidden_size), RL2History(self.spec)
-        x = self.history.inputs(obs)
+        inputs = x = self.history.inputs(obs)
         if self.encoder is not None:
             x = self.encoder(x)
         out, self.h = self.gru(x.unsqueeze(0), self.h)
-        self.action = a = self.head.dist(self.head(out[0])).sample_with(self.noise[t])
+        self.action = a = self.head.dist(self.head(policy_features(self.hyper, out[0], inputs))).sample_with(self.noise[t])
         return a
 
     def observe(self, reward: torch.Tensor, t: int) -> None:
@@ -331,8 +370,8 @@ class RL2Trainer:
         h_starts [C, B, H'])."""
         T, B, L = self.trial_env.trial_length, self.cfg.num_envs, self.bptt
         noise = self.net.pi.draw_noise((T, B), self.act_gen)
-        ep = run_trial(self.trial_env, GRURows(self.net.gru, self.net.pi, noise, self.trial_env, self.net.encoder),
-                       tasks, in_workers=self.cfg.policy_in_workers)
+        rows = GRURows(self.net.gru, self.net.pi, noise, self.trial_env, self.net.encoder, self.net.hyper)
+        ep = run_trial(self.trial_env, rows, tasks, in_workers=self.cfg.policy_in_workers)
         x, actions, rewards = ep.obs.to(self.device), ep.actions.to(self.device), ep.rewards.to(self.device)
         h, outs, values, h_at = self.net.initial_state(B, self.device), [], [], {}
         cuts = sorted(set(self.starts) | {c * L for c in range(-(-T // L))}) + [T]  # PPO's chunks and L-step pieces
@@ -421,7 +460,8 @@ class RL2RestartPolicy(RL2EvalPolicy):
 
 def _network(input_dim: int, action_space, cfg: RL2Config, generator: torch.Generator, task_dim: int) -> GRUActorCritic:
     return GRUActorCritic(input_dim, action_space, cfg.hidden_size, generator, task_dim, cfg.init_std,
-                          cfg.separate_critic, cfg.encoder_layers, cfg.encoder_size, cfg.head)
+                          cfg.separate_critic, cfg.encoder_layers, cfg.encoder_size, cfg.head, cfg.policy_head,
+                          cfg.hyper_size)
 
 
 def linear_baseline_values(x: torch.Tensor, rewards: torch.Tensor, gamma: float) -> torch.Tensor:

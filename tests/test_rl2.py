@@ -322,3 +322,31 @@ def test_target_kl_stops_the_epochs_before_the_step_that_would_pass_it():
         if target:
             assert m["approx_kl"] <= 1.5 * target  # the mean over the steps taken
     assert steps[0.0] == 32 and 1 <= steps[0.01] < 32
+
+
+def test_hyper_policy_acts_as_its_network_and_its_weights_follow_the_memory():
+    """policy_head=hyper: the rollout's actions (GRURows, acting step by step) are the network's
+    over the whole trial under the drawn noise; the generated layer's weights differ between two
+    memories and start near the bias-HyperInit layer; the linear head's network is unchanged."""
+    spec, env_cfg, tr = _trainer(policy_head="hyper", hyper_size=12)
+    with torch.no_grad():
+        tr.net.pi.linear.weight.mul_(300.0)
+    tasks = tr.dist.sample(8, tr.task_gen)
+    state = tr.act_gen.get_state()
+    batch, _ = tr.collect(tasks)
+    tr.act_gen.set_state(state)
+    noise = tr.net.pi.draw_noise((12, 8), tr.act_gen)
+    with torch.no_grad():
+        logits, _, _ = tr.net(batch.obs, tr.net.initial_state(8, "cpu"))
+        assert torch.equal(batch.actions, (F.log_softmax(logits, -1) + noise).argmax(-1))
+        hyper = tr.net.hyper
+        z = torch.randn(2, 16)
+        wb = hyper.gen(z).view(2, 12, -1)
+        base = hyper.gen.bias.view(12, -1)
+        assert not torch.allclose(wb[0], wb[1])
+        assert (wb - base).abs().max() < 0.1 * base.abs().max()
+    assert tr.net.pi.linear.in_features == 12
+    m = tr.train_iteration(0)
+    assert all(torch.isfinite(torch.tensor(v)) for v in m.values())
+    _, _, plain = _trainer()
+    assert plain.net.hyper is None and not any(k.startswith("hyper") for k in plain.net.state_dict())
