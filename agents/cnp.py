@@ -12,7 +12,6 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
 from metarl.config import option
@@ -20,6 +19,8 @@ from metarl.errors import UserError
 from metarl.fewshot.core import Batch, FewShotConfig, FewShotLearner, load_learner, make_trainer_cls
 from metarl.protocols import FEWSHOT
 from metarl.training import AgentSpec
+
+from metarl.agents.fewshot_nets import mlp
 
 
 @dataclass
@@ -32,23 +33,14 @@ class CNPConfig(FewShotConfig):
     decoder_layers: int = option(2, "decoder hidden layers", ge=1)
 
 
-def _mlp(d_in: int, hidden: int, layers: int, d_out: int) -> nn.Sequential:
-    mods, d = [], d_in
-    for _ in range(layers):
-        mods += [nn.Linear(d, hidden), nn.ReLU()]
-        d = hidden
-    mods.append(nn.Linear(d, d_out))
-    return nn.Sequential(*mods)
-
-
 class CNP(FewShotLearner):
     def __init__(self, dist, cfg: CNPConfig):
         super().__init__(dist)
         if dist.kind != "regression":
             raise UserError("agent cnp is a regressor: use it on gp-regression or sinusoid")
         dx, dy = dist.x_shape[0], dist.y_dim
-        self.encoder = _mlp(dx + dy, cfg.hidden, cfg.encoder_layers, cfg.hidden)
-        self.decoder = _mlp(dx + cfg.hidden, cfg.hidden, cfg.decoder_layers, 2 * dy)
+        self.encoder = mlp(dx + dy, cfg.hidden, cfg.encoder_layers, cfg.hidden)
+        self.decoder = mlp(dx + cfg.hidden, cfg.hidden, cfg.decoder_layers, 2 * dy)
 
     def adapt(self, xs, ys, steps=None):
         return self.encoder(torch.cat([xs, ys], -1)).mean(-2)         # [N, R]

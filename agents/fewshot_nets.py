@@ -6,6 +6,8 @@ the vmapped inner loop and the vectorized one. `forward(x)` uses the module's pa
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -113,3 +115,31 @@ def make_network(dist, hidden: int, layers: int, channels: int, head: bool = Tru
     if dist.kind == "regression":
         return FunctionalMLP([dist.x_shape[0]] + [hidden] * layers + [dist.y_dim], init)
     return Conv4(dist.x_shape[0], channels, dist.ways if head else 0)
+
+
+def mlp(d_in: int, hidden: int, layers: int, d_out: int) -> nn.Sequential:
+    """`layers` ReLU hidden layers of `hidden` units, then a linear output: the set encoders and
+    generators of CNP, the hypernetwork and LEO."""
+    mods, d = [], d_in
+    for _ in range(layers):
+        mods += [nn.Linear(d, hidden), nn.ReLU()]
+        d = hidden
+    mods.append(nn.Linear(d, d_out))
+    return nn.Sequential(*mods)
+
+
+class FlatParams:
+    """A parameter dict's layout, to generate its weights as one flat vector: split a flat
+    [..., P] into {name: [..., *shape]}, join a dict with `lead` leading dims back into [..., P]."""
+
+    def __init__(self, shapes: dict[str, torch.Size]):
+        self.shapes = dict(shapes)
+        self.sizes = [math.prod(s) for s in self.shapes.values()]
+        self.total = sum(self.sizes)
+
+    def split(self, flat: torch.Tensor) -> Params:
+        lead = flat.shape[:-1]
+        return {k: t.reshape(*lead, *s) for (k, s), t in zip(self.shapes.items(), flat.split(self.sizes, -1))}
+
+    def join(self, params: Params, lead: int = 1) -> torch.Tensor:
+        return torch.cat([params[k].reshape(*params[k].shape[:lead], -1) for k in self.shapes], -1)

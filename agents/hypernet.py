@@ -38,9 +38,10 @@ from metarl.functional import Params, adapt_per_task, params_of
 from metarl.protocols import FEWSHOT
 from metarl.training import AgentSpec
 
-from metarl.agents.fewshot_nets import Conv4, FunctionalMLP
+from metarl.agents.fewshot_nets import Conv4, FlatParams, FunctionalMLP, mlp
 
 MODES = ("end-to-end", "two-stage")
+MAX_GENERATOR_PARAMS = 50_000_000  # ~200 MB of float32 weights, x4 with Adam's moments and gradients
 
 
 @dataclass
@@ -60,15 +61,6 @@ class HyperNetConfig(FewShotConfig):
                                         "an independent init per task", choices=("shared", "independent"))
 
 
-def _mlp(d_in: int, hidden: int, layers: int, d_out: int) -> nn.Sequential:
-    mods, d = [], d_in
-    for _ in range(layers):
-        mods += [nn.Linear(d, hidden), nn.ReLU()]
-        d = hidden
-    mods.append(nn.Linear(d, d_out))
-    return nn.Sequential(*mods)
-
-
 def _bias_hyperinit(layer: nn.Linear, base: torch.Tensor, scale: float = 0.01) -> None:
     """Output layer of a generator: weights a `scale` of their default init, bias = base [out]."""
     with torch.no_grad():
@@ -76,20 +68,14 @@ def _bias_hyperinit(layer: nn.Linear, base: torch.Tensor, scale: float = 0.01) -
         layer.bias.copy_(base)
 
 
-class _Flat:
-    """Splits a flat weight vector [..., P] into a parameter dict shaped like `shapes`."""
-
-    def __init__(self, shapes: dict[str, torch.Size]):
-        self.shapes = dict(shapes)
-        self.sizes = [math.prod(s) for s in self.shapes.values()]
-        self.total = sum(self.sizes)
-
-    def split(self, flat: torch.Tensor) -> Params:
-        lead = flat.shape[:-1]
-        return {k: t.reshape(*lead, *s) for (k, s), t in zip(self.shapes.items(), flat.split(self.sizes, -1))}
-
-    def join(self, params: Params, lead: int = 1) -> torch.Tensor:
-        return torch.cat([params[k].reshape(*params[k].shape[:lead], -1) for k in self.shapes], -1)
+def _check_size(target_params: int, cfg: HyperNetConfig) -> None:
+    """The generator's output layer has encoder_hidden x target_params weights: refuse a target
+    network too large to generate before building it."""
+    n = (cfg.encoder_hidden + 1) * target_params
+    if n > MAX_GENERATOR_PARAMS:
+        raise UserError(f"the hypernetwork would need {n:,} generator weights ({target_params:,} target weights x "
+                        f"{cfg.encoder_hidden + 1}), over the limit of {MAX_GENERATOR_PARAMS:,}; lower agent.hidden / "
+                        f"agent.layers or agent.encoder_hidden")
 
 
 class HyperNetLearner(FewShotLearner):
@@ -107,9 +93,10 @@ class HyperNetLearner(FewShotLearner):
             dx, dy = dist.x_shape[0], dist.y_dim
             self.target = FunctionalMLP([dx] + [cfg.hidden] * cfg.layers + [dy], init="torch")
             base = params_of(self.target)
-            self.flat = _Flat({k: v.shape for k, v in base.items()})
-            self.encoder = _mlp(dx + dy, cfg.encoder_hidden, cfg.encoder_layers, cfg.encoder_hidden)
-            self.generator = _mlp(cfg.encoder_hidden, cfg.encoder_hidden, 1, self.flat.total)
+            self.flat = FlatParams({k: v.shape for k, v in base.items()})
+            _check_size(self.flat.total, cfg)
+            self.encoder = mlp(dx + dy, cfg.encoder_hidden, cfg.encoder_layers, cfg.encoder_hidden)
+            self.generator = mlp(cfg.encoder_hidden, cfg.encoder_hidden, 1, self.flat.total)
             _bias_hyperinit(self.generator[-1], self.flat.join(base, lead=0).detach())
             self.target.requires_grad_(False)  # only its shapes, init and forward are used
             # two-stage, independent inits: their draws, saved with the learner so a resumed run draws the same
@@ -117,7 +104,7 @@ class HyperNetLearner(FewShotLearner):
         else:
             self.embedding = Conv4(dist.x_shape[0], cfg.channels, 0)
             d = self.embedding.features
-            self.generator = _mlp(d, cfg.encoder_hidden, 1, d + 1)
+            self.generator = mlp(d, cfg.encoder_hidden, 1, d + 1)
             head = nn.Linear(d, 1)
             _bias_hyperinit(self.generator[-1], torch.cat([head.weight.view(-1), head.bias]).detach())
         self.ways = dist.ways

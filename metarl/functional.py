@@ -102,7 +102,8 @@ def adapt_per_task(loss_fn: Callable[[Params, Any], torch.Tensor], params_batch:
         raise ValueError(f"steps must be >= 0, got {steps}")
     outer = torch.is_grad_enabled()  # False at evaluation: no graph is kept beyond each step
     with torch.enable_grad():
-        batch = {k: p if p.requires_grad else p.detach().requires_grad_() for k, p in params_batch.items()}
+        # evaluation: fresh leaves (a view made under no_grad can claim requires_grad with no graph)
+        batch = {k: p if outer and p.requires_grad else p.detach().requires_grad_() for k, p in params_batch.items()}
         for _ in range(steps):
             grads = torch.autograd.grad(loss_fn(batch, data).sum(), list(batch.values()),
                                         create_graph=not first_order and outer)

@@ -81,6 +81,7 @@ AGENTS: dict[str, Entry] = {
     "learned-opt": Entry("metarl.agents.learned_opt:LEARNED_OPT",
                          "learned optimizer: a coordinate-wise LSTM replaces SGD in the inner loop, with a learned "
                          "init (agent.task_conditioned: one update rule per task)"),
+    "leo": Entry("metarl.agents.leo:LEO", "LEO: gradient steps on a latent code decoded into the task network's weights"),
     "hypernet": Entry("metarl.agents.hypernet:HYPERNET",
                       "hypernetwork: the support set generates the task network's weights (agent.mode: end-to-end "
                       "or two-stage)"),

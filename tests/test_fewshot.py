@@ -324,7 +324,8 @@ TINY = ["--set", "agent.iterations=4", "--set", "agent.log_every=2", "--set", "a
 
 @pytest.mark.parametrize("agent,env", [("maml", "sinusoid"), ("meta-sgd", "sinusoid"), ("reptile", "sinusoid"),
                                        ("pretrain", "sinusoid"), ("cnp", "gp-regression"),
-                                       ("hypernet", "sinusoid"), ("hypernet", "gp-regression"),
+                                       ("hypernet", "sinusoid"), ("hypernet", "gp-regression"), ("leo", "sinusoid"),
+                                       ("learned-opt", "sinusoid"), pytest.param("leo", "glyphs", marks=pytest.mark.slow),
                                        pytest.param("hypernet", "glyphs", marks=pytest.mark.slow),
                                        pytest.param("maml", "glyphs", marks=pytest.mark.slow),
                                        pytest.param("anil", "glyphs", marks=pytest.mark.slow),
@@ -335,7 +336,7 @@ TINY = ["--set", "agent.iterations=4", "--set", "agent.log_every=2", "--set", "a
 def test_every_learner_trains_and_evaluates(cli, tmp_path, agent, env):
     run = tmp_path / "run"
     extra = ["--set", "env.classes=60", "--set", "agent.channels=8"] if env == "glyphs" else []
-    if agent in ("maml", "anil", "reptile", "hypernet") and env == "glyphs":
+    if agent in ("maml", "anil", "reptile", "hypernet", "leo") and env == "glyphs":
         extra += ["--set", "agent.eval_steps=2"]
     code, out, err = cli("train", agent, "--env", env, "--run-dir", run, *TINY, *extra)
     assert code == 0, err
@@ -349,9 +350,9 @@ def test_every_learner_trains_and_evaluates(cli, tmp_path, agent, env):
     regression = env != "glyphs"
     assert res["metric"] == report["metric"] == ("query MSE" if regression else "query accuracy")
     steps = [p["x"] for p in res["curve"]["points"]]
-    if agent in ("maml", "anil", "reptile", "hypernet") and not regression:
+    if agent in ("maml", "anil", "reptile", "hypernet", "leo") and not regression:
         assert steps == [0, 1, 2]
-    elif agent in ("maml", "meta-sgd", "reptile", "pretrain", "hypernet"):
+    elif agent in ("maml", "meta-sgd", "reptile", "pretrain", "hypernet", "leo", "learned-opt"):
         assert steps == [0, 1, 5, 10]
     else:
         assert steps == [0]

@@ -108,8 +108,10 @@ def test_classification_heads_follow_the_class_labels():
     assert logits.shape == (2, b["xq"].shape[1], 3)
 
 
-def test_two_stage_on_classification_and_unknown_modes_are_user_errors(cli):
+def test_two_stage_on_classification_unknown_modes_and_huge_targets_are_user_errors(cli):
     code, _, err = cli("train", "hypernet", "--env", "glyphs", "--set", "agent.mode=two-stage", "--quiet")
     assert code == 2 and "two-stage" in err and len(err.strip().splitlines()) == 1
     code, _, err = cli("train", "hypernet", "--env", "sinusoid", "--set", "agent.mode=backprop", "--quiet")
     assert code == 2 and "mode" in err
+    code, _, err = cli("train", "hypernet", "--env", "sinusoid", "--set", "agent.hidden=4000", "--quiet")
+    assert code == 2 and "generator weights" in err and len(err.strip().splitlines()) == 1
