@@ -388,3 +388,20 @@ def test_metric_learners_train_with_more_ways_than_they_test_with(cli, tmp_path)
     code, _, err = cli("train", "maml", "--env", "glyphs", "--set", "env.classes=60", "--set", "env.train_ways=6",
                        "--run-dir", tmp_path / "r")
     assert code == 2 and "env.train_ways=6" in err
+
+
+def test_a_fewshot_run_is_tested_on_another_family_with_matching_shapes(cli, tmp_path):
+    """--env: the sinusoid-trained learner, unchanged, on gp-regression tasks (its own report
+    file, naming both families); a family of another shape or an RL env is refused in one line."""
+    run = tmp_path / "run"
+    assert cli("train", "maml", "--env", "sinusoid", "--run-dir", run, *TINY)[0] == 0
+    assert cli("eval", run, "--tasks", 20)[0] == 0
+    code, out, err = cli("eval", run, "--tasks", 20, "--env", "gp-regression")
+    assert code == 0, err
+    own, gp = (json.loads((run / f).read_text()) for f in ("eval.json", "eval_gp-regression.json"))
+    assert gp["env"] == "gp-regression" and gp["trained_on"] == "sinusoid" and own["env"] == "sinusoid"
+    assert gp["env_config"]["length_scale"] == 0.4 and gp["results"]["maml"]["scores"] != own["results"]["maml"]["scores"]
+    assert (run / "eval_gp-regression_fits.png").exists()
+    for env, words in (("glyphs", "network was built for"), ("bandit", "RL task distribution")):
+        code, _, err = cli("eval", run, "--env", env)
+        assert code == 2 and words in err and len(err.strip().splitlines()) == 1

@@ -104,6 +104,10 @@ def build_parser(full_help: bool = False) -> argparse.ArgumentParser:
     e.add_argument("--split", default="test", choices=("test", "train"),
                    help="test (default): the held-out tasks; train (Meta-World): the training classes by the same "
                         "protocol, meta-train success beside meta-test")
+    e.add_argument("--env", metavar="FAMILY",
+                   help="few-shot runs: test on another task family with its default options, e.g. a learner "
+                        "trained on sinusoid on gp-regression (the same input and output shapes); writes "
+                        "eval_FAMILY.json")
     e.add_argument("--set", action="append", default=[], metavar="agent.eval_KEY=VALUE", dest="sets",
                    help="an evaluation option of the agent (repeatable), e.g. agent.eval_later_lr=0.05 or "
                         "agent.eval_rollouts=40 for MAML; the other options are fixed by training")
@@ -175,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 report = evaluate_run(args.run_dir, tasks=args.tasks, baselines=args.baselines, seed=args.seed,
                                       device=args.device, checkpoint=args.checkpoint, sets=args.sets,
-                                      split=args.split)
+                                      split=args.split, env=args.env)
             if args.json:
                 print(json.dumps(report, indent=2))
             else:

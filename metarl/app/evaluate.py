@@ -9,13 +9,13 @@ from pathlib import Path
 from typing import Any
 
 from metarl.app.report import which_tasks
-from metarl.config import parse_sets
+from metarl.config import as_dict, build, parse_sets
 from metarl.errors import UserError
 from metarl.eval.plots import adaptation_curve
 from metarl.eval.result import EVAL_SCHEMA
 from metarl.eval.trials import evaluate, evaluate_adaptation_steps, summarize, summarize_episodes, summarize_steps
 from metarl.protocols import FEWSHOT, INNER_STEPS, METAWORLD, TRIAL, Protocol, protocol_of
-from metarl.registry import BASELINES, baselines_for, lookup
+from metarl.registry import BASELINES, ENVS, baselines_for, lookup
 from metarl.run_config import TRAINING_ONLY, LoadedRun, load_run, setup_threads
 
 
@@ -35,12 +35,14 @@ def choose_baselines(spec, names: str) -> list[str]:
 
 def evaluate_run(run_dir: str, *, tasks: int = 1000, baselines: str = "all", seed: int = 0,
                  device: str | None = None, checkpoint: str = "latest", sets: list[str] = (),
-                 split: str = "test") -> dict[str, Any]:
+                 split: str = "test", env: str | None = None) -> dict[str, Any]:
     """Evaluate a trained run (its latest or best checkpoint) and the chosen baselines on the
     same held-out tasks; writes eval.json. `sets` may change the agent's evaluation options
     (agent.eval_*) from those saved with the run. split "train" (Meta-World only, whose
     training and test classes differ) plays the training classes by the same protocol and
-    writes eval_train.json: meta-train success beside meta-test, the generalization gap."""
+    writes eval_train.json: meta-train success beside meta-test, the generalization gap. `env`
+    (few-shot runs) evaluates on another task family with its default options, e.g. a learner
+    trained on sinusoid tested unchanged on gp-regression; writes eval_ENV.json."""
     if tasks < 1:
         raise UserError(f"--tasks must be >= 1, got {tasks}")
     if split not in ("test", "train"):
@@ -58,7 +60,26 @@ def evaluate_run(run_dir: str, *, tasks: int = 1000, baselines: str = "all", see
         raise UserError(f"--split train is for Meta-World runs, whose training and test classes differ; "
                         f"{run.saved['run']['env']!r} draws both splits from one distribution")
     names = choose_baselines(run.cfg["env_spec"], baselines)
+    if env is not None:
+        if protocol is not FEWSHOT:
+            raise UserError("--env (another task family) is for few-shot runs; an RL run is evaluated on its own env")
+        return _evaluate_fewshot_run(run, names, tasks, seed, split, eval_sets, other=_other_family(run, env))
     return EVALUATE[protocol](run, names, tasks, seed, split, eval_sets)
+
+
+def _other_family(run: LoadedRun, name: str) -> tuple:
+    """(name, spec, default config) of a few-shot family whose tasks fit the run's network."""
+    spec = lookup("env", ENVS, name)
+    if getattr(spec, "domain", "rl") != "fewshot":
+        raise UserError(f"--env {name!r} is an RL task distribution; a few-shot run is evaluated on few-shot ones")
+    cfg = build(spec.config_cls, {}, "env")
+    own, other = run.cfg["env_spec"].make_distribution(run.cfg["env"]), spec.make_distribution(cfg)
+    def shape(d):
+        return d.kind, tuple(d.x_shape), d.y_dim if d.kind == "regression" else d.ways
+    if shape(own) != shape(other):
+        raise UserError(f"--env {name!r} has tasks {shape(other)} (kind, input shape, outputs); the run's network "
+                        f"was built for {shape(own)}")
+    return name, spec, cfg
 
 
 def _report(run: LoadedRun, protocol: Protocol, metric: str, tasks: int, seed: int, results: dict, **extra) -> dict:
@@ -150,12 +171,18 @@ def _evaluate_success_run(run: LoadedRun, names: list[str], tasks: int, seed: in
 
 
 def _evaluate_fewshot_run(run: LoadedRun, names: list[str], tasks: int, seed: int, split: str,
-                          eval_sets: dict) -> dict:
+                          eval_sets: dict, other: tuple | None = None) -> dict:
     """Few-shot learners: query MSE (regression) or accuracy (classification) on held-out tasks
-    after 0, 1, 5, 10 inner steps; CNP also against the number of context points."""
+    after 0, 1, 5, 10 inner steps; CNP also against the number of context points. `other`:
+    (name, spec, config) of another family to test on instead (_other_family)."""
     from metarl.fewshot import evaluation as fe
     path, saved, cfg, dev = run.path, run.saved, run.cfg, run.device
     env_spec, env_cfg, agent_cfg = cfg["env_spec"], cfg["env"], cfg["agent"]
+    stem, extra = "eval", {}
+    if other is not None:
+        env_name, env_spec, env_cfg = other
+        stem = f"eval_{env_name}"
+        extra = {"env": env_name, "env_config": as_dict(env_cfg), "trained_on": saved["run"]["env"]}
     dist = env_spec.make_distribution(env_cfg)
     learner = run.eval_policy(seed)
     name = saved["run"]["agent"]
@@ -165,14 +192,14 @@ def _evaluate_fewshot_run(run: LoadedRun, names: list[str], tasks: int, seed: in
     for label, other in _extra_policies(cfg["agent_spec"], run.checkpoint, cfg, dev, seed).items():
         results[f"{name} ({label})"] = fe.summarize_fewshot(  # the same tasks, e.g. SGD from a learned init
             fe.evaluate_fewshot(other, dist, tasks, seed, agent_cfg.eval_steps, dev), dist.kind)
-    title = f"held-out {saved['run']['env']} tasks"
+    title = f"held-out {extra.get('env', saved['run']['env'])} tasks"
     if hasattr(learner, "predict_dist"):
         contexts = [c for c in (1, 2, 5, 10, 20, 50, 100) if c <= getattr(env_cfg, "context_max", 100)]
         result["per_context"] = fe.evaluate_context_sizes(learner, dist, tasks, seed, contexts, dev)
-        fe.context_plot(result["per_context"], path / "eval_context.png", f"{name}: {title}")
-    report = _write_report(path, _report(run, FEWSHOT, result["metric"], tasks, seed, results))
+        fe.context_plot(result["per_context"], path / f"{stem}_context.png", f"{name}: {title}")
+    report = _write_report(path, _report(run, FEWSHOT, result["metric"], tasks, seed, results, **extra), stem)
     if dist.kind == "regression":
-        fe.fits_plot(learner, dist, path / "eval_fits.png", f"{name}: {title}", seed,
+        fe.fits_plot(learner, dist, path / f"{stem}_fits.png", f"{name}: {title}", seed,
                      fe.report_steps(agent_cfg.eval_steps), dev)
     return report
 
