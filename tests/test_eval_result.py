@@ -73,3 +73,22 @@ def test_current_results_pass_through_unchanged():
     assert c.x == EPISODES_IN_TRIAL and c.means == [2.0, 3.5] and c.points[1]["ci_low"] < 3.5 < c.points[1]["ci_high"]
     assert report["results"]["rl2"]["total"]["mean"] == 5.5
     assert curve_of(steps).means == [1.0, 3.0] and steps["total"]["mean"] == 3.0
+
+
+def test_a_stopped_evaluation_resumes_at_the_next_method(tmp_path):
+    """Each finished method is kept in RUN/STEM_parts until the report is written: a second
+    evaluation of the same checkpoint and options reuses it, another checkpoint recomputes it."""
+    from types import SimpleNamespace
+
+    from metarl.app.evaluate import _MethodParts
+    run = SimpleNamespace(path=tmp_path, which="latest", checkpoint={"iteration": 5})
+    calls = []
+    first = _MethodParts(run, "eval", {"goals": 2}).get("rl2", lambda: calls.append(1) or {"mean": 0.5})
+    again = _MethodParts(run, "eval", {"goals": 2}).get("rl2", lambda: calls.append(1) or {"mean": 0.9})
+    assert first == again == {"mean": 0.5} and len(calls) == 1
+    assert _MethodParts(run, "eval", {"goals": 3}).get("rl2", lambda: {"mean": 0.8}) == {"mean": 0.8}
+    later = SimpleNamespace(path=tmp_path, which="latest", checkpoint={"iteration": 6})
+    parts = _MethodParts(later, "eval", {"goals": 3})
+    assert parts.get("rl2", lambda: {"mean": 0.7}) == {"mean": 0.7}
+    parts.clear()
+    assert not (tmp_path / "eval_parts").exists()

@@ -184,6 +184,7 @@ def test_smoke_train_on_ml1_logs_success(cli, tmp_path, agent):
     assert "success rate" in out and "Meta-World tally" in out
     # meta-train success by the same protocol: the training goals, in eval_train.json, eval.json kept
     before = (rd / "eval.json").read_bytes()
+    assert not (rd / "eval_parts").exists()  # kept only while an evaluation is in progress
     code, out, err = cli("eval", rd, "--tasks", "2", "--split", "train", "--baselines", "none")
     assert code == 0, err
     train = json.loads((rd / "eval_train.json").read_text())

@@ -77,3 +77,4 @@ def test_tally_favours_episodes_that_end_at_success():
     assert s["total"]["mean"] == pytest.approx(0.25)
     assert s["metaworld_tally"]["total"]["mean"] == pytest.approx(1.0)
     assert s["metaworld_tally"]["group_size"] == 20 and s["metaworld_tally"]["groups"] == 1
+

@@ -149,25 +149,63 @@ def _evaluate_success_run(run: LoadedRun, names: list[str], tasks: int, seed: in
                           eval_sets: dict) -> dict:
     """Meta-World: the split's classes x goals (env.goals_per_class, fewer when --tasks asks for
     fewer), adaptation then evaluation episodes; success tallied per task (metarl.eval.success).
-    Writes eval.json (test) or eval_train.json (train)."""
+    Writes eval.json (test) or eval_train.json (train). Each method's result is kept as it is
+    done (_MethodParts), so an evaluation stopped part way resumes at the next method."""
     from metarl.eval.success import evaluate_success, summarize_success
     cfg, ck, dev = run.cfg, run.checkpoint, run.device
     env_spec, env_cfg, spec = cfg["env_spec"], cfg["env"], cfg["agent_spec"]
     classes = len(env_spec.make_distribution(env_cfg).names[split])
     goals = max(1, min(env_cfg.goals_per_class, tasks // classes))
-    agent, name = run.eval_policy(seed), run.saved["run"]["agent"]
-    results = {name: summarize_success(
-        evaluate_success(lambda env: agent, spec.protocol, env_spec, env_cfg, goals, seed, dev, split=split))}
+    stem = "eval" if split == "test" else "eval_train"
+    parts = _MethodParts(run, stem, {"goals": goals, "seed": seed, "eval_options": _eval_options(cfg, eval_sets)})
+    name = run.saved["run"]["agent"]
+
+    def agent_result():
+        agent = run.eval_policy(seed)  # one policy object for every batch of tasks, as the forms below
+        return summarize_success(evaluate_success(lambda env: agent, spec.protocol, env_spec, env_cfg, goals, seed,
+                                                  dev, split=split))
+    results = {name: parts.get(name, agent_result)}
     for label, make in _extra_policies(spec, ck, cfg, dev, seed).items():
-        results[f"{name} ({label})"] = summarize_success(
-            evaluate_success(make, TRIAL, env_spec, env_cfg, goals, seed, dev, split=split))
+        results[f"{name} ({label})"] = parts.get(f"{name} ({label})", lambda: summarize_success(
+            evaluate_success(make, TRIAL, env_spec, env_cfg, goals, seed, dev, split=split)))
     for b in names:
         cls = lookup("baseline", BASELINES, b)
-        results[b] = summarize_success(evaluate_success(
-            lambda env, cls=cls: cls(env, env_cfg, seed), TRIAL, env_spec, env_cfg, goals, seed, dev, split=split))
+        results[b] = parts.get(b, lambda: summarize_success(evaluate_success(
+            lambda env: cls(env, env_cfg, seed), TRIAL, env_spec, env_cfg, goals, seed, dev, split=split)))
     report = _report(run, METAWORLD, METAWORLD.metric, classes * goals, seed, results, split=split,
                      goals_per_class=goals)
-    return _write_report(run.path, report, "eval" if split == "test" else "eval_train")
+    report = _write_report(run.path, report, stem)
+    parts.clear()
+    return report
+
+
+class _MethodParts:
+    """Finished methods of an evaluation in progress, RUN/STEM_parts/METHOD.json, each stamped
+    with what it was computed for (checkpoint, its iteration, and `key`); a part with another
+    stamp is computed again. Cleared once the whole report is written."""
+
+    def __init__(self, run: LoadedRun, stem: str, key: dict):
+        self.dir = run.path / f"{stem}_parts"
+        self.stamp = {"checkpoint": run.which, "iteration": run.checkpoint["iteration"], **key}
+
+    def get(self, method: str, compute) -> dict:
+        path = self.dir / f"{method.replace('/', '_')}.json"
+        if path.exists():
+            saved = json.loads(path.read_text())
+            if saved.get("stamp") == self.stamp:
+                return saved["result"]
+        result = compute()
+        self.dir.mkdir(exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"stamp": self.stamp, "result": result}))
+        os.replace(tmp, path)
+        return result
+
+    def clear(self) -> None:
+        if self.dir.exists():
+            for f in self.dir.iterdir():
+                f.unlink()
+            self.dir.rmdir()
 
 
 def _evaluate_fewshot_run(run: LoadedRun, names: list[str], tasks: int, seed: int, split: str,
