@@ -143,3 +143,19 @@ class FlatParams:
 
     def join(self, params: Params, lead: int = 1) -> torch.Tensor:
         return torch.cat([params[k].reshape(*params[k].shape[:lead], -1) for k in self.shapes], -1)
+
+
+def generated_mlp(dist, hidden: int, layers: int) -> tuple[FunctionalMLP, FlatParams]:
+    """A regression MLP whose weights a generator outputs (hypernet, LEO), with nn.Linear's init
+    and frozen (only its shapes, init and forward_with are used), and its flat layout."""
+    net = FunctionalMLP([dist.x_shape[0]] + [hidden] * layers + [dist.y_dim], init="torch").requires_grad_(False)
+    return net, FlatParams({k: v.shape for k, v in params_of(net).items()})
+
+
+def bias_hyperinit(layer: nn.Linear, base: torch.Tensor, scale: float = 0.01) -> None:
+    """bias-HyperInit (Beck et al. 2023) of a generator's output layer: its weights `scale` times
+    their default init, its bias the flat weights `base` [out] of a standard init, so the
+    generated network starts as that network, modulated a little by the generator's input."""
+    with torch.no_grad():
+        layer.weight.mul_(scale)
+        layer.bias.copy_(base)

@@ -19,7 +19,8 @@ agent.mode:
 
 The output layer of g starts with weights near 0 and its bias at a standard init of the target
 network (Beck et al. 2023's bias-HyperInit), so the generated networks start as a well-scaled
-network rather than near zero. adapt(xs, ys, steps) returns the generated weights after `steps`
+network rather than near zero. (Classification: every class's row starts at the same base row,
+so the head starts near uniform logits and g's small weights first separate the classes.) adapt(xs, ys, steps) returns the generated weights after `steps`
 SGD steps of the support loss at inner_lr: the hypernetwork as an initialiser (steps 0 = as
 generated), which the evaluation reports after 0, 1, 5 and 10 steps.
 """
@@ -36,9 +37,10 @@ from metarl.errors import UserError
 from metarl.fewshot.core import Batch, FewShotConfig, FewShotLearner, load_learner, make_trainer_cls, task_loss
 from metarl.functional import Params, adapt_per_task, params_of
 from metarl.protocols import FEWSHOT
+from metarl.seeding import draw_from_state, stream_state
 from metarl.training import AgentSpec
 
-from metarl.agents.fewshot_nets import Conv4, FlatParams, FunctionalMLP, mlp
+from metarl.agents.fewshot_nets import Conv4, bias_hyperinit, generated_mlp, mlp
 
 MODES = ("end-to-end", "two-stage")
 MAX_GENERATOR_PARAMS = 50_000_000  # ~200 MB of float32 weights, x4 with Adam's moments and gradients
@@ -59,13 +61,6 @@ class HyperNetConfig(FewShotConfig):
     fit_lr: float = option(0.01, "two-stage: Adam step size of that fit", gt=0.0)
     target_init: str = option("shared", "two-stage: fit phi* from one shared init (fixed at construction) or from "
                                         "an independent init per task", choices=("shared", "independent"))
-
-
-def _bias_hyperinit(layer: nn.Linear, base: torch.Tensor, scale: float = 0.01) -> None:
-    """Output layer of a generator: weights a `scale` of their default init, bias = base [out]."""
-    with torch.no_grad():
-        layer.weight.mul_(scale)
-        layer.bias.copy_(base)
 
 
 def _check_size(target_params: int, cfg: HyperNetConfig) -> None:
@@ -90,23 +85,20 @@ class HyperNetLearner(FewShotLearner):
                             "(sinusoid, gp-regression); use agent.mode=end-to-end on classification")
         self.cfg = cfg
         if dist.kind == "regression":
-            dx, dy = dist.x_shape[0], dist.y_dim
-            self.target = FunctionalMLP([dx] + [cfg.hidden] * cfg.layers + [dy], init="torch")
-            base = params_of(self.target)
-            self.flat = FlatParams({k: v.shape for k, v in base.items()})
+            self.target, self.flat = generated_mlp(dist, cfg.hidden, cfg.layers)
             _check_size(self.flat.total, cfg)
-            self.encoder = mlp(dx + dy, cfg.encoder_hidden, cfg.encoder_layers, cfg.encoder_hidden)
+            self.encoder = mlp(dist.x_shape[0] + dist.y_dim, cfg.encoder_hidden, cfg.encoder_layers,
+                               cfg.encoder_hidden)
             self.generator = mlp(cfg.encoder_hidden, cfg.encoder_hidden, 1, self.flat.total)
-            _bias_hyperinit(self.generator[-1], self.flat.join(base, lead=0).detach())
-            self.target.requires_grad_(False)  # only its shapes, init and forward are used
+            bias_hyperinit(self.generator[-1], self.flat.join(params_of(self.target), lead=0))
             # two-stage, independent inits: their draws, saved with the learner so a resumed run draws the same
-            self.register_buffer("init_rng", torch.Generator().manual_seed(int(torch.randint(2**31, ()))).get_state())
+            self.register_buffer("init_rng", stream_state())
         else:
             self.embedding = Conv4(dist.x_shape[0], cfg.channels, 0)
             d = self.embedding.features
             self.generator = mlp(d, cfg.encoder_hidden, 1, d + 1)
             head = nn.Linear(d, 1)
-            _bias_hyperinit(self.generator[-1], torch.cat([head.weight.view(-1), head.bias]).detach())
+            bias_hyperinit(self.generator[-1], torch.cat([head.weight.view(-1), head.bias]).detach())
         self.ways = dist.ways
 
     # ---- generation ---------------------------------------------------------------------------
@@ -157,9 +149,8 @@ class HyperNetLearner(FewShotLearner):
         if self.cfg.target_init == "shared":
             start = base.unsqueeze(0).expand(n, -1)
         else:  # a fresh nn.Linear-style draw per task
-            gen = torch.Generator().set_state(self.init_rng)
-            start = ((torch.rand(n, self.flat.total, generator=gen) * 2 - 1) * self._init_bounds()).to(x.device)
-            self.init_rng = gen.get_state()
+            u = draw_from_state(self.init_rng, lambda gen: torch.rand(n, self.flat.total, generator=gen))
+            start = ((u * 2 - 1) * self._init_bounds()).to(x.device)
         phi = start.detach().clone().requires_grad_(True)
         opt = torch.optim.Adam([phi], lr=self.cfg.fit_lr)
         with torch.enable_grad():
@@ -168,8 +159,10 @@ class HyperNetLearner(FewShotLearner):
                 opt.zero_grad(set_to_none=True)
                 loss.sum().backward()
                 opt.step()
-        self._target_mse = loss.mean().item()
-        return phi.detach()
+        phi = phi.detach()
+        with torch.no_grad():  # the fit of the returned targets
+            self._target_mse = task_loss(self.kind, self.target.forward_with(self.flat.split(phi), x), y).mean().item()
+        return phi
 
     def _init_bounds(self) -> torch.Tensor:
         """nn.Linear's init bounds per entry [P]: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weights and biases."""

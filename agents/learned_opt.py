@@ -16,8 +16,8 @@ minimises the mean query loss after each of them, so every step, not only the la
 agent.task_conditioned: a set encoder (as CNP's) reads the support set, and its mean code c
 conditions every coordinate's LSTM: each task gets its own update rule (an "optimiser engine").
 
-The evaluation also reports "sgd (same init)": plain SGD at inner_lr from the same learned
-init, so the update rule is compared with the init held fixed.
+The evaluation also reports "sgd (same init and rate)": plain SGD from the same learned init at
+the learned rate of the update's SGD term, so the LSTM's part is what differs.
 """
 from __future__ import annotations
 
@@ -29,11 +29,11 @@ import torch.nn as nn
 from metarl.config import option
 from metarl.errors import UserError
 from metarl.fewshot.core import Batch, FewShotConfig, FewShotLearner, load_learner, make_trainer_cls, task_loss
-from metarl.functional import Params, adapt_per_task, params_of
+from metarl.functional import Params, adapt_batch, params_of
 from metarl.protocols import FEWSHOT
 from metarl.training import AgentSpec
 
-from metarl.agents.fewshot_nets import make_network
+from metarl.agents.fewshot_nets import FlatParams, make_network, mlp
 
 PREPROCESS_P = 10.0  # Andrychowicz et al.'s gradient preprocessing constant
 
@@ -45,13 +45,14 @@ class LearnedOptConfig(FewShotConfig):
     layers: int = option(2, "regression MLP: hidden layers (MAML paper: 2)", ge=1)
     channels: int = option(64, "classification Conv4: channels per block", ge=1)
     inner_steps: int = option(5, "learned steps unrolled in meta-training (the evaluation goes to eval_steps)", ge=1)
-    opt_hidden: int = option(20, "coordinate-wise LSTM hidden units (Andrychowicz et al.: 20, two layers)", ge=1)
+    opt_hidden: int = option(20, "coordinate-wise LSTM hidden units, one layer (Andrychowicz et al.: two of 20)",
+                             ge=1)
     out_scale: float = option(0.01, "the LSTM's output times this is the update (Andrychowicz et al.: 0.1)", gt=0.0)
     task_conditioned: bool = option(False, "a set encoder's code of the support set conditions every coordinate's "
                                            "update: one update rule per task")
     context_size: int = option(16, "task_conditioned: size of the support-set code", ge=1)
-    inner_lr: float = option(0.001, "initial step size of the learned update's SGD term, and the step size of "
-                                    "the 'sgd (same init)' comparison in the evaluation", gt=0.0)
+    inner_lr: float = option(0.001, "initial step size of the learned update's SGD term (meta-learned; the "
+                                    "evaluation's SGD row uses the learned one)", gt=0.0)
 
 
 def preprocess(g: torch.Tensor) -> torch.Tensor:
@@ -75,13 +76,12 @@ class LearnedOptLearner(FewShotLearner):
         self.cell = nn.LSTMCell(2 + ctx, cfg.opt_hidden)
         self.out = nn.Linear(cfg.opt_hidden, 1)
         self.log_lr = nn.Parameter(torch.tensor(float(cfg.inner_lr)).log())
+        self.flat = FlatParams({k: v.shape for k, v in params_of(self.model).items()})
         if cfg.task_conditioned:
             if dist.kind != "regression":
                 raise UserError("agent.task_conditioned reads (x, y) support pairs: implemented for regression "
                                 "(sinusoid, gp-regression)")
-            dx, dy = dist.x_shape[0], dist.y_dim
-            self.context = nn.Sequential(nn.Linear(dx + dy, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(),
-                                         nn.Linear(64, ctx))
+            self.context = mlp(dist.x_shape[0] + dist.y_dim, 64, 2, ctx)
 
     def _loss_fn(self):
         kind = self.kind
@@ -104,14 +104,14 @@ class LearnedOptLearner(FewShotLearner):
             with torch.enable_grad():
                 leaf = {k: v.detach().requires_grad_() for k, v in params.items()}
                 grads = torch.autograd.grad(loss_fn(leaf, (xs, ys)).sum(), list(leaf.values()))
-            flat_g = torch.cat([g.reshape(n, -1) for g in grads], -1)                  # [N, P]
+            flat_g = self.flat.join(dict(zip(leaf, grads)))                             # [N, P]
             feats = preprocess(flat_g)                                                  # [N, P, 2]
             if ctx is not None:
                 feats = torch.cat([feats, ctx.unsqueeze(1).expand(n, feats.shape[1], ctx.shape[-1])], -1)
             rows = feats.reshape(-1, feats.shape[-1])                                   # [N * P, F]
             state = self.cell(rows, state)
             update = self.cfg.out_scale * self.out(state[0]).view(n, -1) - self.log_lr.exp() * flat_g  # [N, P]
-            params = {k: p + u.view(p.shape) for (k, p), u in zip(params.items(), _split(update, params))}
+            params = {k: p + u for (k, p), u in zip(params.items(), self.flat.split(update).values())}
             if on_step is not None:
                 on_step(params)
         return params
@@ -131,24 +131,19 @@ class LearnedOptLearner(FewShotLearner):
         return loss, {"loss": loss.item(), "final_loss": losses[-1].item()}
 
 
-def _split(flat: torch.Tensor, like: Params) -> list[torch.Tensor]:
-    """[N, P] -> one [N, numel] slice per parameter of `like` ({name: [N, ...]}), in order."""
-    return list(flat.split([p[0].numel() for p in like.values()], -1))
-
-
 class SGDFromInit(FewShotLearner):
-    """The comparison row: plain SGD at inner_lr from a learned-opt run's init."""
+    """The comparison row: plain SGD from a learned-opt run's init at its learned rate (the SGD
+    term of its update), so the row differs from the learned optimizer by the LSTM alone."""
     gradient_steps = True
 
     def __init__(self, dist, learner: LearnedOptLearner):
         super().__init__(dist)
-        self.model, self.lr = learner.model, learner.cfg.inner_lr
+        self.model, self.lr = learner.model, learner.log_lr.exp().item()
 
     def adapt(self, xs, ys, steps=None):
-        n = xs.shape[0]
-        params = {k: v.detach().unsqueeze(0).expand(n, *v.shape) for k, v in params_of(self.model).items()}
-        return adapt_per_task(lambda p, d: task_loss(self.kind, self.model.forward_with(p, d[0]), d[1]), params,
-                              (xs, ys), steps or 0, self.lr, first_order=True)
+        params = {k: v.detach() for k, v in params_of(self.model).items()}
+        return adapt_batch(lambda p, d: task_loss(self.kind, self.model.forward_with(p, d[0]), d[1]), params,
+                           (xs, ys), steps or 0, self.lr, first_order=True, vectorized=True)
 
     def predict(self, state, xq):
         return self.model.forward_with(state, xq)
@@ -160,7 +155,7 @@ _load = load_learner(LearnedOptLearner)
 def extra_eval_learners(checkpoint, env_spec, env_cfg, cfg: LearnedOptConfig, device, seed) -> dict:
     """{label: learner} evaluated beside the learned optimizer on the same tasks."""
     learner = _load(checkpoint, env_spec, env_cfg, cfg, device, seed)
-    return {"sgd (same init)": SGDFromInit(env_spec.make_distribution(env_cfg), learner)}
+    return {"sgd (same init and rate)": SGDFromInit(env_spec.make_distribution(env_cfg), learner)}
 
 
 LEARNED_OPT = AgentSpec("learned-opt", LearnedOptConfig, make_trainer_cls(LearnedOptLearner), _load,

@@ -29,9 +29,10 @@ from metarl.config import option
 from metarl.fewshot.core import Batch, FewShotConfig, FewShotLearner, load_learner, make_trainer_cls, task_loss
 from metarl.functional import params_of
 from metarl.protocols import FEWSHOT
+from metarl.seeding import draw_from_state, stream_state
 from metarl.training import AgentSpec
 
-from metarl.agents.fewshot_nets import Conv4, FlatParams, FunctionalMLP, mlp
+from metarl.agents.fewshot_nets import Conv4, bias_hyperinit, generated_mlp, mlp
 
 
 @dataclass
@@ -43,6 +44,7 @@ class LEOConfig(FewShotConfig):
     inner_lr: float = option(1.0, "initial latent step size alpha, meta-learned (LEO: 1)", gt=0.0)
     kl_weight: float = option(1e-3, "weight of KL(q(z | support) || N(0, I))", ge=0.0)
     penalty_weight: float = option(1e-3, "weight of the encoder penalty ||stopgrad(z') - z||^2", ge=0.0)
+    first_order: bool = option(False, "no second derivatives through the latent steps (LEO: second order)")
     hidden: int = option(40, "target MLP (regression): hidden units per layer", ge=1)
     layers: int = option(2, "target MLP (regression): hidden layers", ge=1)
     channels: int = option(64, "classification: Conv4 embedding channels", ge=1)
@@ -58,16 +60,10 @@ class LEOLearner(FewShotLearner):
         self.cfg, self.ways = cfg, dist.ways
         z, hid = cfg.latent, cfg.encoder_hidden
         if dist.kind == "regression":
-            dx, dy = dist.x_shape[0], dist.y_dim
-            self.target = FunctionalMLP([dx] + [cfg.hidden] * cfg.layers + [dy], init="torch")
-            base = params_of(self.target)
-            self.flat = FlatParams({k: v.shape for k, v in base.items()})
-            self.encoder = mlp(dx + dy, hid, 2, 2 * z)
+            self.target, self.flat = generated_mlp(dist, cfg.hidden, cfg.layers)
+            self.encoder = mlp(dist.x_shape[0] + dist.y_dim, hid, 2, 2 * z)
             self.decoder = nn.Linear(z, self.flat.total)
-            with torch.no_grad():
-                self.decoder.weight.mul_(0.01)
-                self.decoder.bias.copy_(self.flat.join(base, lead=0))
-            self.target.requires_grad_(False)
+            bias_hyperinit(self.decoder, self.flat.join(params_of(self.target), lead=0))
         else:
             self.embedding = Conv4(dist.x_shape[0], cfg.channels, 0)
             d = self.embedding.features
@@ -75,7 +71,7 @@ class LEOLearner(FewShotLearner):
             self.relation = mlp(2 * hid, hid, 2, 2 * z)
             self.decoder = nn.Linear(z, d)
         self.log_alpha = nn.Parameter(torch.tensor(float(cfg.inner_lr)).log())
-        self.register_buffer("noise_rng", torch.Generator().manual_seed(int(torch.randint(2**31, ()))).get_state())
+        self.register_buffer("noise_rng", stream_state())  # training's z samples, saved for resumes
 
     # ---- encode / decode ----------------------------------------------------------------------
     def encode(self, xs, ys) -> tuple[torch.Tensor, torch.Tensor]:
@@ -107,7 +103,7 @@ class LEOLearner(FewShotLearner):
     # ---- adaptation ---------------------------------------------------------------------------
     def latent_steps(self, z0: torch.Tensor, xs_f, ys, steps: int) -> torch.Tensor:
         """`steps` gradient steps on the codes z [N, ...] of the support loss of their decoded
-        weights; differentiable (second order) when autograd is on."""
+        weights; differentiable (second order, unless agent.first_order) when autograd is on."""
         outer = torch.is_grad_enabled()
         z = z0
         with torch.enable_grad():
@@ -115,7 +111,7 @@ class LEOLearner(FewShotLearner):
                 z = z.detach().requires_grad_()
             for _ in range(steps):
                 loss = task_loss(self.kind, self._out(self.decode(z), xs_f), ys).sum()
-                (g,) = torch.autograd.grad(loss, z, create_graph=outer)
+                (g,) = torch.autograd.grad(loss, z, create_graph=outer and not self.cfg.first_order)
                 z = z - self.log_alpha.exp() * g
                 if not outer:
                     z = z.detach().requires_grad_()
@@ -125,9 +121,7 @@ class LEOLearner(FewShotLearner):
         mu, log_sigma = self.encode(xs, ys)
         if not self.training:
             return mu, mu, log_sigma
-        gen = torch.Generator().set_state(self.noise_rng)
-        eps = torch.randn(mu.shape, generator=gen).to(mu.device)
-        self.noise_rng = gen.get_state()
+        eps = draw_from_state(self.noise_rng, lambda gen: torch.randn(mu.shape, generator=gen)).to(mu.device)
         return mu + log_sigma.exp() * eps, mu, log_sigma
 
     def adapt(self, xs, ys, steps=None):

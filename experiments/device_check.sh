@@ -67,6 +67,14 @@ step protonet_glyphs_cuda 240 $M train protonet --env glyphs --config experiment
 step protonet_glyphs_eval_cuda 120 $M eval $R/proto --device cuda --tasks 1000 --json
 step cnp_cuda 120 $M train cnp --env gp-regression --set agent.iterations=500 --device cuda --quiet --run-dir $R/cnp
 step cnp_eval_cuda 120 $M eval $R/cnp --device cuda --tasks 200 --json
+# Learners that keep a random stream in a buffer (LEO's codes, two-stage independent inits)
+step leo_cuda 120 $M train leo --env sinusoid --set agent.iterations=500 --device cuda --quiet --run-dir $R/leo
+step leo_eval_cuda 120 $M eval $R/leo --device cuda --tasks 200 --json
+step hypernet_two_stage_cuda 120 $M train hypernet --env sinusoid --set agent.mode=two-stage \
+  --set agent.target_init=independent --set agent.iterations=100 --device cuda --quiet --run-dir $R/hn2
+step learned_opt_cuda 120 $M train learned-opt --env sinusoid --set agent.iterations=200 --device cuda --quiet \
+  --run-dir $R/lo
+step learned_opt_eval_cuda 120 $M eval $R/lo --device cuda --tasks 200 --json
 # Learner on the GPU, MuJoCo / Meta-World on CPU worker processes.
 step rl2_halfcheetah_cuda 150 $M train rl2 --env halfcheetah-vel --set env.workers=4 --set agent.num_envs=16 \
   --set agent.total_steps=64000 --device cuda --quiet --run-dir $R/hc

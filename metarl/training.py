@@ -46,8 +46,9 @@ class AgentSpec:
     protocol: how `metarl eval` scores it (metarl.protocols; Meta-World envs impose METAWORLD).
     curve_keys: training metrics drawn in learning_curve.png.
     select_key: a training metric to keep the best iteration of (`metarl eval --checkpoint best`).
-    extra_eval(checkpoint, env_spec, env_cfg, agent_cfg, device, seed) -> {label: make_policy(env)}:
-        more TrialPolicies of the same run, reported as "NAME (label)" (multi-task PPO: zero-shot).
+    extra_eval(checkpoint, env_spec, env_cfg, agent_cfg, device, seed) -> {label: ...}: more
+        forms of the same run, reported as "NAME (label)": make_policy(env) -> TrialPolicy for RL
+        protocols (multi-task PPO: zero-shot), few-shot learners for FEWSHOT (learned-opt: SGD).
     """
     name: str
     config_cls: type

@@ -81,13 +81,13 @@ def test_a_stopped_evaluation_resumes_at_the_next_method(tmp_path):
     from types import SimpleNamespace
 
     from metarl.app.evaluate import _MethodParts
-    run = SimpleNamespace(path=tmp_path, which="latest", checkpoint={"iteration": 5})
+    run = SimpleNamespace(path=tmp_path, which="latest", checkpoint={"iteration": 5}, device="cpu")
     calls = []
     first = _MethodParts(run, "eval", {"goals": 2}).get("rl2", lambda: calls.append(1) or {"mean": 0.5})
     again = _MethodParts(run, "eval", {"goals": 2}).get("rl2", lambda: calls.append(1) or {"mean": 0.9})
     assert first == again == {"mean": 0.5} and len(calls) == 1
     assert _MethodParts(run, "eval", {"goals": 3}).get("rl2", lambda: {"mean": 0.8}) == {"mean": 0.8}
-    later = SimpleNamespace(path=tmp_path, which="latest", checkpoint={"iteration": 6})
+    later = SimpleNamespace(path=tmp_path, which="latest", checkpoint={"iteration": 6}, device="cpu")
     parts = _MethodParts(later, "eval", {"goals": 3})
     assert parts.get("rl2", lambda: {"mean": 0.7}) == {"mean": 0.7}
     parts.clear()

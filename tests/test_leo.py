@@ -33,15 +33,20 @@ def test_latent_steps_lower_the_support_loss_and_zero_steps_decode_the_mean_code
     assert all(torch.equal(zero[k], v) for k, v in leo.decode(mu).items())
 
 
-def test_meta_gradient_reaches_the_encoder_through_the_latent_steps():
-    """The query loss after the latent steps depends on the encoder, the decoder and the step
-    size alpha; with the KL and penalty terms off the encoder's gradient comes through the steps."""
-    dist, leo = sinusoid_leo(kl_weight=0.0, penalty_weight=0.0)
-    loss, metrics = leo.meta_loss(dist.sample(4, torch.Generator().manual_seed(2)))
-    loss.backward()
-    assert leo.log_alpha.grad.abs() > 0 and leo.decoder.weight.grad.abs().sum() > 0
-    assert leo.encoder[0].weight.grad.abs().sum() > 0
-    assert {"loss", "kl", "penalty", "alpha"} <= set(metrics)
+def test_meta_gradient_is_second_order_through_the_latent_steps():
+    """The query loss after the latent steps reaches the encoder, decoder and step size; its
+    encoder gradient differs from the first-order one (the steps' own gradients held constant),
+    so the second derivatives are really taken."""
+    grads = {}
+    for first_order in (False, True):
+        dist, leo = sinusoid_leo(kl_weight=0.0, penalty_weight=0.0, first_order=first_order)
+        leo.eval()  # the mean code: the two runs see the same z
+        loss, metrics = leo.meta_loss(dist.sample(4, torch.Generator().manual_seed(2)))
+        loss.backward()
+        assert leo.log_alpha.grad.abs() > 0 and leo.decoder.weight.grad.abs().sum() > 0
+        grads[first_order] = leo.encoder[0].weight.grad.clone()
+        assert {"loss", "kl", "penalty", "alpha"} <= set(metrics)
+    assert grads[False].abs().sum() > 0 and not torch.allclose(grads[False], grads[True], rtol=1e-3)
 
 
 def test_training_codes_are_sampled_from_a_saved_stream():

@@ -181,12 +181,13 @@ def _evaluate_success_run(run: LoadedRun, names: list[str], tasks: int, seed: in
 
 class _MethodParts:
     """Finished methods of an evaluation in progress, RUN/STEM_parts/METHOD.json, each stamped
-    with what it was computed for (checkpoint, its iteration, and `key`); a part with another
+    with what it was computed for (checkpoint, its iteration, device and `key`); a part with another
     stamp is computed again. Cleared once the whole report is written."""
 
     def __init__(self, run: LoadedRun, stem: str, key: dict):
         self.dir = run.path / f"{stem}_parts"
-        self.stamp = {"checkpoint": run.which, "iteration": run.checkpoint["iteration"], **key}
+        self.stamp = {"checkpoint": run.which, "iteration": run.checkpoint["iteration"], "device": str(run.device),
+                      **key}
 
     def get(self, method: str, compute) -> dict:
         path = self.dir / f"{method.replace('/', '_')}.json"
@@ -227,9 +228,9 @@ def _evaluate_fewshot_run(run: LoadedRun, names: list[str], tasks: int, seed: in
     result = fe.summarize_fewshot(fe.evaluate_fewshot(learner, dist, tasks, seed, agent_cfg.eval_steps, dev),
                                   dist.kind)
     results = {name: result}
-    for label, other in _extra_policies(cfg["agent_spec"], run.checkpoint, cfg, dev, seed).items():
+    for label, extra_learner in _extra_policies(cfg["agent_spec"], run.checkpoint, cfg, dev, seed).items():
         results[f"{name} ({label})"] = fe.summarize_fewshot(  # the same tasks, e.g. SGD from a learned init
-            fe.evaluate_fewshot(other, dist, tasks, seed, agent_cfg.eval_steps, dev), dist.kind)
+            fe.evaluate_fewshot(extra_learner, dist, tasks, seed, agent_cfg.eval_steps, dev), dist.kind)
     title = f"held-out {extra.get('env', saved['run']['env'])} tasks"
     if hasattr(learner, "predict_dist"):
         contexts = [c for c in (1, 2, 5, 10, 20, 50, 100) if c <= getattr(env_cfg, "context_max", 100)]

@@ -35,7 +35,9 @@ def report_table(report: dict) -> str:
     text = format_table(rows, eval_title(report), report.get("metric", "mean total reward"))
     for name, r in rows.items():  # few-shot: tasks whose inner loop blew up would swamp the mean
         t = r["total"]
-        if t.get("diverged"):
+        if t.get("diverged") and "kept" not in t:
+            text += f"\n* {name}: all {t['n']} tasks diverged ({DIVERGED_RULE})"
+        elif t.get("diverged"):
             text += (f"\n* {name}: {t['diverged']} of {t['n']} tasks diverged ({DIVERGED_RULE}); the mean and CI "
                      f"are over the other {t['n'] - t['diverged']}, median {t['median']:.3f}")
     if report.get("protocol") == METAWORLD.name:

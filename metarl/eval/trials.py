@@ -179,6 +179,6 @@ def format_table(results: dict[str, dict], title: str, metric: str = "mean total
     width = max(len(n) for n in results) + 2
     lines = [title, f"{'method':<{width}}{metric:>18}  {'95% CI':>20}  {'n':>6}"]
     for name, r in rows:
-        t, mark = shown(r["total"]), "*" if "kept" in r["total"] else " "  # *: diverged tasks left out
+        t, mark = shown(r["total"]), "*" if r["total"].get("diverged") else " "  # *: some tasks diverged
         lines.append(f"{name:<{width}}{t['mean']:>17.3f}{mark}  [{t['ci_low']:>8.3f}, {t['ci_high']:>8.3f}]  {t['n']:>6}")
     return "\n".join(lines)

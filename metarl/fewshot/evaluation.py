@@ -45,14 +45,15 @@ def evaluate_fewshot(learner: FewShotLearner, dist: FewShotDistribution, num_tas
 
 
 DIVERGED_FACTOR = 10.0  # regression: an inner loop that ends 10x worse than it started blew up
-DIVERGED_RULE = (f"score not finite, or an MSE over {DIVERGED_FACTOR:g}x its value before adaptation "
+DIVERGED_RULE = (f"score not finite, or an MSE over {DIVERGED_FACTOR:g}x its value at step 0 "
                  f"and over {DIVERGED_FACTOR:g}x the median task's")
 
 
 def diverged_tasks(v: torch.Tensor, before: torch.Tensor | None = None) -> torch.Tensor:
     """Which tasks' inner loops blew up [N] bool: the score is not finite, or (regression, with
-    the pre-adaptation MSEs `before` [N]) the MSE is over DIVERGED_FACTOR times the larger of the
-    task's own MSE before adaptation and the median task's. Steps past the size a task's curvature
+    the MSEs at step 0 `before` [N]: before any inner step; for a hypernetwork or LEO, of the
+    generated weights) the MSE is over DIVERGED_FACTOR times the larger of the task's own MSE at
+    step 0 and the median task's. Steps past the size a task's curvature
     allows grow its error without bound; the median floor keeps a task that started almost fitted
     (MSE 0.02 -> 0.4) from counting: its error rose, but it does not swamp the mean."""
     out = ~torch.isfinite(v)
@@ -64,7 +65,8 @@ def diverged_tasks(v: torch.Tensor, before: torch.Tensor | None = None) -> torch
 def step_summary(v: torch.Tensor, before: torch.Tensor | None = None) -> dict:
     """mean_ci of per-task scores [N], the median over the tasks that did not diverge and the
     number that did (diverged_tasks). When some diverged the mean over all tasks is dominated by
-    them (nan, inf or huge), so "kept" holds mean_ci over the others: what tables print."""
+    them (nan, inf or huge), so "kept" holds mean_ci over the others: what tables print (absent
+    when every task diverged: tables then print the all-task mean, marked by the count)."""
     bad = diverged_tasks(v, before)
     ok = v[~bad]
     out = {**mean_ci(v), "median": ok.median().item() if ok.numel() else float("nan"), "diverged": int(bad.sum())}
