@@ -45,6 +45,8 @@ class LEOConfig(FewShotConfig):
     kl_weight: float = option(1e-3, "weight of KL(q(z | support) || N(0, I))", ge=0.0)
     penalty_weight: float = option(1e-3, "weight of the encoder penalty ||stopgrad(z') - z||^2", ge=0.0)
     first_order: bool = option(False, "no second derivatives through the latent steps (LEO: second order)")
+    max_grad_norm: float = option(0.1, "clip the meta-gradient's norm (LEO's code: 0.1); a latent step can "
+                                       "otherwise blow the decoded weights up", gt=0.0)
     hidden: int = option(40, "target MLP (regression): hidden units per layer", ge=1)
     layers: int = option(2, "target MLP (regression): hidden layers", ge=1)
     channels: int = option(64, "classification: Conv4 embedding channels", ge=1)
@@ -146,6 +148,14 @@ class LEOLearner(FewShotLearner):
         if self.kind == "classification":
             metrics["accuracy"] = (out.argmax(-1) == batch["yq"]).float().mean().item()
         return loss, metrics
+
+    def meta_update(self, batch: Batch, optimizer: torch.optim.Optimizer) -> dict[str, float]:
+        loss, metrics = self.meta_loss(batch)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(self.parameters(), self.cfg.max_grad_norm)
+        optimizer.step()
+        return metrics
 
 
 LEO = AgentSpec("leo", LEOConfig, make_trainer_cls(LEOLearner), load_learner(LEOLearner), protocol=FEWSHOT,
