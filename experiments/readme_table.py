@@ -80,22 +80,22 @@ def headline_figure(s: dict):
     if protocol == "fewshot":
         r = res[agent]
         per = {str(p["x"]): p for p in curve_of(r).points}
-        k = "1" if "1" in per else next(iter(per))
         acc = r["metric"] == "query accuracy"
+        k = "1" if "1" in per else next(iter(per))
         fam = m["env"] + (f" {envc['ways']}-way {envc['shots']}-shot" if "ways" in envc else
                           f" K={envc['shots']}" if envc.get("shots") else "")
         what = "accuracy" if acc else "query MSE"
         after = f"after {k} step{'s' if k != '1' else ''}" if len(per) > 1 else "(closed form)"
         c = per[k]
         last = max(per, key=int)
-        if not acc and int(last) > 1:  # regression: after 1 step and after the most, ranked by the most
-            # all tasks: a run whose inner loop diverges on some ranks last (nan) rather than by the rest
+        if int(last) > 1 and k == "1":  # after 1 step and after the most, ranked by the most
+            # regression over all tasks: a run whose inner loop diverges on some ranks last (nan), not by the rest
             value = per[last]["mean"] if per[last]["mean"] == per[last]["mean"] else float("inf")
             anchor = " / ".join(f"{n} {v}" for n, v in paper.items() if " 1 step" in n or f" {last} steps" in n)
             trained = agent_option(s, "inner_steps", 1)
+            cell = (lambda x: pct(x)) if acc else mse_cell
             return ((f"{fam} {what} after 1 / {last} steps" + (f" (trained with {trained})" if trained != 1 else ""),
-                     agent), value, True, f"{mse_cell(c)} / {mse_cell(per[last])}",
-                    anchor or None, None)
+                     agent), value, not acc, f"{cell(c)} / {cell(per[last])}", anchor or None, None)
         value = shown(c)["mean"]  # without the tasks whose inner loop diverged, if any
         anchor = [f"{n} {v}" for n, v in paper.items() if f" {k} step" in n]
         return ((f"{fam} {what} {after}", agent), value, not acc, pct(c) if acc else mse_cell(c),
