@@ -12,7 +12,7 @@ Regression: one code per task from the mean of r(h([x_i, y_i])), decoded into ev
 the target MLP (the MAML paper's 2 x 40 net; decoder bias at its init, as bias-HyperInit).
 
 Inner loop: z <- z - alpha * grad_z (support loss of decoder(z)), `inner_steps` steps in training,
-alpha meta-learned (LEO: initialised at 1). Outer loss: query loss after the steps
+alpha meta-learned (LEO: initialised at 1), each code's gradient clipped to norm latent_clip. Outer loss: query loss after the steps
 + kl_weight * KL(q(z | support) || N(0, I)) + penalty_weight * ||stopgrad(z') - z||^2 (LEO's
 encoder penalty: the encoder should already land near where the inner loop goes).
 The evaluation reports 0, 1, 5, 10 latent steps (0: the decoded code, no step).
@@ -45,6 +45,8 @@ class LEOConfig(FewShotConfig):
     kl_weight: float = option(1e-3, "weight of KL(q(z | support) || N(0, I))", ge=0.0)
     penalty_weight: float = option(1e-3, "weight of the encoder penalty ||stopgrad(z') - z||^2", ge=0.0)
     first_order: bool = option(False, "no second derivatives through the latent steps (LEO: second order)")
+    latent_clip: float = option(1.0, "each task's latent gradient is scaled to at most this norm before its step "
+                                     "(0 = off, as LEO): on regression an unbounded step can run away", ge=0.0)
     max_grad_norm: float = option(0.1, "clip the meta-gradient's norm (LEO's code: 0.1); a latent step can "
                                        "otherwise blow the decoded weights up", gt=0.0)
     hidden: int = option(40, "target MLP (regression): hidden units per layer", ge=1)
@@ -114,6 +116,9 @@ class LEOLearner(FewShotLearner):
             for _ in range(steps):
                 loss = task_loss(self.kind, self._out(self.decode(z), xs_f), ys).sum()
                 (g,) = torch.autograd.grad(loss, z, create_graph=outer and not self.cfg.first_order)
+                if self.cfg.latent_clip:  # per task (and class): norm over the code's last dim
+                    norm = g.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+                    g = g * (self.cfg.latent_clip / norm).clamp(max=1.0)
                 z = z - self.log_alpha.exp() * g
                 if not outer:
                     z = z.detach().requires_grad_()
