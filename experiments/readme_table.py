@@ -156,6 +156,8 @@ def table() -> str:
             continue
         if f.stem == "bench_cpu":  # experiments/bench.py, shown in cpu_bench_table
             continue
+        if f.stem.endswith("_curvature"):  # experiments/curvature.py, shown in curvature_table
+            continue
         s = read_summary(f)
         m = s["metrics"]
         if m.get("protocol") == "inner-steps":
@@ -208,6 +210,7 @@ def table() -> str:
                 "that adapt in closed form), ± half-width of the 95% CI.\n\n"
                 "| experiment | task family | learner | 0 steps | 1 step | 5 steps | 10 steps | paper | train time | "
                 "commit | command |\n|---|---|---|---|---|---|---|---|---|---|---|\n" + "\n".join(fs_rows))
+    out += curvature_table()
     if peer_rows:
         out += ("\n\nmetarl's RL² against sb3-contrib's RecurrentPPO on the same trial env and budget (env steps), "
                 "on the same held-out tasks: mean total reward ± half-width of the 95% CI; score ratio = RL² / "
@@ -543,6 +546,26 @@ def steps_row(s: dict) -> str:
 
 
 RESULTS_PAGE = ROOT / "docs" / "results.md"
+
+
+def curvature_table() -> str:
+    """experiments/curvature.py: each MAML-family regression init's curvature against its step size."""
+    rows = []
+    for f in sorted((ROOT / "experiments" / "results").glob("*_curvature.json")):
+        s = json.loads(f.read_text())
+        e, w = s["top_eigenvalue"], s["worst_task"]
+        rows.append(f"| {s['experiment']} | {s['inner_lr']:g} | {s['stability_limit']:g} | {e['median']:.0f} / "
+                    f"{e['p99']:.0f} / {e['max']:.0f} | {100 * s['share_above_limit']:.0f}% | "
+                    f"{s['support_loss_grew']} of {s['tasks']} | {w['support_loss'][-1]:.3g} "
+                    f"(float64 {w['support_loss_float64'][-1]:.3g}) | {s['commit']} | `{s['command']}` |")
+    if not rows:
+        return ""
+    return ("\n\nWhy a few-shot init diverges with more inner steps than it trained with: the top eigenvalue of "
+            "each held-out task's support-loss Hessian at the init against 2 / inner lr (plain SGD's stability "
+            "limit), and the support loss along 10 SGD steps.\n\n"
+            "| experiment | inner lr | 2 / lr | top eigenvalue median / p99 / max | tasks above 2 / lr | "
+            "support loss grew | worst task after 10 steps | commit | command |\n"
+            "|---|---|---|---|---|---|---|---|---|\n" + "\n".join(rows))
 
 
 def results_page() -> str:

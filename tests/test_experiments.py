@@ -33,6 +33,10 @@ def test_readme_results_table_is_generated_from_results_files():
         if f.stem.startswith("gpu_check"):  # experiments/device_check.sh on a GPU machine
             assert s["command"].startswith("OUT=DIR bash experiments/device_check.sh") and f.name in table
             continue
+        if f.stem.endswith("_curvature"):  # experiments/curvature.py NAME, on NAME's run
+            assert s["command"].startswith(f"python experiments/curvature.py {f.stem[:-len('_curvature')]}")
+            assert s["command"] in table
+            continue
         if f.stem == "bench_cpu":  # experiments/bench.py: every benchmark names its command and commit
             for name, e in s["benches"].items():
                 assert e["command"] == f"python experiments/bench.py {name}" and e["commit"] and e["command"] in table
