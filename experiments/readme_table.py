@@ -33,7 +33,7 @@ def headline() -> str:
     results file do not appear; the full record is docs/results.md."""
     best: dict[tuple, tuple] = {}
     for f in sorted((ROOT / "experiments" / "results").glob("*.json")):
-        if "_timing" in f.stem or f.stem.startswith("gpu_check") or f.stem == "bench_cpu":
+        if "_timing" in f.stem or f.stem.startswith("gpu_check") or f.stem == "bench_cpu" or f.stem.endswith("_curvature"):
             continue
         s = read_summary(f)
         row = headline_figure(s)
