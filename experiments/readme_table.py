@@ -33,7 +33,8 @@ def headline() -> str:
     results file do not appear; the full record is docs/results.md."""
     best: dict[tuple, tuple] = {}
     for f in sorted((ROOT / "experiments" / "results").glob("*.json")):
-        if "_timing" in f.stem or f.stem.startswith("gpu_check") or f.stem == "bench_cpu" or f.stem.endswith("_curvature"):
+        if ("_timing" in f.stem or f.stem.startswith("gpu_check") or f.stem in ("bench_cpu", "demo_check")
+                or f.stem.endswith("_curvature")):
             continue
         s = read_summary(f)
         row = headline_figure(s)
@@ -156,7 +157,7 @@ def table() -> str:
             continue
         if f.stem == "bench_cpu":  # experiments/bench.py, shown in cpu_bench_table
             continue
-        if f.stem.endswith("_curvature"):  # experiments/curvature.py, shown in curvature_table
+        if f.stem.endswith("_curvature") or f.stem == "demo_check":  # curvature_table, demo_table
             continue
         s = read_summary(f)
         m = s["metrics"]
@@ -210,7 +211,7 @@ def table() -> str:
                 "that adapt in closed form), ± half-width of the 95% CI.\n\n"
                 "| experiment | task family | learner | 0 steps | 1 step | 5 steps | 10 steps | paper | train time | "
                 "commit | command |\n|---|---|---|---|---|---|---|---|---|---|---|\n" + "\n".join(fs_rows))
-    out += curvature_table()
+    out += curvature_table() + demo_table()
     if peer_rows:
         out += ("\n\nmetarl's RL² against sb3-contrib's RecurrentPPO on the same trial env and budget (env steps), "
                 "on the same held-out tasks: mean total reward ± half-width of the 95% CI; score ratio = RL² / "
@@ -566,6 +567,22 @@ def curvature_table() -> str:
             "| experiment | inner lr | 2 / lr | top eigenvalue median / p99 / max | tasks above 2 / lr | "
             "support loss grew | worst task after 10 steps | commit | command |\n"
             "|---|---|---|---|---|---|---|---|---|\n" + "\n".join(rows))
+
+
+def demo_table() -> str:
+    """experiments/demo_check.py: `metarl demo` with several seeds, RL² against greedy."""
+    f = ROOT / "experiments" / "results" / "demo_check.json"
+    if not f.exists():
+        return ""
+    s = json.loads(f.read_text())
+    rows = [f"| {r['seed']} | {r['wall_clock_s'] / 60:.1f} min | {r['rl2']['mean']:.3f} | {r['greedy']['mean']:.3f} | "
+            f"{r['rl2_minus_greedy']['mean']:+.3f} [{r['rl2_minus_greedy']['ci_low']:+.3f}, "
+            f"{r['rl2_minus_greedy']['ci_high']:+.3f}] | {r['gittins']['mean']:.3f} |" for r in s["runs"]]
+    return (f"\n\n`metarl demo` ({s['demo']['steps']:,} steps, {', '.join(s['demo']['sets'])}), one run per "
+            f"training seed, 1,000 held-out tasks: `{s['command']}` at {s['commit']}; "
+            f"target (RL² at greedy's level or above within 5 minutes, every seed) "
+            f"{'met' if s['target_met'] else 'not met'}.\n\n"
+            "| seed | time | RL² | greedy | RL² − greedy, paired | Gittins |\n|---|---|---|---|---|---|\n" + "\n".join(rows))
 
 
 def results_page() -> str:

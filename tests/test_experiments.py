@@ -33,6 +33,9 @@ def test_readme_results_table_is_generated_from_results_files():
         if f.stem.startswith("gpu_check"):  # experiments/device_check.sh on a GPU machine
             assert s["command"].startswith("OUT=DIR bash experiments/device_check.sh") and f.name in table
             continue
+        if f.stem == "demo_check":  # experiments/demo_check.py: metarl demo over seeds
+            assert s["command"].startswith("python experiments/demo_check.py") and s["command"] in table
+            continue
         if f.stem.endswith("_curvature"):  # experiments/curvature.py NAME, on NAME's run
             assert s["command"].startswith(f"python experiments/curvature.py {f.stem[:-len('_curvature')]}")
             assert s["command"] in table

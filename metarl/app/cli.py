@@ -51,6 +51,7 @@ def build_parser(full_help: bool = False) -> argparse.ArgumentParser:
                                    "and print the table. The run is kept under --runs-root.")
     d.add_argument("--device", default="auto", help="auto (CUDA if available), cpu or cuda (default: auto)")
     d.add_argument("--runs-root", default="runs", help="folder for the demo run (default: runs)")
+    d.add_argument("--seed", type=int, default=0, help="training seed (default 0); the held-out tasks stay the same")
     d.add_argument("--quiet", action="store_true", help="no progress bar")
     d.add_argument("--json", action="store_true", help="print the evaluation as JSON instead of a table")
 
@@ -175,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
             from metarl.app.evaluate import evaluate_run
             from metarl.app.report import report_table
             if args.command == "demo":
-                report = demo(device=args.device, quiet=args.quiet, runs_root=args.runs_root)
+                report = demo(device=args.device, quiet=args.quiet, runs_root=args.runs_root, seed=args.seed)
             else:
                 report = evaluate_run(args.run_dir, tasks=args.tasks, baselines=args.baselines, seed=args.seed,
                                       device=args.device, checkpoint=args.checkpoint, sets=args.sets,

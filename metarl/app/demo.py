@@ -8,14 +8,16 @@ from metarl.app.train import train
 from metarl.rundir import default_run_name
 
 DEMO_STEPS = 6_000_000
+DEMO_SETS = ("agent.gamma=0.9", "agent.ent_anneal=true")  # RL²'s options in the demo, beside total_steps
 
 
-def demo(*, device: str | None = None, quiet: bool = False, runs_root: str = "runs", steps: int = DEMO_STEPS) -> dict:
+def demo(*, device: str | None = None, quiet: bool = False, runs_root: str = "runs", steps: int = DEMO_STEPS,
+         seed: int = 0) -> dict:
     """Meta-train RL² on 5-armed bandits with 10 pulls, then evaluate it against the classical
-    baselines on 1000 held-out tasks."""
-    path = train("rl2", "bandit", sets=[f"agent.total_steps={steps}", "agent.gamma=0.9", "agent.ent_anneal=true"],
+    baselines on 1000 held-out tasks (the same tasks whatever the training seed)."""
+    path = train("rl2", "bandit", sets=[f"agent.total_steps={steps}", *DEMO_SETS], seed=seed,
                  device=device, quiet=quiet,
-                 runs_root=runs_root, run_dir=str(Path(runs_root) / default_run_name("bandit", "rl2-demo", 0)))
+                 runs_root=runs_root, run_dir=str(Path(runs_root) / default_run_name("bandit", "rl2-demo", seed)))
     report = evaluate_run(str(path), tasks=1000, device=device)
     report["run_dir"] = str(path)
     return report
