@@ -33,8 +33,12 @@ class ImageClassDistribution(FewShotDistribution):
     kind = "classification"
 
     def __init__(self, images: torch.Tensor, bounds: dict[str, tuple[int, int]], ways: int, shots: int, query: int,
-                 eval_query: int, rotations: bool = False, train_ways: int = 0):
+                 eval_query: int, rotations: bool = False, train_ways: int = 0, fixed_labels: bool = False):
         self.images, self.bounds = images, bounds
+        self.fixed_labels = fixed_labels
+        if fixed_labels and train_ways not in (0, ways):
+            raise UserError("env.fixed_labels gives each training class the label of its group of env.ways; "
+                            "leave env.train_ways at 0 with it")
         self.ways, self.shots, self.query, self.eval_query = ways, shots, query, eval_query
         self.train_ways = train_ways or ways  # ProtoNets train with more ways than they test with
         self.rotations = rotations
@@ -56,7 +60,12 @@ class ImageClassDistribution(FewShotDistribution):
         k, q, dev = shots or self.shots, query or self.query, generator.device
         w = self.train_ways if split == "train" else self.ways
         lo, hi = self.bounds[split]
-        cls = lo + torch.rand(n, hi - lo, generator=generator, device=dev).argsort(1)[:, :w]           # [N, W]
+        if self.fixed_labels and split == "train":  # class c is always label c % w: tasks are not mutually exclusive
+            groups = (hi - lo) // w                                     # classes lo + g + w * j, j < groups, get label g
+            pick = (torch.rand(n, w, generator=generator, device=dev) * groups).long()
+            cls = lo + torch.arange(w, device=dev) + w * pick                                          # [N, W]
+        else:
+            cls = lo + torch.rand(n, hi - lo, generator=generator, device=dev).argsort(1)[:, :w]       # [N, W]
         draw = torch.rand(n, w, self.images.shape[1], generator=generator, device=dev).argsort(-1)[..., :k + q]
         imgs = self.images[cls.cpu().unsqueeze(-1), draw.cpu()].to(dev, torch.float32) / 255  # [N, W, K+Q, H, W]
         if self.rotations:
@@ -91,6 +100,9 @@ class GlyphConfig:
     train_ways: int = option(0, "classes per meta-training task, 0 = env.ways (ProtoNets train with more, "
                                 "e.g. 60 on Omniglot; metric learners only)", ge=0)
     data_seed: int = option(0, "seed of the generated dataset (the same seed gives the same images)", ge=0)
+    fixed_labels: bool = option(False, "non-mutually-exclusive training tasks (Yin et al. 2020): each training class "
+                                       "always gets the same label (its index mod env.ways), so a learner can "
+                                       "memorise labels and ignore the support set; held-out tasks stay shuffled")
 
 
 def make_glyphs(cfg: GlyphConfig) -> ImageClassDistribution:
@@ -98,7 +110,7 @@ def make_glyphs(cfg: GlyphConfig) -> ImageClassDistribution:
     val = max(1, cfg.classes // 10)
     bounds = split_bounds(cfg.classes, val, max(1, cfg.classes // 5))
     return ImageClassDistribution(images, bounds, cfg.ways, cfg.shots, cfg.query, cfg.eval_query,
-                                  train_ways=cfg.train_ways)
+                                  train_ways=cfg.train_ways, fixed_labels=cfg.fixed_labels)
 
 
 @dataclass

@@ -405,3 +405,28 @@ def test_a_fewshot_run_is_tested_on_another_family_with_matching_shapes(cli, tmp
     for env, words in (("glyphs", "network was built for"), ("bandit", "RL task distribution")):
         code, _, err = cli("eval", run, "--env", env)
         assert code == 2 and words in err and len(err.strip().splitlines()) == 1
+
+
+def test_fixed_labels_make_training_tasks_non_mutually_exclusive():
+    """env.fixed_labels: every training class always carries one label (its index mod ways), so
+    the label is predictable from the image alone; held-out tasks still relabel their classes.
+    Without the option a class takes several labels over the tasks."""
+    fixed, plain = small_glyphs(ways=4, fixed_labels=True), small_glyphs(ways=4)
+    for dist, expect_fixed in ((fixed, True), (plain, False)):
+        b = dist.sample(200, torch.Generator().manual_seed(0), "train")
+        labels: dict[int, set] = {}
+        for c_row in b["classes"]:
+            for label, c in enumerate(c_row.tolist()):
+                labels.setdefault(c, set()).add(label)
+        assert all(len(v) == 1 for v in labels.values()) == expect_fixed
+        if expect_fixed:
+            assert all(v == {(c - dist.bounds["train"][0]) % 4} for c, v in labels.items())
+            assert len(labels) > 8  # many classes per label, drawn at random
+    test = fixed.sample(200, torch.Generator().manual_seed(1), "test")
+    labels = {}
+    for c_row in test["classes"]:
+        for label, c in enumerate(c_row.tolist()):
+            labels.setdefault(c, set()).add(label)
+    assert any(len(v) > 1 for v in labels.values())
+    with pytest.raises(Exception, match="train_ways"):
+        small_glyphs(ways=4, fixed_labels=True, train_ways=8)
