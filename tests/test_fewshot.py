@@ -430,3 +430,43 @@ def test_fixed_labels_make_training_tasks_non_mutually_exclusive():
     assert any(len(v) > 1 for v in labels.values())
     with pytest.raises(Exception, match="train_ways"):
         small_glyphs(ways=4, fixed_labels=True, train_ways=8)
+
+
+def test_attacks_stay_in_the_ball_and_raise_the_loss():
+    """PGD and FGSM perturb query images within eps (L-infinity) and [0, 1], and raise the
+    adapted classifier's query loss; bad options are one-line user errors."""
+    from metarl.errors import UserError
+    from metarl.fewshot.attacks import Attack
+    from metarl.fewshot.core import task_loss
+    torch.manual_seed(0)
+    dist = small_glyphs(ways=3, shots=2)
+    learner = ProtoNet(dist, build(MetricConfig, {"channels": 8}, "agent"))
+    learner.eval()
+    b = dist.sample(4, torch.Generator().manual_seed(0), "test")
+    with torch.no_grad():
+        state = learner.adapt(b["xs"], b["ys"])
+        clean = task_loss("classification", learner.predict(state, b["xq"]), b["yq"]).mean()
+        for attack in (Attack("fgsm", 0.05), Attack("pgd", 0.05, 5)):
+            x = attack.perturb(learner, state, b["xq"], b["yq"], torch.Generator().manual_seed(1))
+            assert (x - b["xq"]).abs().max() <= 0.05 + 1e-6 and x.min() >= 0 and x.max() <= 1
+            assert task_loss("classification", learner.predict(state, x), b["yq"]).mean() > clean
+    for bad in (("pgd", 0.0, 5), ("pgd", 0.1, 0), ("cw", 0.1, 5)):
+        with pytest.raises(UserError):
+            Attack(*bad)
+
+
+def test_eval_attack_reports_robust_accuracy_beside_clean_and_refuses_regression(cli, tmp_path):
+    run = tmp_path / "run"
+    extra = ["--set", "env.classes=60", "--set", "agent.channels=8"]
+    assert cli("train", "protonet", "--env", "glyphs", "--run-dir", run, *TINY, *extra)[0] == 0
+    code, out, err = cli("eval", run, "--tasks", 20, "--attack", "pgd", "--eps", 0.3, "--attack-steps", 3)
+    assert code == 0, err
+    res = json.loads((run / "eval.json").read_text())["results"]
+    assert set(res) == {"protonet", "protonet (pgd eps=0.3, 3 steps)"}
+    assert res["protonet (pgd eps=0.3, 3 steps)"]["total"]["mean"] < res["protonet"]["total"]["mean"]
+    sin = tmp_path / "sin"
+    assert cli("train", "maml", "--env", "sinusoid", "--run-dir", sin, *TINY)[0] == 0
+    code, _, err = cli("eval", sin, "--attack", "fgsm")
+    assert code == 2 and "classifiers" in err and not (sin / "eval.json").exists()
+    code, _, err = cli("eval", run, "--attack", "fgsm", "--eps", -1)
+    assert code == 2 and "--eps" in err

@@ -109,6 +109,11 @@ def build_parser(full_help: bool = False) -> argparse.ArgumentParser:
                    help="few-shot runs: test on another task family with its default options, e.g. a learner "
                         "trained on sinusoid on gp-regression (the same input and output shapes); writes "
                         "eval_FAMILY.json")
+    e.add_argument("--attack", choices=("fgsm", "pgd"),
+                   help="few-shot classifiers: also report robust accuracy with the query images perturbed "
+                        "against each adapted model (FGSM, or PGD from a random start), on the same tasks")
+    e.add_argument("--eps", type=float, default=0.1, help="--attack: L-infinity radius on [0, 1] pixels (default 0.1)")
+    e.add_argument("--attack-steps", type=int, default=10, help="--attack pgd: steps (default 10)")
     e.add_argument("--set", action="append", default=[], metavar="agent.eval_KEY=VALUE", dest="sets",
                    help="an evaluation option of the agent (repeatable), e.g. agent.eval_later_lr=0.05 or "
                         "agent.eval_rollouts=40 for MAML; the other options are fixed by training")
@@ -139,6 +144,14 @@ def build_parser(full_help: bool = False) -> argparse.ArgumentParser:
     b.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
     b.add_argument("--json", action="store_true", help="print one JSON object")
     return p
+
+
+def _attack(args):
+    """metarl eval --attack / --eps / --attack-steps as an Attack, or None without --attack."""
+    if args.attack is None:
+        return None
+    from metarl.fewshot.attacks import Attack
+    return Attack(args.attack, args.eps, args.attack_steps)
 
 
 def cmd_list() -> None:
@@ -180,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 report = evaluate_run(args.run_dir, tasks=args.tasks, baselines=args.baselines, seed=args.seed,
                                       device=args.device, checkpoint=args.checkpoint, sets=args.sets,
-                                      split=args.split, env=args.env)
+                                      split=args.split, env=args.env, attack=_attack(args))
             if args.json:
                 print(json.dumps(report, indent=2))
             else:

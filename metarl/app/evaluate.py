@@ -35,14 +35,16 @@ def choose_baselines(spec, names: str) -> list[str]:
 
 def evaluate_run(run_dir: str, *, tasks: int = 1000, baselines: str = "all", seed: int = 0,
                  device: str | None = None, checkpoint: str = "latest", sets: list[str] = (),
-                 split: str = "test", env: str | None = None) -> dict[str, Any]:
+                 split: str = "test", env: str | None = None, attack=None) -> dict[str, Any]:
     """Evaluate a trained run (its latest or best checkpoint) and the chosen baselines on the
     same held-out tasks; writes eval.json. `sets` may change the agent's evaluation options
     (agent.eval_*) from those saved with the run. split "train" (Meta-World only, whose
     training and test classes differ) plays the training classes by the same protocol and
     writes eval_train.json: meta-train success beside meta-test, the generalization gap. `env`
     (few-shot runs) evaluates on another task family with its default options, e.g. a learner
-    trained on sinusoid tested unchanged on gp-regression; writes eval_ENV.json."""
+    trained on sinusoid tested unchanged on gp-regression; writes eval_ENV.json. `attack`
+    (metarl.fewshot.attacks.Attack, few-shot classifiers) adds the learner's robust accuracy
+    under that attack on the same tasks."""
     if tasks < 1:
         raise UserError(f"--tasks must be >= 1, got {tasks}")
     if split not in ("test", "train"):
@@ -60,10 +62,14 @@ def evaluate_run(run_dir: str, *, tasks: int = 1000, baselines: str = "all", see
         raise UserError(f"--split train is for Meta-World runs, whose training and test classes differ; "
                         f"{run.saved['run']['env']!r} draws both splits from one distribution")
     names = choose_baselines(run.cfg["env_spec"], baselines)
-    if env is not None:
+    if attack is not None and (protocol is not FEWSHOT
+                               or run.cfg["env_spec"].make_distribution(run.cfg["env"]).kind != "classification"):
+        raise UserError("--attack perturbs query images: it is for few-shot classifiers (glyphs, omniglot)")
+    if env is not None or attack is not None:
         if protocol is not FEWSHOT:
             raise UserError("--env (another task family) is for few-shot runs; an RL run is evaluated on its own env")
-        return _evaluate_fewshot_run(run, names, tasks, seed, split, eval_sets, other=_other_family(run, env))
+        return _evaluate_fewshot_run(run, names, tasks, seed, split, eval_sets,
+                                     other=None if env is None else _other_family(run, env), attack=attack)
     return EVALUATE[protocol](run, names, tasks, seed, split, eval_sets)
 
 
@@ -210,10 +216,11 @@ class _MethodParts:
 
 
 def _evaluate_fewshot_run(run: LoadedRun, names: list[str], tasks: int, seed: int, split: str,
-                          eval_sets: dict, other: tuple | None = None) -> dict:
+                          eval_sets: dict, other: tuple | None = None, attack=None) -> dict:
     """Few-shot learners: query MSE (regression) or accuracy (classification) on held-out tasks
     after 0, 1, 5, 10 inner steps; CNP also against the number of context points. `other`:
-    (name, spec, config) of another family to test on instead (_other_family)."""
+    (name, spec, config) of another family to test on instead (_other_family); `attack`: also the
+    learner's robust accuracy, as "NAME (ATTACK)"."""
     from metarl.fewshot import evaluation as fe
     path, saved, cfg, dev = run.path, run.saved, run.cfg, run.device
     env_spec, env_cfg, agent_cfg = cfg["env_spec"], cfg["env"], cfg["agent"]
@@ -228,6 +235,9 @@ def _evaluate_fewshot_run(run: LoadedRun, names: list[str], tasks: int, seed: in
     result = fe.summarize_fewshot(fe.evaluate_fewshot(learner, dist, tasks, seed, agent_cfg.eval_steps, dev),
                                   dist.kind)
     results = {name: result}
+    if attack is not None:
+        results[f"{name} ({attack.label})"] = fe.summarize_fewshot(
+            fe.evaluate_fewshot(learner, dist, tasks, seed, agent_cfg.eval_steps, dev, attack=attack), dist.kind)
     for label, extra_learner in _extra_policies(cfg["agent_spec"], run.checkpoint, cfg, dev, seed).items():
         results[f"{name} ({label})"] = fe.summarize_fewshot(  # the same tasks, e.g. SGD from a learned init
             fe.evaluate_fewshot(extra_learner, dist, tasks, seed, agent_cfg.eval_steps, dev), dist.kind)

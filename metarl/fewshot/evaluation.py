@@ -26,11 +26,14 @@ def report_steps(eval_steps: int) -> list[int]:
 
 
 def evaluate_fewshot(learner: FewShotLearner, dist: FewShotDistribution, num_tasks: int, seed: int,
-                     eval_steps: int, device, batch_tasks: int = 100) -> dict[int, torch.Tensor]:
+                     eval_steps: int, device, batch_tasks: int = 100, attack=None) -> dict[int, torch.Tensor]:
     """Per-task score [num_tasks] after each reported number of inner steps -> {steps: scores}.
-    Closed-form learners give {0: scores} (steps do not apply)."""
+    Closed-form learners give {0: scores} (steps do not apply). With `attack`
+    (metarl.fewshot.attacks.Attack) the query images are perturbed against each adapted model:
+    robust accuracy on the same tasks."""
     device = torch.device(device)
     gen = task_generator(seed, "test", device)
+    attack_gen = torch.Generator(device=device).manual_seed(seed)
     steps = report_steps(eval_steps) if learner.gradient_steps else [0]
     out: dict[int, list] = {s: [] for s in steps}
     learner.eval()
@@ -39,7 +42,10 @@ def evaluate_fewshot(learner: FewShotLearner, dist: FewShotDistribution, num_tas
         batch = dist.sample(b, gen, "test", query=getattr(dist, "eval_query", None))
         for s in steps:
             with torch.no_grad():
-                pred = learner.predict(learner.adapt(batch["xs"], batch["ys"], s), batch["xq"])
+                state = learner.adapt(batch["xs"], batch["ys"], s)
+                xq = batch["xq"] if attack is None else attack.perturb(learner, state, batch["xq"], batch["yq"],
+                                                                       attack_gen)
+                pred = learner.predict(state, xq)
             out[s].append(task_score(dist.kind, pred, batch["yq"]).cpu())
     return {s: torch.cat(v) for s, v in out.items()}
 
