@@ -20,7 +20,7 @@ import torch
 from metarl.config import option
 from metarl.errors import UserError
 from metarl.fewshot.core import (Batch, FewShotConfig, FewShotLearner, FewShotTrainer, load_learner,
-                                 make_trainer_cls, task_loss)
+                                 make_trainer_cls, task_loss, task_score)
 from metarl.functional import adapt_batch, meta_sgd_step_sizes, params_of
 from metarl.protocols import FEWSHOT
 from metarl.training import AgentSpec
@@ -42,6 +42,11 @@ class MAMLConfig(FewShotConfig):
                                    "stable for 10 steps; 0.4 Omniglot)", gt=0.0)
     inner_steps: int = option(1, "inner gradient steps during meta-training", ge=1)
     first_order: bool = option(False, "first-order MAML: no second derivatives through the inner step")
+    meta_loss: str = option("maml", "the meta-objective: maml (query loss after adaptation) plus any of, comma-"
+                                    "separated: l2 (||theta||^2), proximal (mean ||phi_i - theta||^2, iMAML's "
+                                    "term), aux-maml (the unadapted theta's loss on each task: a multi-task term), "
+                                    "each weighted by meta_loss_weight and logged on its own")
+    meta_loss_weight: float = option(0.1, "lambda of every meta_loss term beside maml", ge=0.0)
 
 
 @dataclass
@@ -66,6 +71,7 @@ class MAMLLearner(FewShotLearner):
         self.vectorized = True
         inner = self.inner_params()
         self.step_sizes = meta_sgd_step_sizes(inner, cfg.inner_lr) if meta_sgd else None
+        self.terms = meta_terms(getattr(cfg, "meta_loss", "maml"))
 
     @property
     def lr(self):
@@ -103,6 +109,42 @@ class MAMLLearner(FewShotLearner):
         if self.vectorized:
             return self._out(state, xq)
         return vmap(self.model.forward_with)(state, xq)
+
+    def meta_loss(self, batch: Batch):
+        """The query loss after adaptation, plus agent.meta_loss's other terms times their weight;
+        metrics log each term ("loss" is the maml term, as without extra terms)."""
+        phi = self.adapt(batch["xs"], batch["ys"])
+        out = self.predict(phi, batch["xq"])
+        terms = {"maml": task_loss(self.kind, out, batch["yq"]).mean()}
+        theta = self.inner_params()
+        for t in self.terms[1:]:
+            if t == "l2":
+                terms[t] = sum((p ** 2).sum() for p in theta.values())
+            elif t == "proximal":
+                terms[t] = sum(((phi[k] - p) ** 2).flatten(1).sum(1) for k, p in theta.items()).mean()
+            else:  # aux-maml: the meta-parameters' own loss on the task's data, no adaptation
+                x = torch.cat([batch["xs"], batch["xq"]], 1)
+                y = torch.cat([batch["ys"], batch["yq"]], 1)
+                unadapted = {k: v.unsqueeze(0).expand(x.shape[0], *v.shape) for k, v in theta.items()}
+                terms[t] = task_loss(self.kind, self.predict(unadapted, x), y).mean()
+        loss = terms["maml"] + self.cfg.meta_loss_weight * sum(v for k, v in terms.items() if k != "maml")
+        metrics = {"loss": terms["maml"].item(), **{f"loss_{k}": v.item() for k, v in terms.items() if k != "maml"}}
+        if self.kind == "classification":
+            metrics["accuracy"] = task_score(self.kind, out.detach(), batch["yq"]).mean().item()
+        return loss, metrics
+
+
+META_TERMS = ("maml", "l2", "proximal", "aux-maml")
+
+
+def meta_terms(spec: str) -> list[str]:
+    """agent.meta_loss -> its terms, 'maml' first; unknown terms are a user error."""
+    terms = [t.strip() for t in spec.split(",") if t.strip()]
+    bad = [t for t in terms if t not in META_TERMS]
+    if bad or "maml" not in terms:
+        raise UserError(f"agent.meta_loss={spec!r}: terms are {', '.join(META_TERMS)}, comma-separated, with maml "
+                        f"among them" + (f" (unknown: {', '.join(bad)})" if bad else ""))
+    return ["maml"] + [t for t in terms if t != "maml"]
 
 
 class ReptileLearner(MAMLLearner):
@@ -160,11 +202,19 @@ def _anil(dist, cfg):
 
 
 def _reptile(dist, cfg):
+    _plain_objective(cfg, "reptile")
     return ReptileLearner(dist, cfg)
 
 
 def _pretrain(dist, cfg):
+    _plain_objective(cfg, "pretrain")
     return PretrainLearner(dist, cfg)
+
+
+def _plain_objective(cfg, agent: str) -> None:
+    if cfg.meta_loss.replace(" ", "") != "maml":
+        raise UserError(f"agent.meta_loss={cfg.meta_loss!r}: {agent} has its own update; the meta_loss terms are "
+                        f"for maml, meta-sgd and anil")
 
 
 def _spec(name: str, cfg_cls: type, make, trainer_base=FewShotTrainer) -> AgentSpec:

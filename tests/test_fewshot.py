@@ -470,3 +470,37 @@ def test_eval_attack_reports_robust_accuracy_beside_clean_and_refuses_regression
     assert code == 2 and "classifiers" in err and not (sin / "eval.json").exists()
     code, _, err = cli("eval", run, "--attack", "fgsm", "--eps", -1)
     assert code == 2 and "--eps" in err
+
+
+def test_meta_loss_terms_add_their_weighted_values_and_log_each():
+    """agent.meta_loss=maml,l2,proximal,aux-maml: the objective is the query loss after adaptation
+    plus lambda times each term, each term matching its definition; plain maml is unchanged."""
+    torch.manual_seed(0)
+    dist = SinusoidDistribution(SinusoidConfig())
+    b = dist.sample(4, torch.Generator().manual_seed(0))
+    plain = MAMLLearner(dist, build(MAMLConfig, {}, "agent"))
+    torch.manual_seed(0)
+    full = MAMLLearner(dist, build(MAMLConfig, {"meta_loss": "maml,l2,proximal,aux-maml", "meta_loss_weight": 0.5},
+                                   "agent"))
+    loss_p, m_p = plain.meta_loss(b)
+    loss_f, m_f = full.meta_loss(b)
+    assert m_p.keys() == {"loss"} and m_f.keys() == {"loss", "loss_l2", "loss_proximal", "loss_aux-maml"}
+    assert m_f["loss"] == pytest.approx(m_p["loss"])  # the same init and tasks: the same maml term
+    theta = params_of(full.model)
+    phi = full.adapt(b["xs"], b["ys"])
+    assert m_f["loss_l2"] == pytest.approx(sum((p ** 2).sum() for p in theta.values()).item(), rel=1e-5)
+    prox = sum(((phi[k] - p) ** 2).flatten(1).sum(1) for k, p in theta.items()).mean().item()
+    assert m_f["loss_proximal"] == pytest.approx(prox, rel=1e-4)
+    x, y = torch.cat([b["xs"], b["xq"]], 1), torch.cat([b["ys"], b["yq"]], 1)
+    assert m_f["loss_aux-maml"] == pytest.approx(((full.model(x) - y) ** 2).mean().item(), rel=1e-5)
+    extra = m_f["loss_l2"] + m_f["loss_proximal"] + m_f["loss_aux-maml"]
+    assert loss_f.item() == pytest.approx(m_f["loss"] + 0.5 * extra, rel=1e-5)
+
+
+def test_bad_meta_loss_terms_are_one_line_errors(cli):
+    for agent, value, words in (("maml", "maml,rgx", "unknown: rgx"), ("maml", "l2", "with maml"),
+                                ("reptile", "maml,l2", "own update")):
+        code, _, err = cli("train", agent, "--env", "sinusoid", "--set", f"agent.meta_loss={value}", "--quiet")
+        assert code == 2 and words in err and len(err.strip().splitlines()) == 1
+    code, _, err = cli("train", "maml", "--env", "sinusoid", "--set", "agent.meta_loss_weight=-1", "--quiet")
+    assert code == 2 and "meta_loss_weight" in err
