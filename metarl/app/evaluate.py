@@ -62,8 +62,7 @@ def evaluate_run(run_dir: str, *, tasks: int = 1000, baselines: str = "all", see
         raise UserError(f"--split train is for Meta-World runs, whose training and test classes differ; "
                         f"{run.saved['run']['env']!r} draws both splits from one distribution")
     names = choose_baselines(run.cfg["env_spec"], baselines)
-    if attack is not None and (protocol is not FEWSHOT
-                               or run.cfg["env_spec"].make_distribution(run.cfg["env"]).kind != "classification"):
+    if attack is not None and (protocol is not FEWSHOT or "classification" not in run.cfg["env_spec"].families):
         raise UserError("--attack perturbs query images: it is for few-shot classifiers (glyphs, omniglot)")
     if env is not None or attack is not None:
         if protocol is not FEWSHOT:
