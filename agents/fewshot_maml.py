@@ -21,12 +21,16 @@ from metarl.config import option
 from metarl.errors import UserError
 from metarl.fewshot.core import (Batch, FewShotConfig, FewShotLearner, FewShotTrainer, load_learner,
                                  make_trainer_cls, task_loss, task_score)
+from metarl.fewshot.attacks import Attack
 from metarl.functional import adapt_batch, meta_sgd_step_sizes, params_of
 from metarl.protocols import FEWSHOT
+from metarl.seeding import draw_from_state, stream_state
 from metarl.training import AgentSpec
 from torch.func import vmap
 
 from metarl.agents.fewshot_nets import make_network
+from metarl.agents.meta_objectives import (StochasticEncoder, encoder_keys, parse_meta_loss, rg_term,
+                                          task_neighbours)
 
 
 @dataclass
@@ -43,10 +47,24 @@ class MAMLConfig(FewShotConfig):
     inner_steps: int = option(1, "inner gradient steps during meta-training", ge=1)
     first_order: bool = option(False, "first-order MAML: no second derivatives through the inner step")
     meta_loss: str = option("maml", "the meta-objective: maml (query loss after adaptation) plus any of, comma-"
-                                    "separated: l2 (||theta||^2), proximal (mean ||phi_i - theta||^2, iMAML's "
-                                    "term), aux-maml (the unadapted theta's loss on each task: a multi-task term), "
-                                    "each weighted by meta_loss_weight and logged on its own")
-    meta_loss_weight: float = option(0.1, "lambda of every meta_loss term beside maml", ge=0.0)
+                                    "separated, each as term or term:lambda: l2 (||theta||^2), proximal (mean "
+                                    "||phi_i - theta||^2, iMAML's term), aux-maml (the unadapted theta's loss on each "
+                                    "task: a multi-task term), rg (rapid generalisation: similarity-weighted inter-"
+                                    "task loss, see rg_form), mr-maml (KL of a stochastic, unadapted encoder to "
+                                    "N(0, I): Yin et al. 2020); each logged on its own (agents/meta_objectives.py)")
+    meta_loss_weight: float = option(0.1, "lambda of every meta_loss term beside maml that has none of its own", ge=0.0)
+    rg_form: str = option("cross", "rg's inter-task term: cross = phi_i's loss on similar tasks' query sets, param = "
+                                   "distance between similar tasks' adapted weights", choices=("cross", "param"))
+    rg_neighbours: int = option(4, "rg: the most similar tasks of the meta-batch each task is compared with", ge=1)
+    rg_temperature: float = option(0.1, "rg: softmax temperature of the cosine similarities", gt=0.0)
+    mr_layers: int = option(0, "mr-maml: leading layers forming the stochastic, unadapted encoder (0 = all Conv4 "
+                               "blocks but the last, or the MLP's first layer)", ge=0)
+    adversarial: str = option("", "ADML (Yin et al. 2018): fgsm or pgd adversarial support and query images in "
+                                  "meta-training; the meta-loss is the clean-adapted model on adversarial queries "
+                                  "plus the adversarially adapted model on clean ones (classification)",
+                              choices=("", "fgsm", "pgd"))
+    adv_eps: float = option(0.1, "adversarial: L-infinity radius in pixel units of [0, 1] images", gt=0.0)
+    adv_steps: int = option(5, "adversarial=pgd: attack steps", ge=1)
 
 
 @dataclass
@@ -57,7 +75,8 @@ class ReptileConfig(MAMLConfig):
 
 
 class MAMLLearner(FewShotLearner):
-    """state = adapted parameters {name: [N, ...]} (ANIL: the adapted head only)."""
+    """state = adapted parameters {name: [N, ...]} (ANIL: the adapted head only). Parameters the
+    inner loop leaves alone (ANIL's body, MR-MAML's encoder) are the `base`, shared by all tasks."""
     gradient_steps = True
 
     def __init__(self, dist, cfg: MAMLConfig, *, meta_sgd: bool = False, anil: bool = False):
@@ -69,9 +88,21 @@ class MAMLLearner(FewShotLearner):
         self.model = make_network(dist, cfg.hidden, cfg.layers, cfg.channels, init=cfg.init)
         # Both networks take per-task params natively (MLP: batched matmuls, Conv4: grouped convs).
         self.vectorized = True
+        self.weights = parse_meta_loss(getattr(cfg, "meta_loss", "maml"), getattr(cfg, "meta_loss_weight", 0.1))
+        self.fixed: set[str] = set()
+        self.encoder = None
+        if "mr-maml" in self.weights:
+            stochastic, deterministic = encoder_keys(self.model, cfg.mr_layers)
+            self.encoder = StochasticEncoder(params_of(self.model), stochastic)
+            self.fixed = set(stochastic) | set(deterministic)
+        self.attack = None
+        if getattr(cfg, "adversarial", ""):
+            if dist.kind != "classification":
+                raise UserError("agent.adversarial (ADML) perturbs images: use it on glyphs or omniglot")
+            self.attack = Attack(cfg.adversarial, cfg.adv_eps, cfg.adv_steps)
+            self.register_buffer("attack_rng", stream_state())
         inner = self.inner_params()
         self.step_sizes = meta_sgd_step_sizes(inner, cfg.inner_lr) if meta_sgd else None
-        self.terms = meta_terms(getattr(cfg, "meta_loss", "maml"))
 
     @property
     def lr(self):
@@ -79,72 +110,112 @@ class MAMLLearner(FewShotLearner):
 
     def inner_params(self) -> dict:
         p = params_of(self.model)
-        return {k: v for k, v in p.items() if k.startswith("head_")} if self.anil else p
+        if self.anil:
+            return {k: v for k, v in p.items() if k.startswith("head_")}
+        return {k: v for k, v in p.items() if k not in self.fixed}
 
-    def _features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model.embed_with(params_of(self.model), x)  # ANIL: shared body [N, B, D]
+    def base(self, sample: bool = False) -> dict:
+        """The unadapted parameters: ANIL's body, MR-MAML's encoder (a draw from q when `sample`,
+        else its mean); {} for plain MAML."""
+        p = params_of(self.model)
+        out = {k: v for k, v in p.items() if (not k.startswith("head_") if self.anil else k in self.fixed)}
+        if sample and self.encoder is not None:
+            out.update(self.encoder.sample(p))
+        return out
 
-    def _out(self, params, x):
+    def _features(self, x: torch.Tensor, base: dict) -> torch.Tensor:
+        return self.model.embed_with(base, x)  # ANIL: shared body [N, B, D]
+
+    def _out(self, params, x, base: dict):
         if self.anil:
             return self.model.head_with(params, x)
-        return self.model.forward_with(params, x)
+        return self.model.forward_with({**base, **params} if base else params, x)
 
-    def _loss_fn(self):
-        kind = self.kind
+    def adapt(self, xs: torch.Tensor, ys: torch.Tensor, steps: int | None = None, *, first_order: bool | None = None,
+              base: dict | None = None):
+        steps = self.cfg.inner_steps if steps is None else steps
+        fo = self.cfg.first_order if first_order is None else first_order
+        base = self.base() if base is None else base
+        x = self._features(xs, base) if self.anil else xs
+        return adapt_batch(self._loss_fn(base), self.inner_params(), (x, ys), steps, self.lr, fo, self.vectorized)
+
+    def _loss_fn(self, base: dict | None = None):
+        """The inner loop's loss_fn(params, (x, y)) -> per-task support loss."""
+        kind, base = self.kind, self.base() if base is None else base
 
         def loss_fn(params, data):
             x, y = data
-            return task_loss(kind, self._out(params, x), y)
+            return task_loss(kind, self._out(params, x, base), y)
         return loss_fn
 
-    def adapt(self, xs: torch.Tensor, ys: torch.Tensor, steps: int | None = None, *, first_order: bool | None = None):
-        steps = self.cfg.inner_steps if steps is None else steps
-        fo = self.cfg.first_order if first_order is None else first_order
-        x = self._features(xs) if self.anil else xs
-        return adapt_batch(self._loss_fn(), self.inner_params(), (x, ys), steps, self.lr, fo, self.vectorized)
-
-    def predict(self, state, xq: torch.Tensor) -> torch.Tensor:
+    def predict(self, state, xq: torch.Tensor, base: dict | None = None) -> torch.Tensor:
+        base = self.base() if base is None else base
         if self.anil:
-            return self._out(state, self._features(xq))
+            return self._out(state, self._features(xq, base), base)
         if self.vectorized:
-            return self._out(state, xq)
-        return vmap(self.model.forward_with)(state, xq)
+            return self._out(state, xq, base)
+        return vmap(lambda p, x: self._out(p, x, base))(state, xq)
 
     def meta_loss(self, batch: Batch):
-        """The query loss after adaptation, plus agent.meta_loss's other terms times their weight;
-        metrics log each term ("loss" is the maml term, as without extra terms)."""
-        phi = self.adapt(batch["xs"], batch["ys"])
-        out = self.predict(phi, batch["xq"])
-        terms = {"maml": task_loss(self.kind, out, batch["yq"]).mean()}
+        """The query loss after adaptation (ADML: its adversarial pair), plus agent.meta_loss's
+        other terms times their lambdas; metrics log each term ("loss" is the maml term)."""
+        base = self.base(sample=True)
+        xs, ys, xq, yq = batch["xs"], batch["ys"], batch["xq"], batch["yq"]
+        phi = self.adapt(xs, ys, base=base)
+        out = self.predict(phi, xq, base)
         theta = self.inner_params()
-        for t in self.terms[1:]:
+        if self.attack is None:
+            terms = {"maml": task_loss(self.kind, out, yq).mean()}
+        else:
+            terms = {"maml": self._adml(phi, theta, base, batch)}
+        for t in list(self.weights)[1:]:
             if t == "l2":
                 terms[t] = sum((p ** 2).sum() for p in theta.values())
             elif t == "proximal":
                 terms[t] = sum(((phi[k] - p) ** 2).flatten(1).sum(1) for k, p in theta.items()).mean()
-            else:  # aux-maml: the meta-parameters' own loss on the task's data, no adaptation
-                x = torch.cat([batch["xs"], batch["xq"]], 1)
-                y = torch.cat([batch["ys"], batch["yq"]], 1)
-                unadapted = {k: v.unsqueeze(0).expand(x.shape[0], *v.shape) for k, v in theta.items()}
-                terms[t] = task_loss(self.kind, self.predict(unadapted, x), y).mean()
-        loss = terms["maml"] + self.cfg.meta_loss_weight * sum(v for k, v in terms.items() if k != "maml")
+            elif t == "aux-maml":  # the meta-parameters' own loss on the task's data, no adaptation
+                x, y = torch.cat([xs, xq], 1), torch.cat([ys, yq], 1)
+                terms[t] = task_loss(self.kind, self.predict(self._unadapted(theta, x.shape[0]), x, base), y).mean()
+            elif t == "rg":
+                idx, w = task_neighbours(phi, theta, self.cfg.rg_neighbours, self.cfg.rg_temperature)
+                terms[t] = rg_term(self.cfg.rg_form, phi, idx, w,
+                                   lambda p, j: task_loss(self.kind, self.predict(p, xq[j], base), yq[j]))
+            else:  # mr-maml
+                terms[t] = self.encoder.kl(params_of(self.model))
+        loss = sum(self.weights[k] * v for k, v in terms.items())
         metrics = {"loss": terms["maml"].item(), **{f"loss_{k}": v.item() for k, v in terms.items() if k != "maml"}}
         if self.kind == "classification":
-            metrics["accuracy"] = task_score(self.kind, out.detach(), batch["yq"]).mean().item()
+            metrics["accuracy"] = task_score(self.kind, out.detach(), yq).mean().item()
         return loss, metrics
 
+    @staticmethod
+    def _unadapted(theta: dict, n: int) -> dict:
+        return {k: v.unsqueeze(0).expand(n, *v.shape) for k, v in theta.items()}
 
-META_TERMS = ("maml", "l2", "proximal", "aux-maml")
+    def _adml(self, phi, theta, base, batch) -> torch.Tensor:
+        """ADML's meta-loss: the clean-adapted phi on adversarial queries (attacked after adaptation,
+        as the evaluation's attack) plus the model adapted on adversarial support images (attacked
+        at the init theta) on clean queries, halved."""
+        xs, ys, xq, yq = batch["xs"], batch["ys"], batch["xq"], batch["yq"]
+        shim = _Predictor(self, base)
+        phi_fixed = {k: v.detach() for k, v in phi.items()}
+        xs_adv = draw_from_state(self.attack_rng, lambda g: self.attack.perturb(
+            shim, self._unadapted({k: v.detach() for k, v in theta.items()}, xs.shape[0]), xs, ys, g))
+        xq_adv = draw_from_state(self.attack_rng, lambda g: self.attack.perturb(shim, phi_fixed, xq, yq, g))
+        phi_adv = self.adapt(xs_adv.to(xs.device), ys, base=base)
+        on_adv = task_loss(self.kind, self.predict(phi, xq_adv.to(xq.device), base), yq).mean()
+        on_clean = task_loss(self.kind, self.predict(phi_adv, xq, base), yq).mean()
+        return 0.5 * (on_adv + on_clean)
 
 
-def meta_terms(spec: str) -> list[str]:
-    """agent.meta_loss -> its terms, 'maml' first; unknown terms are a user error."""
-    terms = [t.strip() for t in spec.split(",") if t.strip()]
-    bad = [t for t in terms if t not in META_TERMS]
-    if bad or "maml" not in terms:
-        raise UserError(f"agent.meta_loss={spec!r}: terms are {', '.join(META_TERMS)}, comma-separated, with maml "
-                        f"among them" + (f" (unknown: {', '.join(bad)})" if bad else ""))
-    return ["maml"] + [t for t in terms if t != "maml"]
+class _Predictor:
+    """learner.predict with a fixed base, for Attack.perturb."""
+
+    def __init__(self, learner: MAMLLearner, base: dict):
+        self.learner, self.base = learner, base
+
+    def predict(self, state, x):
+        return self.learner.predict(state, x, {k: v.detach() for k, v in self.base.items()})
 
 
 class ReptileLearner(MAMLLearner):
@@ -215,6 +286,9 @@ def _plain_objective(cfg, agent: str) -> None:
     if cfg.meta_loss.replace(" ", "") != "maml":
         raise UserError(f"agent.meta_loss={cfg.meta_loss!r}: {agent} has its own update; the meta_loss terms are "
                         f"for maml, meta-sgd and anil")
+    if cfg.adversarial:
+        raise UserError(f"agent.adversarial={cfg.adversarial!r}: {agent} has its own update; ADML is for maml, "
+                        f"meta-sgd and anil")
 
 
 def _spec(name: str, cfg_cls: type, make, trainer_base=FewShotTrainer) -> AgentSpec:

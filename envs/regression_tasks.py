@@ -2,6 +2,8 @@
 
 sinusoid (MAML paper, Finn et al. 2017, section 5.1): y = A sin(x - phi), A ~ U[0.1, 5],
     phi ~ U[0, pi], x ~ U[-5, 5]; K support points (shots) and Q query points per task.
+    env.task_ids = T > 0 is the non-mutually-exclusive variant of Yin et al. 2020: T fixed
+    amplitudes, and each input is [x, one-hot id of the amplitude] (xs [N, K, 1 + T]).
 gp-regression (CNP paper, Garnelo et al. 2018): functions drawn from a GP prior with a
     squared-exponential kernel, k(x, x') = sigma_f^2 exp(-(x - x')^2 / (2 l^2)), x ~ U[-2, 2].
 Task batches follow metarl.fewshot.core: xs [N, K, 1], ys [N, K, 1], xq [N, Q, 1], yq [N, Q, 1].
@@ -41,32 +43,55 @@ class SinusoidConfig:
     phase_high: float = option(math.pi, "phase ~ U[phase_low, phase_high]")
     x_low: float = option(-5.0, "inputs ~ U[x_low, x_high]")
     x_high: float = option(5.0, "inputs ~ U[x_low, x_high]")
+    task_ids: int = option(0, "non-mutually-exclusive variant (Yin et al. 2020): > 0 gives each task one of this "
+                              "many amplitudes, evenly spaced in [amp_low, amp_high], at phase phase_low, and appends "
+                              "the amplitude's one-hot id to every input, so a network can tell the training tasks "
+                              "apart from x alone; every 4th id is held out of training (val and test use those)",
+                           ge=0)
 
 
 class SinusoidDistribution(FewShotDistribution):
     kind = "regression"
-    x_shape = (1,)
     y_dim = 1
 
     def __init__(self, cfg: SinusoidConfig):
         for lo, hi in (("amp_low", "amp_high"), ("phase_low", "phase_high"), ("x_low", "x_high")):
             if not getattr(cfg, hi) > getattr(cfg, lo):
                 raise UserError(f"env.{hi}={getattr(cfg, hi)} must be greater than env.{lo}={getattr(cfg, lo)}")
+        if 0 < cfg.task_ids < 4:
+            raise UserError(f"env.task_ids={cfg.task_ids}: use 0 (the ordinary family) or at least 4 ids "
+                            f"(every 4th is held out)")
         self.cfg = cfg
         self.eval_query = cfg.eval_query
+        self.x_shape = (1 + cfg.task_ids,)
+        held = torch.arange(cfg.task_ids) % 4 == 3
+        self.ids = {"train": torch.nonzero(~held).view(-1), "val": torch.nonzero(held).view(-1),
+                    "test": torch.nonzero(held).view(-1)}
 
     def sample(self, n: int, generator: torch.Generator, split: str = "train", *, shots: int | None = None,
                query: int | None = None, grid: bool = False) -> Batch:
-        """Parametric family: the split is the generator stream (metarl.fewshot.core.task_generator)."""
+        """Parametric family: the split is the generator stream (metarl.fewshot.core.task_generator);
+        with env.task_ids, also the set of amplitude ids drawn from."""
         _check_split(split)
         c, dev = self.cfg, generator.device
         k, q = shots or c.shots, query or c.query
-        amp = c.amp_low + (c.amp_high - c.amp_low) * torch.rand(n, 1, 1, generator=generator, device=dev)
-        phase = c.phase_low + (c.phase_high - c.phase_low) * torch.rand(n, 1, 1, generator=generator, device=dev)
+        if c.task_ids:
+            ids = self.ids[split].to(dev)
+            tid = ids[torch.randint(len(ids), (n,), generator=generator, device=dev)]
+            amp = (c.amp_low + (c.amp_high - c.amp_low) * tid / (c.task_ids - 1)).view(n, 1, 1)
+            phase = torch.full((n, 1, 1), c.phase_low, device=dev)
+        else:
+            amp = c.amp_low + (c.amp_high - c.amp_low) * torch.rand(n, 1, 1, generator=generator, device=dev)
+            phase = c.phase_low + (c.phase_high - c.phase_low) * torch.rand(n, 1, 1, generator=generator, device=dev)
         xs = _inputs(n, k, c.x_low, c.x_high, generator, False)
         xq = _inputs(n, q, c.x_low, c.x_high, generator, grid)
-        return {"xs": xs, "ys": amp * torch.sin(xs - phase), "xq": xq, "yq": amp * torch.sin(xq - phase),
-                "amplitude": amp.view(n), "phase": phase.view(n)}
+        out = {"xs": xs, "ys": amp * torch.sin(xs - phase), "xq": xq, "yq": amp * torch.sin(xq - phase),
+               "amplitude": amp.view(n), "phase": phase.view(n)}
+        if c.task_ids:
+            code = torch.nn.functional.one_hot(tid, c.task_ids).float().unsqueeze(1)      # [N, 1, T]
+            out["xs"] = torch.cat([xs, code.expand(n, k, -1)], -1)
+            out["xq"] = torch.cat([xq, code.expand(n, q, -1)], -1)
+        return out
 
 
 @dataclass
