@@ -211,7 +211,7 @@ def table() -> str:
                 "that adapt in closed form), ± half-width of the 95% CI.\n\n"
                 "| experiment | task family | learner | 0 steps | 1 step | 5 steps | 10 steps | paper | train time | "
                 "commit | command |\n|---|---|---|---|---|---|---|---|---|---|---|\n" + "\n".join(fs_rows))
-    out += curvature_table() + demo_table()
+    out += objectives_table() + curvature_table() + demo_table()
     if peer_rows:
         out += ("\n\nmetarl's RL² against sb3-contrib's RecurrentPPO on the same trial env and budget (env steps), "
                 "on the same held-out tasks: mean total reward ± half-width of the 95% CI; score ratio = RL² / "
@@ -547,6 +547,51 @@ def steps_row(s: dict) -> str:
 
 
 RESULTS_PAGE = ROOT / "docs" / "results.md"
+
+
+def objective_of(s: dict) -> str:
+    """What an experiment changes in the meta-objective or the task family (issue 26's axes)."""
+    parts = [agent_option(s, "meta_loss", "maml")]
+    if agent_option(s, "adversarial", ""):
+        parts.append(f"ADML {agent_option(s, 'adversarial', '')} eps={agent_option(s, 'adv_eps', 0.1):g}")
+    envc = s["metrics"]["env_config"]
+    if envc.get("fixed_labels") or envc.get("task_ids"):
+        parts.append("non-mutually-exclusive tasks")
+    return ", ".join(parts)
+
+
+def objectives_table() -> str:
+    """Few-shot runs that change the meta-objective (agent.meta_loss, ADML) or use the non-mutually-
+    exclusive families, against their paired reference where the config names one."""
+    rows = []
+    for f in sorted((ROOT / "experiments" / "results").glob("*.json")):
+        s = read_summary(f)
+        m = s.get("metrics", {})
+        if m.get("protocol") != "fewshot":
+            continue
+        objective, paired = objective_of(s), m.get("paired_with")
+        if objective == "maml" and not paired:
+            continue
+        res, agent = m["results"], m["agent"]
+        cell = (lambda r: pct(shown(r))) if res[agent]["metric"] == "query accuracy" else mse_cell
+        robust = next((n for n in res if n.startswith(agent + " (fgsm") or n.startswith(agent + " (pgd")), None)
+        diff = lambda n: (f"{paired[n]['mean']:+.3f} [{paired[n]['ci_low']:+.3f}, {paired[n]['ci_high']:+.3f}]"  # noqa: E731
+                          if paired and n in paired else "–")
+        envc = m["env_config"]
+        fam = m["env"] + (f" {envc['ways']}-way {envc['shots']}-shot" if "ways" in envc else f" K={envc.get('shots')}")
+        rows.append(f"| {s['experiment']} | {fam} | {agent}: {objective} | {cell(res[agent])} | "
+                    f"{cell(res[robust]) + ' (' + robust[len(agent) + 2:-1] + ')' if robust else '–'} | "
+                    f"{paired['experiment'] if paired else '–'} | {diff(agent)} | {diff(robust) if robust else '–'} | "
+                    f"{s['wall_clock_s'] / 60:.1f} min | {s['commit']} | `{s['command']}` |")
+    if not rows:
+        return ""
+    return ("\n\nMeta-objectives (`agent.meta_loss`, `agent.adversarial`) and non-mutually-exclusive task families: "
+            "held-out query MSE or accuracy after the run's evaluation steps (± half-width of the 95% CI), robust "
+            "accuracy under the attack named, and the difference from the reference run (the same tasks, paired by "
+            "task, 95% CI).\n\n"
+            "| experiment | task family | objective | held-out | under attack | reference | difference, paired | "
+            "difference under attack, paired | train time | commit | command |\n"
+            "|---|---|---|---|---|---|---|---|---|---|---|\n" + "\n".join(rows))
 
 
 def curvature_table() -> str:

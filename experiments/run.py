@@ -45,6 +45,7 @@ from metarl.errors import UserError
 from metarl.eval.plots import SUCCESS_KEYS, adaptation_curve, learning_curve
 from metarl.eval.stats import paired_diff_ci
 from metarl.eval.trials import best_baseline, is_agent_form
+from metarl.fewshot.attacks import Attack
 from metarl.protocols import FEWSHOT
 from metarl.registry import AGENTS, lookup
 from metarl.run_config import TRAINING_ONLY
@@ -90,6 +91,21 @@ def paired_vs_best(results: dict, agent: str) -> dict | None:
                                  for n, r in results.items() if is_agent_form(n, agent)}}
 
 
+def paired_with(ref: str | None, report: dict) -> dict | None:
+    """[experiment] paired_with = "NAME": each result minus the same-named result of experiment
+    NAME (its record in experiments/results/runs/NAME), paired by held-out task: the two were
+    evaluated on the same tasks, which is checked. None without a reference."""
+    if ref is None:
+        return None
+    other = json.loads((HERE / "results" / "runs" / ref / "eval.json").read_text())
+    same = ("env", "env_config", "tasks", "seed")
+    if any(other.get(k) != report.get(k) for k in same):  # main() checked the record exists before training
+        raise UserError(f"[experiment] paired_with = {ref!r}: evaluated on other tasks (its {', '.join(same)} differ)")
+    return {"experiment": ref, **{n: paired_diff_ci(r["scores"], other["results"][n]["scores"])
+                                  for n, r in report["results"].items()
+                                  if "scores" in r and "scores" in other["results"].get(n, {})}}
+
+
 def reference_lines(results: dict, agent: str, metric: str | None, paper: dict) -> tuple[dict, dict]:
     """Held-out results as horizontal lines on the plot whose axis they share: (lines for the
     training-return curve, lines for the training-success plot). Returns go on the return curve
@@ -130,6 +146,11 @@ def main(argv=None) -> int:
     inflight = HERE / "inflight" / stem
     if args.park:
         return park(run_dir, inflight, command(args, default_tasks))
+    ref = meta.get("paired_with")
+    if ref is not None and not (HERE / "results" / "runs" / ref / "eval.json").exists():
+        print(f"error: [experiment] paired_with = {ref!r} has no record experiments/results/runs/{ref}/eval.json; "
+              f"run `python experiments/run.py {ref}` first", file=sys.stderr)
+        return 2
     if checkpoint_iteration(inflight) > checkpoint_iteration(run_dir):  # a fresh machine, or a newer parked copy
         copy_files(inflight, run_dir)
         print(f"resuming from the parked run {inflight}", file=sys.stderr)
@@ -144,8 +165,11 @@ def main(argv=None) -> int:
                   resume=resume, device=args.device, quiet=args.quiet, seed=None if resume else args.seed)
         eval_sets = [f"agent.{k}={v}" for k, v in raw.get("agent", {}).items()
                      if k.startswith("eval_") and k not in TRAINING_ONLY]
+        attack = meta.get("attack")  # few-shot classifiers: robust accuracy too, e.g. {kind="pgd", eps=0.1, steps=10}
         report = evaluate_run(str(run_dir), tasks=args.tasks, device=args.device, sets=eval_sets,
-                              checkpoint=meta.get("checkpoint", "latest"), baselines=meta.get("baselines", "all"))
+                              checkpoint=meta.get("checkpoint", "latest"), baselines=meta.get("baselines", "all"),
+                              attack=None if attack is None else Attack(attack["kind"], attack["eps"],
+                                                                        attack.get("steps", 10)))
         meta_train = None
         if report["protocol"] == "metaworld":  # meta-train success by the same protocol: the generalization gap
             meta_train = evaluate_run(str(run_dir), tasks=args.tasks, device=args.device, sets=eval_sets,
@@ -157,6 +181,11 @@ def main(argv=None) -> int:
         print(f"interrupted; checkpoint saved in {run_dir}; `{command(args, default_tasks)}` resumes",
               file=sys.stderr)
         return 130
+    try:
+        pairs = paired_with(ref, report)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     metrics = read_jsonl(run_dir / "metrics.jsonl")
     timing = read_jsonl(run_dir / "timing.jsonl")
     train_s = sum(t["iteration_s"] for t in timing)
@@ -198,6 +227,7 @@ def main(argv=None) -> int:
                                                                "metaworld_tally", "per_context") if k in r}}
                         for n, r in results.items()},
             "paired_vs_best_baseline": paired_vs_best(results, agent),
+            "paired_with": pairs,
             "paper": meta.get("paper", {}), "description": meta.get("description", ""),
             # Meta-World: the protocol on the training classes (metarl eval --split train)
             "meta_train": None if meta_train is None else {

@@ -251,3 +251,37 @@ def test_headline_shows_the_best_run_of_each_setting_beside_its_anchor(tmp_path,
     assert len(rows) == 2  # one row per setting
     assert rows[0].startswith("| bandit (k=10, n=10) total reward | rl2 | 4.00 ± 0.10 |")
     assert "| 6.50 ± 0.10 | Gittins (RL² paper) 6.61 | greedy 6.00 ± 0.10 | `python experiments/run.py better`" in rows[1]
+
+
+def test_objective_experiment_is_paired_by_task_with_its_reference(tmp_path, monkeypatch):
+    """[experiment] paired_with = "REF": the results file holds each result minus REF's same-named
+    one on the same held-out tasks (the agent's and, with [experiment] attack, its robust accuracy),
+    and the results page lists the run in the meta-objectives table."""
+    run = _load("run")
+    monkeypatch.setenv("METARL_CACHE", str(tmp_path / "cache"))
+    configs = tmp_path / "experiments" / "configs"
+    configs.mkdir(parents=True)
+    body = ('[run]\nagent = "maml"\nenv = "glyphs"\nseed = 0\n[env]\nclasses = 40\nvariants = 20\nways = 4\n'
+            'shots = 1\nquery = 2\neval_query = 2\n[agent]\niterations = 2\nmeta_batch = 2\nchannels = 4\n'
+            'log_every = 1\neval_steps = 1\n')
+    attack = 'attack = { kind = "fgsm", eps = 0.1 }\n'
+    (configs / "ref.toml").write_text('[experiment]\neval_tasks = 12\n' + attack + body)
+    (configs / "obj.toml").write_text('[experiment]\neval_tasks = 12\npaired_with = "ref"\n' + attack
+                                      + body + 'meta_loss = "maml,l2:0.5"\n')
+    monkeypatch.setattr(run, "HERE", tmp_path / "experiments")
+    monkeypatch.setattr(run, "ROOT", tmp_path)
+    assert run.main(["obj", "--quiet", "--device", "cpu"]) == 2  # no reference record yet
+    assert run.main(["ref", "--quiet", "--device", "cpu"]) == 0
+    assert run.main(["obj", "--quiet", "--device", "cpu"]) == 0
+    results = tmp_path / "experiments" / "results"
+    paired = json.loads((results / "obj.json").read_text())["metrics"]["paired_with"]
+    ours = json.loads((results / "runs" / "obj" / "eval.json").read_text())["results"]
+    ref = json.loads((results / "runs" / "ref" / "eval.json").read_text())["results"]
+    assert paired["experiment"] == "ref" and set(paired) == {"experiment", "maml", "maml (fgsm eps=0.1)"}
+    for name in ("maml", "maml (fgsm eps=0.1)"):
+        diff = [a - b for a, b in zip(ours[name]["scores"], ref[name]["scores"])]
+        assert paired[name]["mean"] == pytest.approx(sum(diff) / len(diff), abs=1e-6)
+    table = _load("readme_table")
+    monkeypatch.setattr(table, "ROOT", tmp_path)
+    text = table.objectives_table()
+    assert "| obj | glyphs 4-way 1-shot | maml: maml,l2:0.5 |" in text and "\n| ref |" not in text
