@@ -59,6 +59,8 @@ class MAMLConfig(FewShotConfig):
     rg_temperature: float = option(0.1, "rg: softmax temperature of the cosine similarities", gt=0.0)
     mr_layers: int = option(0, "mr-maml: leading layers forming the stochastic, unadapted encoder (0 = all Conv4 "
                                "blocks but the last, or the MLP's first layer)", ge=0)
+    mr_sigma_init: float = option(1e-4, "mr-maml: the encoder weights' initial posterior std (the paper's code: ~0)",
+                                  gt=0.0)
     adversarial: str = option("", "ADML (Yin et al. 2018): fgsm or pgd adversarial support and query images in "
                                   "meta-training; the meta-loss is the clean-adapted model on adversarial queries "
                                   "plus the adversarially adapted model on clean ones (classification)",
@@ -93,7 +95,7 @@ class MAMLLearner(FewShotLearner):
         self.encoder = None
         if "mr-maml" in self.weights:
             stochastic, deterministic = encoder_keys(self.model, cfg.mr_layers)
-            self.encoder = StochasticEncoder(params_of(self.model), stochastic)
+            self.encoder = StochasticEncoder(params_of(self.model), stochastic, cfg.mr_sigma_init)
             self.fixed = set(stochastic) | set(deterministic)
         self.attack = None
         if getattr(cfg, "adversarial", ""):

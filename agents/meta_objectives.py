@@ -23,6 +23,8 @@ agent.meta_loss_weight.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -100,12 +102,13 @@ def encoder_keys(model: nn.Module, layers: int) -> tuple[list[str], list[str]]:
 
 class StochasticEncoder(nn.Module):
     """q(w) = N(mu, softplus(rho)^2) over the encoder weights (mu: the network's own parameters;
-    rho starts at rho_init, so sigma ~ 0 at first as in the paper's code). Draws come from a
-    stream kept in the state dict, so a resumed run draws the same."""
+    sigma starts at sigma_init, near 0 as in the paper's code). Draws come from a stream kept in
+    the state dict, so a resumed run draws the same."""
 
-    def __init__(self, params: Params, keys: list[str], rho_init: float = -10.0):
+    def __init__(self, params: Params, keys: list[str], sigma_init: float = 1e-4):
         super().__init__()
         self.keys = keys
+        rho_init = math.log(math.expm1(sigma_init))  # softplus^-1
         self.rho = nn.ParameterDict({k: nn.Parameter(torch.full_like(params[k], rho_init)) for k in keys})
         self.register_buffer("noise_rng", stream_state())
 

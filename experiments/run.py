@@ -40,14 +40,14 @@ import torch
 
 from metarl.app.evaluate import evaluate_run
 from metarl.app.train import train
-from metarl.config import tomllib
+from metarl.config import as_dict, build, tomllib
 from metarl.errors import UserError
 from metarl.eval.plots import SUCCESS_KEYS, adaptation_curve, learning_curve
 from metarl.eval.stats import paired_diff_ci
 from metarl.eval.trials import best_baseline, is_agent_form
 from metarl.fewshot.attacks import Attack
 from metarl.protocols import FEWSHOT
-from metarl.registry import AGENTS, lookup
+from metarl.registry import AGENTS, ENVS, lookup
 from metarl.run_config import TRAINING_ONLY
 from metarl.rundir import read_jsonl
 from metarl.training import Interrupted
@@ -98,9 +98,13 @@ def paired_with(ref: str | None, report: dict) -> dict | None:
     if ref is None:
         return None
     other = json.loads((HERE / "results" / "runs" / ref / "eval.json").read_text())
-    same = ("env", "env_config", "tasks", "seed")
-    if any(other.get(k) != report.get(k) for k in same):  # main() checked the record exists before training
-        raise UserError(f"[experiment] paired_with = {ref!r}: evaluated on other tasks (its {', '.join(same)} differ)")
+    defaults = as_dict(build(lookup("env", ENVS, report["env"]).config_cls, {}, "env"))
+
+    def tasks_of(r: dict) -> tuple:  # env options added since REF ran count at their defaults
+        return r["env"], {**defaults, **r["env_config"]}, r["tasks"], r["seed"]
+    if tasks_of(other) != tasks_of(report):  # main() checked the record exists before training
+        raise UserError(f"[experiment] paired_with = {ref!r}: evaluated on other tasks (env, env options, tasks "
+                        f"or seed differ)")
     return {"experiment": ref, **{n: paired_diff_ci(r["scores"], other["results"][n]["scores"])
                                   for n, r in report["results"].items()
                                   if "scores" in r and "scores" in other["results"].get(n, {})}}
