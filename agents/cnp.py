@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from metarl.config import option
 from metarl.errors import UserError
 from metarl.fewshot.core import Batch, FewShotConfig, FewShotLearner, load_learner, make_trainer_cls
+from metarl.fewshot.evaluation import gaussian_loglik
 from metarl.protocols import FEWSHOT
 from metarl.training import AgentSpec
 
@@ -52,6 +53,10 @@ class CNP(FewShotLearner):
 
     def predict(self, r, xq):
         return self.predict_dist(r, xq)[0]
+
+    def loglik(self, r, xq, yq):
+        """Per-task mean log-likelihood of the targets [N] (factorised over points)."""
+        return gaussian_loglik(*self.predict_dist(r, xq), yq)
 
     def meta_loss(self, batch: Batch):
         xt = torch.cat([batch["xs"], batch["xq"]], -2)

@@ -211,7 +211,7 @@ def table() -> str:
                 "that adapt in closed form), ± half-width of the 95% CI.\n\n"
                 "| experiment | task family | learner | 0 steps | 1 step | 5 steps | 10 steps | paper | train time | "
                 "commit | command |\n|---|---|---|---|---|---|---|---|---|---|---|\n" + "\n".join(fs_rows))
-    out += objectives_table() + curvature_table() + demo_table()
+    out += context_table() + objectives_table() + curvature_table() + demo_table()
     if peer_rows:
         out += ("\n\nmetarl's RL² against sb3-contrib's RecurrentPPO on the same trial env and budget (env steps), "
                 "on the same held-out tasks: mean total reward ± half-width of the 95% CI; score ratio = RL² / "
@@ -547,6 +547,30 @@ def steps_row(s: dict) -> str:
 
 
 RESULTS_PAGE = ROOT / "docs" / "results.md"
+
+
+def context_table() -> str:
+    """Probabilistic regressors (CNP, NP): held-out log-likelihood per target point and MSE against
+    the number of context points, one row per run, so the models sit side by side."""
+    rows, sizes = [], None
+    for f in sorted((ROOT / "experiments" / "results").glob("*.json")):
+        s = read_summary(f)
+        m = s.get("metrics", {})
+        per = m.get("results", {}).get(m.get("agent"), {}).get("per_context") if m.get("protocol") == "fewshot" else None
+        if not per:
+            continue
+        sizes = per["contexts"]
+        cells = [f"{ll['mean']:.2f} ± {ll['mean'] - ll['ci_low']:.2f} / {mse['mean']:.3f}"
+                 for ll, mse in zip(per["loglik"], per["mse"])]
+        rows.append(f"| {s['experiment']} | {m['agent']} | " + " | ".join(cells) +
+                    f" | {s['wall_clock_s'] / 60:.1f} min | {s['commit']} | `{s['command']}` |")
+    if not rows:
+        return ""
+    return ("\n\nProbabilistic regressors on held-out GP functions: test log-likelihood per target point (± half-width "
+            "of the 95% CI; NP: Monte Carlo estimate of the joint predictive over draws of z, divided by the targets) "
+            "/ MSE of the predictive mean, against the number of context points.\n\n"
+            "| experiment | model | " + " | ".join(f"{c} context" for c in sizes) + " | train time | commit | command |\n"
+            "|---|---|" + "---|" * len(sizes) + "---|---|---|\n" + "\n".join(rows))
 
 
 def objective_of(s: dict) -> str:

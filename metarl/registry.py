@@ -78,6 +78,8 @@ AGENTS: dict[str, Entry] = {
     "matching-net": Entry("metarl.agents.metric_learners:MATCHING_NET", "Matching Networks (classification)"),
     "relation-net": Entry("metarl.agents.metric_learners:RELATION_NET", "Relation Networks (classification)"),
     "cnp": Entry("metarl.agents.cnp:CNP_SPEC", "Conditional Neural Process (regression, predictive uncertainty)"),
+    "np": Entry("metarl.agents.neural_process:NP_SPEC",
+                "latent Neural Process: CNP plus a global latent z, trained on the ELBO; samples coherent functions"),
     "learned-opt": Entry("metarl.agents.learned_opt:LEARNED_OPT",
                          "learned optimizer: a coordinate-wise LSTM replaces SGD in the inner loop, with a learned "
                          "init (agent.task_conditioned: one update rule per task)"),

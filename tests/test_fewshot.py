@@ -323,7 +323,7 @@ TINY = ["--set", "agent.iterations=4", "--set", "agent.log_every=2", "--set", "a
 
 
 @pytest.mark.parametrize("agent,env", [("maml", "sinusoid"), ("meta-sgd", "sinusoid"), ("reptile", "sinusoid"),
-                                       ("pretrain", "sinusoid"), ("cnp", "gp-regression"),
+                                       ("pretrain", "sinusoid"), ("cnp", "gp-regression"), ("np", "gp-regression"),
                                        ("hypernet", "sinusoid"), ("hypernet", "gp-regression"), ("leo", "sinusoid"),
                                        ("learned-opt", "sinusoid"), pytest.param("leo", "glyphs", marks=pytest.mark.slow),
                                        pytest.param("hypernet", "glyphs", marks=pytest.mark.slow),
@@ -359,7 +359,7 @@ def test_every_learner_trains_and_evaluates(cli, tmp_path, agent, env):
     assert (run / "eval_adaptation.png").stat().st_size > 1000
     if regression:
         assert (run / "eval_fits.png").stat().st_size > 1000
-    if agent == "cnp":
+    if agent in ("cnp", "np"):
         assert (run / "eval_context.png").stat().st_size > 1000 and res["per_context"]["contexts"][0] == 1
 
 

@@ -241,7 +241,7 @@ def _evaluate_fewshot_run(run: LoadedRun, names: list[str], tasks: int, seed: in
         results[f"{name} ({label})"] = fe.summarize_fewshot(  # the same tasks, e.g. SGD from a learned init
             fe.evaluate_fewshot(extra_learner, dist, tasks, seed, agent_cfg.eval_steps, dev), dist.kind)
     title = f"held-out {extra.get('env', saved['run']['env'])} tasks"
-    if hasattr(learner, "predict_dist"):
+    if hasattr(learner, "loglik"):  # probabilistic regressors: CNP, NP
         contexts = [c for c in (1, 2, 5, 10, 20, 50, 100) if c <= getattr(env_cfg, "context_max", 100)]
         result["per_context"] = fe.evaluate_context_sizes(learner, dist, tasks, seed, contexts, dev)
         fe.context_plot(result["per_context"], path / f"{stem}_context.png", f"{name}: {title}")

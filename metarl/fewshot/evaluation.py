@@ -99,8 +99,9 @@ def gaussian_loglik(mean: torch.Tensor, std: torch.Tensor, y: torch.Tensor) -> t
 
 def evaluate_context_sizes(learner, dist: FewShotDistribution, num_tasks: int, seed: int, contexts: list[int],
                            device, batch_tasks: int = 100) -> dict:
-    """Probabilistic regressors (CNP): test log-likelihood and MSE of the query points against
-    the number of context points -> {contexts: [...], "loglik": [ci...], "mse": [ci...]}."""
+    """Probabilistic regressors (CNP, NP: learner.loglik): test log-likelihood per target point and
+    MSE of the query points against the number of context points -> {contexts: [...], "loglik":
+    [ci...], "mse": [ci...]}."""
     device = torch.device(device)
     res = {"contexts": list(contexts), "loglik": [], "mse": []}
     learner.eval()
@@ -111,9 +112,9 @@ def evaluate_context_sizes(learner, dist: FewShotDistribution, num_tasks: int, s
             b = min(batch_tasks, num_tasks - start)
             batch = dist.sample(b, gen, "test", shots=c, query=getattr(dist, "eval_query", None))
             with torch.no_grad():
-                mean, std = learner.predict_dist(learner.adapt(batch["xs"], batch["ys"]), batch["xq"])
-            ll.append(gaussian_loglik(mean, std, batch["yq"]).cpu())
-            mse.append(((mean - batch["yq"]) ** 2).mean((-2, -1)).cpu())
+                state = learner.adapt(batch["xs"], batch["ys"])
+                ll.append(learner.loglik(state, batch["xq"], batch["yq"]).cpu())
+                mse.append(((learner.predict(state, batch["xq"]) - batch["yq"]) ** 2).mean((-2, -1)).cpu())
         res["loglik"].append(mean_ci(torch.cat(ll)))
         res["mse"].append(mean_ci(torch.cat(mse)))
     return res
@@ -127,9 +128,10 @@ def _plt():
 
 
 def fits_plot(learner, dist: FewShotDistribution, out: Path, title: str, seed: int, steps: list[int],
-              device, tasks: int = 4) -> Path:
+              device, tasks: int = 4, samples: int = 8) -> Path:
     """Regression: the true function, the K support points and the learner's prediction (after
-    each of `steps` inner steps, or its mean +- 2 std for CNP) on a dense grid, for a few test tasks."""
+    each of `steps` inner steps, or its mean +- 2 std for CNP, or for a latent NP its mean and
+    `samples` sampled functions) on a dense grid, for a few test tasks."""
     plt = _plt()
     gen = task_generator(seed, "test", device)
     batch = dist.sample(tasks, gen, "test", query=200, grid=True)
@@ -137,15 +139,22 @@ def fits_plot(learner, dist: FewShotDistribution, out: Path, title: str, seed: i
     x = batch["xq"][0, :, 0].cpu()
     with torch.no_grad():
         preds = {}
+        draws = None
         if hasattr(learner, "predict_dist"):
             mean, std = learner.predict_dist(learner.adapt(batch["xs"], batch["ys"]), batch["xq"])
             preds["prediction"] = (mean, std)
+        elif hasattr(learner, "sample_functions"):
+            state = learner.adapt(batch["xs"], batch["ys"])
+            preds["prediction (mean)"] = (learner.predict(state, batch["xq"]), None)
+            draws = learner.sample_functions(state, batch["xq"], samples)
         else:
             for s in (steps if learner.gradient_steps else [0]):
                 name = f"{s} step{'' if s == 1 else 's'}" if learner.gradient_steps else "prediction"
                 preds[name] = (learner.predict(learner.adapt(batch["xs"], batch["ys"], s), batch["xq"]), None)
     for t, ax in enumerate(axes):
         ax.plot(x, batch["yq"][t, :, 0].cpu(), color="k", lw=2, label="true")
+        for d in range(0 if draws is None else draws.shape[0]):
+            ax.plot(x, draws[d, t, :, 0].cpu(), color="C1", lw=0.7, alpha=0.6, label="sampled functions" if d == 0 else None)
         for i, (name, (m, sd)) in enumerate(preds.items()):
             ax.plot(x, m[t, :, 0].cpu(), color=f"C{i}", label=name)
             if sd is not None:
