@@ -54,7 +54,9 @@ from metarl.training import Interrupted
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-PARKED = ("config.toml", "metrics.jsonl", "timing.jsonl", "checkpoints/latest.pt", "checkpoints/best.pt")
+PARKED = ("config.toml", "metrics.jsonl", "timing.jsonl", "checkpoints/latest.pt", "checkpoints/best.pt",
+          "eval.json", "eval_train.json")
+PARKED_PARTS = ("eval_parts", "eval_train_parts")  # metarl.app.evaluate's finished methods of an evaluation
 RECORD = ("config.toml", "eval.json", "eval_train.json", "metrics.jsonl", "timing.jsonl")
 
 
@@ -170,14 +172,16 @@ def main(argv=None) -> int:
         eval_sets = [f"agent.{k}={v}" for k, v in raw.get("agent", {}).items()
                      if k.startswith("eval_") and k not in TRAINING_ONLY]
         attack = meta.get("attack")  # few-shot classifiers: robust accuracy too, e.g. {kind="pgd", eps=0.1, steps=10}
-        report = evaluate_run(str(run_dir), tasks=args.tasks, device=args.device, sets=eval_sets,
-                              checkpoint=meta.get("checkpoint", "latest"), baselines=meta.get("baselines", "all"),
-                              attack=None if attack is None else Attack(attack["kind"], attack["eps"],
-                                                                        attack.get("steps", 10)))
+        which = meta.get("checkpoint", "latest")
+        report = finished_metaworld(run_dir, "eval", args.tasks, which) or evaluate_run(
+            str(run_dir), tasks=args.tasks, device=args.device, sets=eval_sets, checkpoint=which,
+            baselines=meta.get("baselines", "all"),
+            attack=None if attack is None else Attack(attack["kind"], attack["eps"], attack.get("steps", 10)))
         meta_train = None
         if report["protocol"] == "metaworld":  # meta-train success by the same protocol: the generalization gap
-            meta_train = evaluate_run(str(run_dir), tasks=args.tasks, device=args.device, sets=eval_sets,
-                                      checkpoint=meta.get("checkpoint", "latest"), baselines="none", split="train")
+            meta_train = finished_metaworld(run_dir, "eval_train", args.tasks, which) or evaluate_run(
+                str(run_dir), tasks=args.tasks, device=args.device, sets=eval_sets, checkpoint=which,
+                baselines="none", split="train")
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -228,7 +232,8 @@ def main(argv=None) -> int:
             "held_out_tasks": report["tasks"], "env_steps": report["env_steps"], "train_time_s": train_s,
             "protocol": report["protocol"], "metric": report["metric"], "eval_options": report.get("eval_options", {}),
             "results": {n: {**r["total"], **{k: r[k] for k in ("metric", "curve", "per_class", "return", "per_task",
-                                                               "metaworld_tally", "per_context") if k in r}}
+                                                               "metaworld_tally", "per_context", "chance",
+                                                               "evaluator_accuracy_on_real") if k in r}}
                         for n, r in results.items()},
             "paired_vs_best_baseline": paired_vs_best(results, agent),
             "paired_with": pairs,
@@ -293,11 +298,26 @@ def checkpoint_iteration(run_dir: Path) -> int:
 
 
 def copy_files(src: Path, dst: Path) -> None:
-    """The PARKED files that src holds, into dst."""
-    for name in PARKED:
+    """The PARKED files and the finished parts of an evaluation in progress that src holds, into dst."""
+    names = list(PARKED) + [str(f.relative_to(src)) for d in PARKED_PARTS for f in sorted((src / d).glob("*.json"))]
+    for name in names:
         if (src / name).exists():
             (dst / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(src / name, dst / name)
+
+
+def finished_metaworld(run_dir: Path, stem: str, tasks: int, which: str) -> dict | None:
+    """A Meta-World evaluation (RUN/STEM.json) already written for this checkpoint and number of
+    tasks: an hour or more of episodes a resumed experiment need not play again. None otherwise."""
+    f = run_dir / f"{stem}.json"
+    if not f.exists():
+        return None
+    rep = json.loads(f.read_text())
+    same = (rep.get("protocol") == "metaworld" and rep.get("tasks") == tasks and rep.get("seed") == 0
+            and rep.get("checkpoint") == which and rep.get("checkpoint_iteration") == checkpoint_iteration(run_dir))
+    if same:
+        print(f"using the finished evaluation {f}", file=sys.stderr)
+    return rep if same else None
 
 
 def park(run_dir: Path, inflight: Path, resume_command: str) -> int:

@@ -285,3 +285,26 @@ def test_objective_experiment_is_paired_by_task_with_its_reference(tmp_path, mon
     monkeypatch.setattr(table, "ROOT", tmp_path)
     text = table.objectives_table()
     assert "| obj | glyphs 4-way 1-shot | maml: maml,l2:0.5 |" in text and "\n| ref |" not in text
+
+
+def test_a_parked_metaworld_evaluation_keeps_its_finished_parts(tmp_path):
+    """Parking copies a finished eval.json and the finished methods of an evaluation in progress;
+    a resumed experiment reuses an eval.json written for the same checkpoint and tasks, and
+    evaluates again for another checkpoint or number of tasks."""
+    import torch
+    run = _load("run")
+    src, dst = tmp_path / "run", tmp_path / "parked"
+    (src / "checkpoints").mkdir(parents=True)
+    torch.save({"iteration": 7}, src / "checkpoints" / "latest.pt")
+    rep = {"protocol": "metaworld", "tasks": 200, "seed": 0, "checkpoint": "latest", "checkpoint_iteration": 7}
+    (src / "eval.json").write_text(json.dumps(rep))
+    (src / "eval_train_parts").mkdir()
+    (src / "eval_train_parts" / "rl2.json").write_text("{}")
+    run.copy_files(src, dst)
+    assert (dst / "eval.json").exists() and (dst / "eval_train_parts" / "rl2.json").exists()
+    assert run.finished_metaworld(dst, "eval", 200, "latest") == rep
+    assert run.finished_metaworld(dst, "eval", 100, "latest") is None
+    assert run.finished_metaworld(dst, "eval", 200, "best") is None
+    assert run.finished_metaworld(dst, "eval_train", 200, "latest") is None
+    torch.save({"iteration": 8}, dst / "checkpoints" / "latest.pt")
+    assert run.finished_metaworld(dst, "eval", 200, "latest") is None
