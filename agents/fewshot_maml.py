@@ -65,6 +65,11 @@ class MAMLConfig(FewShotConfig):
                                   "meta-training; the meta-loss is the clean-adapted model on adversarial queries "
                                   "plus the adversarially adapted model on clean ones (classification)",
                               choices=("", "fgsm", "pgd"))
+    search: str = option("", "darts: a differentiable cell search (Conv4 blocks 1-3 mix conv 3x3 / 5x5 / dilated, "
+                             "max / average pool, skip, none; the mixing weights are meta-parameters updated through "
+                             "the inner loop); metarl eval writes the chosen cell (image tasks)", choices=("", "darts"))
+    arch: str = option("", "a chosen cell for Conv4's blocks 1-3, e.g. conv3x3,skip,avg_pool3x3 (from a search run's "
+                           "eval_arch.txt), trained from scratch (image tasks)")
     adv_eps: float = option(0.1, "adversarial: L-infinity radius in pixel units of [0, 1] images", gt=0.0)
     adv_steps: int = option(5, "adversarial=pgd: attack steps", ge=1)
 
@@ -87,16 +92,17 @@ class MAMLLearner(FewShotLearner):
             raise UserError(f"env.train_ways={dist.train_ways} differs from env.ways={dist.ways}: the MAML family's "
                             f"classifier head has env.ways outputs; set env.train_ways=0")
         self.cfg, self.anil = cfg, anil
-        self.model = make_network(dist, cfg.hidden, cfg.layers, cfg.channels, init=cfg.init)
+        self.model = make_network(dist, cfg.hidden, cfg.layers, cfg.channels, init=cfg.init,
+                                  search=getattr(cfg, "search", ""), arch=getattr(cfg, "arch", ""))
         # Both networks take per-task params natively (MLP: batched matmuls, Conv4: grouped convs).
         self.vectorized = True
         self.weights = parse_meta_loss(getattr(cfg, "meta_loss", "maml"), getattr(cfg, "meta_loss_weight", 0.1))
-        self.fixed: set[str] = set()
+        self.fixed: set[str] = {"arch_alpha"} if getattr(cfg, "search", "") else set()  # meta-learned, never adapted
         self.encoder = None
         if "mr-maml" in self.weights:
             stochastic, deterministic = encoder_keys(self.model, cfg.mr_layers)
             self.encoder = StochasticEncoder(params_of(self.model), stochastic, cfg.mr_sigma_init)
-            self.fixed = set(stochastic) | set(deterministic)
+            self.fixed |= set(stochastic) | set(deterministic)
         self.attack = None
         if getattr(cfg, "adversarial", ""):
             if dist.kind != "classification":
@@ -291,6 +297,9 @@ def _plain_objective(cfg, agent: str) -> None:
     if cfg.adversarial:
         raise UserError(f"agent.adversarial={cfg.adversarial!r}: {agent} has its own update; ADML is for maml, "
                         f"meta-sgd and anil")
+    if cfg.search:
+        raise UserError(f"agent.search={cfg.search!r}: {agent} has no meta-gradient for the architecture weights; "
+                        f"search with maml, meta-sgd or anil")
 
 
 def _spec(name: str, cfg_cls: type, make, trainer_base=FewShotTrainer) -> AgentSpec:

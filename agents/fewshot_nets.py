@@ -12,6 +12,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from metarl.errors import UserError
 from metarl.functional import Params, params_of
 
 
@@ -108,10 +109,18 @@ class Conv4(nn.Module):
 
 
 def make_network(dist, hidden: int, layers: int, channels: int, head: bool = True,
-                 init: str = "reference") -> nn.Module:
+                 init: str = "reference", search: str = "", arch: str = "") -> nn.Module:
     """The papers' networks: an MLP of `layers` x `hidden` ReLU units for regression (`init`: see
     FunctionalMLP), Conv4 with `channels` channels for image classification (a `ways`-logit head
-    when `head`)."""
+    when `head`); with `search` or `arch`, metarl.agents.arch_search's CellConv4 instead."""
+    if search or arch:
+        from metarl.agents.arch_search import CellConv4, parse_arch
+        if dist.kind != "classification" or not head:
+            raise UserError("agent.search / agent.arch choose the cell of Conv4's blocks: they apply to image "
+                            "classification (glyphs, omniglot) with maml, meta-sgd or anil")
+        if search and arch:
+            raise UserError("agent.search searches the cell and agent.arch fixes one: set one of them")
+        return CellConv4(dist.x_shape[0], channels, dist.ways, parse_arch(arch) if arch else None)
     if dist.kind == "regression":
         return FunctionalMLP([dist.x_shape[0]] + [hidden] * layers + [dist.y_dim], init)
     return Conv4(dist.x_shape[0], channels, dist.ways if head else 0)

@@ -149,7 +149,7 @@ def table() -> str:
     rows = ["| experiment | env | RL² (sampled actions) | RL² (deterministic) | best classical baseline | "
             "RL² − best baseline, paired by task | Bayes-optimal-ish reference | paper | train time | commit | command |",
             "|---|---|---|---|---|---|---|---|---|---|---|"]
-    steps_rows, mw_rows, fs_rows, peer_rows, mt_rows = [], [], [], [], []
+    steps_rows, mw_rows, fs_rows, peer_rows, mt_rows, gen_rows = [], [], [], [], [], []
     for f in sorted((ROOT / "experiments" / "results").glob("*.json")):
         if "_timing" in f.stem:  # per-iteration costs (wall_clock.py; _timing_COMMIT: an earlier measurement kept)
             continue
@@ -166,6 +166,9 @@ def table() -> str:
             continue
         if m.get("protocol") == "metaworld":
             mw_rows.append(metaworld_row(s))
+            continue
+        if m.get("protocol") == "fewshot" and m["agent"] == "fewshot-gen":
+            gen_rows.append(generation_row(s))
             continue
         if m.get("protocol") == "fewshot":
             fs_rows.append(fewshot_row(s))
@@ -211,6 +214,15 @@ def table() -> str:
                 "that adapt in closed form), ± half-width of the 95% CI.\n\n"
                 "| experiment | task family | learner | 0 steps | 1 step | 5 steps | 10 steps | paper | train time | "
                 "commit | command |\n|---|---|---|---|---|---|---|---|---|---|---|\n" + "\n".join(fs_rows))
+    if gen_rows:
+        out += ("\n\nFew-shot generation (`fewshot-gen`) on held-out glyph classes: the share of drawings generated after "
+                "fine-tuning on K drawings of a class that a classifier of the held-out classes, trained on their real "
+                "drawings, puts in that class among the task's N (chance 1 / N), and the fine-tuned VAE's ELBO per "
+                "held-out drawing of the class (nats), ± half-width of the 95% CI; the difference from the paired run "
+                "is per task with its 95% CI.\n\n"
+                "| experiment | task family | training | recognised before / after fine-tuning (chance) | held-out ELBO "
+                "before / after | evaluator on real drawings | difference, paired (recognised; ELBO) | train time | "
+                "commit | command |\n|---|---|---|---|---|---|---|---|---|---|\n" + "\n".join(gen_rows))
     out += context_table() + objectives_table() + curvature_table() + demo_table()
     if peer_rows:
         out += ("\n\nmetarl's RL² against sb3-contrib's RecurrentPPO on the same trial env and budget (env steps), "
@@ -547,6 +559,22 @@ def steps_row(s: dict) -> str:
 
 
 RESULTS_PAGE = ROOT / "docs" / "results.md"
+
+
+def generation_row(s: dict) -> str:
+    m = s["metrics"]
+    rec, elbo = m["results"]["fewshot-gen"], m["results"]["fewshot-gen (ELBO)"]
+    pts = lambda r: (r["curve"]["points"][0], r["curve"]["points"][-1])  # noqa: E731
+    (r0, r1), (e0, e1) = pts(rec), pts(elbo)
+    paired = m.get("paired_with")
+    diff = ("–" if not paired else "; ".join(
+        f"{paired[n]['mean']:+.3f} [{paired[n]['ci_low']:+.3f}, {paired[n]['ci_high']:+.3f}]"
+        for n in ("fewshot-gen", "fewshot-gen (ELBO)") if n in paired) + f" vs {paired['experiment']}")
+    envc = m["env_config"]
+    return (f"| {s['experiment']} | {m['env']} {envc['ways']}-way {envc['shots']}-shot, {m['held_out_tasks']} held-out "
+            f"tasks | {agent_option(s, 'mode', 'reptile')} | {pct(r0)} / {pct(r1)} after {r1['x']} steps "
+            f"({100 * rec['chance']:.0f}%) | {fmt(e0)} / {fmt(e1)} | {100 * rec['evaluator_accuracy_on_real']:.1f}% | "
+            f"{diff} | {s['wall_clock_s'] / 60:.1f} min | {s['commit']} | `{s['command']}` |")
 
 
 def context_table() -> str:

@@ -78,6 +78,9 @@ AGENTS: dict[str, Entry] = {
     "matching-net": Entry("metarl.agents.metric_learners:MATCHING_NET", "Matching Networks (classification)"),
     "relation-net": Entry("metarl.agents.metric_learners:RELATION_NET", "Relation Networks (classification)"),
     "cnp": Entry("metarl.agents.cnp:CNP_SPEC", "Conditional Neural Process (regression, predictive uncertainty)"),
+    "fewshot-gen": Entry("metarl.agents.fewshot_gen:FEWSHOT_GEN",
+                         "few-shot generation: a VAE meta-trained by Reptile (or pretrained: agent.mode) that "
+                         "draws new examples of a class after fine-tuning on K of them"),
     "np": Entry("metarl.agents.neural_process:NP_SPEC",
                 "latent Neural Process: CNP plus a global latent z, trained on the ELBO; samples coherent functions"),
     "learned-opt": Entry("metarl.agents.learned_opt:LEARNED_OPT",

@@ -231,6 +231,11 @@ def _evaluate_fewshot_run(run: LoadedRun, names: list[str], tasks: int, seed: in
     dist = env_spec.make_distribution(env_cfg)
     learner = run.eval_policy(seed)
     name = saved["run"]["agent"]
+    if hasattr(learner, "evaluate_tasks"):  # a learner with its own protocol (few-shot generation)
+        if attack is not None or other is not None:
+            raise UserError(f"agent {name} has its own evaluation: --attack and --env do not apply")
+        results = learner.evaluate_tasks(dist, tasks, seed, dev, path / f"{stem}_samples.png")
+        return _write_report(path, _report(run, FEWSHOT, results[name]["metric"], tasks, seed, results), stem)
     result = fe.summarize_fewshot(fe.evaluate_fewshot(learner, dist, tasks, seed, agent_cfg.eval_steps, dev),
                                   dist.kind)
     results = {name: result}
@@ -240,6 +245,11 @@ def _evaluate_fewshot_run(run: LoadedRun, names: list[str], tasks: int, seed: in
     for label, extra_learner in _extra_policies(cfg["agent_spec"], run.checkpoint, cfg, dev, seed).items():
         results[f"{name} ({label})"] = fe.summarize_fewshot(  # the same tasks, e.g. SGD from a learned init
             fe.evaluate_fewshot(extra_learner, dist, tasks, seed, agent_cfg.eval_steps, dev), dist.kind)
+    if getattr(getattr(learner, "model", None), "arch", "") is None:  # a cell search: the chosen cell
+        from metarl.agents.arch_search import arch_report, weight_count
+        from metarl.agents.fewshot_nets import Conv4
+        extra["search"] = arch_report(learner.model, path / f"{stem}_arch.txt", path / f"{stem}_arch.png",
+                                      weight_count(Conv4(dist.x_shape[0], agent_cfg.channels, dist.ways)))
     title = f"held-out {extra.get('env', saved['run']['env'])} tasks"
     if hasattr(learner, "loglik"):  # probabilistic regressors: CNP, NP
         contexts = [c for c in (1, 2, 5, 10, 20, 50, 100) if c <= getattr(env_cfg, "context_max", 100)]

@@ -1,0 +1,146 @@
+"""A differentiable cell search (DARTS, Liu et al. 2019) inside the few-shot loop, as Auto-Meta /
+T-NAS search it: the architecture weights are meta-parameters, updated by the meta-gradient
+through the inner loop (the inner loop adapts only the network weights).
+
+CellConv4 is Conv4 (metarl.agents.fewshot_nets) with blocks 1-3 made of a searched operation
+(block 0 stays a 3x3 conv from the image's channels). Each searched block is
+    h = sum_o softmax(alpha_b)_o op_o(h)      (search)   or   h = op_b(h)   (a chosen cell)
+then batch norm, ReLU and 2x2 max-pool as in Conv4. Operations (C -> C channels, same size):
+conv 3x3, conv 5x5, dilated conv 3x3 (dilation 2), max pool 3x3, average pool 3x3, skip, none.
+
+The chosen cell (agent.arch) is the argmax of each block's alpha over the operations other than
+none, written by `metarl eval` of a search run as eval_arch.txt and eval_arch.png.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from metarl.errors import UserError
+from metarl.functional import Params, params_of
+
+from metarl.agents.fewshot_nets import _per_task
+
+OPS = ("conv3x3", "conv5x5", "dil_conv3x3", "max_pool3x3", "avg_pool3x3", "skip", "none")
+CONV = {"conv3x3": (3, 1), "conv5x5": (5, 1), "dil_conv3x3": (3, 2)}  # kernel, dilation
+SEARCHED = 3  # blocks 1-3
+
+
+def parse_arch(spec: str) -> list[str]:
+    """agent.arch "op1,op2,op3" -> the three blocks' operations; bad input is a UserError."""
+    ops = [o.strip() for o in spec.split(",") if o.strip()]
+    if len(ops) != SEARCHED or any(o not in OPS or o == "none" for o in ops):
+        raise UserError(f"agent.arch={spec!r}: three comma-separated operations for blocks 1-3, each one of "
+                        f"{', '.join(o for o in OPS if o != 'none')}")
+    return ops
+
+
+class CellConv4(nn.Module):
+    """forward_with(params, x) as Conv4's: x [B, C, H, W] or [N, B, C, H, W], params shared or per
+    task (leading N); the architecture weights 'arch_alpha' [3, len(OPS)] are always shared.
+    arch None: the search network (every operation, mixed); else one operation per block."""
+
+    def __init__(self, in_channels: int, hidden: int, out: int, arch: list[str] | None = None):
+        super().__init__()
+        self.arch, self.out, self.features = arch, out, hidden
+        conv = nn.Conv2d(in_channels, hidden, 3, padding=1)
+        self.register_parameter("conv0_w", conv.weight)
+        self.register_parameter("conv0_b", conv.bias)
+        for b in range(SEARCHED + 1):
+            self.register_parameter(f"bn{b}_w", nn.Parameter(torch.ones(hidden)))
+            self.register_parameter(f"bn{b}_b", nn.Parameter(torch.zeros(hidden)))
+        for b in range(1, SEARCHED + 1):
+            for op in (OPS if arch is None else [arch[b - 1]]):
+                if op in CONV:
+                    c = nn.Conv2d(hidden, hidden, CONV[op][0], padding=CONV[op][1] * (CONV[op][0] // 2))
+                    self.register_parameter(f"c{b}_{op}_w", c.weight)
+                    self.register_parameter(f"c{b}_{op}_b", c.bias)
+        if arch is None:
+            self.arch_alpha = nn.Parameter(1e-3 * torch.randn(SEARCHED, len(OPS)))
+        lin = nn.Linear(hidden, out)
+        self.register_parameter("head_w", lin.weight)
+        self.register_parameter("head_b", lin.bias)
+
+    def _op(self, op: str, b: int, params: Params, h: torch.Tensor, n: int) -> torch.Tensor:
+        if op in CONV:
+            k, d = CONV[op]
+            return F.conv2d(h, _per_task(params[f"c{b}_{op}_w"], n, 4), _per_task(params[f"c{b}_{op}_b"], n, 1),
+                            padding=d * (k // 2), dilation=d, groups=n)
+        if op == "max_pool3x3":
+            return F.max_pool2d(h, 3, 1, 1)
+        if op == "avg_pool3x3":
+            return F.avg_pool2d(h, 3, 1, 1, count_include_pad=False)
+        return h if op == "skip" else torch.zeros_like(h)
+
+    def embed_with(self, params: Params, x: torch.Tensor) -> torch.Tensor:
+        single = x.dim() == 4
+        if single:
+            x = x.unsqueeze(0)
+        n, bs = x.shape[:2]
+        h = x.transpose(0, 1).reshape(bs, n * x.shape[2], *x.shape[-2:])          # [B, N*C, H, W]
+        h = F.conv2d(h, _per_task(params["conv0_w"], n, 4), _per_task(params["conv0_b"], n, 1), padding=1, groups=n)
+        for b in range(SEARCHED + 1):
+            if b > 0:
+                if self.arch is None:
+                    w = torch.softmax(params["arch_alpha"][b - 1], -1)
+                    h = sum(w[i] * self._op(op, b, params, h, n) for i, op in enumerate(OPS) if op != "none")
+                else:
+                    h = self._op(self.arch[b - 1], b, params, h, n)
+            h = F.batch_norm(h, None, None, _per_task(params[f"bn{b}_w"], n, 1), _per_task(params[f"bn{b}_b"], n, 1),
+                             training=True)
+            h = F.max_pool2d(torch.relu(h), 2)
+        f = h.view(bs, n, -1).transpose(0, 1)                                      # [N, B, hidden]
+        return f[0] if single else f
+
+    def head_with(self, params: Params, feats: torch.Tensor) -> torch.Tensor:
+        return feats @ params["head_w"].transpose(-1, -2) + params["head_b"].unsqueeze(-2)
+
+    def forward_with(self, params: Params, x: torch.Tensor) -> torch.Tensor:
+        return self.head_with(params, self.embed_with(params, x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_with(params_of(self), x)
+
+    def chosen(self) -> list[str]:
+        """The cell of a search network: each block's most weighted operation other than none."""
+        a = self.arch_alpha.detach().clone()
+        a[:, OPS.index("none")] = -float("inf")
+        return [OPS[i] for i in a.argmax(-1).tolist()]
+
+
+def weight_count(model: nn.Module) -> int:
+    """Parameters of the network itself (the architecture weights left out)."""
+    return sum(p.numel() for k, p in model.named_parameters() if k != "arch_alpha")
+
+
+def arch_report(model: CellConv4, out_txt, out_png, baseline_params: int) -> dict:
+    """The search's outcome: softmax(alpha) per block, the chosen cell, its weight count against
+    Conv4's; written as text and as a heat map."""
+    w = torch.softmax(model.arch_alpha.detach().cpu(), -1)
+    cell = model.chosen()
+    chosen = CellConv4(1, model.features, model.out, cell)
+    info = {"chosen": ",".join(cell), "alpha_softmax": {f"block {b + 1}": dict(zip(OPS, map(float, w[b])))
+                                                        for b in range(SEARCHED)},
+            "chosen_params": weight_count(chosen), "conv4_params": baseline_params}
+    lines = [f"chosen cell (agent.arch): {info['chosen']}",
+             f"weights: {info['chosen_params']:,} (Conv4: {baseline_params:,})", "",
+             "block  " + "  ".join(f"{o:>11}" for o in OPS)]
+    lines += [f"{b + 1:>5}  " + "  ".join(f"{v:11.3f}" for v in w[b].tolist()) for b in range(SEARCHED)]
+    out_txt.write_text("\n".join(lines) + "\n")
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(7, 2.4))
+    ax.imshow(w.numpy(), cmap="viridis", vmin=0, vmax=max(w.max().item(), 1e-6))
+    ax.set_xticks(range(len(OPS)), OPS, rotation=30, ha="right", fontsize=8)
+    ax.set_yticks(range(SEARCHED), [f"block {b + 1}" for b in range(SEARCHED)], fontsize=8)
+    for b in range(SEARCHED):
+        for i in range(len(OPS)):
+            ax.text(i, b, f"{w[b, i]:.2f}", ha="center", va="center", fontsize=7,
+                    color="w" if w[b, i] < w.max() / 2 else "k")
+    ax.set_title(f"softmax(alpha); chosen: {info['chosen']}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=110)
+    plt.close(fig)
+    return info

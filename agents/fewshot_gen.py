@@ -1,0 +1,255 @@
+"""Few-shot generation: a VAE over drawings, meta-trained with Reptile (Nichol et al. 2018) so
+that a few Adam steps on K drawings of a new class turn it into a generator of that class.
+
+This is FIGR's recipe (Clouatre & Demers 2019: Reptile over a generative model) with a VAE in
+place of the GAN: the ELBO is a stable objective for a few-step inner loop, and its value after
+adaptation is itself a measure of how well the model learned the class (a GAN has none);
+Reptile needs no second derivatives through the decoder.
+
+agent.mode=pretrain trains the same VAE on all training drawings at once: the baseline that
+the evaluation fine-tunes exactly as it adapts the meta-trained one.
+
+A generation task is one class: adapt on its K support drawings (env.shots), score on its query
+drawings. VAE (28x28 drawings, pixel intensities as Bernoulli targets):
+    encoder  x [B, 1, 28, 28] -> conv 32 /2 -> conv 64 /2 -> (mu, log var) [B, Z]
+    decoder  z [B, Z] -> 64x7x7 -> deconv 32 x2 -> deconv 1 x2 -> logits [B, 1, 28, 28]
+    ELBO(x) = sum_pixels log Bernoulli(x | decoder(z)) - KL(q(z | x) || N(0, I)), z ~ q(z | x)
+
+Evaluation, per held-out task (the task's env.ways classes, the first one the target), after
+0 ... eval_steps fine-tuning steps on the target's support drawings:
+  - recognised: the share of `gen_samples` generated drawings that an evaluator classifier,
+    trained on the held-out classes' real drawings, puts in the target class among the task's
+    classes (chance 1 / ways);
+  - ELBO: the adapted VAE's ELBO per drawing (nats) on the target's query drawings.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from metarl.config import option
+from metarl.errors import UserError
+from metarl.eval.result import GRADIENT_STEPS, Curve, result
+from metarl.eval.stats import mean_ci
+from metarl.eval.trials import task_scores
+from metarl.fewshot.core import Batch, FewShotConfig, FewShotLearner, FewShotTrainer, load_learner, make_trainer_cls
+from metarl.fewshot.core import task_generator
+from metarl.protocols import FEWSHOT
+from metarl.seeding import draw_from_state, stream_state
+from metarl.training import AgentSpec
+
+from metarl.agents.fewshot_nets import Conv4
+
+RECOGNISED = "generated drawings recognised as the target class"
+ELBO = "held-out ELBO per drawing (nats)"
+
+
+@dataclass
+class GenConfig(FewShotConfig):
+    mode: str = option("reptile", "reptile = meta-trained VAE (FIGR's recipe with a VAE); pretrain = one VAE trained "
+                                  "on all training drawings, fine-tuned the same way at test time (the baseline)",
+                       choices=("reptile", "pretrain"))
+    iterations: int = option(3000, "meta-iterations (pretrain: Adam steps on a batch of all the batch's drawings)", ge=1)
+    meta_batch: int = option(5, "classes (generation tasks) per meta-iteration", ge=1)
+    meta_lr: float = option(1.0, "reptile: outer step epsilon, annealed linearly to 0 (Reptile paper: 1); "
+                                 "pretrain: Adam learning rate (use 1e-3)", gt=0.0)
+    latent: int = option(16, "VAE latent size", ge=1)
+    inner_lr: float = option(1e-3, "Adam learning rate of the inner loop and of test-time fine-tuning "
+                                   "(Adam with beta1 = 0, as the Reptile paper)", gt=0.0)
+    inner_steps: int = option(5, "reptile: Adam steps on each class's drawings per meta-iteration", ge=1)
+    eval_steps: int = option(50, "fine-tuning steps on the K support drawings at evaluation (Reptile paper: 50)",
+                             ge=0)
+    gen_samples: int = option(10, "drawings generated per held-out task", ge=1)
+
+
+class VAE(nn.Module):
+    def __init__(self, latent: int):
+        super().__init__()
+        self.latent = latent
+        self.enc = nn.Sequential(nn.Conv2d(1, 32, 4, 2, 1), nn.ReLU(), nn.Conv2d(32, 64, 4, 2, 1), nn.ReLU(),
+                                 nn.Flatten(), nn.Linear(64 * 49, 2 * latent))
+        self.dec = nn.Sequential(nn.Linear(latent, 64 * 49), nn.ReLU(), nn.Unflatten(1, (64, 7, 7)),
+                                 nn.ConvTranspose2d(64, 32, 4, 2, 1), nn.ReLU(), nn.ConvTranspose2d(32, 1, 4, 2, 1))
+
+    def elbo(self, x: torch.Tensor, eps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """ELBO [B] and its KL [B] of drawings x [B, 1, 28, 28], with noise eps [B, Z] for z."""
+        mu, logvar = self.enc(x).chunk(2, -1)
+        z = mu + torch.exp(0.5 * logvar) * eps
+        rec = -F.binary_cross_entropy_with_logits(self.dec(z), x, reduction="none").flatten(1).sum(1)
+        kl = 0.5 * (torch.exp(logvar) + mu ** 2 - 1 - logvar).sum(1)
+        return rec - kl, kl
+
+    def generate(self, z: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.dec(z))                                  # mean drawings [B, 1, 28, 28]
+
+
+class FewShotGenerator(FewShotLearner):
+    gradient_steps = True
+
+    def __init__(self, dist, cfg: GenConfig):
+        super().__init__(dist)
+        if dist.kind != "classification" or tuple(dist.x_shape) != (1, 28, 28) or getattr(dist, "rotations", False):
+            raise UserError("agent fewshot-gen generates 28x28 drawings of classes: use it on glyphs, or omniglot "
+                            "without rotations")
+        self.cfg = cfg
+        self.vae = VAE(cfg.latent)
+        self.register_buffer("noise_rng", stream_state())     # training's z noise, saved for resumes
+        self.register_buffer("meta_steps", torch.zeros((), dtype=torch.long))
+
+    def _noise(self, n: int) -> torch.Tensor:
+        return draw_from_state(self.noise_rng, lambda g: torch.randn(n, self.cfg.latent, generator=g))
+
+    def fine_tune(self, x: torch.Tensor, steps: int, noise):
+        """Adam (beta1 = 0) on the negative ELBO of drawings x [M, 1, 28, 28], from a copy of the
+        VAE: yields (s, copy) after s = 0 .. steps steps (one module, updated in place).
+        noise(n) -> z noise [n, Z]."""
+        vae = copy.deepcopy(self.vae)
+        opt = torch.optim.Adam(vae.parameters(), lr=self.cfg.inner_lr, betas=(0.0, 0.999))
+        yield 0, vae
+        for s in range(1, steps + 1):
+            with torch.enable_grad():
+                loss = -vae.elbo(x, noise(x.shape[0]).to(x.device))[0].mean()
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+            opt.step()
+            yield s, vae
+
+    def meta_loss(self, batch: Batch):
+        """pretrain: the negative ELBO per drawing of every drawing in the batch."""
+        x = torch.cat([batch["xs"], batch["xq"]], 1).flatten(0, 1)
+        elbo, kl = self.vae.elbo(x, self._noise(x.shape[0]).to(x.device))
+        loss = -elbo.mean()
+        return loss, {"loss": loss.item(), "kl": kl.mean().item()}
+
+    def meta_update(self, batch: Batch, optimizer: torch.optim.Optimizer) -> dict[str, float]:
+        if self.cfg.mode == "pretrain":
+            return super().meta_update(batch, optimizer)
+        w = batch["classes"].shape[1]
+        k, q = batch["xs"].shape[1] // w, batch["xq"].shape[1] // w
+        xs = batch["xs"].view(-1, w, k, 1, 28, 28)[:, 0]                  # the first class of each task
+        xq = batch["xq"].view(-1, w, q, 1, 28, 28)[:, 0]
+        phi, losses, kls = [], [], []
+        for x in torch.cat([xs, xq], 1):                                   # one class's drawings [K + Q, ...]
+            for _, vae in self.fine_tune(x, self.cfg.inner_steps, self._noise):
+                pass
+            with torch.no_grad():
+                elbo, kl = vae.elbo(x, self._noise(x.shape[0]).to(x.device))
+            losses.append(-elbo.mean().item())
+            kls.append(kl.mean().item())
+            phi.append([p.detach() for p in vae.parameters()])
+        anneal = max(0.0, 1.0 - self.meta_steps.item() / self.cfg.iterations)
+        optimizer.zero_grad(set_to_none=True)
+        for i, p in enumerate(self.vae.parameters()):
+            p.grad = anneal * (p.detach() - torch.stack([f[i] for f in phi]).mean(0))
+        optimizer.step()
+        self.meta_steps += 1
+        return {"loss": sum(losses) / len(losses), "kl": sum(kls) / len(kls)}
+
+    def evaluate_tasks(self, dist, num_tasks: int, seed: int, device, out: Path | None = None) -> dict:
+        """Its own evaluation protocol (metarl eval calls it instead of query accuracy)."""
+        return evaluate_generation(self, dist, num_tasks, seed, device, out)
+
+
+class GenTrainer(FewShotTrainer):
+    def make_optimizer(self):
+        if self.cfg.mode == "reptile":
+            return torch.optim.SGD(self.learner.parameters(), lr=self.cfg.meta_lr)
+        return torch.optim.Adam(self.learner.parameters(), lr=self.cfg.meta_lr)
+
+
+def train_evaluator(dist, device, seed: int, epochs: int = 4) -> tuple[Conv4, float]:
+    """A Conv4 classifier of the held-out (test-split) classes, trained on their real drawings
+    (all but the last 4 of each class), and its accuracy on those last 4 among 5-way subsets."""
+    lo, hi = dist.bounds["test"]
+    imgs = dist.images[lo:hi].to(device, torch.float32) / 255                         # [C, D, 28, 28]
+    c, d = imgs.shape[:2]
+    g = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    net = Conv4(1, 32, c).to(device)
+    opt = torch.optim.Adam(net.parameters(), 1e-3)
+    x = imgs[:, : d - 4].reshape(-1, 1, 28, 28)
+    y = torch.arange(c, device=device).repeat_interleave(d - 4)
+    for _ in range(epochs):
+        for idx in torch.randperm(x.shape[0], generator=g).split(64):
+            loss = F.cross_entropy(net(x[idx.to(device)]), y[idx.to(device)])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    with torch.no_grad():
+        logits = net(imgs[:, d - 4:].reshape(-1, 1, 28, 28)).view(c, 4, c)
+        held = (logits.argmax(-1) == torch.arange(c, device=device).view(c, 1)).float().mean().item()
+    return net.eval(), held
+
+
+def evaluate_generation(learner: FewShotGenerator, dist, num_tasks: int, seed: int, device,
+                        out: Path | None = None) -> dict:
+    """{agent: recognised result, agent (ELBO): ELBO result} on num_tasks held-out tasks, the
+    evaluator's own accuracy, and (with out) a PNG of support and generated drawings."""
+    device = torch.device(device)
+    evaluator, evaluator_acc = train_evaluator(dist, device, seed)
+    lo = dist.bounds["test"][0]
+    gen = task_generator(seed, "test", device)
+    noise_gen = torch.Generator().manual_seed(seed)
+    noise = lambda n: torch.randn(n, learner.cfg.latent, generator=noise_gen)  # noqa: E731
+    steps = sorted({s for s in (0, 1, 5, 10, 20, 50, learner.cfg.eval_steps) if s <= learner.cfg.eval_steps})
+    rec = {s: [] for s in steps}
+    elbo = {s: [] for s in steps}
+    grid = []
+    learner.eval()
+    for t in range(num_tasks):
+        b = dist.sample(1, gen, "test", query=getattr(dist, "eval_query", None))
+        w = b["classes"].shape[1]
+        xs = b["xs"][0].view(w, -1, 1, 28, 28)[0]
+        xq = b["xq"][0].view(w, -1, 1, 28, 28)[0]
+        classes = (b["classes"][0] - lo).to(device)                                  # task classes, target first
+        for s, vae in learner.fine_tune(xs, learner.cfg.eval_steps, noise):
+            if s not in rec:
+                continue
+            with torch.no_grad():
+                drawn = vae.generate(noise(learner.cfg.gen_samples).to(device))
+                logits = evaluator(drawn)[:, classes]                                 # [M, W]
+                rec[s].append((logits.argmax(-1) == 0).float().mean())
+                elbo[s].append(vae.elbo(xq, noise(xq.shape[0]).to(device))[0].mean())
+                if s == learner.cfg.eval_steps and len(grid) < 6:
+                    grid.append((xs.cpu(), drawn.cpu()))
+    name = "fewshot-gen"
+    results = {}
+    for label, metric, per in ((name, RECOGNISED, rec), (f"{name} (ELBO)", ELBO, elbo)):
+        vals = {s: torch.stack(v) for s, v in per.items()}
+        curve = Curve(GRADIENT_STEPS, metric, [{"x": s, **mean_ci(vals[s])} for s in steps]).to_json()
+        last = vals[steps[-1]]
+        results[label] = {**result(metric, mean_ci(last), curve, task_scores(last)),
+                          "evaluator_accuracy_on_real": evaluator_acc, "chance": 1 / dist.ways}
+    if out is not None and grid:
+        samples_plot(grid, out)
+    return results
+
+
+def samples_plot(grid: list, out: Path) -> Path:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    k, m = grid[0][0].shape[0], grid[0][1].shape[0]
+    fig, axes = plt.subplots(len(grid), k + m, figsize=((k + m) * 0.7, len(grid) * 0.75))
+    for r, (sup, drawn) in enumerate(grid):
+        for c, img in enumerate(list(sup) + list(drawn)):
+            ax = axes[r, c]
+            ax.imshow(img[0].numpy(), cmap="gray_r", vmin=0, vmax=1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c == k:
+                ax.spines[:].set_color("C1")
+    fig.suptitle(f"held-out classes: {k} support drawing(s), then {m} generated", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
+FEWSHOT_GEN = AgentSpec("fewshot-gen", GenConfig, make_trainer_cls(FewShotGenerator, GenTrainer),
+                        load_learner(FewShotGenerator), protocol=FEWSHOT, curve_keys=("loss", "kl"))
