@@ -4,8 +4,9 @@ through the inner loop (the inner loop adapts only the network weights).
 
 CellConv4 is Conv4 (metarl.agents.fewshot_nets) with blocks 1-3 made of a searched operation
 (block 0 stays a 3x3 conv from the image's channels). Each searched block is
-    h = sum_o softmax(alpha_b)_o op_o(h)      (search)   or   h = op_b(h)   (a chosen cell)
-then batch norm, ReLU and 2x2 max-pool as in Conv4. Operations (C -> C channels, same size):
+    h = sum_o softmax(alpha_b)_o BN(op_o(h))  (search)   or   h = op_b(h)   (a chosen cell)
+then batch norm, ReLU and 2x2 max-pool as in Conv4 (BN: affine-free batch norm, so operations of
+different scales mix on one footing, as in DARTS; skip is left as it is). Operations (C -> C channels, same size):
 conv 3x3, conv 5x5, dilated conv 3x3 (dilation 2), max pool 3x3, average pool 3x3, skip, none.
 
 The chosen cell (agent.arch) is the argmax of each block's alpha over the operations other than
@@ -82,9 +83,10 @@ class CellConv4(nn.Module):
         h = F.conv2d(h, _per_task(params["conv0_w"], n, 4), _per_task(params["conv0_b"], n, 1), padding=1, groups=n)
         for b in range(SEARCHED + 1):
             if b > 0:
-                if self.arch is None:
+                if self.arch is None:  # each op normalised (DARTS' ops end in an affine-free batch norm)
                     w = torch.softmax(params["arch_alpha"][b - 1], -1)
-                    h = sum(w[i] * self._op(op, b, params, h, n) for i, op in enumerate(OPS) if op != "none")
+                    h = sum(w[i] * (o if op == "skip" else F.batch_norm(o, None, None, training=True))
+                            for i, op in enumerate(OPS) if op != "none" for o in [self._op(op, b, params, h, n)])
                 else:
                     h = self._op(self.arch[b - 1], b, params, h, n)
             h = F.batch_norm(h, None, None, _per_task(params[f"bn{b}_w"], n, 1), _per_task(params[f"bn{b}_b"], n, 1),

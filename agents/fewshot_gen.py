@@ -43,7 +43,6 @@ from metarl.protocols import FEWSHOT
 from metarl.seeding import draw_from_state, stream_state
 from metarl.training import AgentSpec
 
-from metarl.agents.fewshot_nets import Conv4
 
 RECOGNISED = "generated drawings recognised as the target class"
 ELBO = "held-out ELBO per drawing (nats)"
@@ -162,15 +161,27 @@ class GenTrainer(FewShotTrainer):
         return torch.optim.Adam(self.learner.parameters(), lr=self.cfg.meta_lr)
 
 
-def train_evaluator(dist, device, seed: int, epochs: int = 4) -> tuple[Conv4, float]:
-    """A Conv4 classifier of the held-out (test-split) classes, trained on their real drawings
-    (all but the last 4 of each class), and its accuracy on those last 4 among 5-way subsets."""
+def evaluator_net(classes: int) -> nn.Sequential:
+    """Conv4's layout with running batch-norm statistics, so that in eval mode each drawing is
+    classified on its own (the few-shot Conv4 normalises with each batch's statistics)."""
+    layers, c = [], 1
+    for _ in range(4):
+        layers += [nn.Conv2d(c, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(), nn.MaxPool2d(2)]
+        c = 32
+    return nn.Sequential(*layers, nn.Flatten(), nn.Linear(32, classes))
+
+
+def train_evaluator(dist, device, seed: int, epochs: int = 4) -> tuple[nn.Module, float]:
+    """A classifier of the held-out (test-split) classes, trained on their real drawings (all
+    but the last 4 of each class), and its accuracy on those last 4 among env.ways classes (the
+    drawing's own and ways - 1 others at random): the ceiling of the recognition score."""
     lo, hi = dist.bounds["test"]
     imgs = dist.images[lo:hi].to(device, torch.float32) / 255                         # [C, D, 28, 28]
     c, d = imgs.shape[:2]
     g = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
-    net = Conv4(1, 32, c).to(device)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        net = evaluator_net(c).to(device)
     opt = torch.optim.Adam(net.parameters(), 1e-3)
     x = imgs[:, : d - 4].reshape(-1, 1, 28, 28)
     y = torch.arange(c, device=device).repeat_interleave(d - 4)
@@ -180,10 +191,15 @@ def train_evaluator(dist, device, seed: int, epochs: int = 4) -> tuple[Conv4, fl
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+    net.eval()
     with torch.no_grad():
-        logits = net(imgs[:, d - 4:].reshape(-1, 1, 28, 28)).view(c, 4, c)
-        held = (logits.argmax(-1) == torch.arange(c, device=device).view(c, 1)).float().mean().item()
-    return net.eval(), held
+        logits = net(imgs[:, d - 4:].reshape(-1, 1, 28, 28))                              # [C * 4, C]
+        own = torch.arange(c, device=device).repeat_interleave(4)
+        others = (torch.rand(logits.shape[0], c, generator=g).argsort(1)[:, :dist.ways]).to(device)
+        others = torch.where(others == own.unsqueeze(1), others[:, -1:], others)[:, :dist.ways - 1]
+        pick = torch.cat([own.unsqueeze(1), others], 1)                                   # own class first
+        held = (logits.gather(1, pick).argmax(-1) == 0).float().mean().item()
+    return net, held
 
 
 def evaluate_generation(learner: FewShotGenerator, dist, num_tasks: int, seed: int, device,

@@ -100,6 +100,9 @@ class MAMLLearner(FewShotLearner):
         self.fixed: set[str] = {"arch_alpha"} if getattr(cfg, "search", "") else set()  # meta-learned, never adapted
         self.encoder = None
         if "mr-maml" in self.weights:
+            if getattr(cfg, "search", "") or getattr(cfg, "arch", ""):
+                raise UserError("agent.meta_loss mr-maml makes Conv4's first blocks a stochastic encoder; it does not "
+                                "combine with agent.search / agent.arch")
             stochastic, deterministic = encoder_keys(self.model, cfg.mr_layers)
             self.encoder = StochasticEncoder(params_of(self.model), stochastic, cfg.mr_sigma_init)
             self.fixed |= set(stochastic) | set(deterministic)
@@ -170,12 +173,14 @@ class MAMLLearner(FewShotLearner):
         base = self.base(sample=True)
         xs, ys, xq, yq = batch["xs"], batch["ys"], batch["xq"], batch["yq"]
         phi = self.adapt(xs, ys, base=base)
-        out = self.predict(phi, xq, base)
         theta = self.inner_params()
         if self.attack is None:
+            out = self.predict(phi, xq, base)
             terms = {"maml": task_loss(self.kind, out, yq).mean()}
         else:
             terms = {"maml": self._adml(phi, theta, base, batch)}
+            with torch.no_grad():  # clean accuracy, for the log only
+                out = self.predict(phi, xq, base)
         for t in list(self.weights)[1:]:
             if t == "l2":
                 terms[t] = sum((p ** 2).sum() for p in theta.values())

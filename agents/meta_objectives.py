@@ -46,6 +46,9 @@ def parse_meta_loss(spec: str, default_weight: float) -> dict[str, float]:
         if name not in META_TERMS:
             raise UserError(f"agent.meta_loss={spec!r}: terms are {', '.join(META_TERMS)}, comma-separated, with maml "
                             f"among them (unknown: {name})")
+        if name == "maml" and w:
+            raise UserError(f"agent.meta_loss={spec!r}: maml is the objective itself (weight 1); give the other "
+                            f"terms their lambdas")
         try:
             weight = float(w) if w else default_weight
         except ValueError:

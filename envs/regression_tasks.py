@@ -46,7 +46,7 @@ class SinusoidConfig:
     task_ids: int = option(0, "non-mutually-exclusive variant (Yin et al. 2020): > 0 gives each task one of this "
                               "many amplitudes, evenly spaced in [amp_low, amp_high], at phase phase_low, and appends "
                               "the amplitude's one-hot id to every input, so a network can tell the training tasks "
-                              "apart from x alone; every 4th id is held out of training (val and test use those)",
+                              "apart from x alone; ids 3, 7, 11, ... are the test tasks, 1, 9, 17, ... the validation ones",
                            ge=0)
 
 
@@ -60,13 +60,13 @@ class SinusoidDistribution(FewShotDistribution):
                 raise UserError(f"env.{hi}={getattr(cfg, hi)} must be greater than env.{lo}={getattr(cfg, lo)}")
         if 0 < cfg.task_ids < 4:
             raise UserError(f"env.task_ids={cfg.task_ids}: use 0 (the ordinary family) or at least 4 ids "
-                            f"(every 4th is held out)")
+                            f"(ids 3, 7, ... are held out for testing, 1, 9, ... for validation)")
         self.cfg = cfg
         self.eval_query = cfg.eval_query
         self.x_shape = (1 + cfg.task_ids,)
-        held = torch.arange(cfg.task_ids) % 4 == 3
-        self.ids = {"train": torch.nonzero(~held).view(-1), "val": torch.nonzero(held).view(-1),
-                    "test": torch.nonzero(held).view(-1)}
+        ids = torch.arange(cfg.task_ids)
+        test, val = ids % 4 == 3, ids % 8 == 1                  # 3, 7, 11, ... for test; 1, 9, 17, ... for val
+        self.ids = {"train": ids[~(test | val)], "val": ids[val], "test": ids[test]}
 
     def sample(self, n: int, generator: torch.Generator, split: str = "train", *, shots: int | None = None,
                query: int | None = None, grid: bool = False) -> Batch:

@@ -594,7 +594,7 @@ def context_table() -> str:
                     f" | {s['wall_clock_s'] / 60:.1f} min | {s['commit']} | `{s['command']}` |")
     if not rows:
         return ""
-    return ("\n\nProbabilistic regressors on held-out GP functions: test log-likelihood per target point (± half-width "
+    return ("\n\nProbabilistic regressors on held-out functions: test log-likelihood per target point (± half-width "
             "of the 95% CI; NP: Monte Carlo estimate of the joint predictive over draws of z, divided by the targets) "
             "/ MSE of the predictive mean, against the number of context points.\n\n"
             "| experiment | model | " + " | ".join(f"{c} context" for c in sizes) + " | train time | commit | command |\n"
@@ -619,7 +619,7 @@ def objectives_table() -> str:
     for f in sorted((ROOT / "experiments" / "results").glob("*.json")):
         s = read_summary(f)
         m = s.get("metrics", {})
-        if m.get("protocol") != "fewshot":
+        if m.get("protocol") != "fewshot" or m.get("agent") == "fewshot-gen":
             continue
         objective, paired = objective_of(s), m.get("paired_with")
         if objective == "maml" and not paired:

@@ -291,9 +291,9 @@ def compare_seeds(records: list[Path], out_dir: Path) -> None:
     print(f"compared {len(records)} seeds: {summary['out']}/report.md")
 
 
-def checkpoint_iteration(run_dir: Path) -> int:
-    """Iterations done by the run's latest checkpoint (-1 without one)."""
-    f = run_dir / "checkpoints" / "latest.pt"
+def checkpoint_iteration(run_dir: Path, which: str = "latest") -> int:
+    """The iteration of the run's latest (or best) checkpoint (-1 without one)."""
+    f = run_dir / "checkpoints" / f"{which}.pt"
     return torch.load(f, map_location="cpu", weights_only=True)["iteration"] if f.exists() else -1
 
 
@@ -314,7 +314,8 @@ def finished_metaworld(run_dir: Path, stem: str, tasks: int, which: str) -> dict
         return None
     rep = json.loads(f.read_text())
     same = (rep.get("protocol") == "metaworld" and rep.get("tasks") == tasks and rep.get("seed") == 0
-            and rep.get("checkpoint") == which and rep.get("checkpoint_iteration") == checkpoint_iteration(run_dir))
+            and rep.get("checkpoint") == which
+            and rep.get("checkpoint_iteration") == checkpoint_iteration(run_dir, which))
     if same:
         print(f"using the finished evaluation {f}", file=sys.stderr)
     return rep if same else None

@@ -38,7 +38,7 @@ class Attack:
         steps, size = (1, self.eps) if self.kind == "fgsm" else (self.steps, 2.5 * self.eps / self.steps)
         x = xq.detach()
         if self.kind == "pgd":  # random start inside the ball
-            noise = torch.rand(x.shape, generator=generator, device=x.device) * 2 - 1
+            noise = torch.rand(x.shape, generator=generator, device=generator.device).to(x.device) * 2 - 1
             x = (xq + self.eps * noise).clamp(0, 1)
         for _ in range(steps):
             with torch.enable_grad():
