@@ -9,10 +9,15 @@ then batch norm, ReLU and 2x2 max-pool as in Conv4 (BN: affine-free batch norm, 
 different scales mix on one footing, as in DARTS; skip is left as it is). Operations (C -> C channels, same size):
 conv 3x3, conv 5x5, dilated conv 3x3 (dilation 2), max pool 3x3, average pool 3x3, skip, none.
 
-The chosen cell (agent.arch) is the argmax of each block's alpha over the operations other than
-none, written by `metarl eval` of a search run as eval_arch.txt and eval_arch.png.
+The cell is chosen on the validation classes: the candidates are the cells made of each block's
+two most weighted operations other than none (8 cells), each scored with the supernet's weights
+(one-shot weight sharing) on validation tasks; the best is the chosen cell (agent.arch), written
+by `metarl eval` of a search run as eval_arch.txt and eval_arch.png.
 """
 from __future__ import annotations
+
+import copy
+import itertools
 
 import torch
 import torch.nn as nn
@@ -111,23 +116,58 @@ class CellConv4(nn.Module):
         return [OPS[i] for i in a.argmax(-1).tolist()]
 
 
+def candidates(model: CellConv4, top: int = 2) -> list[list[str]]:
+    """Cells from each block's `top` most weighted operations other than none (top^3 cells)."""
+    a = model.arch_alpha.detach().clone()
+    a[:, OPS.index("none")] = -float("inf")
+    best = [[OPS[i] for i in row.topk(top).indices.tolist()] for row in a]
+    return [list(c) for c in itertools.product(*best)]
+
+
+def with_cell(learner, cell: list[str]):
+    """A copy of a search learner whose network is the discrete `cell`, with the supernet's
+    weights for the operations it keeps (one-shot weight sharing)."""
+    sup = learner.model
+    net = CellConv4(sup.conv0_w.shape[1], sup.features, sup.out, cell).to(sup.conv0_w.device)
+    net.load_state_dict({k: v for k, v in sup.state_dict().items() if k in net.state_dict()})
+    other = copy.copy(learner)
+    other._modules = dict(learner._modules, model=net)
+    other.fixed = learner.fixed - {"arch_alpha"}
+    return other
+
+
+def choose_on_validation(learner, dist, seed: int, device, tasks: int, steps: int, top: int = 2) -> dict:
+    """The search's cell chosen on validation classes: each candidate cell (candidates()) with the
+    supernet's weights, scored by its accuracy after `steps` inner steps on `tasks` validation
+    tasks; {cell: accuracy}, best first."""
+    from metarl.fewshot.evaluation import evaluate_fewshot
+    scores = {}
+    for cell in candidates(learner.model, top):
+        acc = evaluate_fewshot(with_cell(learner, cell), dist, tasks, seed, steps, device, split="val")
+        scores[",".join(cell)] = acc[max(acc)].mean().item()
+    return dict(sorted(scores.items(), key=lambda kv: -kv[1]))
+
+
 def weight_count(model: nn.Module) -> int:
     """Parameters of the network itself (the architecture weights left out)."""
     return sum(p.numel() for k, p in model.named_parameters() if k != "arch_alpha")
 
 
-def arch_report(model: CellConv4, out_txt, out_png, baseline_params: int) -> dict:
-    """The search's outcome: softmax(alpha) per block, the chosen cell, its weight count against
+def arch_report(model: CellConv4, validation: dict, out_txt, out_png, baseline_params: int) -> dict:
+    """The search's outcome: softmax(alpha) per block, the candidates' validation accuracies
+    (choose_on_validation), the chosen cell (the best of them) and its weight count against
     Conv4's; written as text and as a heat map."""
     w = torch.softmax(model.arch_alpha.detach().cpu(), -1)
-    cell = model.chosen()
-    chosen = CellConv4(1, model.features, model.out, cell)
-    info = {"chosen": ",".join(cell), "alpha_softmax": {f"block {b + 1}": dict(zip(OPS, map(float, w[b])))
-                                                        for b in range(SEARCHED)},
+    cell = next(iter(validation)).split(",")
+    chosen = CellConv4(model.conv0_w.shape[1], model.features, model.out, cell)
+    info = {"chosen": ",".join(cell), "argmax": ",".join(model.chosen()), "validation_accuracy": validation,
+            "alpha_softmax": {f"block {b + 1}": dict(zip(OPS, map(float, w[b]))) for b in range(SEARCHED)},
             "chosen_params": weight_count(chosen), "conv4_params": baseline_params}
-    lines = [f"chosen cell (agent.arch): {info['chosen']}",
-             f"weights: {info['chosen_params']:,} (Conv4: {baseline_params:,})", "",
-             "block  " + "  ".join(f"{o:>11}" for o in OPS)]
+    lines = [f"chosen cell (agent.arch): {info['chosen']}  (best on validation classes; argmax of alpha: "
+             f"{info['argmax']})", f"weights: {info['chosen_params']:,} (Conv4: {baseline_params:,})", "",
+             "validation accuracy of the candidates (supernet weights):"]
+    lines += [f"  {c:<40} {100 * a:.1f}%" for c, a in validation.items()]
+    lines += ["", "block  " + "  ".join(f"{o:>11}" for o in OPS)]
     lines += [f"{b + 1:>5}  " + "  ".join(f"{v:11.3f}" for v in w[b].tolist()) for b in range(SEARCHED)]
     out_txt.write_text("\n".join(lines) + "\n")
     import matplotlib

@@ -58,6 +58,22 @@ def test_architecture_weights_get_the_meta_gradient_and_are_never_adapted():
     assert "arch_alpha" not in fo.adapt(b["xs"], b["ys"])
 
 
+def test_candidate_cells_share_the_supernet_weights():
+    from metarl.agents.arch_search import candidates, with_cell
+    dist = make_glyphs(build(GlyphConfig, {"classes": 40, "variants": 20, "ways": 4}, "env"))
+    torch.manual_seed(0)
+    lrn = MAMLLearner(dist, build(MAMLConfig, {"search": "darts", "channels": 4}, "agent"))
+    with torch.no_grad():
+        lrn.model.arch_alpha.copy_(torch.arange(len(OPS), dtype=torch.float).expand(3, -1))
+    cells = candidates(lrn.model)
+    assert len(cells) == 8 and all(set(c) <= {"skip", "avg_pool3x3"} for c in cells)  # the top two, none left out
+    one = with_cell(lrn, ["conv5x5", "skip", "max_pool3x3"])
+    assert torch.equal(one.model.c1_conv5x5_w, lrn.model.c1_conv5x5_w) and "arch_alpha" not in one.fixed
+    assert set(one.inner_params()) == set(params_of(one.model)) and lrn.model.arch is None  # the search net is kept
+    b = dist.sample(2, torch.Generator().manual_seed(0), shots=1, query=2)
+    assert one.predict(one.adapt(b["xs"], b["ys"], 1), b["xq"]).shape == (2, 8, 4)
+
+
 def test_chosen_cell_skips_none_and_counts_weights_without_alpha():
     torch.manual_seed(0)
     net = CellConv4(1, 8, 5)
@@ -80,7 +96,8 @@ def test_search_run_writes_the_chosen_cell_which_trains_from_scratch(cli, tmp_pa
     assert code == 0, err
     assert cli("eval", run, "--tasks", 4)[0] == 0
     rep = json.loads((run / "eval.json").read_text())
-    chosen = rep["search"]["chosen"]
+    chosen, val = rep["search"]["chosen"], rep["search"]["validation_accuracy"]
+    assert len(val) == 8 and chosen == max(val, key=val.get) and all(0 <= a <= 1 for a in val.values())
     assert len(chosen.split(",")) == 3 and chosen in (run / "eval_arch.txt").read_text()
     assert (run / "eval_arch.png").stat().st_size > 1000 and rep["search"]["conv4_params"] > 0
     code, _, err = cli("train", "maml", "--run-dir", tmp_path / "cell", "--set", f"agent.arch={chosen}", *common)

@@ -246,9 +246,10 @@ def _evaluate_fewshot_run(run: LoadedRun, names: list[str], tasks: int, seed: in
         results[f"{name} ({label})"] = fe.summarize_fewshot(  # the same tasks, e.g. SGD from a learned init
             fe.evaluate_fewshot(extra_learner, dist, tasks, seed, agent_cfg.eval_steps, dev), dist.kind)
     if getattr(getattr(learner, "model", None), "arch", "") is None:  # a cell search: the chosen cell
-        from metarl.agents.arch_search import arch_report, weight_count
+        from metarl.agents.arch_search import arch_report, choose_on_validation, weight_count
         from metarl.agents.fewshot_nets import Conv4
-        extra["search"] = arch_report(learner.model, path / f"{stem}_arch.txt", path / f"{stem}_arch.png",
+        val = choose_on_validation(learner, dist, seed, dev, min(tasks, 200), agent_cfg.eval_steps)
+        extra["search"] = arch_report(learner.model, val, path / f"{stem}_arch.txt", path / f"{stem}_arch.png",
                                       weight_count(Conv4(dist.x_shape[0], agent_cfg.channels, dist.ways)))
     title = f"held-out {extra.get('env', saved['run']['env'])} tasks"
     if hasattr(learner, "loglik"):  # probabilistic regressors: CNP, NP

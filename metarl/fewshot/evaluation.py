@@ -26,20 +26,21 @@ def report_steps(eval_steps: int) -> list[int]:
 
 
 def evaluate_fewshot(learner: FewShotLearner, dist: FewShotDistribution, num_tasks: int, seed: int,
-                     eval_steps: int, device, batch_tasks: int = 100, attack=None) -> dict[int, torch.Tensor]:
+                     eval_steps: int, device, batch_tasks: int = 100, attack=None,
+                     split: str = "test") -> dict[int, torch.Tensor]:
     """Per-task score [num_tasks] after each reported number of inner steps -> {steps: scores}.
     Closed-form learners give {0: scores} (steps do not apply). With `attack`
     (metarl.fewshot.attacks.Attack) the query images are perturbed against each adapted model:
-    robust accuracy on the same tasks."""
+    robust accuracy on the same tasks. `split` "val" scores validation tasks (model selection)."""
     device = torch.device(device)
-    gen = task_generator(seed, "test", device)
+    gen = task_generator(seed, split, device)
     attack_gen = torch.Generator(device=device).manual_seed(seed)
     steps = report_steps(eval_steps) if learner.gradient_steps else [0]
     out: dict[int, list] = {s: [] for s in steps}
     learner.eval()
     for start in range(0, num_tasks, batch_tasks):
         b = min(batch_tasks, num_tasks - start)
-        batch = dist.sample(b, gen, "test", query=getattr(dist, "eval_query", None))
+        batch = dist.sample(b, gen, split, query=getattr(dist, "eval_query", None))
         for s in steps:
             with torch.no_grad():
                 state = learner.adapt(batch["xs"], batch["ys"], s)
