@@ -24,9 +24,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from metarl.errors import UserError
-from metarl.functional import Params, params_of
+from metarl.functional import Params
 
-from metarl.agents.fewshot_nets import _per_task
+from metarl.agents.fewshot_nets import Conv4, _per_task, bn_relu_pool
 
 OPS = ("conv3x3", "conv5x5", "dil_conv3x3", "max_pool3x3", "avg_pool3x3", "skip", "none")
 CONV = {"conv3x3": (3, 1), "conv5x5": (5, 1), "dil_conv3x3": (3, 2)}  # kernel, dilation
@@ -94,20 +94,13 @@ class CellConv4(nn.Module):
                             for i, op in enumerate(OPS) if op != "none" for o in [self._op(op, b, params, h, n)])
                 else:
                     h = self._op(self.arch[b - 1], b, params, h, n)
-            h = F.batch_norm(h, None, None, _per_task(params[f"bn{b}_w"], n, 1), _per_task(params[f"bn{b}_b"], n, 1),
-                             training=True)
-            h = F.max_pool2d(torch.relu(h), 2)
+            h = bn_relu_pool(h, params, b, n)
         f = h.view(bs, n, -1).transpose(0, 1)                                      # [N, B, hidden]
         return f[0] if single else f
 
-    def head_with(self, params: Params, feats: torch.Tensor) -> torch.Tensor:
-        return feats @ params["head_w"].transpose(-1, -2) + params["head_b"].unsqueeze(-2)
-
-    def forward_with(self, params: Params, x: torch.Tensor) -> torch.Tensor:
-        return self.head_with(params, self.embed_with(params, x))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_with(params_of(self), x)
+    head_with = Conv4.head_with
+    forward_with = Conv4.forward_with   # always with its head (out > 0)
+    forward = Conv4.forward
 
     def chosen(self) -> list[str]:
         """The cell of a search network: each block's most weighted operation other than none."""

@@ -54,6 +54,14 @@ def _per_task(p: torch.Tensor, n: int, dims: int) -> torch.Tensor:
     return p.reshape(n * p.shape[1], *p.shape[2:])
 
 
+def bn_relu_pool(h: torch.Tensor, params: Params, i: int, n: int) -> torch.Tensor:
+    """Block i's end in the task-folded layout [B, N*C, H, W]: batch norm with batch statistics
+    (per task and channel, bn{i}_w / bn{i}_b shared or per task), ReLU, 2x2 max-pool."""
+    h = F.batch_norm(h, None, None, _per_task(params[f"bn{i}_w"], n, 1), _per_task(params[f"bn{i}_b"], n, 1),
+                     training=True)
+    return F.max_pool2d(torch.relu(h), 2)
+
+
 class Conv4(nn.Module):
     """The 4-block CNN of MAML / ProtoNets / Matching Networks for 28x28 images: each block
     3x3 conv (`hidden` channels), batch norm, ReLU, 2x2 max-pool (28 -> 14 -> 7 -> 3 -> 1), so
@@ -91,9 +99,7 @@ class Conv4(nn.Module):
         for i in range(self.blocks):
             h = F.conv2d(h, _per_task(params[f"conv{i}_w"], n, 4), _per_task(params[f"conv{i}_b"], n, 1),
                          padding=1, groups=n)
-            h = F.batch_norm(h, None, None, _per_task(params[f"bn{i}_w"], n, 1), _per_task(params[f"bn{i}_b"], n, 1),
-                             training=True)
-            h = F.max_pool2d(torch.relu(h), 2)
+            h = bn_relu_pool(h, params, i, n)
         f = h.view(bs, n, -1).transpose(0, 1)                                        # [N, B, hidden]
         return f[0] if single else f
 

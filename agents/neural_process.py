@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from metarl.config import option
 from metarl.errors import UserError
 from metarl.fewshot.core import Batch, FewShotConfig, FewShotLearner, load_learner, make_trainer_cls
+from metarl.fewshot.evaluation import gaussian_logpdf
 from metarl.protocols import FEWSHOT
 from metarl.seeding import draw_from_state, stream_state
 from metarl.training import AgentSpec
@@ -97,7 +98,7 @@ class NeuralProcess(FewShotLearner):
     def loglik(self, state: LatentState, xq: torch.Tensor, yq: torch.Tensor) -> torch.Tensor:
         """Per-task joint predictive log-likelihood of the targets per target point [N] (MC over draws)."""
         mu, sigma = self.decode(state[0], self.draws(state, self.cfg.eval_samples), xq)
-        ll = (-0.5 * ((yq - mu) / sigma) ** 2 - torch.log(sigma) - 0.5 * math.log(2 * math.pi)).sum((-2, -1))
+        ll = gaussian_logpdf(mu, sigma, yq).sum((-2, -1))
         return (torch.logsumexp(ll, 0) - math.log(ll.shape[0])) / (yq.shape[-2] * yq.shape[-1])
 
     def meta_loss(self, batch: Batch):
@@ -107,7 +108,7 @@ class NeuralProcess(FewShotLearner):
         mu_t, sig_t = self.latent_dist(xt, yt)
         eps = draw_from_state(self.noise_rng, lambda g: torch.randn(mu_t.shape, generator=g)).to(mu_t.device)
         mu, sigma = self.decode(r, mu_t + sig_t * eps, xt)
-        ll = (-0.5 * ((yt - mu) / sigma) ** 2 - torch.log(sigma) - 0.5 * math.log(2 * math.pi)).sum((-2, -1))
+        ll = gaussian_logpdf(mu, sigma, yt).sum((-2, -1))
         kl = (torch.log(sig_c / sig_t) + (sig_t ** 2 + (mu_t - mu_c) ** 2) / (2 * sig_c ** 2) - 0.5).sum(-1)
         points = yt.shape[-2] * yt.shape[-1]
         loss = (kl - ll).mean() / points                                   # negative ELBO per target point

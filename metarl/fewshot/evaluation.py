@@ -94,8 +94,12 @@ def summarize_fewshot(scores: dict[int, torch.Tensor], kind: str) -> dict:
 
 def gaussian_loglik(mean: torch.Tensor, std: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Per-task mean log-likelihood of targets y [N, Q, d] under N(mean, std^2) -> [N]."""
-    ll = -0.5 * ((y - mean) / std) ** 2 - torch.log(std) - 0.5 * math.log(2 * math.pi)
-    return ll.mean((-2, -1))
+    return gaussian_logpdf(mean, std, y).mean((-2, -1))
+
+
+def gaussian_logpdf(mean: torch.Tensor, std: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Elementwise log N(y; mean, std^2)."""
+    return -0.5 * ((y - mean) / std) ** 2 - torch.log(std) - 0.5 * math.log(2 * math.pi)
 
 
 def evaluate_context_sizes(learner, dist: FewShotDistribution, num_tasks: int, seed: int, contexts: list[int],
