@@ -253,6 +253,19 @@ def test_list_and_help_document_every_option(cli):
         assert f"env.{f.name} =" in out
 
 
+def test_train_help_narrows_to_the_named_agent_and_env(cli):
+    """`train AGENT --env ENV --help` lists that agent's and env's options and no other's; a name
+    that is not registered falls back to the full list."""
+    code, out, _ = cli("train", "maml", "--env", "sinusoid", "--help")
+    assert code == 0
+    assert "\nagent maml:" in out and "\nenv sinusoid:" in out and "agent.inner_lr =" in out
+    assert "\nagent rl2:" not in out and "\nenv bandit:" not in out and "metarl train --help" in out
+    code, out, _ = cli("train", "--env=glyphs", "--help")
+    assert code == 0 and "\nenv glyphs:" in out and "\nenv sinusoid:" not in out and "\nagent rl2:" in out
+    code, out, _ = cli("train", "rl3", "--help")
+    assert code == 0 and "\nagent rl2:" in out and "\nagent maml:" in out
+
+
 @pytest.mark.slow
 def test_bench_json_has_stable_keys(cli):
     import json

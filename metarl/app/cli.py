@@ -22,26 +22,44 @@ class _Parser(argparse.ArgumentParser):
         sys.exit(2)
 
 
-def _options_help() -> str:
-    """Every env and agent option with its default and meaning, for `train --help`."""
+def _named(argv: list[str]) -> tuple[str | None, str | None]:
+    """(agent, env) that a `train ... --help` command line names, before argparse runs."""
+    agent = argv[1] if len(argv) > 1 and not argv[1].startswith("-") else None
+    env = None
+    for i, a in enumerate(argv):
+        if a == "--env" and i + 1 < len(argv):
+            env = argv[i + 1]
+        elif a.startswith("--env="):
+            env = a.split("=", 1)[1]
+    return agent, env
+
+
+def _options_help(agent: str | None = None, env: str | None = None) -> str:
+    """The env and agent options with their defaults and meanings, for `train --help`: those of
+    the agent and env the command names (when they are registered names), else every one."""
     from metarl.config import describe
     from metarl.registry import AGENTS, ENVS, load
+    agents = [agent] if agent in AGENTS else list(AGENTS)
+    envs = [env] if env in ENVS else list(ENVS)
     parts = ["options settable with --set (or in a --config TOML file under [env] / [agent]):"]
-    for name, e in AGENTS.items():
-        parts += [f"\nagent {name}:", describe(load(e.target).config_cls, "agent")]
+    for name in agents:
+        parts += [f"\nagent {name}:", describe(load(AGENTS[name].target).config_cls, "agent")]
     seen = set()
-    for name, e in ENVS.items():
-        spec = load(e.target)
+    for name in envs:
+        spec = load(ENVS[name].target)
         if spec.config_cls in seen:
             parts.append(f"\nenv {name}: same options as above")
             continue
         seen.add(spec.config_cls)
         parts += [f"\nenv {name}:", describe(spec.config_cls, "env")]
     parts.append("\nrun options: run.seed, run.device (same as --seed, --device)")
+    if len(agents) == 1 or len(envs) == 1:
+        parts.append("the options of every agent and env: metarl train --help")
     return "\n".join(parts)
 
 
-def build_parser(full_help: bool = False) -> argparse.ArgumentParser:
+def build_parser(full_help: bool = False,
+                 named: tuple[str | None, str | None] = (None, None)) -> argparse.ArgumentParser:
     p = _Parser(prog="metarl", description="Meta-reinforcement learning: train, evaluate and benchmark meta-learners.")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
@@ -63,7 +81,7 @@ def build_parser(full_help: bool = False) -> argparse.ArgumentParser:
                        description="Meta-train AGENT on the task distribution ENV. The run directory gets "
                                    "config.toml, metrics.jsonl, timing.jsonl, TensorBoard events (tb/), "
                                    "checkpoints/latest.pt and learning_curve.png.",
-                       epilog=EXAMPLES + ("\n" + _options_help() if full_help else
+                       epilog=EXAMPLES + ("\n" + _options_help(*named) if full_help else
                                           "\nrun `metarl train --help` to list every --set option"))
     t.add_argument("agent", help="agent name (see metarl list), e.g. rl2")
     t.add_argument("--env", help="task distribution name (see metarl list), e.g. bandit; with --resume, the run's own")
@@ -167,7 +185,8 @@ def cmd_list() -> None:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     wants_help = any(a in ("-h", "--help") for a in argv)
-    parser = build_parser(full_help=wants_help and argv[:1] == ["train"])
+    train_help = wants_help and argv[:1] == ["train"]
+    parser = build_parser(full_help=train_help, named=_named(argv) if train_help else (None, None))
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
