@@ -12,7 +12,7 @@ EXAMPLES = """examples:
   metarl train rl2 --env bandit --set env.k=10 --set env.n=100
   metarl train rl2 --env tabular-mdp --set env.n=25 --seed 1 --run-dir runs/mdp25
   metarl train rl2 --env bandit --config experiments/configs/bandit_k5_n10.toml
-  metarl train rl2 --env bandit --run-dir runs/mdp25 --resume
+  metarl train rl2 --run-dir runs/mdp25 --resume
 """
 
 
