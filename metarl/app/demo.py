@@ -12,10 +12,10 @@ DEMO_SETS = ("agent.gamma=0.9", "agent.ent_anneal=true")  # RL²'s options in th
 
 
 def demo(*, device: str | None = None, quiet: bool = False, runs_root: str = "runs", steps: int = DEMO_STEPS,
-         seed: int = 0) -> dict:
+         seed: int = 0, sets: tuple[str, ...] = DEMO_SETS) -> dict:
     """Meta-train RL² on 5-armed bandits with 10 pulls, then evaluate it against the classical
     baselines on 1000 held-out tasks (the same tasks whatever the training seed)."""
-    path = train("rl2", "bandit", sets=[f"agent.total_steps={steps}", *DEMO_SETS], seed=seed,
+    path = train("rl2", "bandit", sets=[f"agent.total_steps={steps}", *sets], seed=seed,
                  device=device, quiet=quiet,
                  runs_root=runs_root, run_dir=str(Path(runs_root) / default_run_name("bandit", "rl2-demo", seed)))
     report = evaluate_run(str(path), tasks=1000, device=device)
