@@ -17,7 +17,7 @@ from metarl.config import option
 from metarl.errors import UserError
 from metarl.rl.batched_env import EnvSpec
 from metarl.rl.distributions import make_head
-from metarl.rl.episodes import EpisodeBatch, discounted_returns, gae
+from metarl.rl.episodes import EpisodeBatch, discounted_returns, gae, per_task_scale
 from metarl.rl.linear_baseline import fit_predict
 from metarl.rl.ppo import RunningMeanStd, ppo_loss
 from metarl.rl.trial import (RL2History, RL2Input, TrialEnv, burn_in_mask, chunk_starts, rl2_input_dim,
@@ -73,6 +73,10 @@ class RL2Config:
                                   "least-squares fit of its discounted return on [x, x², t, t², t³, 1] of the RL² "
                                   "input x, as Meta-World+'s RL²; no value loss)", choices=("gru", "linear"))
     normalize_advantages: bool = option(True, "normalise advantages per minibatch")
+    task_advantage_scale: bool = option(False, "divide each trial's advantages by their std over the trial, so that "
+                                               "every task of a meta-batch weighs alike in the policy gradient "
+                                               "whatever its reward scale (PopArt's per-task normalisation, Hessel "
+                                               "et al. 2019, in its simplest form); before normalize_advantages")
     bptt_overlap: int = option(0, "truncated BPTT: consecutive chunks share this many steps, which the later chunk "
                                   "runs from the rollout state as burn-in, outside its loss", ge=0)
     minibatch_by_chunk: bool = option(False, "each minibatch holds one chunk position of every trial (chunk positions "
@@ -294,6 +298,8 @@ class RL2Trainer:
         rewards = batch.mean_rewards if cfg.expected_rewards else batch.rewards
         values = batch.values if cfg.baseline == "gru" else linear_baseline_values(batch.obs, rewards, cfg.gamma)
         adv, ret = gae(rewards, values, no_dones, cfg.gamma, cfg.gae_lambda)
+        if cfg.task_advantage_scale:  # ret, the value targets, keep their scale
+            adv = per_task_scale(adv)
         if self.rms is not None:
             self.rms.update(ret)
             ret = (ret - self.rms.mean.float()) / self.rms.std.float()

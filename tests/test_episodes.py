@@ -1,6 +1,6 @@
 import torch
 
-from metarl.rl.episodes import discounted_returns, gae
+from metarl.rl.episodes import discounted_returns, gae, per_task_scale
 
 
 def test_discounted_returns_hand_computed():
@@ -51,3 +51,18 @@ def test_gae_does_not_cross_done():
     d = torch.tensor([[0], [1], [0], [0]], dtype=torch.bool)
     adv, _ = gae(r, v, d, 1.0, 1.0)
     assert adv[:, 0].tolist() == [2.0, 1.0, 2.0, 1.0]
+
+
+def test_per_task_scale_is_blind_to_each_tasks_reward_scale():
+    """Multiplying one task's rewards and baseline by c > 0 leaves its scaled advantages as they
+    were, and every task's advantages come out with unit std and their signs."""
+    g = torch.Generator().manual_seed(0)
+    r, v = torch.randn(50, 3, generator=g), torch.randn(50, 3, generator=g)
+    dones = torch.zeros(50, 3)
+    adv = per_task_scale(gae(r, v, dones, 0.99, 0.95)[0])
+    c = torch.tensor([1.0, 40.0, 0.01])
+    adv_c = per_task_scale(gae(r * c, v * c, dones, 0.99, 0.95)[0])
+    assert torch.allclose(adv, adv_c, atol=1e-5)
+    assert torch.allclose(adv.std(0), torch.ones(3), atol=1e-5)
+    raw = gae(r, v, dones, 0.99, 0.95)[0]
+    assert torch.equal(adv.sign(), raw.sign())

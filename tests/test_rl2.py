@@ -350,3 +350,18 @@ def test_hyper_policy_acts_as_its_network_and_its_weights_follow_the_memory():
     assert all(torch.isfinite(torch.tensor(v)) for v in m.values())
     _, _, plain = _trainer()
     assert plain.net.hyper is None and not any(k.startswith("hyper") for k in plain.net.state_dict())
+
+
+def test_task_advantage_scale_feeds_ppo_per_task_scaled_advantages(monkeypatch):
+    """agent.task_advantage_scale: the advantages PPO sees are each trial's divided by its std
+    (normalize_advantages off, so nothing rescales them after)."""
+    import metarl.agents.rl2 as rl2
+    seen = []
+    real_loss = rl2.ppo_loss
+    monkeypatch.setattr(rl2, "ppo_loss", lambda lp, old, a, *rest: seen.append(a.clone()) or real_loss(lp, old, a, *rest))
+    for on in (False, True):
+        seen.clear()
+        spec, env_cfg, tr = _trainer(epochs=1, num_minibatches=1, normalize_advantages=False, task_advantage_scale=on)
+        tr.train_iteration(0)
+        per_trial = seen[0].reshape(-1, 8).std(0)  # one minibatch: [T * B] time-major, B = 8 trials
+        assert torch.allclose(per_trial, torch.ones(8), atol=1e-4) == on

@@ -45,6 +45,17 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, dones: torch.Tensor, gamma:
     return adv, adv + values
 
 
+def per_task_scale(adv: torch.Tensor) -> torch.Tensor:
+    """Advantages [T, B] of B tasks' trials, each divided by its own std over the T steps.
+
+    Every task then weighs alike in a policy-gradient step whatever the scale of its rewards and
+    returns, and multiplying one task's rewards and baseline by c > 0 leaves the result unchanged:
+    the per-task normalisation PopArt (Hessel et al. 2019) applies to value targets, in its
+    simplest form. Signs are kept (no centring): a step better than its baseline stays better.
+    """
+    return adv / adv.std(0, keepdim=True).clamp_min(1e-8)
+
+
 @dataclass
 class EpisodeBatch:
     """Transitions of B sub-envs over T steps, time-major: every tensor is [T, B, ...]. What the
