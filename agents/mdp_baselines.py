@@ -14,17 +14,23 @@ from metarl.rl.batched_env import BatchedEnv
 from metarl.seeding import make_generator
 
 
-def plan(P: torch.Tensor, R: torch.Tensor, horizon: int) -> torch.Tensor:
-    """Finite-horizon value iteration. P [B, S, A, S], R [B, S, A] -> greedy actions
-    [horizon, B, S]: row t is the policy with horizon - t steps to go."""
+def optimal_q(P: torch.Tensor, R: torch.Tensor, horizon: int) -> torch.Tensor:
+    """Finite-horizon value iteration. P [B, S, A, S], R [B, S, A] -> Q [horizon, B, S, A]:
+    row t holds the action values with horizon - t steps to go."""
     B, S, A, _ = P.shape
     V = torch.zeros(B, S, device=P.device)
-    policies = []
+    qs = []
     for _ in range(horizon):
         Q = R + torch.einsum("bsan,bn->bsa", P, V)
-        V, pi = Q.max(-1)
-        policies.append(pi)
-    return torch.stack(policies[::-1])
+        V = Q.max(-1).values
+        qs.append(Q)
+    return torch.stack(qs[::-1])
+
+
+def plan(P: torch.Tensor, R: torch.Tensor, horizon: int) -> torch.Tensor:
+    """The optimal finite-horizon policy: greedy actions [horizon, B, S], row t with
+    horizon - t steps to go."""
+    return optimal_q(P, R, horizon).argmax(-1)
 
 
 class _MDPPosterior:
