@@ -33,7 +33,7 @@ from metarl.rl.episodes import discounted_returns, gae
 from metarl.rl.linear_baseline import fit_predict
 from metarl.rl.trpo import gauss_newton_hvp, trpo_step
 from metarl.seeding import make_generator
-from metarl.tasks import Tasks, split_generator
+from metarl.tasks import Tasks, class_success, split_generator
 from metarl.training import AgentSpec
 
 LINE_SEARCH_PIECES = 5  # meta-batch pieces a line-search trial evaluates in turn (see trpo.line_search)
@@ -304,7 +304,8 @@ class MAMLTrainer:
         self.iterations = cfg.iterations
 
     def _sample(self):
-        """Pre-adaptation rollouts (inner_steps rounds of them) and post-adaptation rollouts."""
+        """The meta-batch's tasks, its pre-adaptation rollouts (inner_steps rounds of them) and
+        post-adaptation rollouts."""
         L, cfg = self.learner, self.cfg
         tasks = self.dist.sample(cfg.meta_batch, self.task_gen)
         self.env.set_tasks(repeat_tasks(tasks, cfg.rollouts))
@@ -321,7 +322,7 @@ class MAMLTrainer:
         with torch.no_grad():
             post["old_dist"] = L.dist(L.forward(adapted, post["obs"], True)).detach()
             post["old_logp"] = post["old_dist"].log_prob(post["actions"])
-        return pre, post
+        return tasks, pre, post
 
     @staticmethod
     def _tasks(pre: dict, post: dict, idx: torch.Tensor) -> tuple[dict, dict]:
@@ -382,7 +383,7 @@ class MAMLTrainer:
     def train_iteration(self, it: int) -> dict[str, float]:
         cfg, L = self.cfg, self.learner
         t0 = time.perf_counter()
-        pre, post = self._sample()
+        tasks, pre, post = self._sample()
         t1 = time.perf_counter()
         out = {"pre_return": L.mean_episode_return(pre).mean().item(),
                "post_return": L.mean_episode_return(post).mean().item()}
@@ -401,6 +402,8 @@ class MAMLTrainer:
                 self.opt.step()
             out.update({"surrogate_after": loss.item(), "kl": kl.mean().item()})
         self.last_timing = {"sample_s": t1 - t0, "update_s": time.perf_counter() - t1}
+        if "success" in post:
+            out.update(class_success(self.dist, tasks, post["success"].mean(1)))
         return out
 
     def state_dict(self):

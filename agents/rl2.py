@@ -23,7 +23,7 @@ from metarl.rl.ppo import RunningMeanStd, ppo_loss
 from metarl.rl.trial import (RL2History, RL2Input, TrialEnv, burn_in_mask, chunk_starts, rl2_input_dim,
                              run_trial)
 from metarl.seeding import make_generator
-from metarl.tasks import Tasks, split_generator
+from metarl.tasks import Tasks, class_success, split_generator
 from metarl.training import AgentSpec
 
 
@@ -354,6 +354,8 @@ class RL2Trainer:
         if cfg.target_kl:
             out["updates"] = len(stats)  # Adam steps taken before the KL stop
         out["loss"] = loss.item()
+        if self.trial_env.success is not None:
+            out.update(class_success(self.dist, tasks, self.trial_env.success.mean(0)))
         return out
 
     def _minibatches(self, N: int, B: int, C: int) -> list[torch.Tensor]:

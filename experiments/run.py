@@ -42,7 +42,7 @@ from metarl.app.evaluate import evaluate_run
 from metarl.app.train import train
 from metarl.config import as_dict, build, tomllib
 from metarl.errors import UserError
-from metarl.eval.plots import SUCCESS_KEYS, adaptation_curve, learning_curve
+from metarl.eval.plots import SUCCESS_KEYS, adaptation_curve, class_success_curve, learning_curve
 from metarl.eval.stats import paired_diff_ci
 from metarl.eval.trials import best_baseline, is_agent_form
 from metarl.fewshot.attacks import Attack
@@ -221,6 +221,7 @@ def main(argv=None) -> int:
     if success_keys:  # Meta-World: training success next to the return curve
         learning_curve(metrics, out / f"{stem}_success.png", f"{stem}: {agent} training success",
                        keys=success_keys, references=success_refs)
+        class_success_curve(metrics, out / f"{stem}_classes.png", f"{stem}: {agent} training success per class")
     summary = {
         "experiment": stem, "config": args.name,
         "command": command(args, default_tasks),

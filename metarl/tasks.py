@@ -30,6 +30,20 @@ def tasks_slice(tasks: Tasks, index) -> Tasks:
     return {k: v[index] for k, v in tasks.items()}
 
 
+CLASS_METRIC = "success/"  # training metrics "success/CLASS": one class's success in the meta-batch
+
+
+def class_success(dist, tasks: Tasks, success: torch.Tensor) -> dict[str, float]:
+    """Training success per task class, for distributions that name their tasks' classes
+    (Meta-World: `task_names`): success [B] of each task -> {"success/CLASS": mean over that
+    class's tasks}; {} for other distributions."""
+    if not hasattr(dist, "task_names"):
+        return {}
+    names = dist.task_names(tasks)
+    x = success.detach().float().cpu()
+    return {CLASS_METRIC + c: x[[i for i, n in enumerate(names) if n == c]].mean().item() for c in dict.fromkeys(names)}
+
+
 class TaskDistribution(ABC):
     """A distribution over tasks. Subclasses implement `sample`."""
 

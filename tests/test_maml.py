@@ -363,7 +363,7 @@ def test_gauss_newton_hvp_equals_double_backward_through_the_inner_step():
     second derivatives of the inner step included: equal to double backward, vector by vector."""
     from metarl.rl.trpo import gauss_newton_hvp, kl_hvp
     tr = _tiny_trainer()
-    pre, post = tr._sample()
+    _, pre, post = tr._sample()
     params = list(tr.net.parameters())
     out = tr._post_outputs(pre, post)
     kl = post["old_dist"].kl(tr.learner.dist(out)).mean()
@@ -392,7 +392,7 @@ def test_trpo_outer_step_with_gauss_newton_curvature_equals_the_double_backward_
     few percent of the direction."""
     from metarl.rl.trpo import trpo_step
     a, b = _tiny_trainer(), _tiny_trainer()
-    pre, post = a._sample()
+    _, pre, post = a._sample()
     stats = a._trpo(pre, post, 0)
     cfg = b.cfg
 

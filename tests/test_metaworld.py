@@ -49,6 +49,20 @@ def test_sampling_is_class_major_seeded_and_fresh_each_draw():
     assert d.task_names(t)[:3] == ["h0", "h0", "h1"]
 
 
+def test_class_success_averages_each_class_of_the_meta_batch(tmp_path):
+    from metarl.eval.plots import class_success_curve
+    from metarl.tasks import class_success
+    d = fake_distribution(3)
+    tasks = d.sample(6, torch.Generator().manual_seed(0))  # classes t0 t0 t1 t1 t2 t2
+    got = class_success(d, tasks, torch.tensor([1.0, 0.0, 1.0, 1.0, 0.0, 0.0]))
+    assert got == {"success/t0": 0.5, "success/t1": 1.0, "success/t2": 0.0}
+    assert class_success(object(), tasks, torch.zeros(6)) == {}  # no class names, no per-class metrics
+    metrics = [{"env_steps": i, "success": 0.5, **got} for i in range(3)]
+    assert class_success_curve(metrics, tmp_path / "c.png", "t").stat().st_size > 0
+    assert class_success_curve([{"env_steps": 0, "success": 0.5}], tmp_path / "none.png", "t") is None
+    assert not (tmp_path / "none.png").exists()
+
+
 def test_meta_batch_must_divide_into_classes():
     with pytest.raises(UserError, match="multiple of 10"):
         fake_distribution(10).sample(15, torch.Generator())
@@ -164,7 +178,9 @@ def test_smoke_train_on_ml1_logs_success(cli, tmp_path, agent):
     code, _, err = cli("train", agent, "--env", "ml1", *sets, *common)
     assert code == 0, err
     metrics = [json.loads(line) for line in (rd / "metrics.jsonl").read_text().splitlines()]
+    keys.add("success/reach-v3")  # training success per class, drawn in class_success.png
     assert len(metrics) == 2 and all(keys <= set(m) and all(0 <= m[k] <= 1 for k in keys) for m in metrics)
+    assert (rd / "class_success.png").stat().st_size > 0
     # Meta-World's protocol on 2 held-out goals, against the random baseline
     code, out, err = cli("eval", rd, "--tasks", "2")
     assert code == 0, err

@@ -7,7 +7,7 @@ from typing import Any
 from metarl.config import as_dict, load_toml
 from metarl.device import resolve_device
 from metarl.errors import UserError
-from metarl.eval.plots import learning_curve
+from metarl.eval.plots import class_success_curve, learning_curve
 from metarl.run_config import TRAINING_ONLY, resolve_config, saved_config, setup_threads
 from metarl.rundir import RunDir, default_run_name, open_existing
 from metarl.sim.options import SIMULATION_FIELDS
@@ -56,6 +56,8 @@ def train(agent: str, env: str, *, config_file: str | None = None, sets: list[st
         learning_curve(metrics, path / "learning_curve.png", f"{cfg['run']['agent']} on {cfg['run']['env']}",
                        keys=cfg["agent_spec"].curve_keys,
                        xlabel=cfg["agent_spec"].protocol.progress)
+        class_success_curve(metrics, path / "class_success.png", f"{cfg['run']['agent']} on {cfg['run']['env']}: "
+                                                                 "training success per class")
     return path
 
 

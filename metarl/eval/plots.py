@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from metarl.eval.result import curve_of, shown
+from metarl.tasks import CLASS_METRIC
 
 
 def _figure():
@@ -54,6 +55,24 @@ def learning_curve(metrics: list[dict], out: Path, title: str, keys: tuple[str, 
         ax.axhline(value, ls="--", lw=1, color=f"C{i + len(keys)}", label=name)
     ylabel = CURVE_LABELS.get(keys[0], (None, keys[0]))[1] if keys else ""
     return _save(plt, fig, ax, out, xlabel, ylabel, title)
+
+
+def class_success_curve(metrics: list[dict], out: Path, title: str, window: int = 5) -> Path | None:
+    """Training success of each task class (metrics "success/CLASS", Meta-World) against env
+    steps, each a running mean over `window` iterations (a meta-batch holds only a few tasks
+    of a class); None, and no file, where the metrics have no per-class success."""
+    keys = list(dict.fromkeys(k for m in metrics for k in m if k.startswith(CLASS_METRIC)))
+    if not keys:
+        return None
+    plt, fig, ax = _figure()
+    fig.set_size_inches(8, 5)
+    for i, k in enumerate(keys):
+        rows = [m for m in metrics if k in m]
+        ys = [m[k] for m in rows]
+        smooth = [sum(ys[max(0, j - window + 1):j + 1]) / len(ys[max(0, j - window + 1):j + 1]) for j in range(len(ys))]
+        ax.plot([m["env_steps"] for m in rows], smooth, color=plt.cm.tab20(i % 20), label=k[len(CLASS_METRIC):])
+    ax.set_ylim(-0.02, 1.02)
+    return _save(plt, fig, ax, out, "env steps", f"training success (mean of {window} iterations)", title)
 
 
 def adaptation_curve(results: dict[str, dict], out: Path, title: str) -> Path:
