@@ -48,6 +48,9 @@ class RL2Config:
     time_feature: bool = option(True, "give the policy t / trial_length as an input")
     reward_per_action: bool = option(False, "also input one_hot(prev action) * prev reward, so each action's "
                                             "rewards arrive on their own input line")
+    reward_per_pair: bool = option(False, "also input prev obs x one_hot(prev action) * prev reward: with one-hot "
+                                          "states (tabular MDPs) each state-action pair's rewards arrive on their "
+                                          "own input line (obs_dim x actions lines)")
     privileged_critic: bool = option(False, "training only: the value head also sees the task's parameters "
                                             "(asymmetric actor-critic); the policy never does")
     separate_critic: bool = option(False, "the value head reads its own GRU instead of sharing the policy's (as "
@@ -250,7 +253,7 @@ class RL2Trainer:
         self.shuffle_gen = make_generator(seed, "minibatches")
         env = env_spec.make_env(env_cfg, cfg.num_envs, device, self.env_gen)
         self.trial_env = TrialEnv(env, env_spec.episodes_per_trial(env_cfg), cfg.time_feature,
-                                  cfg.reward_per_action, cfg.reward_scale)
+                                  cfg.reward_per_action, cfg.reward_scale, cfg.reward_per_pair)
         T = self.trial_env.trial_length
         self.bptt = cfg.bptt_len or T
         if cfg.bptt_overlap and cfg.bptt_overlap >= self.bptt:
@@ -423,7 +426,7 @@ class RL2EvalPolicy:
         self.net, self.gen = net, generator
         self.deterministic = deterministic
         self.history = RL2History(RL2Input(num_actions, trial_length, cfg.time_feature, cfg.reward_per_action,
-                                           cfg.reward_scale))
+                                           cfg.reward_scale, cfg.reward_per_pair))
 
     def reset(self, num_envs: int, device) -> None:
         self.h = self.net.initial_state(num_envs, device)
@@ -488,8 +491,9 @@ def _task_dim(env, cfg: RL2Config, env_name: str) -> int:
     feats = env.task_features()
     if cfg.privileged_critic and feats is None:
         raise UserError(f"env {env_name!r} does not expose task features; set agent.privileged_critic=false")
-    if cfg.reward_per_action and not env.discrete:
-        raise UserError(f"agent.reward_per_action needs discrete actions; env {env_name!r} has continuous ones")
+    for name in ("reward_per_action", "reward_per_pair"):
+        if getattr(cfg, name) and not env.discrete:
+            raise UserError(f"agent.{name} needs discrete actions; env {env_name!r} has continuous ones")
     if cfg.expected_rewards and not env.has_mean_reward:
         raise UserError(f"env {env_name!r} does not expose expected rewards; set agent.expected_rewards=false")
     return int(feats.shape[1]) if cfg.privileged_critic else 0
@@ -502,7 +506,8 @@ def load_eval_policy(checkpoint: dict, env_spec: EnvSpec, env_cfg, cfg: RL2Confi
     which define env.adapt_episodes)."""
     env = env_spec.probe(env_cfg, device)
     trial_length = env.horizon * env_spec.episodes_per_trial(env_cfg)
-    input_dim = rl2_input_dim(env.obs_dim, env.num_actions, cfg.time_feature, cfg.reward_per_action)
+    input_dim = rl2_input_dim(env.obs_dim, env.num_actions, cfg.time_feature, cfg.reward_per_action,
+                              cfg.reward_per_pair)
     net = _network(input_dim, env.action_space, cfg, torch.Generator(), _task_dim(env, cfg, env_spec.name)).to(device)
     net.load_state_dict(checkpoint["trainer"]["net"])
     net.eval()

@@ -67,15 +67,16 @@ def test_trial_inputs_rebuild_what_the_trial_env_fed_the_policy():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("time_feature,reward_per_action", [(True, False), (False, True)])
-def test_policy_in_workers_collects_a_consistent_trial(time_feature, reward_per_action):
+@pytest.mark.parametrize("time_feature,reward_per_action,reward_per_pair",
+                         [(True, False, False), (False, True, False), (True, False, True)])
+def test_policy_in_workers_collects_a_consistent_trial(time_feature, reward_per_action, reward_per_pair):
     """RL2Trainer.collect: GRURows acts through env.run_policy (here in-process: the MDP is a
     pure-tensor env) with noise drawn ahead, building its own RL² inputs step by step; its
     actions are the Gumbel-argmax, under that noise, of the network rerun over the inputs that
     trial_inputs rebuilt, with the recomputed log-probs and BPTT chunk states; then PPO trains.
     The policy head is scaled up so the logits depend on every input (a wrong input flips actions)."""
     spec, env_cfg, tr = _trainer(bptt_len=4, policy_in_workers=True, time_feature=time_feature,
-                                 reward_per_action=reward_per_action)
+                                 reward_per_action=reward_per_action, reward_per_pair=reward_per_pair)
     with torch.no_grad():
         tr.net.pi.linear.weight.mul_(300.0)
     tasks = tr.dist.sample(8, tr.task_gen)
@@ -201,6 +202,28 @@ def test_reward_per_action_input_puts_each_reward_on_its_actions_line():
     policy.reset(2, "cpu")
     policy.observe(torch.tensor([1, 2]), torch.tensor([1.0, 0.0]), torch.zeros(2, dtype=torch.bool), None)
     assert policy.act(torch.zeros(2, 1)).shape == (2,)
+
+
+def test_reward_per_pair_input_puts_each_reward_on_its_state_action_line():
+    from metarl.rl.trial import RL2History, RL2Input, rl2_inputs
+    eye = torch.eye(4)
+    obs, prev_obs = eye[[0, 1]], eye[[2, 3]]
+    a, r, d = torch.tensor([1, 0]), torch.tensor([2.0, -1.0]), torch.zeros(2, dtype=torch.bool)
+    x = rl2_inputs(obs, a, r, d, 3, None, prev_obs=prev_obs, reward_per_pair=True)
+    assert x.shape == (2, 4 + 3 + 2 + 12)
+    pairs = x[:, 9:].view(2, 4, 3)
+    assert pairs[0, 2, 1] == 2.0 and pairs[1, 3, 0] == -1.0 and (pairs != 0).sum() == 2
+    # step by step (RL2History: the observation each action was taken in) equals the whole-trial rebuild
+    spec = RL2Input(3, 6, True, True, 0.5, True)
+    g = torch.Generator().manual_seed(0)
+    T, B = 6, 2
+    seq_obs = eye[torch.randint(4, (T, B), generator=g)]
+    acts, rews = torch.randint(3, (T, B), generator=g), torch.randn(T, B, generator=g)
+    hist, xs = RL2History(spec), []
+    for t in range(T):
+        xs.append(hist.inputs(seq_obs[t]))
+        hist.record(acts[t], rews[t], torch.full((B,), (t + 1) % 3 == 0))
+    assert torch.equal(torch.stack(xs), spec.trial(seq_obs, acts, rews, 3))
 
 
 def test_deterministic_evaluation_takes_the_most_likely_action():
