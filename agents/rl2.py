@@ -32,7 +32,8 @@ class RL2Config:
     total_steps: int = option(20_000_000, "env steps to train for (rounded up to whole iterations)", ge=1)
     num_envs: int = option(1024, "parallel trials per iteration, one task each", ge=1)
     hidden_size: int = option(128, "GRU hidden units", ge=1)
-    lr: float = option(3e-4, "Adam learning rate", gt=0.0)
+    lr: float = option(1e-3, "Adam learning rate (the RL² paper's; on bandits and tabular MDPs 3e-4 learned far "
+                             "slower)", gt=0.0)
     lr_anneal: bool = option(True, "decay the learning rate linearly to 0 over training")
     gamma: float = option(0.99, "discount over the whole trial", ge=0.0, le=1.0)
     gae_lambda: float = option(0.95, "GAE lambda", ge=0.0, le=1.0)
@@ -41,7 +42,8 @@ class RL2Config:
     num_minibatches: int = option(4, "minibatches per epoch (split over trials / BPTT chunks)", ge=1)
     bptt_len: int = option(0, "truncated BPTT length in steps; 0 = the whole trial", ge=0)
     vf_coef: float = option(0.5, "value loss weight", ge=0.0)
-    ent_coef: float = option(0.01, "entropy bonus weight", ge=0.0)
+    ent_coef: float = option(0.05, "entropy bonus weight (at 0.01 the policy collapsed early on bandits and "
+                                   "tabular MDPs)", ge=0.0)
     ent_anneal: bool = option(False, "decay the entropy bonus linearly to 0 over training")
     max_grad_norm: float = option(0.5, "gradient norm clip", gt=0.0)
     normalize_returns: bool = option(True, "fit the value head to running-normalised returns")
