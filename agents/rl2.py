@@ -496,6 +496,11 @@ def _task_dim(env, cfg: RL2Config, env_name: str) -> int:
     for name in ("reward_per_action", "reward_per_pair"):
         if getattr(cfg, name) and not env.discrete:
             raise UserError(f"agent.{name} needs discrete actions; env {env_name!r} has continuous ones")
+    if cfg.reward_per_pair:
+        obs = env.reset()
+        if not (((obs == 0) | (obs == 1)).all() and (obs.sum(-1) == 1).all()):
+            raise UserError(f"agent.reward_per_pair needs one-hot observations (tabular-mdp); env {env_name!r} "
+                            f"observes something else")
     if cfg.expected_rewards and not env.has_mean_reward:
         raise UserError(f"env {env_name!r} does not expose expected rewards; set agent.expected_rewards=false")
     return int(feats.shape[1]) if cfg.privileged_critic else 0

@@ -38,7 +38,7 @@ def main(argv=None) -> int:
     tr = cfg["agent_spec"].trainer_cls(cfg["env_spec"], cfg["env"], cfg["agent"], cfg["run"]["seed"],
                                        torch.device("cpu"))
     t0 = time.perf_counter()
-    pre, post = tr._sample()
+    _, pre, post = tr._sample()
     out = {"experiment": args.name, "threads": torch.get_num_threads(), "sample_s": time.perf_counter() - t0,
            "updates": {}}
     tr.env.close()

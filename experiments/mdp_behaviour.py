@@ -66,8 +66,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("name", help="experiment config name (its run directory runs/experiments/NAME)")
     p.add_argument("--run-dir", help="read this run directory instead")
-    p.add_argument("--tasks", type=int, default=2000, help="held-out tasks (default 2000; the evaluation's first "
-                                                           "2000, so the returns match its per-task scores)")
+    p.add_argument("--tasks", type=int, default=10_000, help="held-out tasks (default 10000, the evaluation's: "
+                                                             "then the returns equal its per-task scores)")
     p.add_argument("--checkpoint", default="latest", help="latest (default) or best")
     args = p.parse_args(argv)
     torch.set_num_threads(1)

@@ -43,6 +43,7 @@ def _one_line_error(code, err, *needles):
     (["train", "rl2", "--env", "navigation-2d", "--set", "agent.baseline=linear", "--set",
       "agent.separate_critic=true"], ["agent.baseline=linear has no learned critic"]),
     (["train", "rl2", "--env", "bandit", "--set", "agent.eval_every=3"], ["agent.eval_every", "held-out protocol"]),
+    (["train", "rl2", "--env", "bandit", "--set", "agent.reward_per_pair=true"], ["agent.reward_per_pair", "one-hot"]),
 ])
 def test_bad_input_is_one_line_exit_2(cli, tmp_path, args, needles):
     code, out, err = cli(*args, "--run-dir", str(tmp_path / "r")) if args[0] == "train" else cli(*args)
@@ -202,7 +203,7 @@ def test_resume_takes_the_starting_command_and_refuses_config_changes(cli, tmp_p
         code, _, err = cli(*args)
         assert code == 0, err
     assert (run / "metrics.jsonl").read_text().startswith(metrics) and len((run / "metrics.jsonl").read_text()) > len(metrics)
-    for args, needle in ((["--set", "agent.lr=1"], "agent.lr is 0.0003 there, 1.0 here"),
+    for args, needle in ((["--set", "agent.lr=1"], "agent.lr is 0.001 there, 1.0 here"),
                          (["--set", "env.k=4"], "env.k is 3 there, 4 here"),
                          (["--seed", "3"], "seed 2, not 3"),
                          (["--env", "tabular-mdp"], "env 'bandit', not 'tabular-mdp'")):

@@ -139,7 +139,7 @@ def test_eval_policy_resets_hidden_state_between_trials():
         policy.observe(a, torch.ones(4), torch.zeros(4, dtype=torch.bool), obs)
     assert policy.h.abs().sum() > 0 and policy.history.t == 3
     policy.reset(4, "cpu")
-    assert torch.all(policy.h == 0) and policy.history.state() == (0, (None, None, None))
+    assert torch.all(policy.h == 0) and policy.history.state() == (0, (None, None, None, None))
 
 
 @pytest.mark.slow

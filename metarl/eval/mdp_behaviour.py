@@ -7,7 +7,8 @@ averaged over held-out tasks:
 - optimal: the share of steps whose action is optimal for the true MDP;
 - new pairs: state-action pairs tried for the first time in the trial;
 - agrees with CE: the share of steps whose action is the one the certainty-equivalent planner
-  (mdp-greedy) would take given the same history: how Bayesian-greedy the behaviour is.
+  (mdp-greedy) would take, its plan made at the episode's start from the same history: how
+  Bayesian-greedy the behaviour is.
 The episode's return and the oracle's expected return V*(s0) sit beside them.
 """
 from __future__ import annotations
@@ -26,7 +27,8 @@ METRICS = ("return", "regret", "optimal", "new_pairs", "agrees_with_ce")
 
 class Recorder:
     """A TrialPolicy around another that records states and actions [B, T] of the trial, and the
-    action a shadow certainty-equivalent planner fed the same history would have taken."""
+    action a shadow certainty-equivalent planner fed the same history would have taken (it
+    plans at each episode's start, as mdp-greedy does)."""
 
     def __init__(self, policy, env, env_cfg, seed: int):
         self.policy, self.shadow = policy, CertaintyEquivalent(env, env_cfg, seed)

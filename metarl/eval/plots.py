@@ -70,7 +70,8 @@ def class_success_curve(metrics: list[dict], out: Path, title: str, window: int 
         rows = [m for m in metrics if k in m]
         ys = [m[k] for m in rows]
         smooth = [sum(ys[max(0, j - window + 1):j + 1]) / len(ys[max(0, j - window + 1):j + 1]) for j in range(len(ys))]
-        ax.plot([m["env_steps"] for m in rows], smooth, color=plt.cm.tab20(i % 20), label=k[len(CLASS_METRIC):])
+        ax.plot([m["env_steps"] for m in rows], smooth, color=plt.cm.tab20(i % 20), ls=("-", "--", ":")[i // 20 % 3],
+                label=k[len(CLASS_METRIC):])
     ax.set_ylim(-0.02, 1.02)
     return _save(plt, fig, ax, out, "env steps", f"training success (mean of {window} iterations)", title)
 
