@@ -17,32 +17,32 @@ import torch
 
 from metarl.agents.mdp_baselines import CertaintyEquivalent, optimal_q
 from metarl.eval.stats import mean_ci
-from metarl.eval.trials import held_out_tasks, play_trial
+from metarl.eval.trials import evaluate, held_out_tasks
 from metarl.rl.batched_env import EnvSpec
-from metarl.seeding import make_generator
-from metarl.tasks import tasks_slice
 
 METRICS = ("return", "regret", "optimal", "new_pairs", "agrees_with_ce")
 
 
 class Recorder:
-    """A TrialPolicy around another that records states and actions [B, T] of the trial, and the
-    action a shadow certainty-equivalent planner fed the same history would have taken (it
-    plans at each episode's start, as mdp-greedy does)."""
+    """A TrialPolicy around another that records states and actions [B, T] of every trial it
+    plays, and the action a shadow certainty-equivalent planner fed the same history would have
+    taken (it plans at each episode's start, as mdp-greedy does)."""
 
     def __init__(self, policy, env, env_cfg, seed: int):
         self.policy, self.shadow = policy, CertaintyEquivalent(env, env_cfg, seed)
+        self.trials: list[dict[str, list]] = []
 
     def reset(self, num_envs: int, device) -> None:
         self.policy.reset(num_envs, device)
         self.shadow.reset(num_envs, device)
-        self.states, self.actions, self.ce_actions = [], [], []
+        self.trials.append({"states": [], "actions": [], "ce_actions": []})
 
     def act(self, obs: torch.Tensor) -> torch.Tensor:
         a = self.policy.act(obs)
-        self.ce_actions.append(self.shadow.act(obs))
-        self.states.append(obs.argmax(1))
-        self.actions.append(a)
+        rec = self.trials[-1]
+        rec["ce_actions"].append(self.shadow.act(obs))
+        rec["states"].append(obs.argmax(1))
+        rec["actions"].append(a)
         return a
 
     def observe(self, actions, rewards, dones, next_obs) -> None:
@@ -50,7 +50,8 @@ class Recorder:
         self.shadow.observe(actions, rewards, dones, next_obs)
 
     def record(self) -> dict[str, torch.Tensor]:
-        return {k: torch.stack(getattr(self, k), 1) for k in ("states", "actions", "ce_actions")}
+        """{"states", "actions", "ce_actions"}: [B, T] over every trial played, in order."""
+        return {k: torch.cat([torch.stack(t[k], 1).cpu() for t in self.trials]) for k in self.trials[0]}
 
 
 def episode_metrics(P: torch.Tensor, R: torch.Tensor, states: torch.Tensor, actions: torch.Tensor,
@@ -58,19 +59,16 @@ def episode_metrics(P: torch.Tensor, R: torch.Tensor, states: torch.Tensor, acti
     """P [B, S, A, S], R [B, S, A]; states, actions, ce_actions [B, E * H]; returns [B, E] ->
     {metric: [B, E]} (METRICS) and "oracle" [B]: V*(s0) of an episode."""
     B, E = returns.shape
-    H = states.shape[1] // E
-    A = R.shape[-1]
+    T = states.shape[1]
+    H, A = T // E, R.shape[-1]
     Q = optimal_q(P, R, H)                                    # [H, B, S, A]
-    t = torch.arange(E * H, device=states.device) % H         # step of the episode, per trial step
-    q = Q[t[None, :], torch.arange(B, device=states.device)[:, None], states]  # [B, E*H, A]
+    step = torch.arange(T, device=states.device)
+    q = Q[(step % H)[None, :], torch.arange(B, device=states.device)[:, None], states]  # [B, T, A]
     gap = q.max(-1).values - q.gather(-1, actions.unsqueeze(-1)).squeeze(-1)
-    pair = states * A + actions                               # [B, E*H]
-    seen = torch.zeros(B, R.shape[1] * A, dtype=torch.bool, device=states.device)
-    new = torch.zeros(B, E * H, device=states.device)
-    for i in range(E * H):  # first visits, in trial order
-        hit = seen.gather(1, pair[:, i:i + 1]).squeeze(1)
-        new[:, i] = (~hit).float()
-        seen.scatter_(1, pair[:, i:i + 1], True)
+    pair = states * A + actions                               # [B, T]
+    first = torch.full((B, R.shape[1] * A), T, device=states.device).scatter_reduce(
+        1, pair, step.expand(B, T), "amin")                   # each pair's first step in the trial
+    new = first.gather(1, pair) == step                       # [B, T] first visits
     per_episode = lambda x: x.float().view(B, E, H)
     return {"return": returns,
             "regret": per_episode(gap).sum(-1),
@@ -82,24 +80,19 @@ def episode_metrics(P: torch.Tensor, R: torch.Tensor, states: torch.Tensor, acti
 
 def behaviour(make_policy, env_spec: EnvSpec, env_cfg, num_tasks: int, seed: int, device,
               batch_size: int = 4096) -> dict:
-    """Play one trial on each of `num_tasks` held-out tasks, as metarl.eval.trials.evaluate does
-    (same tasks, same env noise: the returns equal its returns), recording the behaviour.
+    """Play one trial on each of `num_tasks` held-out tasks by metarl.eval.trials.evaluate (same
+    tasks, same env noise, same returns), recording the behaviour.
     -> {metric: [E] per-episode means with 95% CIs} and {"oracle": mean_ci}."""
-    device = torch.device(device)
+    recorder = None
+
+    def make(env):
+        nonlocal recorder
+        recorder = Recorder(make_policy(env), env, env_cfg, seed)
+        return recorder
+
+    ev = evaluate(make, env_spec, env_cfg, num_tasks, seed, device, batch_size)
     tasks = held_out_tasks(env_spec, env_cfg, num_tasks, seed, device)
-    E = env_spec.episodes_per_trial(env_cfg)
-    env_gen = make_generator(seed, "eval-env", device)
-    policy, parts = None, []
-    for start in range(0, num_tasks, batch_size):
-        b = min(batch_size, num_tasks - start)
-        env = env_spec.make_env(env_cfg, b, device, env_gen)
-        if policy is None:
-            policy = Recorder(make_policy(env), env, env_cfg, seed)
-        part = tasks_slice(tasks, slice(start, start + b))
-        played = play_trial(policy, env, part, E)
-        parts.append(episode_metrics(part["P"].to(device), part["R"].to(device), **policy.record(),
-                                     returns=played["returns"]))
-    joined = {k: torch.cat([p[k] for p in parts]).cpu() for k in parts[0]}
-    out = {k: [mean_ci(joined[k][:, e]) for e in range(E)] for k in METRICS}
-    out["oracle"] = mean_ci(joined["oracle"])
+    m = episode_metrics(tasks["P"].cpu(), tasks["R"].cpu(), **recorder.record(), returns=ev.returns)
+    out = {k: [mean_ci(m[k][:, e]) for e in range(ev.returns.shape[1])] for k in METRICS}
+    out["oracle"] = mean_ci(m["oracle"])
     return out
