@@ -70,7 +70,7 @@ def headline_figure(s: dict):
         cfg = ROOT / "experiments" / "configs" / f"{s.get('config', s['experiment'])}.toml"
         from metarl.config import tomllib
         pub = tomllib.loads(cfg.read_text()).get("experiment", {}).get("published", {}) if cfg.exists() else {}
-        return ((setting, agent), r["mean"], False, f"{pct(r)} ({form}, {tally})",
+        return ((setting, agent), r["mean"], False, f"{pct(r)} ({form}, {tally}{best_note(m)})",
                 "; ".join(f"{k} {v}" for k, v in pub.items()), None)
     if protocol == "inner-steps":
         steps = curve_of(res[agent]).points
@@ -394,6 +394,15 @@ def peer_row(s: dict) -> str:
             f"{t['rl2'] / 60:.1f} / {t['recurrent-ppo'] / 60:.1f} min | {s['commit']} | `{s['command']}` |")
 
 
+def best_note(m: dict) -> str:
+    """A results file of a run's best checkpoint (experiments/run.py --checkpoint best) says so."""
+    if m.get("checkpoint") != "best":
+        return ""
+    by = {"heldout_success": "the held-out sample while training"}.get(m.get("checkpoint_select"),
+                                                                         m.get("checkpoint_select"))
+    return f", best checkpoint of training (iteration {m['checkpoint_iteration']}" + (f", by {by})" if by else ")")
+
+
 def pct(r: dict) -> str:
     return f"{100 * r['mean']:.1f}% ± {100 * (r['mean'] - r['ci_low']):.1f}"
 
@@ -424,7 +433,7 @@ def metaworld_row(s: dict) -> str:
     ts = f"{100 * m['train_success']:.1f}%" if m.get("train_success") is not None else "–"
     if m.get("meta_train"):  # the protocol on the training classes (results written since 2026-11-27)
         ts += f"; protocol {success_cell(m['meta_train']['results'][m['agent']])}"
-    return (f"| {s['experiment']} | {bench}, {m['held_out_tasks']} held-out tasks | {m['agent']} | "
+    return (f"| {s['experiment']}{best_note(m)} | {bench}, {m['held_out_tasks']} held-out tasks | {m['agent']} | "
             f"{forms_cell(res, m['agent'])} | "
             f"{pct(before)} | {rnd} | {ts} | {s['wall_clock_s'] / 60:.1f} min | {s['commit']} | "
             f"`{s['command']}` |")
@@ -467,6 +476,11 @@ def ml10_table() -> str:
                 status += (f" (projected {t['full_run_here_h']:.1f} h here at {t['commit']} by `{t['command']}`: "
                            f"{t['update_s']:.0f} s update, {t['sample_s']:.0f} s simulation an iteration"
                            f"{earlier_timings(name.stem)})")
+            best = ROOT / "experiments" / "results" / f"{name.stem}_best.json"
+            if best.exists():  # the same run's best checkpoint by the held-out sample (max over training)
+                b = read_summary(best)["metrics"]
+                ours += f"; at the{best_note(b)[1:]}: {forms_cell(b['results'], agent)}"
+                command += f", then `{read_summary(best)['command']}`"
         else:
             running = in_progress(name.stem)
             ours, status = "–", (running + "; cost: " if running else "not yet run; ") + expected(name.stem)

@@ -23,6 +23,12 @@ stratified-bootstrap CIs, Meta-World's tally included) is rewritten in
 experiments/results/NAME_seeds/:
 
     python experiments/run.py rl2_ml10_mwplus --seed 1   # ... and --seed 2: the report covers 0, 1, 2
+
+A run trained with agent.eval_every keeps checkpoints/best.pt, its iteration with the best
+held-out sample (the Meta-World paper reports the maximum over training); `--checkpoint best`
+evaluates it into experiments/results/NAME_best.json (record runs/NAME_best) beside NAME.json:
+
+    python experiments/run.py rl2_ml10_mwplus_kl --checkpoint best
 """
 from __future__ import annotations
 
@@ -55,7 +61,7 @@ from metarl.training import Interrupted
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 PARKED = ("config.toml", "metrics.jsonl", "timing.jsonl", "checkpoints/latest.pt", "checkpoints/best.pt",
-          "eval.json", "eval_train.json")
+          "eval.json", "eval_train.json", "eval_best.json", "eval_train_best.json")
 PARKED_PARTS = ("eval_parts", "eval_train_parts")  # metarl.app.evaluate's finished methods of an evaluation
 RECORD = ("config.toml", "eval.json", "eval_train.json", "metrics.jsonl", "timing.jsonl")
 
@@ -132,6 +138,9 @@ def main(argv=None) -> int:
     p.add_argument("--eval-only", action="store_true", help="evaluate the existing run without training")
     p.add_argument("--device", default="auto")
     p.add_argument("--quiet", action="store_true")
+    p.add_argument("--checkpoint", choices=("latest", "best"),
+                   help="the checkpoint to evaluate (default: [experiment] checkpoint of the config, else latest); "
+                        "another than the config's writes NAME_CHECKPOINT.json")
     p.add_argument("--park", action="store_true",
                    help="copy the run's checkpoint and logs to experiments/inflight/NAME (to commit), then exit")
     p.add_argument("--seed", type=int, default=None,
@@ -150,6 +159,9 @@ def main(argv=None) -> int:
     stem = args.name if args.seed is None else f"{args.name}_seed{args.seed}"
     run_dir = ROOT / "runs" / "experiments" / stem
     inflight = HERE / "inflight" / stem
+    which = args.checkpoint or meta.get("checkpoint", "latest")
+    suffix = "_best" if which == "best" else ""  # metarl eval's report names for that checkpoint
+    out_stem = stem if which == meta.get("checkpoint", "latest") else f"{stem}_{which}"
     if args.park:
         return park(run_dir, inflight, command(args, default_tasks))
     ref = meta.get("paired_with")
@@ -172,14 +184,13 @@ def main(argv=None) -> int:
         eval_sets = [f"agent.{k}={v}" for k, v in raw.get("agent", {}).items()
                      if k.startswith("eval_") and k not in TRAINING_ONLY]
         attack = meta.get("attack")  # few-shot classifiers: robust accuracy too, e.g. {kind="pgd", eps=0.1, steps=10}
-        which = meta.get("checkpoint", "latest")
-        report = finished_metaworld(run_dir, "eval", args.tasks, which) or evaluate_run(
+        report = finished_metaworld(run_dir, "eval" + suffix, args.tasks, which) or evaluate_run(
             str(run_dir), tasks=args.tasks, device=args.device, sets=eval_sets, checkpoint=which,
             baselines=meta.get("baselines", "all"),
             attack=None if attack is None else Attack(attack["kind"], attack["eps"], attack.get("steps", 10)))
         meta_train = None
         if report["protocol"] == "metaworld":  # meta-train success by the same protocol: the generalization gap
-            meta_train = finished_metaworld(run_dir, "eval_train", args.tasks, which) or evaluate_run(
+            meta_train = finished_metaworld(run_dir, "eval_train" + suffix, args.tasks, which) or evaluate_run(
                 str(run_dir), tasks=args.tasks, device=args.device, sets=eval_sets, checkpoint=which,
                 baselines="none", split="train")
     except UserError as e:
@@ -208,22 +219,22 @@ def main(argv=None) -> int:
     if "episode_return" in spec.curve_keys:  # one episode per point: trial totals scaled to one episode
         refs = {k: v / report["env_config"].get("episodes", 1) for k, v in refs.items()}
     fewshot = report["protocol"] == FEWSHOT.name
-    learning_curve(metrics, out / f"{stem}_curve.png", f"{stem}: {agent} training", keys=spec.curve_keys,
+    learning_curve(metrics, out / f"{out_stem}_curve.png", f"{out_stem}: {agent} training", keys=spec.curve_keys,
                    references=None if fewshot else refs, xlabel="meta-iterations" if fewshot else "env steps")
     if fewshot:  # the run's own plots: metric against inner steps, fitted curves, CNP context curve
         for src, dst in (("eval_adaptation.png", "adaptation"), ("eval_fits.png", "fits"),
                          ("eval_context.png", "context")):
             if (run_dir / src).exists():
-                shutil.copyfile(run_dir / src, out / f"{stem}_{dst}.png")
+                shutil.copyfile(run_dir / src, out / f"{out_stem}_{dst}.png")
     else:
-        adaptation_curve(results, out / f"{stem}_adaptation.png", f"{stem}: held-out tasks")
+        adaptation_curve(results, out / f"{out_stem}_adaptation.png", f"{out_stem}: held-out tasks")
     success_keys = tuple(k for k in SUCCESS_KEYS if any(k in m for m in metrics))
     if success_keys:  # Meta-World: training success next to the return curve
-        learning_curve(metrics, out / f"{stem}_success.png", f"{stem}: {agent} training success",
+        learning_curve(metrics, out / f"{out_stem}_success.png", f"{out_stem}: {agent} training success",
                        keys=success_keys, references=success_refs)
-        class_success_curve(metrics, out / f"{stem}_classes.png", f"{stem}: {agent} training success per class")
+        class_success_curve(metrics, out / f"{out_stem}_classes.png", f"{out_stem}: {agent} training success per class")
     summary = {
-        "experiment": stem, "config": args.name,
+        "experiment": out_stem, "config": args.name,
         "command": command(args, default_tasks),
         "commit": commit(),
         "device": f"{report['device']}, {torch.get_num_threads()} threads",
@@ -231,6 +242,10 @@ def main(argv=None) -> int:
         "metrics": {
             "env": report["env"], "env_config": report["env_config"], "agent": agent,
             "held_out_tasks": report["tasks"], "env_steps": report["env_steps"], "train_time_s": train_s,
+            "checkpoint": which, "checkpoint_iteration": report["checkpoint_iteration"],
+            # best.pt's selection metric: heldout_success (agent.eval_every), MAML's post_return
+            "checkpoint_select": torch.load(run_dir / "checkpoints" / "best.pt", map_location="cpu",
+                                            weights_only=True).get("select") if which == "best" else None,
             "protocol": report["protocol"], "metric": report["metric"], "eval_options": report.get("eval_options", {}),
             "results": {n: {**r["total"], **{k: r[k] for k in ("metric", "curve", "per_class", "return", "per_task",
                                                                "metaworld_tally", "per_context", "chance",
@@ -251,27 +266,30 @@ def main(argv=None) -> int:
             "written": time.strftime("%Y-%m-%d %H:%M:%S"),
         },
     }
-    (out / f"{stem}.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (out / f"{out_stem}.json").write_text(json.dumps(summary, indent=2) + "\n")
     if inflight.exists():  # finished: the results file replaces the parked run
         shutil.rmtree(inflight)
-    keep_record(run_dir, out / "runs" / stem)
+    keep_record(run_dir, out / "runs" / out_stem, suffix)
     from metarl.app.report import report_table
     print(report_table(report))
-    print(f"training time {train_s / 60:.1f} min; wrote {out / (stem + '.json')}")
+    print(f"training time {train_s / 60:.1f} min; wrote {out / (out_stem + '.json')}")
     seeds = seed_records(out / "runs", args.name)
     if len(seeds) > 1:
         compare_seeds(seeds, out / f"{args.name}_seeds")
     return 0
 
 
-def keep_record(run_dir: Path, dst: Path) -> None:
-    """The run's RECORD files (small: no checkpoints) into dst, replacing an earlier record."""
+def keep_record(run_dir: Path, dst: Path, suffix: str = "") -> None:
+    """The run's RECORD files (small: no checkpoints) into dst, replacing an earlier record; with
+    suffix "_best", the best checkpoint's reports (eval_best.json, ...) as the record's eval.json
+    and eval_train.json (their "checkpoint" field says which)."""
     if dst.exists():
         shutil.rmtree(dst)
     dst.mkdir(parents=True)
     for name in RECORD:
-        if (run_dir / name).exists():
-            shutil.copyfile(run_dir / name, dst / name)
+        src = run_dir / (name.replace(".json", f"{suffix}.json") if name.startswith("eval") else name)
+        if src.exists():
+            shutil.copyfile(src, dst / name)
 
 
 def seed_records(records: Path, name: str) -> list[Path]:
@@ -346,7 +364,8 @@ def park(run_dir: Path, inflight: Path, resume_command: str) -> int:
 def command(args, default_tasks: int) -> str:
     """The command line that reproduces (or resumes) this experiment."""
     return (f"python experiments/run.py {args.name}" + (f" --seed {args.seed}" if args.seed is not None else "")
-            + (f" --tasks {args.tasks}" if args.tasks != default_tasks else ""))
+            + (f" --tasks {args.tasks}" if args.tasks != default_tasks else "")
+            + (f" --checkpoint {args.checkpoint}" if args.checkpoint else ""))
 
 
 if __name__ == "__main__":

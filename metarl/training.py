@@ -79,11 +79,12 @@ def train_loop(trainer: Trainer, run: RunDir, iterations: int, config: dict, *, 
     iterations and at the end (the progress bar shows the metrics named in `shown`); with
     `select`, also keep checkpoints/best.pt, the iteration with the highest metrics[select] so far
     (the MAML paper evaluates "the model with the best average return during training"): the
-    state from before that iteration's update, i.e. the parameters that earned the metric. A
-    non-finite metric stops training without touching the last good checkpoint; Ctrl-C finishes
-    the iteration, checkpoints it and raises Interrupted. monitor (every, fn): after every
-    `every`-th iteration, fn(trainer state) -> more metrics for that iteration's row (held-out
-    success while training), its seconds logged as monitor_s."""
+    parameters that earned the metric, i.e. the state from before that iteration's update for a
+    training metric, and the state after it for a metric of the monitor (which plays the updated
+    parameters). A non-finite metric stops training without touching the last good checkpoint;
+    Ctrl-C finishes the iteration, checkpoints it and raises Interrupted. monitor (every, fn):
+    after every `every`-th iteration, fn(trainer state) -> more metrics for that iteration's row
+    (held-out success while training), its seconds logged as monitor_s."""
     spi = trainer.steps_per_iteration
 
     def state(next_it: int, trainer_state=None, **extra):
@@ -95,7 +96,9 @@ def train_loop(trainer: Trainer, run: RunDir, iterations: int, config: dict, *, 
 
     best = -math.inf
     if select and start_iteration > 0 and (run.path / BEST).exists():
-        best = run.load_checkpoint(which="best").get("select_value", -math.inf)
+        saved = run.load_checkpoint(which="best")
+        if saved.get("select") == select:  # a best.pt of another selection metric is replaced
+            best = saved.get("select_value", -math.inf)
 
     stop = _InterruptFlag()
     bar = progress_bar(iterations * spi, quiet, desc)
@@ -115,17 +118,20 @@ def train_loop(trainer: Trainer, run: RunDir, iterations: int, config: dict, *, 
                     raise TrainingDiverged(
                         f"{', '.join(bad)} became non-finite at iteration {it}; training stopped, the last good "
                         f"checkpoint in {run.path / 'checkpoints'} is kept; lower agent.lr and resume or restart")
-                extra = {}
+                extra, monitored = {}, {}
                 if monitor is not None and (it + 1) % monitor[0] == 0:
                     t1 = time.perf_counter()
-                    metrics = {**metrics, **monitor[1](trainer.state_dict())}
+                    monitored = monitor[1](trainer.state_dict())
+                    metrics = {**metrics, **monitored}
                     extra["monitor_s"] = time.perf_counter() - t1
                 run.log({"iteration": it, "env_steps": (it + 1) * spi, **metrics},
                         {"iteration_s": dt, "steps_per_s": spi / dt, "wall_clock_s": time.perf_counter() - t_start,
                          **getattr(trainer, "last_timing", {}), **extra})
                 if select and select in metrics and metrics[select] > best:
                     best = metrics[select]
-                    run.save_checkpoint(state(it, before, select=select, select_value=best), "best")
+                    earned = state(it + 1, select=select, select_value=best) if select in monitored else \
+                        state(it, before, select=select, select_value=best)
+                    run.save_checkpoint(earned, "best")
                 bar.update(spi)
                 postfix = {k: f"{metrics[k]:.3f}" for k in shown if k in metrics}
                 if postfix:

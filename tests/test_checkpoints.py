@@ -67,3 +67,25 @@ def test_best_checkpoint_keeps_the_parameters_that_earned_the_metric(tmp_path):
     assert best["select_value"] == 5.0 and best["iteration"] == 1
     assert float(best["trainer"]["w"]) == 5.0  # not the value after iteration 1's update (-1)
     assert float(load_checkpoint(tmp_path / "run")["trainer"]["w"]) == 0.5
+
+
+def test_best_checkpoint_by_a_monitor_metric_keeps_the_updated_parameters(tmp_path):
+    """A metric of the monitor (held-out success while training) measures the parameters after the
+    iteration's update: best.pt is that state, labelled with the next iteration. A best.pt kept for
+    another selection metric does not compete on resume."""
+    from metarl.training import train_loop
+    run = RunDir(tmp_path / "run", tensorboard=False)
+    trainer = _ScoreTrainer([3.0, 7.0, 1.0, 4.0, 9.0, 2.0])
+    monitor = (2, lambda state: {"held": float(state["w"])})  # after iterations 1, 3, 5: w = 7, 4, 2
+    run.save_checkpoint({"iteration": 0, "select": "score", "select_value": 100.0, "trainer": {"w": torch.zeros(1)}},
+                        "best")
+    run.save_checkpoint({"iteration": 0, "trainer": trainer.state_dict()})
+    train_loop(trainer, run, 6, {}, quiet=True, select="held", monitor=monitor, start_iteration=1)
+    best = load_checkpoint(tmp_path / "run", which="best")
+    assert best["select"] == "held" and best["select_value"] == 7.0 and best["iteration"] == 2
+    assert float(best["trainer"]["w"]) == 7.0
+    # resuming with the same metric keeps the saved best unless beaten
+    run2 = RunDir(tmp_path / "run", resume=True, tensorboard=False)
+    train_loop(_ScoreTrainer([0.0] * 6 + [5.0, 0.0]), run2, 8, {}, quiet=True, select="held", monitor=monitor,
+               start_iteration=6)
+    assert load_checkpoint(tmp_path / "run", which="best")["select_value"] == 7.0

@@ -102,6 +102,42 @@ def test_metaworld_experiment_records_meta_train_success(tmp_path, monkeypatch):
     assert (out / "tiny_ml1_seed3_curve.png").stat().st_size > 0
 
 
+
+@pytest.mark.slow
+def test_best_checkpoint_by_the_held_out_sample_is_evaluated_beside_the_latest(tmp_path, monkeypatch):
+    """With agent.eval_every, training keeps the iteration with the best held-out sample;
+    `--checkpoint best` evaluates it into NAME_best.json and its own record, leaving NAME's; the
+    ML10 table shows both (a *_ml10 config name puts it there; ML1 keeps the test small)."""
+    pytest.importorskip("metaworld")
+    run = _load("run")
+    (tmp_path / "experiments" / "configs").mkdir(parents=True)
+    (tmp_path / "experiments" / "configs" / "tiny_ml10.toml").write_text(
+        '[experiment]\nbaselines = "none"\n[run]\nagent = "rl2"\nenv = "ml1"\nseed = 0\n'
+        '[env]\nhorizon = 10\nepisodes = 2\nworkers = 2\n'
+        '[agent]\nnum_envs = 4\nhidden_size = 8\ntotal_steps = 240\neval_every = 1\neval_goals = 1\n')
+    monkeypatch.setattr(run, "HERE", tmp_path / "experiments")
+    monkeypatch.setattr(run, "ROOT", tmp_path)
+    assert run.main(["tiny_ml10", "--tasks", "2", "--quiet", "--device", "cpu"]) == 0
+    assert run.main(["tiny_ml10", "--tasks", "2", "--quiet", "--device", "cpu", "--checkpoint", "best"]) == 0
+    out = tmp_path / "experiments" / "results"
+    rows = [json.loads(line) for line in (tmp_path / "runs" / "experiments" / "tiny_ml10" / "metrics.jsonl").open()]
+    first_best = max(range(len(rows)), key=lambda i: (rows[i]["heldout_success"], -i))
+    latest, best = (json.loads((out / f"tiny_ml10{s}.json").read_text()) for s in ("", "_best"))
+    assert latest["metrics"]["checkpoint"] == "latest" and latest["metrics"]["checkpoint_iteration"] == 3
+    assert best["command"] == "python experiments/run.py tiny_ml10 --tasks 2 --checkpoint best"
+    assert best["metrics"]["checkpoint"] == "best" and best["metrics"]["checkpoint_select"] == "heldout_success"
+    assert best["metrics"]["checkpoint_iteration"] == first_best + 1  # the parameters after that iteration's update
+    for stem, which in (("tiny_ml10", "latest"), ("tiny_ml10_best", "best")):
+        for report in ("eval.json", "eval_train.json"):
+            assert json.loads((out / "runs" / stem / report).read_text())["checkpoint"] == which
+    rt = _load("readme_table")
+    monkeypatch.setattr(rt, "ROOT", tmp_path)
+    note = f"best checkpoint of training (iteration {first_best + 1}, by the held-out sample while training)"
+    assert note in rt.metaworld_row(rt.read_summary(out / "tiny_ml10_best.json"))
+    row = rt.ml10_table().splitlines()[-1]
+    assert f"; at the {note}: " in row and "--checkpoint best" in row
+
+
 @pytest.mark.parametrize("cfg", sorted((ROOT / "experiments" / "configs").glob("*.toml")), ids=lambda p: p.stem)
 def test_every_experiment_config_resolves(cfg):
     """Every key of every experiment config is a real option with a valid value."""

@@ -299,8 +299,9 @@ def test_smoke_train_and_eval_maml_on_navigation(cli, tmp_path, agent):
     assert best["iteration"] == best_it and best["select_value"] == metrics[best_it]["post_return"]
     code, out, err = cli("eval", rd, "--tasks", "10", "--checkpoint", "best", "--baselines", "none")
     assert code == 0, err
-    report = json.loads((rd / "eval.json").read_text())
+    report = json.loads((rd / "eval_best.json").read_text())  # beside the latest checkpoint's eval.json
     assert report["checkpoint"] == "best" and report["checkpoint_iteration"] == best_it
+    assert json.loads((rd / "eval.json").read_text())["checkpoint"] == "latest"
     if agent == "maml-trpo":  # evaluation options may change at eval; training options may not
         code, _, err = cli("eval", rd, "--tasks", "10", "--baselines", "none", "--set", "agent.eval_rollouts=2",
                            "--set", "agent.eval_later_lr=0.05")

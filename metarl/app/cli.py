@@ -118,7 +118,8 @@ def build_parser(full_help: bool = False,
     e.add_argument("--seed", type=int, default=0, help="evaluation seed: picks the held-out tasks (default 0)")
     e.add_argument("--checkpoint", default="latest", choices=("latest", "best"),
                    help="latest (default) or best: the training iteration with the best selection metric "
-                        "(MAML: post-adaptation return, the MAML paper's protocol)")
+                        "(with agent.eval_every: the best held-out sample, the Meta-World paper's max over "
+                        "training; else MAML: post-adaptation return, the MAML paper's protocol)")
     e.add_argument("--device", help="auto, cpu or cuda (default: auto)")
     e.add_argument("--split", default="test", choices=("test", "train"),
                    help="test (default): the held-out tasks; train (Meta-World): the training classes by the same "

@@ -1,6 +1,7 @@
 """`metarl eval`: a trained run and the chosen baselines on the same held-out tasks, by its
 env's protocol (trial totals, return per gradient step, few-shot metric per inner step, or
-Meta-World success); writes eval.json (eval_train.json for --split train)."""
+Meta-World success); writes eval.json (eval_train.json for --split train; eval_best.json,
+eval_train_best.json for --checkpoint best)."""
 from __future__ import annotations
 
 import json
@@ -140,7 +141,10 @@ def _extra_policies(spec, ck: dict, cfg: dict, dev, seed: int) -> dict:
 
 
 def _write_report(path: Path, report: dict, stem: str = "eval") -> dict:
-    """STEM.json (atomically) and STEM_adaptation.png in the run directory."""
+    """STEM.json (atomically) and STEM_adaptation.png in the run directory; STEM_best.* for the
+    best checkpoint, so that its evaluation never replaces the latest one's."""
+    if report.get("checkpoint") == "best":
+        stem += "_best"
     tmp = path / f"{stem}.json.tmp"
     tmp.write_text(json.dumps(report, indent=2))
     os.replace(tmp, path / f"{stem}.json")

@@ -8,6 +8,7 @@ from metarl.config import as_dict, load_toml
 from metarl.device import resolve_device
 from metarl.errors import UserError
 from metarl.eval.plots import class_success_curve, learning_curve
+from metarl.eval.success import MONITOR_SELECT, held_out_monitor
 from metarl.run_config import TRAINING_ONLY, resolve_config, saved_config, setup_threads
 from metarl.rundir import RunDir, default_run_name, open_existing
 from metarl.sim.options import SIMULATION_FIELDS
@@ -50,7 +51,8 @@ def train(agent: str, env: str, *, config_file: str | None = None, sets: list[st
               f"{trainer.steps_per_iteration} steps, device {dev}) -> {path}", flush=True)
     train_loop(trainer, run, trainer.iterations, saved_cfg, start_iteration=start,
                checkpoint_every=cfg["agent"].checkpoint_every, quiet=quiet, desc=cfg["run"]["env"],
-               shown=cfg["agent_spec"].curve_keys, select=cfg["agent_spec"].select_key, monitor=monitor)
+               shown=cfg["agent_spec"].curve_keys, select=MONITOR_SELECT if monitor else cfg["agent_spec"].select_key,
+               monitor=monitor)
     metrics = run.read_metrics()
     if metrics:
         learning_curve(metrics, path / "learning_curve.png", f"{cfg['run']['agent']} on {cfg['run']['env']}",
@@ -107,7 +109,6 @@ def _held_out_monitor(cfg: dict, dev):
     if "metaworld" not in env_spec.families:
         raise UserError(f"agent.eval_every needs an env with a held-out protocol (Meta-World: ml1, ml10, ml25, "
                         f"ml45); {cfg['run']['env']!r} has none: leave agent.eval_every at 0")
-    from metarl.eval.success import held_out_monitor
     return every, held_out_monitor(cfg["agent_spec"], env_spec, cfg["env"], cfg["agent"], cfg["run"]["seed"], dev,
                                    cfg["agent"].eval_goals)
 

@@ -170,6 +170,11 @@ def summarize_success(ev: SuccessEvaluation) -> dict:
 
 
 MONITORED_FORM = "metaworld+"  # the agent form agent.eval_every plays where the agent has it (RL²)
+# With agent.eval_every, checkpoints/best.pt is the iteration with the best held-out sample (per
+# task): the Meta-World paper's "max over training", taken on a checkpoint the full protocol then
+# evaluates (`metarl eval --checkpoint best`). The sample's goals are the first eval_goals of each
+# test class, which the full protocol's goals include.
+MONITOR_SELECT = "heldout_success"
 
 
 def held_out_monitor(spec, env_spec: EnvSpec, env_cfg, agent_cfg, seed: int, device, goals_per_class: int):
