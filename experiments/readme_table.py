@@ -223,7 +223,7 @@ def table() -> str:
                 "| experiment | task family | training | recognised before / after fine-tuning (chance) | held-out ELBO "
                 "before / after | evaluator on real drawings | difference, paired (recognised; ELBO) | train time | "
                 "commit | command |\n|---|---|---|---|---|---|---|---|---|---|\n" + "\n".join(gen_rows))
-    out += context_table() + objectives_table() + curvature_table() + demo_table()
+    out += context_table() + objectives_table() + transfer_table() + curvature_table() + demo_table()
     if peer_rows:
         out += ("\n\nmetarl's RL² against sb3-contrib's RecurrentPPO on the same trial env and budget (env steps), "
                 "on the same held-out tasks: mean total reward ± half-width of the 95% CI; score ratio = RL² / "
@@ -658,6 +658,30 @@ def objectives_table() -> str:
             "| experiment | task family | objective | held-out | under attack | reference | difference, paired | "
             "difference under attack, paired | train time | commit | command |\n"
             "|---|---|---|---|---|---|---|---|---|---|---|\n" + "\n".join(rows))
+
+
+def transfer_table() -> str:
+    """Few-shot learners tested unchanged on another task family ([experiment] transfer_env):
+    each evaluated form's query metric after 0, 1, 5, 10 inner steps there."""
+    rows = []
+    for f in sorted((ROOT / "experiments" / "results").glob("*.json")):
+        s = read_summary(f)
+        t = s.get("metrics", {}).get("transfer")
+        if not t:
+            continue
+        m = s["metrics"]
+        for name, r in t["results"].items():
+            per = {str(p["x"]): p for p in curve_of(r).points}
+            cell = (lambda c: pct(shown(c))) if r.get("metric") == "query accuracy" else mse_cell
+            cells = [cell(per[k]) if k in per else "–" for k in ("0", "1", "5", "10")]
+            rows.append(f"| {s['experiment']} | {m['env']} → {t['env']}, {t['held_out_tasks']} tasks | {name} | "
+                        + " | ".join(cells) + f" | {s['commit']} | `{s['command']}` |")
+    if not rows:
+        return ""
+    return ("\n\nFew-shot learners tested unchanged on another task family (`[experiment] transfer_env`, as "
+            "`metarl eval RUN --env ENV`): query MSE (or accuracy) after 0, 1, 5, 10 inner steps on its tasks, ± half-width of the "
+            "95% CI.\n\n| experiment | trained on → tested on | learner | 0 steps | 1 step | 5 steps | 10 steps | "
+            "commit | command |\n|---|---|---|---|---|---|---|---|---|\n" + "\n".join(rows))
 
 
 def curvature_table() -> str:

@@ -1,7 +1,9 @@
 """Run a named experiment: train with experiments/configs/NAME.toml, evaluate the agent and
 the baselines on the same held-out tasks ([experiment] baselines = "a,b", default every
 applicable one), and write experiments/results/NAME.json
-(+ NAME_curve.png, NAME_adaptation.png) with the exact command and commit.
+(+ NAME_curve.png, NAME_adaptation.png) with the exact command and commit. Few-shot configs may
+also name [experiment] transfer_env = "FAMILY": the learner tested unchanged on that family's
+tasks (as `metarl eval RUN --env FAMILY`), kept in the results file under "transfer".
 
     python experiments/run.py bandit_k5_n10            # trains (or resumes) then evaluates
     python experiments/run.py bandit_k5_n10 --eval-only
@@ -188,6 +190,10 @@ def main(argv=None) -> int:
             str(run_dir), tasks=args.tasks, device=args.device, sets=eval_sets, checkpoint=which,
             baselines=meta.get("baselines", "all"),
             attack=None if attack is None else Attack(attack["kind"], attack["eps"], attack.get("steps", 10)))
+        transfer = None
+        if meta.get("transfer_env"):  # few-shot: the learner tested unchanged on another family's tasks
+            transfer = evaluate_run(str(run_dir), tasks=args.tasks, device=args.device, sets=eval_sets,
+                                    checkpoint=which, baselines="none", env=meta["transfer_env"])
         meta_train = None
         if report["protocol"] == "metaworld":  # meta-train success by the same protocol: the generalization gap
             meta_train = finished_metaworld(run_dir, "eval_train" + suffix, args.tasks, which) or evaluate_run(
@@ -260,6 +266,11 @@ def main(argv=None) -> int:
                 "results": {n: {**r["total"], "per_class": r["per_class"],
                                 **({"metaworld_tally": r["metaworld_tally"]} if "metaworld_tally" in r else {})}
                             for n, r in meta_train["results"].items()}},
+            # [experiment] transfer_env: the same evaluation on another task family (metarl eval --env)
+            "transfer": None if transfer is None else {
+                "env": transfer["env"], "env_config": transfer["env_config"], "held_out_tasks": transfer["tasks"],
+                "results": {n: {**r["total"], **{k: r[k] for k in ("metric", "curve") if k in r}}
+                            for n, r in transfer["results"].items()}},
             # Meta-World: training success of the last iteration (RL²: last episode of the trial; MAML: adapted)
             "train_success": next((metrics[-1][k] for k in ("success_last", "post_success") if metrics and k in metrics[-1]),
                                   None),
@@ -269,7 +280,7 @@ def main(argv=None) -> int:
     (out / f"{out_stem}.json").write_text(json.dumps(summary, indent=2) + "\n")
     if inflight.exists():  # finished: the results file replaces the parked run
         shutil.rmtree(inflight)
-    keep_record(run_dir, out / "runs" / out_stem, suffix)
+    keep_record(run_dir, out / "runs" / out_stem, suffix, transfer_env=meta.get("transfer_env"))
     from metarl.app.report import report_table
     print(report_table(report))
     print(f"training time {train_s / 60:.1f} min; wrote {out / (out_stem + '.json')}")
@@ -279,14 +290,14 @@ def main(argv=None) -> int:
     return 0
 
 
-def keep_record(run_dir: Path, dst: Path, suffix: str = "") -> None:
+def keep_record(run_dir: Path, dst: Path, suffix: str = "", transfer_env: str | None = None) -> None:
     """The run's RECORD files (small: no checkpoints) into dst, replacing an earlier record; with
     suffix "_best", the best checkpoint's reports (eval_best.json, ...) as the record's eval.json
-    and eval_train.json (their "checkpoint" field says which)."""
+    and eval_train.json (their "checkpoint" field says which); with transfer_env, its report too."""
     if dst.exists():
         shutil.rmtree(dst)
     dst.mkdir(parents=True)
-    for name in RECORD:
+    for name in RECORD + ((f"eval_{transfer_env}.json",) if transfer_env else ()):
         src = run_dir / (name.replace(".json", f"{suffix}.json") if name.startswith("eval") else name)
         if src.exists():
             shutil.copyfile(src, dst / name)

@@ -323,6 +323,30 @@ def test_objective_experiment_is_paired_by_task_with_its_reference(tmp_path, mon
     assert "| obj | glyphs 4-way 1-shot | maml: maml,l2:0.5 |" in text and "\n| ref |" not in text
 
 
+def test_transfer_env_evaluates_the_learner_unchanged_on_another_family(tmp_path, monkeypatch):
+    """[experiment] transfer_env: the results file and the record also hold the learner's
+    evaluation on that family's tasks (as metarl eval --env), which the results page tabulates."""
+    run = _load("run")
+    configs = tmp_path / "experiments" / "configs"
+    configs.mkdir(parents=True)
+    (configs / "sin.toml").write_text(
+        '[experiment]\neval_tasks = 12\ntransfer_env = "gp-regression"\n[run]\nagent = "maml"\nenv = "sinusoid"\n'
+        'seed = 0\n[agent]\niterations = 2\nmeta_batch = 2\nhidden = 8\nlog_every = 1\neval_steps = 2\n')
+    monkeypatch.setattr(run, "HERE", tmp_path / "experiments")
+    monkeypatch.setattr(run, "ROOT", tmp_path)
+    assert run.main(["sin", "--quiet", "--device", "cpu"]) == 0
+    results = tmp_path / "experiments" / "results"
+    m = json.loads((results / "sin.json").read_text())["metrics"]
+    record = json.loads((results / "runs" / "sin" / "eval_gp-regression.json").read_text())
+    assert m["env"] == "sinusoid" and m["transfer"]["env"] == record["env"] == "gp-regression"
+    assert record["trained_on"] == "sinusoid" and m["transfer"]["held_out_tasks"] == 12
+    assert m["transfer"]["results"]["maml"]["mean"] == record["results"]["maml"]["total"]["mean"]
+    assert m["transfer"]["results"]["maml"]["mean"] != m["results"]["maml"]["mean"]  # other tasks
+    table = _load("readme_table")
+    monkeypatch.setattr(table, "ROOT", tmp_path)
+    assert "| sin | sinusoid → gp-regression, 12 tasks | maml | " in table.transfer_table()
+
+
 def test_a_parked_metaworld_evaluation_keeps_its_finished_parts(tmp_path):
     """Parking copies a finished eval.json and the finished methods of an evaluation in progress;
     a resumed experiment reuses an eval.json written for the same checkpoint and tasks, and
