@@ -37,6 +37,8 @@ def headline() -> str:
                 or f.stem.endswith("_curvature")):
             continue
         s = read_summary(f)
+        if s["metrics"].get("checkpoint_select") == "heldout_success":
+            continue  # chosen on held-out tasks: shown beside the final checkpoint's (ML10 table), never alone
         row = headline_figure(s)
         if row is None:
             continue
@@ -398,9 +400,12 @@ def best_note(m: dict) -> str:
     """A results file of a run's best checkpoint (experiments/run.py --checkpoint best) says so."""
     if m.get("checkpoint") != "best":
         return ""
-    by = {"heldout_success": "the held-out sample while training"}.get(m.get("checkpoint_select"),
-                                                                         m.get("checkpoint_select"))
-    return f", best checkpoint of training (iteration {m['checkpoint_iteration']}" + (f", by {by})" if by else ")")
+    sel = m.get("checkpoint_select")
+    by = {"heldout_success": "the held-out sample while training",
+          "post_return": "post-adaptation training return"}.get(sel, sel)
+    since = m.get("checkpoint_select_from") or 0
+    return (f", best checkpoint of training (after {m['checkpoint_iteration']} iterations"
+            + (f", by {by}" if by else "") + (f" from iteration {since} on" if since else "") + ")")
 
 
 def pct(r: dict) -> str:

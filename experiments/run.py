@@ -52,6 +52,7 @@ from metarl.config import as_dict, build, tomllib
 from metarl.errors import UserError
 from metarl.eval.plots import SUCCESS_KEYS, adaptation_curve, class_success_curve, learning_curve
 from metarl.eval.stats import paired_diff_ci
+from metarl.eval.success import MONITOR_SELECT
 from metarl.eval.trials import best_baseline, is_agent_form
 from metarl.fewshot.attacks import Attack
 from metarl.protocols import FEWSHOT
@@ -64,7 +65,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 PARKED = ("config.toml", "metrics.jsonl", "timing.jsonl", "checkpoints/latest.pt", "checkpoints/best.pt",
           "eval.json", "eval_train.json", "eval_best.json", "eval_train_best.json")
-PARKED_PARTS = ("eval_parts", "eval_train_parts")  # metarl.app.evaluate's finished methods of an evaluation
+PARKED_PARTS = ("eval_parts", "eval_train_parts", "eval_best_parts", "eval_train_best_parts")  # metarl.app.evaluate's finished methods of an evaluation
 RECORD = ("config.toml", "eval.json", "eval_train.json", "metrics.jsonl", "timing.jsonl")
 
 
@@ -213,6 +214,13 @@ def main(argv=None) -> int:
         return 2
     metrics = read_jsonl(run_dir / "metrics.jsonl")
     timing = read_jsonl(run_dir / "timing.jsonl")
+    best = torch.load(run_dir / "checkpoints" / "best.pt", map_location="cpu", weights_only=True) \
+        if which == "best" else None
+    row = metrics[-1] if metrics else None
+    if best:  # the row that measured best.pt's parameters: a monitor's metric plays them after that
+        # row's update (best.pt's iteration is the next one); a training metric before it
+        it = best["iteration"] - (1 if best.get("select") == MONITOR_SELECT else 0)
+        row = next((r for r in metrics if r["iteration"] == it), None)
     train_s = sum(t["iteration_s"] for t in timing)
     agent = report["agent"]
     results = report["results"]
@@ -249,9 +257,10 @@ def main(argv=None) -> int:
             "env": report["env"], "env_config": report["env_config"], "agent": agent,
             "held_out_tasks": report["tasks"], "env_steps": report["env_steps"], "train_time_s": train_s,
             "checkpoint": which, "checkpoint_iteration": report["checkpoint_iteration"],
-            # best.pt's selection metric: heldout_success (agent.eval_every), MAML's post_return
-            "checkpoint_select": torch.load(run_dir / "checkpoints" / "best.pt", map_location="cpu",
-                                            weights_only=True).get("select") if which == "best" else None,
+            # best.pt's selection metric (heldout_success with agent.eval_every, MAML's post_return) and
+            # the first iteration it chose among
+            **({"checkpoint_select": best["select"], "checkpoint_select_from": best.get("select_from", 0)}
+               if best else {}),
             "protocol": report["protocol"], "metric": report["metric"], "eval_options": report.get("eval_options", {}),
             "results": {n: {**r["total"], **{k: r[k] for k in ("metric", "curve", "per_class", "return", "per_task",
                                                                "metaworld_tally", "per_context", "chance",
@@ -271,9 +280,9 @@ def main(argv=None) -> int:
                 "env": transfer["env"], "env_config": transfer["env_config"], "held_out_tasks": transfer["tasks"],
                 "results": {n: {**r["total"], **{k: r[k] for k in ("metric", "curve") if k in r}}
                             for n, r in transfer["results"].items()}},
-            # Meta-World: training success of the last iteration (RL²: last episode of the trial; MAML: adapted)
-            "train_success": next((metrics[-1][k] for k in ("success_last", "post_success") if metrics and k in metrics[-1]),
-                                  None),
+            # Meta-World: training success of the evaluated checkpoint's iteration, the last one unless
+            # best (RL²: last episode of the trial; MAML: adapted)
+            "train_success": next((row[k] for k in ("success_last", "post_success") if row and k in row), None),
             "written": time.strftime("%Y-%m-%d %H:%M:%S"),
         },
     }

@@ -44,7 +44,8 @@ class RunDir:
             raise UserError(f"cannot resume: no checkpoint at {self.path / CHECKPOINT}; "
                             f"drop --resume to start a new run")
         if overwrite and exists and not resume:
-            for name in ("metrics.jsonl", "timing.jsonl", "eval.json", "eval_train.json", CHECKPOINT):
+            for name in ("metrics.jsonl", "timing.jsonl", "eval.json", "eval_train.json", "eval_best.json",
+                         "eval_train_best.json", CHECKPOINT, BEST):
                 (self.path / name).unlink(missing_ok=True)
         (self.path / "checkpoints").mkdir(parents=True, exist_ok=True)
         self._tb = None
@@ -128,8 +129,8 @@ def load_checkpoint(run_dir: str | Path, map_location="cpu", which: str = "lates
         raise UserError(f"--checkpoint must be one of {', '.join(CHECKPOINTS)}, got {which!r}")
     p = Path(run_dir) / CHECKPOINTS[which]
     if which == "best" and not p.exists() and (Path(run_dir) / CHECKPOINT).exists():
-        raise UserError(f"no best checkpoint in {run_dir}: this agent logs no selection metric (only MAML agents "
-                        f"keep one); use --checkpoint latest")
+        raise UserError(f"no best checkpoint in {run_dir}: this run logged no selection metric (MAML agents "
+                        f"keep one, and any agent trained with agent.eval_every); use --checkpoint latest")
     if not p.exists():
         raise UserError(f"no checkpoint at {p}; train first (metarl train ...) or check the run directory")
     try:  # weights_only: tensors and plain values, so loading a received run can't run its code

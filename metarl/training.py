@@ -94,11 +94,14 @@ def train_loop(trainer: Trainer, run: RunDir, iterations: int, config: dict, *, 
     def save(next_it: int):
         run.save_checkpoint(state(next_it))
 
-    best = -math.inf
+    # select_from: the first iteration the selection saw (a run resumed from a checkpoint written
+    # before it tracked this metric chooses among the later iterations only)
+    best, select_from = -math.inf, start_iteration
     if select and start_iteration > 0 and (run.path / BEST).exists():
         saved = run.load_checkpoint(which="best")
         if saved.get("select") == select:  # a best.pt of another selection metric is replaced
-            best = saved.get("select_value", -math.inf)
+            best, select_from = saved.get("select_value", -math.inf), saved.get("select_from", 0)
+    monitor_keys: set[str] = set()  # a monitor's metric measures the updated state: no copy needed
 
     stop = _InterruptFlag()
     bar = progress_bar(iterations * spi, quiet, desc)
@@ -110,7 +113,7 @@ def train_loop(trainer: Trainer, run: RunDir, iterations: int, config: dict, *, 
                 t0 = time.perf_counter()
                 # The metric of iteration `it` measures the parameters it starts from; keep them
                 # (a copy: state_dict tensors alias the live parameters the update changes).
-                before = copy.deepcopy(trainer.state_dict()) if select else None
+                before = copy.deepcopy(trainer.state_dict()) if select and select not in monitor_keys else None
                 metrics = trainer.train_iteration(it)
                 dt = time.perf_counter() - t0
                 bad = [k for k, v in metrics.items() if isinstance(v, float) and not math.isfinite(v)]
@@ -122,6 +125,7 @@ def train_loop(trainer: Trainer, run: RunDir, iterations: int, config: dict, *, 
                 if monitor is not None and (it + 1) % monitor[0] == 0:
                     t1 = time.perf_counter()
                     monitored = monitor[1](trainer.state_dict())
+                    monitor_keys.update(monitored)
                     metrics = {**metrics, **monitored}
                     extra["monitor_s"] = time.perf_counter() - t1
                 run.log({"iteration": it, "env_steps": (it + 1) * spi, **metrics},
@@ -129,8 +133,8 @@ def train_loop(trainer: Trainer, run: RunDir, iterations: int, config: dict, *, 
                          **getattr(trainer, "last_timing", {}), **extra})
                 if select and select in metrics and metrics[select] > best:
                     best = metrics[select]
-                    earned = state(it + 1, select=select, select_value=best) if select in monitored else \
-                        state(it, before, select=select, select_value=best)
+                    tag = {"select": select, "select_value": best, "select_from": select_from}
+                    earned = state(it + 1, **tag) if select in monitored else state(it, before, **tag)
                     run.save_checkpoint(earned, "best")
                 bar.update(spi)
                 postfix = {k: f"{metrics[k]:.3f}" for k in shown if k in metrics}

@@ -83,9 +83,11 @@ def test_best_checkpoint_by_a_monitor_metric_keeps_the_updated_parameters(tmp_pa
     train_loop(trainer, run, 6, {}, quiet=True, select="held", monitor=monitor, start_iteration=1)
     best = load_checkpoint(tmp_path / "run", which="best")
     assert best["select"] == "held" and best["select_value"] == 7.0 and best["iteration"] == 2
+    assert best["select_from"] == 1  # resumed at 1 with a best.pt of another metric: chosen from 1 on
     assert float(best["trainer"]["w"]) == 7.0
     # resuming with the same metric keeps the saved best unless beaten
     run2 = RunDir(tmp_path / "run", resume=True, tensorboard=False)
     train_loop(_ScoreTrainer([0.0] * 6 + [5.0, 0.0]), run2, 8, {}, quiet=True, select="held", monitor=monitor,
                start_iteration=6)
     assert load_checkpoint(tmp_path / "run", which="best")["select_value"] == 7.0
+    assert load_checkpoint(tmp_path / "run", which="best")["select_from"] == 1

@@ -127,15 +127,18 @@ def test_best_checkpoint_by_the_held_out_sample_is_evaluated_beside_the_latest(t
     assert best["command"] == "python experiments/run.py tiny_ml10 --tasks 2 --checkpoint best"
     assert best["metrics"]["checkpoint"] == "best" and best["metrics"]["checkpoint_select"] == "heldout_success"
     assert best["metrics"]["checkpoint_iteration"] == first_best + 1  # the parameters after that iteration's update
+    assert best["metrics"]["train_success"] == rows[first_best]["success_last"]  # that iteration's, not the last
     for stem, which in (("tiny_ml10", "latest"), ("tiny_ml10_best", "best")):
         for report in ("eval.json", "eval_train.json"):
             assert json.loads((out / "runs" / stem / report).read_text())["checkpoint"] == which
     rt = _load("readme_table")
     monkeypatch.setattr(rt, "ROOT", tmp_path)
-    note = f"best checkpoint of training (iteration {first_best + 1}, by the held-out sample while training)"
+    note = f"best checkpoint of training (after {first_best + 1} iterations, by the held-out sample while training)"
     assert note in rt.metaworld_row(rt.read_summary(out / "tiny_ml10_best.json"))
     row = rt.ml10_table().splitlines()[-1]
     assert f"; at the {note}: " in row and "--checkpoint best" in row
+    head = rt.headline()  # selected on held-out tasks: beside the final checkpoint's, never alone
+    assert "run.py tiny_ml10 --tasks 2" in head and "--checkpoint best" not in head
 
 
 @pytest.mark.parametrize("cfg", sorted((ROOT / "experiments" / "configs").glob("*.toml")), ids=lambda p: p.stem)

@@ -166,7 +166,7 @@ def _evaluate_success_run(run: LoadedRun, names: list[str], tasks: int, seed: in
     classes = len(env_spec.make_distribution(env_cfg).names[split])
     goals = max(1, min(env_cfg.goals_per_class, tasks // classes))
     stem = "eval" if split == "test" else "eval_train"
-    parts = _MethodParts(run, stem, {"goals": goals, "seed": seed, "eval_options": _eval_options(cfg, eval_sets)})
+    parts = _MethodParts(run, stem + ("_best" if run.which == "best" else ""), {"goals": goals, "seed": seed, "eval_options": _eval_options(cfg, eval_sets)})
     name = run.saved["run"]["agent"]
 
     def agent_result():

@@ -61,7 +61,8 @@ def load_run(path: str | Path) -> Run:
     p = open_existing(path)
     ev = p / "eval.json"
     if not ev.exists():
-        raise UserError(f"{p} has no eval.json; evaluate it first: metarl eval {p}")
+        raise UserError(f"{p} has no eval.json (the latest checkpoint's evaluation, which compare reads); "
+                        f"evaluate it first: metarl eval {p}")
     report = read_eval(ev)
     agent = report["agent"]
     if agent not in report["results"]:
