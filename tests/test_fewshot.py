@@ -464,6 +464,12 @@ def test_eval_attack_reports_robust_accuracy_beside_clean_and_refuses_regression
     res = json.loads((run / "eval.json").read_text())["results"]
     assert set(res) == {"protonet", "protonet (pgd eps=0.3, 3 steps)"}
     assert res["protonet (pgd eps=0.3, 3 steps)"]["total"]["mean"] < res["protonet"]["total"]["mean"]
+    maml = tmp_path / "maml"  # a gradient-step learner: attacked only after all its evaluation steps
+    assert cli("train", "maml", "--env", "glyphs", "--run-dir", maml, *TINY, *extra, "--set", "agent.eval_steps=2")[0] == 0
+    assert cli("eval", maml, "--tasks", 10, "--attack", "fgsm", "--eps", 0.3)[0] == 0
+    res = json.loads((maml / "eval.json").read_text())["results"]
+    assert [p["x"] for p in res["maml"]["curve"]["points"]] == [0, 1, 2]
+    assert [p["x"] for p in res["maml (fgsm eps=0.3)"]["curve"]["points"]] == [2]
     sin = tmp_path / "sin"
     assert cli("train", "maml", "--env", "sinusoid", "--run-dir", sin, *TINY)[0] == 0
     code, _, err = cli("eval", sin, "--attack", "fgsm")

@@ -30,12 +30,16 @@ def evaluate_fewshot(learner: FewShotLearner, dist: FewShotDistribution, num_tas
                      split: str = "test") -> dict[int, torch.Tensor]:
     """Per-task score [num_tasks] after each reported number of inner steps -> {steps: scores}.
     Closed-form learners give {0: scores} (steps do not apply). With `attack`
-    (metarl.fewshot.attacks.Attack) the query images are perturbed against each adapted model:
-    robust accuracy on the same tasks. `split` "val" scores validation tasks (model selection)."""
+    (metarl.fewshot.attacks.Attack) the query images are perturbed against the model adapted by
+    all eval_steps: robust accuracy on the same tasks, {eval_steps: scores} (each attack step is a
+    backward pass through the adapted model, so the earlier steps are not attacked). `split`
+    "val" scores validation tasks (model selection)."""
     device = torch.device(device)
     gen = task_generator(seed, split, device)
     attack_gen = torch.Generator(device=device).manual_seed(seed)
     steps = report_steps(eval_steps) if learner.gradient_steps else [0]
+    if attack is not None:
+        steps = steps[-1:]
     out: dict[int, list] = {s: [] for s in steps}
     learner.eval()
     for start in range(0, num_tasks, batch_tasks):
