@@ -58,7 +58,7 @@ from metarl.fewshot.attacks import Attack
 from metarl.protocols import FEWSHOT
 from metarl.registry import AGENTS, ENVS, lookup
 from metarl.run_config import TRAINING_ONLY
-from metarl.rundir import read_jsonl
+from metarl.rundir import load_checkpoint, read_jsonl
 from metarl.training import Interrupted
 
 HERE = Path(__file__).resolve().parent
@@ -214,8 +214,7 @@ def main(argv=None) -> int:
         return 2
     metrics = read_jsonl(run_dir / "metrics.jsonl")
     timing = read_jsonl(run_dir / "timing.jsonl")
-    best = torch.load(run_dir / "checkpoints" / "best.pt", map_location="cpu", weights_only=True) \
-        if which == "best" else None
+    best = load_checkpoint(run_dir, which="best") if which == "best" else None
     row = metrics[-1] if metrics else None
     if best:  # the row that measured best.pt's parameters: a monitor's metric plays them after that
         # row's update (best.pt's iteration is the next one); a training metric before it

@@ -73,18 +73,24 @@ def test_held_out_results_go_on_the_plot_whose_axis_they_share():
 
 
 @pytest.mark.slow
+def _tiny_ml1_experiment(tmp_path, monkeypatch, name: str, agent_extra: str):
+    """experiments/run.py rooted at tmp_path with one tiny ML1 RL² config NAME ([agent] + agent_extra)."""
+    run = _load("run")
+    (tmp_path / "experiments" / "configs").mkdir(parents=True)
+    (tmp_path / "experiments" / "configs" / f"{name}.toml").write_text(
+        '[experiment]\nbaselines = "none"\n[run]\nagent = "rl2"\nenv = "ml1"\nseed = 0\n'
+        '[env]\nhorizon = 10\nepisodes = 2\nworkers = 2\n'
+        '[agent]\nnum_envs = 4\nhidden_size = 8\n' + agent_extra)
+    monkeypatch.setattr(run, "HERE", tmp_path / "experiments")
+    monkeypatch.setattr(run, "ROOT", tmp_path)
+    return run
+
+
 def test_metaworld_experiment_records_meta_train_success(tmp_path, monkeypatch):
     """experiments/run.py on a tiny ML1 RL² config: the results file holds meta-test and
     meta-train success (the protocol on the training goals) and the success plot is drawn."""
     pytest.importorskip("metaworld")
-    run = _load("run")
-    (tmp_path / "experiments" / "configs").mkdir(parents=True)
-    (tmp_path / "experiments" / "configs" / "tiny_ml1.toml").write_text(
-        '[experiment]\nbaselines = "none"\n[run]\nagent = "rl2"\nenv = "ml1"\nseed = 0\n'
-        '[env]\nhorizon = 10\nepisodes = 2\nworkers = 2\n'
-        '[agent]\nnum_envs = 4\nhidden_size = 8\ntotal_steps = 160\n')
-    monkeypatch.setattr(run, "HERE", tmp_path / "experiments")
-    monkeypatch.setattr(run, "ROOT", tmp_path)
+    run = _tiny_ml1_experiment(tmp_path, monkeypatch, "tiny_ml1", "total_steps = 160\n")
     assert run.main(["tiny_ml1", "--tasks", "2", "--quiet", "--device", "cpu", "--seed", "3"]) == 0
     out = tmp_path / "experiments" / "results"
     s = json.loads((out / "tiny_ml1_seed3.json").read_text())  # another seed: its own run and results file
@@ -102,21 +108,14 @@ def test_metaworld_experiment_records_meta_train_success(tmp_path, monkeypatch):
     assert (out / "tiny_ml1_seed3_curve.png").stat().st_size > 0
 
 
-
 @pytest.mark.slow
 def test_best_checkpoint_by_the_held_out_sample_is_evaluated_beside_the_latest(tmp_path, monkeypatch):
     """With agent.eval_every, training keeps the iteration with the best held-out sample;
     `--checkpoint best` evaluates it into NAME_best.json and its own record, leaving NAME's; the
     ML10 table shows both (a *_ml10 config name puts it there; ML1 keeps the test small)."""
     pytest.importorskip("metaworld")
-    run = _load("run")
-    (tmp_path / "experiments" / "configs").mkdir(parents=True)
-    (tmp_path / "experiments" / "configs" / "tiny_ml10.toml").write_text(
-        '[experiment]\nbaselines = "none"\n[run]\nagent = "rl2"\nenv = "ml1"\nseed = 0\n'
-        '[env]\nhorizon = 10\nepisodes = 2\nworkers = 2\n'
-        '[agent]\nnum_envs = 4\nhidden_size = 8\ntotal_steps = 240\neval_every = 1\neval_goals = 1\n')
-    monkeypatch.setattr(run, "HERE", tmp_path / "experiments")
-    monkeypatch.setattr(run, "ROOT", tmp_path)
+    run = _tiny_ml1_experiment(tmp_path, monkeypatch, "tiny_ml10",
+                               "total_steps = 240\neval_every = 1\neval_goals = 1\n")
     assert run.main(["tiny_ml10", "--tasks", "2", "--quiet", "--device", "cpu"]) == 0
     assert run.main(["tiny_ml10", "--tasks", "2", "--quiet", "--device", "cpu", "--checkpoint", "best"]) == 0
     out = tmp_path / "experiments" / "results"
