@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from metarl.errors import UserError
 from metarl.functional import Params
 
-from metarl.agents.fewshot_nets import Conv4, _per_task, bn_relu_pool
+from metarl.agents.fewshot_nets import Conv4, bn_relu_pool, fold_tasks, grouped_conv, unfold_features
 
 OPS = ("conv3x3", "conv5x5", "dil_conv3x3", "max_pool3x3", "avg_pool3x3", "skip", "none")
 CONV = {"conv3x3": (3, 1), "conv5x5": (5, 1), "dil_conv3x3": (3, 2)}  # kernel, dilation
@@ -71,8 +71,7 @@ class CellConv4(nn.Module):
     def _op(self, op: str, b: int, params: Params, h: torch.Tensor, n: int) -> torch.Tensor:
         if op in CONV:
             k, d = CONV[op]
-            return F.conv2d(h, _per_task(params[f"c{b}_{op}_w"], n, 4), _per_task(params[f"c{b}_{op}_b"], n, 1),
-                            padding=d * (k // 2), dilation=d, groups=n)
+            return grouped_conv(h, params, f"c{b}_{op}", n, padding=d * (k // 2), dilation=d)
         if op == "max_pool3x3":
             return F.max_pool2d(h, 3, 1, 1)
         if op == "avg_pool3x3":
@@ -80,12 +79,8 @@ class CellConv4(nn.Module):
         return h if op == "skip" else torch.zeros_like(h)
 
     def embed_with(self, params: Params, x: torch.Tensor) -> torch.Tensor:
-        single = x.dim() == 4
-        if single:
-            x = x.unsqueeze(0)
-        n, bs = x.shape[:2]
-        h = x.transpose(0, 1).reshape(bs, n * x.shape[2], *x.shape[-2:])          # [B, N*C, H, W]
-        h = F.conv2d(h, _per_task(params["conv0_w"], n, 4), _per_task(params["conv0_b"], n, 1), padding=1, groups=n)
+        h, n = fold_tasks(x)                                                       # [B, N*C, H, W]
+        h = grouped_conv(h, params, "conv0", n, padding=1)
         for b in range(SEARCHED + 1):
             if b > 0:
                 if self.arch is None:  # each op normalised (DARTS' ops end in an affine-free batch norm)
@@ -95,8 +90,7 @@ class CellConv4(nn.Module):
                 else:
                     h = self._op(self.arch[b - 1], b, params, h, n)
             h = bn_relu_pool(h, params, b, n)
-        f = h.view(bs, n, -1).transpose(0, 1)                                      # [N, B, hidden]
-        return f[0] if single else f
+        return unfold_features(h, n, single=x.dim() == 4)                          # [(N,) B, hidden]
 
     head_with = Conv4.head_with
     forward_with = Conv4.forward_with   # always with its head (out > 0)

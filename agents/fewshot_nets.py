@@ -47,17 +47,36 @@ class FunctionalMLP(nn.Module):
         return self.forward_with(params_of(self), x)
 
 
-def _per_task(p: torch.Tensor, n: int, dims: int) -> torch.Tensor:
+def per_task(p: torch.Tensor, n: int, dims: int) -> torch.Tensor:
     """A parameter with `dims` dims of its own, given shared or per task [n, ...] -> [n * first, ...]."""
     if p.dim() == dims:
         p = p.unsqueeze(0).expand(n, *p.shape)
     return p.reshape(n * p.shape[1], *p.shape[2:])
 
 
+def fold_tasks(x: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Images [N, B, C, H, W] (or [B, C, H, W], one task) -> the task-folded layout [B, N*C, H, W]
+    that grouped convolutions (groups=N) apply per-task weights in, and N."""
+    x = x.unsqueeze(0) if x.dim() == 4 else x
+    n, bs = x.shape[:2]
+    return x.transpose(0, 1).reshape(bs, n * x.shape[2], *x.shape[-2:]), n
+
+
+def unfold_features(h: torch.Tensor, n: int, single: bool) -> torch.Tensor:
+    """Folded features [B, N*F, 1, 1] -> [N, B, F] ([B, F] for one task, as fold_tasks got)."""
+    f = h.view(h.shape[0], n, -1).transpose(0, 1)
+    return f[0] if single else f
+
+
+def grouped_conv(h: torch.Tensor, params: Params, name: str, n: int, **kw) -> torch.Tensor:
+    """Conv `name`_w / `name`_b (shared or per task) on the folded layout, one group per task."""
+    return F.conv2d(h, per_task(params[f"{name}_w"], n, 4), per_task(params[f"{name}_b"], n, 1), groups=n, **kw)
+
+
 def bn_relu_pool(h: torch.Tensor, params: Params, i: int, n: int) -> torch.Tensor:
     """Block i's end in the task-folded layout [B, N*C, H, W]: batch norm with batch statistics
     (per task and channel, bn{i}_w / bn{i}_b shared or per task), ReLU, 2x2 max-pool."""
-    h = F.batch_norm(h, None, None, _per_task(params[f"bn{i}_w"], n, 1), _per_task(params[f"bn{i}_b"], n, 1),
+    h = F.batch_norm(h, None, None, per_task(params[f"bn{i}_w"], n, 1), per_task(params[f"bn{i}_b"], n, 1),
                      training=True)
     return F.max_pool2d(torch.relu(h), 2)
 
@@ -91,17 +110,10 @@ class Conv4(nn.Module):
             self.register_parameter("head_b", lin.bias)
 
     def embed_with(self, params: Params, x: torch.Tensor) -> torch.Tensor:
-        single = x.dim() == 4
-        if single:
-            x = x.unsqueeze(0)
-        n, bs = x.shape[:2]
-        h = x.transpose(0, 1).reshape(bs, n * x.shape[2], *x.shape[-2:])          # [B, N*C, H, W]
+        h, n = fold_tasks(x)                                                       # [B, N*C, H, W]
         for i in range(self.blocks):
-            h = F.conv2d(h, _per_task(params[f"conv{i}_w"], n, 4), _per_task(params[f"conv{i}_b"], n, 1),
-                         padding=1, groups=n)
-            h = bn_relu_pool(h, params, i, n)
-        f = h.view(bs, n, -1).transpose(0, 1)                                        # [N, B, hidden]
-        return f[0] if single else f
+            h = bn_relu_pool(grouped_conv(h, params, f"conv{i}", n, padding=1), params, i, n)
+        return unfold_features(h, n, single=x.dim() == 4)                          # [(N,) B, hidden]
 
     def head_with(self, params: Params, feats: torch.Tensor) -> torch.Tensor:
         return feats @ params["head_w"].transpose(-1, -2) + params["head_b"].unsqueeze(-2)
