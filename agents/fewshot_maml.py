@@ -193,8 +193,10 @@ class MAMLLearner(FewShotLearner):
                 idx, w = task_neighbours(phi, theta, self.cfg.rg_neighbours, self.cfg.rg_temperature)
                 terms[t] = rg_term(self.cfg.rg_form, phi, idx, w,
                                    lambda p, j: task_loss(self.kind, self.predict(p, xq[j], base), yq[j]))
-            else:  # mr-maml
+            elif t == "mr-maml":
                 terms[t] = self.encoder.kl(params_of(self.model))
+            else:  # a term META_TERMS accepts must have its branch here
+                raise NotImplementedError(f"meta_loss term {t!r} has no implementation in MAMLLearner.meta_loss")
         loss = sum(self.weights[k] * v for k, v in terms.items())
         metrics = {"loss": terms["maml"].item(), **{f"loss_{k}": v.item() for k, v in terms.items() if k != "maml"}}
         if self.kind == "classification":

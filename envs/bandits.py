@@ -33,8 +33,8 @@ class BanditDistribution(TaskDistribution):
 
 
 class BanditEnv(BatchedEnv):
-    has_mean_reward = True
     """B bandits stepped at once. reward: Bernoulli(mean) or mean + sigma * N(0, 1)."""
+    has_mean_reward = True
 
     def __init__(self, k: int, n: int, num_envs: int, device, generator: torch.Generator,
                  gaussian: bool = False, sigma: float = 1.0):

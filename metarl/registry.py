@@ -161,3 +161,17 @@ def baselines_for(families: tuple[str, ...], opt_in: bool = False) -> list[str]:
     """Baselines that apply to an env with these families (the opt-in ones only with opt_in)."""
     return [n for n, e in BASELINES.items() if set(e.families) & set(families)
             and (opt_in or n not in OPT_IN_BASELINES)]
+
+
+def names_where(table: dict[str, Entry], pred) -> list[str]:
+    """The registered names whose resolved object satisfies pred, for error messages that list
+    alternatives (so they never go stale); entries whose optional dependency is missing are left out."""
+    found = []
+    for name, entry in table.items():
+        try:
+            obj = load(entry.target)
+        except ImportError:
+            continue
+        if pred(obj):
+            found.append(name)
+    return found

@@ -14,7 +14,7 @@ from metarl.config import as_dict, build, load_toml, parse_sets
 from metarl.device import resolve_device
 from metarl.errors import UserError
 from metarl.protocols import FEWSHOT
-from metarl.registry import AGENTS, ENVS, lookup
+from metarl.registry import AGENTS, ENVS, lookup, names_where
 from metarl.rundir import load_checkpoint, open_existing
 
 TRAINING_ONLY = ("eval_every", "eval_goals")  # agent.eval_* options that act while training, not at evaluation
@@ -50,8 +50,7 @@ def resolve_config(agent: str, env: str, file: dict[str, dict] | None = None, se
     env_domain = getattr(env_spec, "domain", "rl")
     if env_domain != ("fewshot" if agent_spec.protocol is FEWSHOT else "rl"):
         kind = "a supervised few-shot" if env_domain == "fewshot" else "an RL"
-        fits = "maml, meta-sgd, anil, reptile, pretrain, protonet, matching-net, relation-net, cnp" \
-            if env_domain == "fewshot" else "rl2, maml-trpo, maml-ppo"
+        fits = ", ".join(names_where(AGENTS, lambda a: (a.protocol is FEWSHOT) == (env_domain == "fewshot")))
         raise UserError(f"agent {run['agent']!r} cannot train on env {run['env']!r}, which is {kind} task "
                         f"family; agents for it: {fits}")
     env_cfg = build(env_spec.config_cls, {**file.get("env", {}), **cli.get("env", {})}, "env")

@@ -2,6 +2,7 @@
 
 A trainer implements:
     steps_per_iteration: int                  env steps per iteration
+    iterations: int                           iterations in the whole run (from the agent's config)
     train_iteration(it) -> dict[str, float]   one iteration; deterministic metrics
     state_dict() / load_state_dict(d)         everything needed to resume bit-for-bit
 """
@@ -26,6 +27,7 @@ class Trainer(Protocol):
     ({"sample_s": ..., "update_s": ...}, seconds of the last iteration), logged to timing.jsonl
     (wall clock never goes into metrics.jsonl, which is reproducible bit for bit)."""
     steps_per_iteration: int
+    iterations: int
 
     def train_iteration(self, it: int) -> dict[str, float]: ...
 

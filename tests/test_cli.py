@@ -44,6 +44,9 @@ def _one_line_error(code, err, *needles):
       "agent.separate_critic=true"], ["agent.baseline=linear has no learned critic"]),
     (["train", "rl2", "--env", "bandit", "--set", "agent.eval_every=3"], ["agent.eval_every", "held-out protocol"]),
     (["train", "rl2", "--env", "bandit", "--set", "agent.reward_per_pair=true"], ["agent.reward_per_pair", "one-hot"]),
+    # the agents that fit come from the registry: every RL agent, no few-shot learner, and the reverse
+    (["train", "maml", "--env", "bandit"], ["cannot train on env 'bandit'", "rl2, recurrent-ppo, multitask-ppo, maml-trpo"]),
+    (["train", "rl2", "--env", "sinusoid"], ["cannot train on env 'sinusoid'", "np, learned-opt, leo, hypernet"]),
 ])
 def test_bad_input_is_one_line_exit_2(cli, tmp_path, args, needles):
     code, out, err = cli(*args, "--run-dir", str(tmp_path / "r")) if args[0] == "train" else cli(*args)
