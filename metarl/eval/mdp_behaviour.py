@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import torch
 
-from metarl.agents.mdp_baselines import CertaintyEquivalent, optimal_q
 from metarl.eval.stats import mean_ci
 from metarl.eval.trials import evaluate, held_out_tasks
 from metarl.rl.batched_env import EnvSpec
@@ -29,6 +28,7 @@ class Recorder:
     taken (it plans at each episode's start, as mdp-greedy does)."""
 
     def __init__(self, policy, env, env_cfg, seed: int):
+        from metarl.agents.mdp_baselines import CertaintyEquivalent  # the core imports agents/ only when used
         self.policy, self.shadow = policy, CertaintyEquivalent(env, env_cfg, seed)
         self.trials: list[dict[str, list]] = []
 
@@ -58,6 +58,7 @@ def episode_metrics(P: torch.Tensor, R: torch.Tensor, states: torch.Tensor, acti
                     ce_actions: torch.Tensor, returns: torch.Tensor) -> dict[str, torch.Tensor]:
     """P [B, S, A, S], R [B, S, A]; states, actions, ce_actions [B, E * H]; returns [B, E] ->
     {metric: [B, E]} (METRICS) and "oracle" [B]: V*(s0) of an episode."""
+    from metarl.agents.mdp_baselines import optimal_q
     B, E = returns.shape
     T = states.shape[1]
     H, A = T // E, R.shape[-1]
