@@ -17,6 +17,16 @@ ROOT = Path(__file__).resolve().parent.parent
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 
 
+def experiment_summaries():
+    """(path, summary) of every results file experiments/run.py wrote, in name order; the other
+    JSON files beside them (timings, GPU checks, benches, demo checks, curvature and MDP behaviour
+    tables) have no "metrics" and their own tables."""
+    for f in sorted((ROOT / "experiments" / "results").glob("*.json")):
+        s = read_summary(f)
+        if "metrics" in s and "_timing" not in f.stem:
+            yield f, s
+
+
 def read_summary(f: Path) -> dict:
     """A results file of experiments/run.py, its method results in the current eval.json form
     (files written before schema 2 are upgraded on reading)."""
@@ -32,11 +42,7 @@ def headline() -> str:
     published anchor, the best classical baseline and the run's command. Settings without a
     results file do not appear; the full record is docs/results.md."""
     best: dict[tuple, tuple] = {}
-    for f in sorted((ROOT / "experiments" / "results").glob("*.json")):
-        if ("_timing" in f.stem or f.stem.startswith("gpu_check") or f.stem in ("bench_cpu", "demo_check")
-                or f.stem.endswith("_curvature")):
-            continue
-        s = read_summary(f)
+    for f, s in experiment_summaries():
         if s["metrics"].get("checkpoint_select") == "heldout_success":
             continue  # chosen on held-out tasks: shown beside the final checkpoint's (ML10 table), never alone
         row = headline_figure(s)
@@ -152,16 +158,7 @@ def table() -> str:
             "RL² − best baseline, paired by task | Bayes-optimal-ish reference | paper | train time | commit | command |",
             "|---|---|---|---|---|---|---|---|---|---|---|"]
     steps_rows, mw_rows, fs_rows, peer_rows, mt_rows, gen_rows = [], [], [], [], [], []
-    for f in sorted((ROOT / "experiments" / "results").glob("*.json")):
-        if "_timing" in f.stem:  # per-iteration costs (wall_clock.py; _timing_COMMIT: an earlier measurement kept)
-            continue
-        if f.stem.startswith("gpu_check"):  # experiments/device_check.sh, shown in gpu_table
-            continue
-        if f.stem == "bench_cpu":  # experiments/bench.py, shown in cpu_bench_table
-            continue
-        if f.stem.endswith("_curvature") or f.stem == "demo_check":  # curvature_table, demo_table
-            continue
-        s = read_summary(f)
+    for f, s in experiment_summaries():
         m = s["metrics"]
         if m.get("protocol") == "inner-steps":
             steps_rows.append(steps_row(s))
@@ -600,9 +597,8 @@ def context_table() -> str:
     """Probabilistic regressors (CNP, NP): held-out log-likelihood per target point and MSE against
     the number of context points, one row per run, so the models sit side by side."""
     rows, sizes = [], None
-    for f in sorted((ROOT / "experiments" / "results").glob("*.json")):
-        s = read_summary(f)
-        m = s.get("metrics", {})
+    for f, s in experiment_summaries():
+        m = s["metrics"]
         per = m.get("results", {}).get(m.get("agent"), {}).get("per_context") if m.get("protocol") == "fewshot" else None
         if not per:
             continue
@@ -635,9 +631,8 @@ def objectives_table() -> str:
     """Few-shot runs that change the meta-objective (agent.meta_loss, ADML) or use the non-mutually-
     exclusive families, against their paired reference where the config names one."""
     rows = []
-    for f in sorted((ROOT / "experiments" / "results").glob("*.json")):
-        s = read_summary(f)
-        m = s.get("metrics", {})
+    for f, s in experiment_summaries():
+        m = s["metrics"]
         if m.get("protocol") != "fewshot" or m.get("agent") == "fewshot-gen":
             continue
         objective, paired = objective_of(s), m.get("paired_with")
@@ -669,9 +664,8 @@ def transfer_table() -> str:
     """Few-shot learners tested unchanged on another task family ([experiment] transfer_env):
     each evaluated form's query metric after 0, 1, 5, 10 inner steps there."""
     rows = []
-    for f in sorted((ROOT / "experiments" / "results").glob("*.json")):
-        s = read_summary(f)
-        t = s.get("metrics", {}).get("transfer")
+    for f, s in experiment_summaries():
+        t = s["metrics"].get("transfer")
         if not t:
             continue
         m = s["metrics"]
