@@ -222,7 +222,8 @@ def table() -> str:
                 "| experiment | task family | training | recognised before / after fine-tuning (chance) | held-out ELBO "
                 "before / after | evaluator on real drawings | difference, paired (recognised; ELBO) | train time | "
                 "commit | command |\n|---|---|---|---|---|---|---|---|---|---|\n" + "\n".join(gen_rows))
-    out += context_table() + objectives_table() + transfer_table() + curvature_table() + demo_table()
+    out += (context_table() + objectives_table() + transfer_table() + curvature_table() + behaviour_table()
+            + demo_table())
     if peer_rows:
         out += ("\n\nmetarl's RL² against sb3-contrib's RecurrentPPO on the same trial env and budget (env steps), "
                 "on the same held-out tasks: mean total reward ± half-width of the 95% CI; score ratio = RL² / "
@@ -701,6 +702,23 @@ def curvature_table() -> str:
             "| experiment | inner lr | 2 / lr | top eigenvalue median / p99 / max | tasks above 2 / lr | "
             "support loss grew | worst task after 10 steps | commit | command |\n"
             "|---|---|---|---|---|---|---|---|---|\n" + "\n".join(rows))
+
+
+def behaviour_table() -> str:
+    """experiments/mdp_behaviour.py: each method's return in each episode of a tabular-MDP trial."""
+    rows = []
+    for f in sorted((ROOT / "experiments" / "results").glob("*_behaviour.json")):
+        s = json.loads(f.read_text())
+        for name, r in s["results"].items():
+            per = " / ".join(f"{e['mean']:.1f}" for e in r["return"])
+            rows.append(f"| {s['experiment']} | {name} | {per} | {s['tasks']} | {s['commit']} | `{s['command']}` |")
+    if not rows:
+        return ""
+    return ("\n\nWhat a method does in each episode of a tabular-MDP trial (the full tables, regret, optimal "
+            "actions, new pairs and agreement with the certainty-equivalent planner, are in the JSON and PNG "
+            "beside each file): return of episodes 1 to n.\n\n"
+            "| experiment | method | return per episode | tasks | commit | command |\n"
+            "|---|---|---|---|---|---|\n" + "\n".join(rows))
 
 
 def demo_table() -> str:

@@ -40,6 +40,10 @@ def test_readme_results_table_is_generated_from_results_files():
             assert s["command"].startswith(f"python experiments/curvature.py {f.stem[:-len('_curvature')]}")
             assert s["command"] in table
             continue
+        if f.stem.endswith("_behaviour"):  # experiments/mdp_behaviour.py NAME, on NAME's run
+            assert s["command"].startswith(f"python experiments/mdp_behaviour.py {f.stem[:-len('_behaviour')]}")
+            assert s["command"] in table
+            continue
         if f.stem == "bench_cpu":  # experiments/bench.py: every benchmark names its command and commit
             for name, e in s["benches"].items():
                 assert e["command"] == f"python experiments/bench.py {name}" and e["commit"] and e["command"] in table
