@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from metarl.config import option
 from metarl.errors import UserError
+from metarl.registry import ENVS, names_where
 from metarl.seeding import make_generator
 
 Batch = dict[str, torch.Tensor]
@@ -169,7 +170,6 @@ def make_trainer_cls(make_learner: Callable[[FewShotDistribution, Any], FewShotL
     class Trainer(trainer_base):
         def __init__(self, env_spec, env_cfg, cfg, seed, device):
             if getattr(env_spec, "domain", "rl") != "fewshot":
-                from metarl.registry import ENVS, names_where
                 fewshot = names_where(ENVS, lambda e: getattr(e, "domain", "rl") == "fewshot")
                 raise UserError(f"env {env_spec.name!r} is an RL task distribution; few-shot learners train on "
                                 f"supervised ones ({', '.join(fewshot)})")
