@@ -174,13 +174,15 @@ class MAMLLearner(FewShotLearner):
         xs, ys, xq, yq = batch["xs"], batch["ys"], batch["xq"], batch["yq"]
         phi = self.adapt(xs, ys, base=base)
         theta = self.inner_params()
+        adml = {}
         if self.attack is None:
             out = self.predict(phi, xq, base)
             terms = {"maml": task_loss(self.kind, out, yq).mean()}
         else:
-            terms = {"maml": self._adml(phi, theta, base, batch)}
-            with torch.no_grad():  # clean accuracy, for the log only
+            terms = {"maml": self._adml(phi, theta, base, batch, adml)}
+            with torch.no_grad():  # clean loss and accuracy, for the log only
                 out = self.predict(phi, xq, base)
+                adml["loss_clean"] = task_loss(self.kind, out, yq).mean().item()
         for t in list(self.weights)[1:]:
             if t == "l2":
                 terms[t] = sum((p ** 2).sum() for p in theta.values())
@@ -198,7 +200,8 @@ class MAMLLearner(FewShotLearner):
             else:  # a term META_TERMS accepts must have its branch here
                 raise NotImplementedError(f"meta_loss term {t!r} has no implementation in MAMLLearner.meta_loss")
         loss = sum(self.weights[k] * v for k, v in terms.items())
-        metrics = {"loss": terms["maml"].item(), **{f"loss_{k}": v.item() for k, v in terms.items() if k != "maml"}}
+        metrics = {"loss": terms["maml"].item(), **adml,
+                   **{f"loss_{k}": v.item() for k, v in terms.items() if k != "maml"}}
         if self.kind == "classification":
             metrics["accuracy"] = task_score(self.kind, out.detach(), yq).mean().item()
         return loss, metrics
@@ -207,10 +210,10 @@ class MAMLLearner(FewShotLearner):
     def _unadapted(theta: dict, n: int) -> dict:
         return {k: v.unsqueeze(0).expand(n, *v.shape) for k, v in theta.items()}
 
-    def _adml(self, phi, theta, base, batch) -> torch.Tensor:
+    def _adml(self, phi, theta, base, batch, log: dict) -> torch.Tensor:
         """ADML's meta-loss: the clean-adapted phi on adversarial queries (attacked after adaptation,
         as the evaluation's attack) plus the model adapted on adversarial support images (attacked
-        at the init theta) on clean queries, halved."""
+        at the init theta) on clean queries, halved. Puts each half's value in log."""
         xs, ys, xq, yq = batch["xs"], batch["ys"], batch["xq"], batch["yq"]
         shim = _Predictor(self, base)
         phi_fixed = {k: v.detach() for k, v in phi.items()}
@@ -220,6 +223,7 @@ class MAMLLearner(FewShotLearner):
         phi_adv = self.adapt(xs_adv.to(xs.device), ys, base=base)
         on_adv = task_loss(self.kind, self.predict(phi, xq_adv.to(xq.device), base), yq).mean()
         on_clean = task_loss(self.kind, self.predict(phi_adv, xq, base), yq).mean()
+        log.update(loss_adv_query=on_adv.item(), loss_adv_support=on_clean.item())
         return 0.5 * (on_adv + on_clean)
 
 
