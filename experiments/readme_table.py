@@ -576,6 +576,7 @@ def steps_row(s: dict) -> str:
 
 
 RESULTS_PAGE = ROOT / "docs" / "results.md"
+OBJECTIVES_FIGURE = ROOT / "docs" / "objectives.png"  # objectives_figure, shown on the results page
 
 
 def generation_row(s: dict) -> str:
@@ -656,9 +657,57 @@ def objectives_table() -> str:
             "held-out query MSE or accuracy after the run's evaluation steps (± half-width of the 95% CI), robust "
             "accuracy under the attack named, and the difference from the reference run (the same tasks, paired by "
             "task, 95% CI).\n\n"
+            + (f"![each objective's paired difference from its reference]({OBJECTIVES_FIGURE.name})\n\n"
+               if objective_differences() else "") +
             "| experiment | task family | objective | held-out | under attack | reference | difference, paired | "
             "difference under attack, paired | train time | commit | command |\n"
             "|---|---|---|---|---|---|---|---|---|---|---|\n" + "\n".join(rows))
+
+
+def objective_differences() -> dict[str, list[tuple[str, dict]]]:
+    """Per task family, (objective, paired difference from the reference) of every objectives_table
+    run that has a reference: what objectives_figure draws."""
+    out: dict[str, list[tuple[str, dict]]] = {}
+    for _, s in experiment_summaries():
+        m = s["metrics"]
+        paired = m.get("paired_with")
+        if m.get("protocol") != "fewshot" or m["agent"] == "fewshot-gen" or not paired or m["agent"] not in paired:
+            continue
+        envc = m["env_config"]
+        fam = m["env"] + (f" {envc['ways']}-way {envc['shots']}-shot" if "ways" in envc else f" K={envc.get('shots')}")
+        label = objective_of(s).removeprefix("maml,").removeprefix("maml, ").replace(", non-mutually-exclusive tasks",
+                                                                                     " (NME tasks)")
+        out.setdefault(f"{fam}: {m['results'][m['agent']]['metric']}", []).append((label, paired[m["agent"]]))
+    return {fam: sorted(rows) for fam, rows in sorted(out.items())}
+
+
+def objectives_figure(path: Path) -> bool:
+    """A forest plot, one panel per task family: each objective's held-out difference from its
+    reference run, paired by task, with its 95% CI. False (nothing written) when there is none."""
+    fams = objective_differences()
+    if not fams:
+        return False
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, len(fams), figsize=(5.5 * len(fams), 0.45 * max(map(len, fams.values())) + 1.8))
+    for ax, (fam, rows) in zip(list(axes) if len(fams) > 1 else [axes], fams.items()):
+        y = range(len(rows))
+        mean = [d["mean"] for _, d in rows]
+        err = [[d["mean"] - d["ci_low"] for _, d in rows], [d["ci_high"] - d["mean"] for _, d in rows]]
+        ax.errorbar(mean, y, xerr=err, fmt="o", capsize=3)
+        ax.axvline(0.0, color="grey", lw=1, ls="--")
+        ax.set_yticks(list(y), [name for name, _ in rows])
+        ax.invert_yaxis()
+        ax.set_xlabel(f"paired difference, 95% CI ({'lower' if 'MSE' in fam else 'higher'} is better)")
+        ax.set_title(fam, fontsize=10)
+    fig.suptitle("Each objective against MAML on the same held-out tasks (NME tasks: against MAML on them)",
+                 fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
 
 
 def transfer_table() -> str:
@@ -750,6 +799,7 @@ def main() -> None:
     readme.write_text(new)
     RESULTS_PAGE.parent.mkdir(exist_ok=True)
     RESULTS_PAGE.write_text(results_page())
+    objectives_figure(OBJECTIVES_FIGURE)
     print(headline())
 
 

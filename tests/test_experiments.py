@@ -14,6 +14,22 @@ def _load(name):
     return mod
 
 
+def test_objectives_figure_draws_every_paired_objective_run(tmp_path):
+    """The results page's forest plot has one row per few-shot run paired with a reference, each
+    row the difference its results file records."""
+    rt = _load("readme_table")
+    fams = rt.objective_differences()
+    expected = {}
+    for f in (ROOT / "experiments" / "results").glob("*.json"):
+        m = json.loads(f.read_text()).get("metrics", {})
+        if m.get("protocol") == "fewshot" and m["agent"] != "fewshot-gen" and m["agent"] in (m.get("paired_with") or {}):
+            expected[m["paired_with"][m["agent"]]["mean"]] = f.stem
+    drawn = sorted(d["mean"] for rows in fams.values() for _, d in rows)
+    assert drawn == sorted(expected)
+    assert rt.objectives_figure(tmp_path / "o.png") and (tmp_path / "o.png").stat().st_size > 10_000
+    assert ("objectives.png" in rt.results_page()) == bool(fams)
+
+
 def test_readme_results_table_is_generated_from_results_files():
     """The README's headline table and docs/results.md are what readme_table.py writes from the
     results files, and the full record shows every results file."""
