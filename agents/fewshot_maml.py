@@ -29,12 +29,12 @@ from metarl.training import AgentSpec
 from torch.func import vmap
 
 from metarl.agents.fewshot_nets import make_network
-from metarl.agents.meta_objectives import (StochasticEncoder, encoder_keys, parse_meta_loss, rg_term,
-                                          task_neighbours)
+from metarl.agents.meta_objectives import (ObjectiveOptions, StochasticEncoder, encoder_keys, objective_terms,
+                                          parse_meta_loss, unadapted)
 
 
 @dataclass
-class MAMLConfig(FewShotConfig):
+class MAMLConfig(ObjectiveOptions, FewShotConfig):
     iterations: int = option(70_000, "meta-iterations (MAML paper, sinusoid: 70,000)", ge=1)
     hidden: int = option(40, "regression MLP: hidden units per layer (MAML paper: 40)", ge=1)
     layers: int = option(2, "regression MLP: hidden layers (MAML paper: 2)", ge=1)
@@ -46,17 +46,6 @@ class MAMLConfig(FewShotConfig):
                                    "stable for 10 steps; 0.4 Omniglot)", gt=0.0)
     inner_steps: int = option(1, "inner gradient steps during meta-training", ge=1)
     first_order: bool = option(False, "first-order MAML: no second derivatives through the inner step")
-    meta_loss: str = option("maml", "the meta-objective: maml (query loss after adaptation) plus any of, comma-"
-                                    "separated, each as term or term:lambda: l2 (||theta||^2), proximal (mean "
-                                    "||phi_i - theta||^2, iMAML's term), aux-maml (the unadapted theta's loss on each "
-                                    "task: a multi-task term), rg (rapid generalisation: similarity-weighted inter-"
-                                    "task loss, see rg_form), mr-maml (KL of a stochastic, unadapted encoder to "
-                                    "N(0, I): Yin et al. 2020); each logged on its own (agents/meta_objectives.py)")
-    meta_loss_weight: float = option(0.1, "lambda of every meta_loss term beside maml that has none of its own", ge=0.0)
-    rg_form: str = option("cross", "rg's inter-task term: cross = phi_i's loss on similar tasks' query sets, param = "
-                                   "distance between similar tasks' adapted weights", choices=("cross", "param"))
-    rg_neighbours: int = option(4, "rg: the most similar tasks of the meta-batch each task is compared with", ge=1)
-    rg_temperature: float = option(0.1, "rg: softmax temperature of the cosine similarities", gt=0.0)
     mr_layers: int = option(0, "mr-maml: leading layers forming the stochastic, unadapted encoder (0 = all Conv4 "
                                "blocks but the last, or the MLP's first layer)", ge=0)
     mr_sigma_init: float = option(1e-4, "mr-maml: the encoder weights' initial posterior std (the paper's code: ~0)",
@@ -183,32 +172,16 @@ class MAMLLearner(FewShotLearner):
             with torch.no_grad():  # clean loss and accuracy, for the log only
                 out = self.predict(phi, xq, base)
                 adml["loss_clean"] = task_loss(self.kind, out, yq).mean().item()
-        for t in list(self.weights)[1:]:
-            if t == "l2":
-                terms[t] = sum((p ** 2).sum() for p in theta.values())
-            elif t == "proximal":
-                terms[t] = sum(((phi[k] - p) ** 2).flatten(1).sum(1) for k, p in theta.items()).mean()
-            elif t == "aux-maml":  # the meta-parameters' own loss on the task's data, no adaptation
-                x, y = torch.cat([xs, xq], 1), torch.cat([ys, yq], 1)
-                terms[t] = task_loss(self.kind, self.predict(self._unadapted(theta, x.shape[0]), x, base), y).mean()
-            elif t == "rg":
-                idx, w = task_neighbours(phi, theta, self.cfg.rg_neighbours, self.cfg.rg_temperature)
-                terms[t] = rg_term(self.cfg.rg_form, phi, idx, w,
-                                   lambda p, j: task_loss(self.kind, self.predict(p, xq[j], base), yq[j]))
-            elif t == "mr-maml":
-                terms[t] = self.encoder.kl(params_of(self.model))
-            else:  # a term META_TERMS accepts must have its branch here
-                raise NotImplementedError(f"meta_loss term {t!r} has no implementation in MAMLLearner.meta_loss")
+        terms.update(objective_terms(self.weights, self.cfg, self.kind, phi, theta, batch,
+                                     lambda p, x: self.predict(p, x, base)))
+        if "mr-maml" in self.weights:
+            terms["mr-maml"] = self.encoder.kl(params_of(self.model))
         loss = sum(self.weights[k] * v for k, v in terms.items())
         metrics = {"loss": terms["maml"].item(), **adml,
                    **{f"loss_{k}": v.item() for k, v in terms.items() if k != "maml"}}
         if self.kind == "classification":
             metrics["accuracy"] = task_score(self.kind, out.detach(), yq).mean().item()
         return loss, metrics
-
-    @staticmethod
-    def _unadapted(theta: dict, n: int) -> dict:
-        return {k: v.unsqueeze(0).expand(n, *v.shape) for k, v in theta.items()}
 
     def _adml(self, phi, theta, base, batch, log: dict) -> torch.Tensor:
         """ADML's meta-loss: the clean-adapted phi on adversarial queries (attacked after adaptation,
@@ -218,7 +191,7 @@ class MAMLLearner(FewShotLearner):
         shim = _Predictor(self, base)
         phi_fixed = {k: v.detach() for k, v in phi.items()}
         xs_adv = draw_from_state(self.attack_rng, lambda g: self.attack.perturb(
-            shim, self._unadapted({k: v.detach() for k, v in theta.items()}, xs.shape[0]), xs, ys, g))
+            shim, unadapted({k: v.detach() for k, v in theta.items()}, xs.shape[0]), xs, ys, g))
         xq_adv = draw_from_state(self.attack_rng, lambda g: self.attack.perturb(shim, phi_fixed, xq, yq, g))
         phi_adv = self.adapt(xs_adv.to(xs.device), ys, base=base)
         on_adv = task_loss(self.kind, self.predict(phi, xq_adv.to(xq.device), base), yq).mean()

@@ -9,7 +9,9 @@ hypernetworks in the few-shot form of Qiao et al. 2018 and HyperMAML).
   classes permutes the rows.
 
 agent.mode:
-- "end-to-end": h and g are trained through the generated network's loss on the query set.
+- "end-to-end": h and g are trained through the generated network's loss on the query set,
+  plus agent.meta_loss's terms (agents/meta_objectives.py; theta is the base network, the
+  generator's output bias; mr-maml is the MAML family's only).
 - "two-stage" (regression): each training task's phi*_i is first fit by `fit_steps` of
   full-batch Adam on the task's support and query points, from one shared init
   (`target_init = "shared"`) or an independent draw per task ("independent"); then h and g
@@ -34,20 +36,22 @@ import torch.nn as nn
 
 from metarl.config import option
 from metarl.errors import UserError
-from metarl.fewshot.core import Batch, FewShotConfig, FewShotLearner, load_learner, make_trainer_cls, task_loss
+from metarl.fewshot.core import (Batch, FewShotConfig, FewShotLearner, load_learner, make_trainer_cls, task_loss,
+                                 task_score)
 from metarl.functional import Params, adapt_per_task, params_of
 from metarl.protocols import FEWSHOT
 from metarl.seeding import draw_from_state, stream_state
 from metarl.training import AgentSpec
 
 from metarl.agents.fewshot_nets import Conv4, bias_hyperinit, generated_mlp, mlp
+from metarl.agents.meta_objectives import ObjectiveOptions, objective_terms, parse_meta_loss
 
 MODES = ("end-to-end", "two-stage")
 MAX_GENERATOR_PARAMS = 50_000_000  # ~200 MB of float32 weights, x4 with Adam's moments and gradients
 
 
 @dataclass
-class HyperNetConfig(FewShotConfig):
+class HyperNetConfig(ObjectiveOptions, FewShotConfig):
     mode: str = option("end-to-end", "end-to-end: trained through the generated network's query loss; two-stage "
                                      "(regression): regress onto weights fit to each task first", choices=MODES)
     iterations: int = option(70_000, "meta-iterations (as MAML's sinusoid run)", ge=1)
@@ -84,6 +88,13 @@ class HyperNetLearner(FewShotLearner):
             raise UserError("agent.mode=two-stage regresses onto weights fit per task, implemented for regression "
                             "(sinusoid, gp-regression); use agent.mode=end-to-end on classification")
         self.cfg = cfg
+        self.weights = parse_meta_loss(cfg.meta_loss, cfg.meta_loss_weight)
+        if "mr-maml" in self.weights:
+            raise UserError("agent.meta_loss mr-maml makes a network's first layers a stochastic encoder the inner "
+                            "loop leaves alone: it is for maml, meta-sgd and anil, not the hypernetwork")
+        if cfg.mode == "two-stage" and len(self.weights) > 1:
+            raise UserError(f"agent.meta_loss={cfg.meta_loss!r}: two-stage regresses onto fitted weights, with no "
+                            f"query loss to add terms to; use agent.mode=end-to-end")
         if dist.kind == "regression":
             self.target, self.flat = generated_mlp(dist, cfg.hidden, cfg.layers)
             _check_size(self.flat.total, cfg)
@@ -130,15 +141,36 @@ class HyperNetLearner(FewShotLearner):
         return self._out(state, xq if self.kind == "regression" else self.embedding(xq))
 
     # ---- meta-training ------------------------------------------------------------------------
+    def base_params(self) -> Params:
+        """theta of the meta-objective terms: the network the generator outputs before its input
+        moves it, its output bias (bias-HyperInit's base), unbatched; classification: every class's
+        head row is that bias."""
+        bias = self.generator[-1].bias
+        if self.kind == "regression":
+            return self.flat.split(bias)
+        return {"head_w": bias[:-1].expand(self.ways, -1), "head_b": bias[-1].expand(self.ways)}
+
     def meta_loss(self, batch: Batch):
         if self.cfg.mode == "end-to-end":
-            return super().meta_loss(batch)
+            return self._objective(batch)
         target = self.fit_targets(batch)                                          # [N, P]
         pred = self.flat.join(self.generate(batch["xs"], batch["ys"]))
         loss = ((pred - target) ** 2).mean()
         with torch.no_grad():
             mse = task_loss(self.kind, self._out(self.flat.split(pred), batch["xq"]), batch["yq"]).mean()
         return loss, {"loss": loss.item(), "query_mse": mse.item(), "target_mse": self._target_mse}
+
+    def _objective(self, batch: Batch):
+        """The query loss of the generated weights plus agent.meta_loss's other terms times their
+        lambdas, each logged ("loss" is the query loss)."""
+        phi = self.adapt(batch["xs"], batch["ys"])
+        out = self.predict(phi, batch["xq"])
+        terms = {"maml": task_loss(self.kind, out, batch["yq"]).mean()}
+        terms.update(objective_terms(self.weights, self.cfg, self.kind, phi, self.base_params(), batch, self.predict))
+        metrics = {"loss": terms["maml"].item(), **{f"loss_{k}": v.item() for k, v in terms.items() if k != "maml"}}
+        if self.kind == "classification":
+            metrics["accuracy"] = task_score(self.kind, out.detach(), batch["yq"]).mean().item()
+        return sum(self.weights[k] * v for k, v in terms.items()), metrics
 
     def fit_targets(self, batch: Batch) -> torch.Tensor:
         """Two-stage targets phi*_i [N, P]: full-batch Adam on each task's support and query points."""

@@ -19,21 +19,44 @@ adaptation ("maml") with a weight lambda each:
             meta-weights can store, so the learner must read the support set.
 
 agent.meta_loss is comma-separated `term` or `term:lambda`; a term without its own lambda takes
-agent.meta_loss_weight.
+agent.meta_loss_weight. theta is what every task's adaptation departs from: the MAML family's init
+(ANIL: its head), the hypernetwork's base network (its generator's output bias); phi_i are the
+task's adapted (generated) weights.
 """
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from metarl.config import option
 from metarl.errors import UserError
+from metarl.fewshot.core import Batch, task_loss
 from metarl.functional import Params
 from metarl.seeding import draw_from_state, stream_state
 
 META_TERMS = ("maml", "l2", "proximal", "aux-maml", "rg", "mr-maml")
+
+
+@dataclass
+class ObjectiveOptions:
+    """The meta-objective's options, for every learner whose meta-loss takes the terms."""
+    meta_loss: str = option("maml", "the meta-objective: maml (query loss after adaptation) plus any of, comma-"
+                                    "separated, each as term or term:lambda: l2 (||theta||^2), proximal (mean "
+                                    "||phi_i - theta||^2, iMAML's term), aux-maml (the unadapted theta's loss on each "
+                                    "task: a multi-task term), rg (rapid generalisation: similarity-weighted inter-"
+                                    "task loss, see rg_form), mr-maml (MAML family: KL of a stochastic, unadapted "
+                                    "encoder to N(0, I), Yin et al. 2020); each logged on its own "
+                                    "(agents/meta_objectives.py)")
+    meta_loss_weight: float = option(0.1, "lambda of every meta_loss term beside maml that has none of its own", ge=0.0)
+    rg_form: str = option("cross", "rg's inter-task term: cross = phi_i's loss on similar tasks' query sets, param = "
+                                   "distance between similar tasks' adapted weights", choices=("cross", "param"))
+    rg_neighbours: int = option(4, "rg: the most similar tasks of the meta-batch each task is compared with", ge=1)
+    rg_temperature: float = option(0.1, "rg: softmax temperature of the cosine similarities", gt=0.0)
 
 
 def parse_meta_loss(spec: str, default_weight: float) -> dict[str, float]:
@@ -61,6 +84,34 @@ def parse_meta_loss(spec: str, default_weight: float) -> dict[str, float]:
         raise UserError(f"agent.meta_loss={spec!r}: terms are {', '.join(META_TERMS)}, comma-separated, with maml "
                         f"among them")
     return {"maml": 1.0, **{k: v for k, v in weights.items() if k != "maml"}}
+
+
+def unadapted(theta: Params, n: int) -> Params:
+    """theta as the state of n tasks: {name: [n, ...]} views, no copy."""
+    return {k: v.unsqueeze(0).expand(n, *v.shape) for k, v in theta.items()}
+
+
+def objective_terms(weights: dict[str, float], cfg: ObjectiveOptions, kind: str, phi: Params, theta: Params,
+                    batch: Batch, predict: Callable[[Params, torch.Tensor], torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The scalar value of every term of `weights` but maml and mr-maml (the learner's own).
+    phi {name: [N, ...]}: the tasks' adapted weights; theta {name: [...]}: what they depart from;
+    predict(params of N tasks, x [N, M, ...]) -> outputs [N, M, ...]."""
+    xs, ys, xq, yq = batch["xs"], batch["ys"], batch["xq"], batch["yq"]
+    terms = {}
+    for t in weights:
+        if t == "l2":
+            terms[t] = sum((p ** 2).sum() for p in theta.values())
+        elif t == "proximal":
+            terms[t] = sum(((phi[k] - p) ** 2).flatten(1).sum(1) for k, p in theta.items()).mean()
+        elif t == "aux-maml":  # theta's own loss on the task's data, no adaptation
+            x, y = torch.cat([xs, xq], 1), torch.cat([ys, yq], 1)
+            terms[t] = task_loss(kind, predict(unadapted(theta, x.shape[0]), x), y).mean()
+        elif t == "rg":
+            idx, w = task_neighbours(phi, theta, cfg.rg_neighbours, cfg.rg_temperature)
+            terms[t] = rg_term(cfg.rg_form, phi, idx, w, lambda p, j: task_loss(kind, predict(p, xq[j]), yq[j]))
+        elif t not in ("maml", "mr-maml"):  # a term META_TERMS accepts must have its branch here
+            raise NotImplementedError(f"meta_loss term {t!r} has no implementation in objective_terms")
+    return terms
 
 
 def task_neighbours(phi: Params, theta: Params, k: int, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:

@@ -117,3 +117,51 @@ def test_two_stage_on_classification_unknown_modes_and_huge_targets_are_user_err
     assert code == 2 and "mode" in err
     code, _, err = cli("train", "hypernet", "--env", "sinusoid", "--set", "agent.hidden=4000", "--quiet")
     assert code == 2 and "generator weights" in err and len(err.strip().splitlines()) == 1
+
+
+def test_meta_loss_terms_measure_the_generated_weights_against_the_base_network():
+    """agent.meta_loss on the hypernetwork: theta is the generator's output bias (the base network),
+    phi the generated weights; each term matches its definition and the loss adds them weighted;
+    with maml alone the objective is the query loss of the generated weights."""
+    dist, hn = sinusoid_learner(meta_loss="maml,l2,proximal,aux-maml,rg", meta_loss_weight=0.5, rg_neighbours=2)
+    b = dist.sample(4, torch.Generator().manual_seed(3))
+    loss, m = hn.meta_loss(b)
+    assert m.keys() == {"loss", "loss_l2", "loss_proximal", "loss_aux-maml", "loss_rg"}
+    theta = hn.flat.split(hn.generator[-1].bias)
+    phi = hn.generate(b["xs"], b["ys"])
+    with torch.no_grad():
+        assert m["loss"] == pytest.approx(task_loss("regression", hn.predict(phi, b["xq"]), b["yq"]).mean().item(),
+                                          rel=1e-5)
+        assert m["loss_l2"] == pytest.approx((hn.generator[-1].bias ** 2).sum().item(), rel=1e-5)
+        prox = ((hn.flat.join(phi) - hn.generator[-1].bias) ** 2).sum(1).mean().item()
+        assert m["loss_proximal"] == pytest.approx(prox, rel=1e-4)
+        x, y = torch.cat([b["xs"], b["xq"]], 1), torch.cat([b["ys"], b["yq"]], 1)
+        aux = ((hn.target.forward_with(theta, x) - y) ** 2).mean().item()  # one base network for every task
+        assert m["loss_aux-maml"] == pytest.approx(aux, rel=1e-5)
+    assert m["loss_rg"] > 0
+    assert loss.item() == pytest.approx(m["loss"] + 0.5 * (m["loss_l2"] + m["loss_proximal"] + m["loss_aux-maml"]
+                                                           + m["loss_rg"]), rel=1e-5)
+    loss.backward()  # the terms reach the generator's base
+    assert hn.generator[-1].bias.grad.abs().sum() > 0
+    _, plain = sinusoid_learner()
+    loss_p, m_p = plain.meta_loss(b)
+    assert m_p.keys() == {"loss"} and m_p["loss"] == pytest.approx(m["loss"])  # same init, same query loss
+
+
+def test_classification_meta_loss_rg_compares_generated_heads():
+    torch.manual_seed(0)
+    dist = make_glyphs(build(GlyphConfig, {"classes": 40, "variants": 20, "ways": 3, "shots": 2}, "env"))
+    hn = HyperNetLearner(dist, build(HyperNetConfig, {"channels": 8, "meta_loss": "maml,rg:1,proximal:1"}, "agent"))
+    b = dist.sample(4, torch.Generator().manual_seed(8), "train")
+    theta = hn.base_params()
+    assert theta["head_w"].shape == (3, hn.embedding.features) and theta["head_b"].shape == (3,)
+    loss, m = hn.meta_loss(b)
+    assert {"loss_rg", "loss_proximal", "accuracy"} <= m.keys() and m["loss_rg"] > 0 and m["loss_proximal"] > 0
+
+
+def test_meta_loss_terms_that_do_not_apply_are_user_errors(cli):
+    for sets, words in ((["agent.meta_loss=maml,mr-maml"], "not the hypernetwork"),
+                        (["agent.mode=two-stage", "agent.meta_loss=maml,l2"], "end-to-end")):
+        args = [a for kv in sets for a in ("--set", kv)]
+        code, _, err = cli("train", "hypernet", "--env", "sinusoid", *args, "--quiet")
+        assert code == 2 and words in err and len(err.strip().splitlines()) == 1
