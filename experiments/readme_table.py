@@ -677,8 +677,10 @@ def objective_differences() -> dict[str, list[tuple[str, dict]]]:
         fam = m["env"] + (f" {envc['ways']}-way {envc['shots']}-shot" if "ways" in envc else f" K={envc.get('shots')}")
         label = objective_of(s).removeprefix("maml,").removeprefix("maml, ").replace(", non-mutually-exclusive tasks",
                                                                                      " (NME tasks)")
+        if m["agent"] != "maml":
+            label = f"{m['agent']}: {label}"
         out.setdefault(f"{fam}: {m['results'][m['agent']]['metric']}", []).append((label, paired[m["agent"]]))
-    return {fam: sorted(rows) for fam, rows in sorted(out.items())}
+    return {fam: sorted(rows, key=lambda r: r[0]) for fam, rows in sorted(out.items())}
 
 
 def objectives_figure(path: Path) -> bool:
@@ -701,7 +703,7 @@ def objectives_figure(path: Path) -> bool:
         ax.invert_yaxis()
         ax.set_xlabel(f"paired difference, 95% CI ({'lower' if 'MSE' in fam else 'higher'} is better)")
         ax.set_title(fam, fontsize=10)
-    fig.suptitle("Each objective against MAML on the same held-out tasks (NME tasks: against MAML on them)",
+    fig.suptitle("Each objective against its learner without it, on the same held-out tasks (NME: on NME tasks)",
                  fontsize=10)
     fig.tight_layout()
     path.parent.mkdir(exist_ok=True)
