@@ -30,7 +30,7 @@ from torch.func import vmap
 
 from metarl.agents.fewshot_nets import make_network
 from metarl.agents.meta_objectives import (ObjectiveOptions, StochasticEncoder, encoder_keys, objective_terms,
-                                          parse_meta_loss, unadapted)
+                                          parse_meta_loss, unadapted, weighted_objective)
 
 
 @dataclass
@@ -176,9 +176,8 @@ class MAMLLearner(FewShotLearner):
                                      lambda p, x: self.predict(p, x, base)))
         if "mr-maml" in self.weights:
             terms["mr-maml"] = self.encoder.kl(params_of(self.model))
-        loss = sum(self.weights[k] * v for k, v in terms.items())
-        metrics = {"loss": terms["maml"].item(), **adml,
-                   **{f"loss_{k}": v.item() for k, v in terms.items() if k != "maml"}}
+        loss, metrics = weighted_objective(self.weights, terms)
+        metrics.update(adml)
         if self.kind == "classification":
             metrics["accuracy"] = task_score(self.kind, out.detach(), yq).mean().item()
         return loss, metrics

@@ -44,7 +44,7 @@ from metarl.seeding import draw_from_state, stream_state
 from metarl.training import AgentSpec
 
 from metarl.agents.fewshot_nets import Conv4, bias_hyperinit, generated_mlp, mlp
-from metarl.agents.meta_objectives import ObjectiveOptions, objective_terms, parse_meta_loss
+from metarl.agents.meta_objectives import ObjectiveOptions, objective_terms, parse_meta_loss, weighted_objective
 
 MODES = ("end-to-end", "two-stage")
 MAX_GENERATOR_PARAMS = 50_000_000  # ~200 MB of float32 weights, x4 with Adam's moments and gradients
@@ -167,10 +167,10 @@ class HyperNetLearner(FewShotLearner):
         out = self.predict(phi, batch["xq"])
         terms = {"maml": task_loss(self.kind, out, batch["yq"]).mean()}
         terms.update(objective_terms(self.weights, self.cfg, self.kind, phi, self.base_params(), batch, self.predict))
-        metrics = {"loss": terms["maml"].item(), **{f"loss_{k}": v.item() for k, v in terms.items() if k != "maml"}}
+        loss, metrics = weighted_objective(self.weights, terms)
         if self.kind == "classification":
             metrics["accuracy"] = task_score(self.kind, out.detach(), batch["yq"]).mean().item()
-        return sum(self.weights[k] * v for k, v in terms.items()), metrics
+        return loss, metrics
 
     def fit_targets(self, batch: Batch) -> torch.Tensor:
         """Two-stage targets phi*_i [N, P]: full-batch Adam on each task's support and query points."""

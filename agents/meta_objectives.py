@@ -114,6 +114,12 @@ def objective_terms(weights: dict[str, float], cfg: ObjectiveOptions, kind: str,
     return terms
 
 
+def weighted_objective(weights: dict[str, float], terms: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict]:
+    """The meta-loss sum_t lambda_t * term_t and its log: "loss" is the maml term, "loss_TERM" each other."""
+    loss = sum(weights[k] * v for k, v in terms.items())
+    return loss, {"loss": terms["maml"].item(), **{f"loss_{k}": v.item() for k, v in terms.items() if k != "maml"}}
+
+
 def task_neighbours(phi: Params, theta: Params, k: int, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
     """The k tasks most similar to each task by the cosine of adaptation directions phi_i - theta:
     indices [N, k] and softmax weights [N, k] over them (constants)."""

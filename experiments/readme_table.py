@@ -366,9 +366,7 @@ def fewshot_row(s: dict) -> str:
     cells = [f(per[k]) if k in per else "–" for k in ("0", "1", "5", "10")]
     if len(per) == 1:  # closed-form adaptation: one figure
         cells = [f(next(iter(per.values())))] + ["–"] * 3
-    envc = m["env_config"]
-    fam = m["env"] + (f" {envc['ways']}-way {envc['shots']}-shot" if "ways" in envc else f" K={envc.get('shots')}")
-    return (f"| {s['experiment']} | {fam}, {m['held_out_tasks']} held-out tasks | {m['agent']} | "
+    return (f"| {s['experiment']} | {family_of(m)}, {m['held_out_tasks']} held-out tasks | {m['agent']} | "
             + " | ".join(cells) + row_tail(s))
 
 
@@ -629,6 +627,12 @@ def objective_of(s: dict) -> str:
     return ", ".join(parts)
 
 
+def family_of(m: dict) -> str:
+    """A few-shot run's task family in words: "glyphs 5-way 1-shot", "sinusoid K=10"."""
+    envc = m["env_config"]
+    return m["env"] + (f" {envc['ways']}-way {envc['shots']}-shot" if "ways" in envc else f" K={envc.get('shots')}")
+
+
 def objectives_table() -> str:
     """Few-shot runs that change the meta-objective (agent.meta_loss, ADML) or use the non-mutually-
     exclusive families, against their paired reference where the config names one."""
@@ -645,8 +649,7 @@ def objectives_table() -> str:
         robust = next((n for n in res if n.startswith(agent + " (fgsm") or n.startswith(agent + " (pgd")), None)
         diff = lambda n: (f"{paired[n]['mean']:+.3f} [{paired[n]['ci_low']:+.3f}, {paired[n]['ci_high']:+.3f}]"  # noqa: E731
                           if paired and n in paired else "–")
-        envc = m["env_config"]
-        fam = m["env"] + (f" {envc['ways']}-way {envc['shots']}-shot" if "ways" in envc else f" K={envc.get('shots')}")
+        fam = family_of(m)
         rows.append(f"| {s['experiment']} | {fam} | {agent}: {objective} | {cell(res[agent])} | "
                     f"{cell(res[robust]) + ' (' + robust[len(agent) + 2:-1] + ')' if robust else '–'} | "
                     f"{paired['experiment'] if paired else '–'} | {diff(agent)} | {diff(robust) if robust else '–'} | "
@@ -673,8 +676,7 @@ def objective_differences() -> dict[str, list[tuple[str, dict]]]:
         paired = m.get("paired_with")
         if m.get("protocol") != "fewshot" or m["agent"] == "fewshot-gen" or not paired or m["agent"] not in paired:
             continue
-        envc = m["env_config"]
-        fam = m["env"] + (f" {envc['ways']}-way {envc['shots']}-shot" if "ways" in envc else f" K={envc.get('shots')}")
+        fam = family_of(m)
         label = objective_of(s).removeprefix("maml,").removeprefix("maml, ").replace(", non-mutually-exclusive tasks",
                                                                                      " (NME tasks)")
         if m["agent"] != "maml":
