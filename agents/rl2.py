@@ -449,11 +449,16 @@ class RL2RestartPolicy(RL2EvalPolicy):
     the first `adapt_steps` steps (the adaptation episodes, state carried throughout); then every
     evaluation episode of `horizon` steps restarts from the post-adaptation memory (hidden state,
     previous action, reward and done, and the time feature's clock) and acts with the mean
-    action. Evaluation episodes then do not depend on each other, as Meta-World's tally assumes."""
+    action. Evaluation episodes then do not depend on each other, as Meta-World's tally assumes.
 
-    def __init__(self, net, num_actions, trial_length, cfg, generator, adapt_steps: int, horizon: int):
+    carry_steps > 0 plays that many steps after adaptation first as the sampled form does (memory
+    carried on, sampled actions: RL2EvalPolicy's evaluation episodes, drawn as it draws them) and
+    restarts only after them: one trial plays both forms on the same adaptation episodes."""
+
+    def __init__(self, net, num_actions, trial_length, cfg, generator, adapt_steps: int, horizon: int,
+                 carry_steps: int = 0):
         super().__init__(net, num_actions, trial_length, cfg, generator)
-        self.adapt_steps, self.horizon = adapt_steps, horizon
+        self.adapt_steps, self.horizon, self.carry_steps = adapt_steps, horizon, carry_steps
 
     def reset(self, num_envs: int, device) -> None:
         super().reset(num_envs, device)
@@ -463,7 +468,8 @@ class RL2RestartPolicy(RL2EvalPolicy):
         k = self.steps - self.adapt_steps
         if k == 0:
             self.saved = (self.h.clone(), self.history.state())
-        elif k > 0 and k % self.horizon == 0:
+        k -= self.carry_steps  # steps into the restarted evaluation episodes
+        if k >= 0 and k % self.horizon == 0:
             self.h = self.saved[0].clone()
             self.history.restore(self.saved[1])
         self.deterministic = k >= 0
@@ -510,7 +516,8 @@ def load_eval_policy(checkpoint: dict, env_spec: EnvSpec, env_cfg, cfg: RL2Confi
                      deterministic: bool = False, form: str = "carry"):
     """The trained policy for evaluation. form "carry": one memory through the whole trial,
     sampled (or with deterministic, mode) actions; "restart": RL2RestartPolicy (Meta-World envs,
-    which define env.adapt_episodes)."""
+    which define env_cfg.adapt_episodes); "carry+restart": the carry form's trial, then the restart
+    form's evaluation episodes (eval_branch)."""
     env = env_spec.probe(env_cfg, device)
     trial_length = env.horizon * env_spec.episodes_per_trial(env_cfg)
     input_dim = rl2_input_dim(env.obs_dim, env.num_actions, cfg.time_feature, cfg.reward_per_action,
@@ -520,9 +527,10 @@ def load_eval_policy(checkpoint: dict, env_spec: EnvSpec, env_cfg, cfg: RL2Confi
     net.eval()
     env.close()
     gen = make_generator(seed, "eval-actions", device)
-    if form == "restart":
+    if form in ("restart", "carry+restart"):
+        carry = env_cfg.eval_episodes * env.horizon if form == "carry+restart" else 0
         return RL2RestartPolicy(net, env.num_actions, trial_length, cfg, gen, env_cfg.adapt_episodes * env.horizon,
-                                env.horizon)
+                                env.horizon, carry)
     return RL2EvalPolicy(net, env.num_actions, trial_length, cfg, gen, deterministic)
 
 
@@ -539,4 +547,13 @@ def extra_eval_policies(checkpoint: dict, env_spec: EnvSpec, env_cfg, cfg: RL2Co
 RESTART_LABEL = "metaworld+"  # results key "rl2 (metaworld+)": Meta-World+'s evaluation form
 
 
-RL2 = AgentSpec("rl2", RL2Config, RL2Trainer, load_eval_policy, extra_eval=extra_eval_policies)
+def eval_branch(checkpoint: dict, env_spec: EnvSpec, env_cfg, cfg: RL2Config, device, seed: int):
+    """Meta-World: (RESTART_LABEL, make_policy(env)) playing the sampled form's trial and then the
+    Meta-World+ form's evaluation episodes from the same post-adaptation memory. Drawn from the
+    same generator as each form alone, both forms' episodes equal their separate evaluations'."""
+    return RESTART_LABEL, lambda env: load_eval_policy(checkpoint, env_spec, env_cfg, cfg, device, seed,
+                                                       form="carry+restart")
+
+
+RL2 = AgentSpec("rl2", RL2Config, RL2Trainer, load_eval_policy, extra_eval=extra_eval_policies,
+                eval_branch=eval_branch)

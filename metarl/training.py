@@ -51,6 +51,11 @@ class AgentSpec:
     extra_eval(checkpoint, env_spec, env_cfg, agent_cfg, device, seed) -> {label: ...}: more
         forms of the same run, reported as "NAME (label)": make_policy(env) -> TrialPolicy for RL
         protocols (multi-task PPO: zero-shot), few-shot learners for FEWSHOT (learned-opt: SGD).
+    eval_branch(checkpoint, env_spec, env_cfg, agent_cfg, device, seed) -> (label, make_policy(env)):
+        Meta-World, one extra_eval form that can share the agent's adaptation episodes: its
+        TrialPolicy plays the agent's own form through adaptation and evaluation, then the form
+        `label`'s evaluation episodes from the post-adaptation memory (RL²: Meta-World+'s form), so
+        `metarl eval` plays the adaptation episodes once for both.
     """
     name: str
     config_cls: type
@@ -60,6 +65,7 @@ class AgentSpec:
     curve_keys: tuple[str, ...] = ("trial_return",)
     select_key: str | None = None  # training metric whose best iteration is kept as checkpoints/best.pt
     extra_eval: Callable[..., dict] | None = None
+    eval_branch: Callable[..., tuple[str, Any]] | None = None
 
 
 class Interrupted(Exception):

@@ -198,6 +198,20 @@ def test_smoke_train_on_ml1_logs_success(cli, tmp_path, agent):
     tally = mine["metaworld_tally"]  # one group: ML1's single class, both goals
     assert tally["groups"] == 1 and 0 <= tally["total"]["mean"] <= 1
     assert "success rate" in out and "Meta-World tally" in out
+    if agent == "rl2":  # sampled and Meta-World+ forms share one trial (eval_branch): each as if played alone
+        from metarl.eval.success import evaluate_success, summarize_success
+        from metarl.protocols import TRIAL
+        from metarl.run_config import load_run
+        run = load_run(rd, device="cpu")
+        c = run.cfg
+        for name, form in (("rl2", "carry"), ("rl2 (metaworld+)", "restart")):
+            policy = c["agent_spec"].load_eval_policy(run.checkpoint, c["env_spec"], c["env"], c["agent"], run.device,
+                                                      0, form=form)
+            alone = summarize_success(evaluate_success(lambda env: policy, TRIAL, c["env_spec"], c["env"], 2, 0, "cpu"))
+            shared = report["results"][name]
+            assert shared["per_task"] == alone["per_task"] and shared["return"] == alone["return"]
+            assert shared["metaworld_tally"]["scores"] == alone["metaworld_tally"]["scores"]
+            assert [p["mean"] for p in shared["curve"]["points"]] == [p["mean"] for p in alone["curve"]["points"]]
     # meta-train success by the same protocol: the training goals, in eval_train.json, eval.json kept
     before = (rd / "eval.json").read_bytes()
     assert not (rd / "eval_parts").exists()  # kept only while an evaluation is in progress

@@ -272,6 +272,33 @@ def test_restart_form_replays_the_post_adaptation_memory_in_every_evaluation_epi
     assert torch.equal(s[:, :A], r[:, :A]) and not torch.allclose(s[:, 2], r[:, 2])
 
 
+def test_branched_trial_plays_the_sampled_and_restart_forms_as_their_separate_trials():
+    """eval_branch: one trial of A adaptation + E carried + E restarted episodes. Its first A + E
+    episodes are the sampled form's trial and its last E the Meta-World+ form's evaluation
+    episodes, bit for bit (same generator seed; 2-D navigation starts every episode at the
+    origin), so `metarl eval` plays the shared adaptation episodes once."""
+    from metarl.agents.rl2 import RL2EvalPolicy, RL2RestartPolicy
+    from metarl.eval.trials import play_trial
+    spec, env_cfg, tr = _trainer("navigation-2d", {"horizon": 5, "episodes": 5})
+    T, H, A, E = tr.trial_env.trial_length, 5, 2, 3
+    env, tasks = tr.trial_env.env, tr.dist.sample(8, torch.Generator().manual_seed(1))
+    with torch.no_grad():  # make the memory matter: larger recurrent and input weights
+        tr.net.gru.weight_hh_l0.mul_(3)
+        tr.net.gru.weight_ih_l0.mul_(3)
+        tr.net.pi.linear.weight.mul_(100)
+
+    def gen():
+        return torch.Generator().manual_seed(0)
+    both = play_trial(RL2RestartPolicy(tr.net, 2, T, tr.cfg, gen(), A * H, H, carry_steps=E * H), env, tasks, A + 2 * E)
+    sampled = play_trial(RL2EvalPolicy(tr.net, 2, T, tr.cfg, gen()), env, tasks, A + E)
+    restart = play_trial(RL2RestartPolicy(tr.net, 2, T, tr.cfg, gen(), A * H, H), env, tasks, A + E)
+    for k in ("returns", "step_reward"):
+        n = (A + E) * (H if k == "step_reward" else 1)
+        assert torch.equal(both[k][:, :n], sampled[k])
+    assert torch.equal(both["returns"][:, A + E:], restart["returns"][:, A:])
+    assert not torch.equal(sampled["returns"][:, A:], restart["returns"][:, A:])  # the forms differ
+
+
 def test_overlapping_chunks_cover_every_step_once_in_the_loss():
     """Meta-World+'s BPTT: 250-step chunks every 200 steps of a 5,000-step trial; the last one
     ends at the trial's end, and the burn-in mask puts every step in exactly one chunk's loss."""

@@ -160,7 +160,7 @@ def _evaluate_success_run(run: LoadedRun, names: list[str], tasks: int, seed: in
     fewer), adaptation then evaluation episodes; success tallied per task (metarl.eval.success).
     Writes eval.json (test) or eval_train.json (train). Each method's result is kept as it is
     done (_MethodParts), so an evaluation stopped part way resumes at the next method."""
-    from metarl.eval.success import evaluate_success, summarize_success
+    from metarl.eval.success import evaluate_success, evaluate_success_branches, summarize_success
     cfg, ck, dev = run.cfg, run.checkpoint, run.device
     env_spec, env_cfg, spec = cfg["env_spec"], cfg["env"], cfg["agent_spec"]
     classes = len(env_spec.make_distribution(env_cfg).names[split])
@@ -173,10 +173,18 @@ def _evaluate_success_run(run: LoadedRun, names: list[str], tasks: int, seed: in
         agent = run.eval_policy(seed)  # one policy object for every batch of tasks, as the forms below
         return summarize_success(evaluate_success(lambda env: agent, spec.protocol, env_spec, env_cfg, goals, seed,
                                                   dev, split=split))
-    results = {name: parts.get(name, agent_result)}
+    forms = {name: agent_result}
     for label, make in _extra_policies(spec, ck, cfg, dev, seed).items():
-        results[f"{name} ({label})"] = parts.get(f"{name} ({label})", lambda: summarize_success(
-            evaluate_success(make, TRIAL, env_spec, env_cfg, goals, seed, dev, split=split)))
+        forms[f"{name} ({label})"] = lambda make=make: summarize_success(
+            evaluate_success(make, TRIAL, env_spec, env_cfg, goals, seed, dev, split=split))
+    if spec.eval_branch is not None:  # the agent and one extra form played on the same adaptation episodes
+        label, make = spec.eval_branch(ck, env_spec, env_cfg, cfg["agent"], dev, seed)
+        pair = [name, f"{name} ({label})"]
+        if not any(parts.has(m) for m in pair):
+            both = evaluate_success_branches(make, TRIAL, env_spec, env_cfg, goals, seed, dev, split=split, branches=2)
+            for m, ev in zip(pair, both):
+                parts.put(m, summarize_success(ev))
+    results = {m: parts.get(m, compute) for m, compute in forms.items()}
     for b in names:
         cls = lookup("baseline", BASELINES, b)
         results[b] = parts.get(b, lambda: summarize_success(evaluate_success(
@@ -198,18 +206,26 @@ class _MethodParts:
         self.stamp = {"checkpoint": run.which, "iteration": run.checkpoint["iteration"], "device": str(run.device),
                       **key}
 
+    def _path(self, method: str) -> Path:
+        return self.dir / f"{method.replace('/', '_')}.json"
+
+    def has(self, method: str) -> bool:
+        path = self._path(method)
+        return path.exists() and json.loads(path.read_text()).get("stamp") == self.stamp
+
     def get(self, method: str, compute) -> dict:
-        path = self.dir / f"{method.replace('/', '_')}.json"
-        if path.exists():
-            saved = json.loads(path.read_text())
-            if saved.get("stamp") == self.stamp:
-                return saved["result"]
+        if self.has(method):
+            return json.loads(self._path(method).read_text())["result"]
         result = compute()
+        self.put(method, result)
+        return result
+
+    def put(self, method: str, result: dict) -> None:
+        path = self._path(method)
         self.dir.mkdir(exist_ok=True)
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps({"stamp": self.stamp, "result": result}))
         os.replace(tmp, path)
-        return result
 
     def clear(self) -> None:
         if self.dir.exists():

@@ -81,12 +81,27 @@ def evaluate_success(make_agent, protocol: Protocol, env_spec: EnvSpec, env_cfg,
     {"curve" [N, 2], and per evaluation episode [N, E] "success", "first_success", "returns"}
     whose env holds adapt_episodes sub-envs per task (INNER_STEPS). split "train" plays the
     training classes' goals instead of the test classes'."""
+    return evaluate_success_branches(make_agent, protocol, env_spec, env_cfg, goals_per_class, seed, device,
+                                     batch_tasks, split)[0]
+
+
+def evaluate_success_branches(make_agent, protocol: Protocol, env_spec: EnvSpec, env_cfg, goals_per_class: int,
+                              seed: int, device, batch_tasks: int = 40, split: str = "test",
+                              branches: int = 1) -> list[SuccessEvaluation]:
+    """evaluate_success for an agent that, after its adaptation episodes, plays `branches` blocks
+    of evaluation episodes, each as another form of itself from the same adaptation (TRIAL only;
+    AgentSpec.eval_branch): one SuccessEvaluation per block, whose curve is the shared adaptation
+    episodes followed by that block's."""
+    if branches > 1 and protocol is not TRIAL:
+        raise ValueError("evaluation branches need the trial protocol")
     device = torch.device(device)
     dist = env_spec.make_distribution(env_cfg)
     A, E = env_cfg.adapt_episodes, env_cfg.eval_episodes
     env_gen = make_generator(seed, "eval-env", device)
     rollouts = A if protocol is not TRIAL else 1  # MAML: one sub-env per adaptation episode
-    names, goals, success, first, returns, curves = [], [], [], [], [], []
+    names, goals = [], []
+    played_keys = ("success", "first_success", "returns")
+    blocks = [{k: [] for k in (*played_keys, "curve")} for _ in range(branches)]
     env, agent = None, None
     try:
         for tasks in protocol_tasks(dist, goals_per_class, batch_tasks, split):
@@ -97,23 +112,25 @@ def evaluate_success(make_agent, protocol: Protocol, env_spec: EnvSpec, env_cfg,
                 env = env_spec.make_env(env_cfg, n * rollouts, device, env_gen)
                 agent = agent or make_agent(env)
             if protocol is TRIAL:
-                played = play_trial(agent, env, tasks, A + E)
-                curves.append(played["success"].cpu())
-                played = {k: played[k][:, A:] for k in ("success", "first_success", "returns")}
+                played = play_trial(agent, env, tasks, A + branches * E)
+                for b, block in enumerate(blocks):
+                    own = slice(A + b * E, A + (b + 1) * E)
+                    for k in played_keys:
+                        block[k].append(played[k][:, own].cpu())
+                    block["curve"].append(torch.cat([played["success"][:, :A], played["success"][:, own]], 1).cpu())
             else:
                 played = agent.adapt_success(env, tasks, A, E)
-                curves.append(played["curve"].cpu())
-            success.append(played["success"].cpu())
-            first.append(played["first_success"].cpu())
-            returns.append(played["returns"].cpu())
+                for k in (*played_keys, "curve"):
+                    blocks[0][k].append(played[k].cpu())
             names += dist.task_names(tasks)
             goals += tasks["goal"].tolist()
     finally:
         if env is not None:
             env.close()
     points = list(range(A + E)) if protocol is TRIAL else [0, A]
-    return SuccessEvaluation(names, goals, torch.cat(success), torch.cat(first), torch.cat(returns), env_cfg.horizon,
-                             points, torch.cat(curves))
+    return [SuccessEvaluation(names, goals, torch.cat(b["success"]), torch.cat(b["first_success"]),
+                              torch.cat(b["returns"]), env_cfg.horizon, points, torch.cat(b["curve"]))
+            for b in blocks]
 
 
 METAWORLD_META_BATCH = 20  # sub-envs Meta-World's published evaluations run at once
