@@ -197,8 +197,10 @@ def main(argv=None) -> int:
                                     checkpoint=which, baselines="none", env=meta["transfer_env"])
         meta_train = None
         if report["protocol"] == "metaworld":  # meta-train success by the same protocol: the generalization gap
-            meta_train = finished_metaworld(run_dir, "eval_train" + suffix, args.tasks, which) or evaluate_run(
-                str(run_dir), tasks=args.tasks, device=args.device, sets=eval_sets, checkpoint=which,
+            # [experiment] train_eval_tasks: fewer training-split tasks (ML10: 10 classes to the test's 5)
+            train_tasks = min(args.tasks, int(meta.get("train_eval_tasks", args.tasks)))
+            meta_train = finished_metaworld(run_dir, "eval_train" + suffix, train_tasks, which) or evaluate_run(
+                str(run_dir), tasks=train_tasks, device=args.device, sets=eval_sets, checkpoint=which,
                 baselines="none", split="train")
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -345,13 +347,19 @@ def copy_files(src: Path, dst: Path) -> None:
 
 
 def finished_metaworld(run_dir: Path, stem: str, tasks: int, which: str) -> dict | None:
-    """A Meta-World evaluation (RUN/STEM.json) already written for this checkpoint and number of
-    tasks: an hour or more of episodes a resumed experiment need not play again. None otherwise."""
+    """A Meta-World evaluation (RUN/STEM.json) already written for this checkpoint and what
+    `--tasks TASKS` plays (its classes x min(env.goals_per_class, TASKS // classes) goals): an hour or
+    more of episodes a resumed experiment need not play again. None otherwise."""
     f = run_dir / f"{stem}.json"
     if not f.exists():
         return None
     rep = json.loads(f.read_text())
-    same = (rep.get("protocol") == "metaworld" and rep.get("tasks") == tasks and rep.get("seed") == 0
+    goals = rep.get("goals_per_class")
+    played = None
+    if goals:
+        classes = rep["tasks"] // goals
+        played = classes * max(1, min(rep["env_config"]["goals_per_class"], tasks // classes))
+    same = (rep.get("protocol") == "metaworld" and rep.get("tasks") == played and rep.get("seed") == 0
             and rep.get("checkpoint") == which
             and rep.get("checkpoint_iteration") == checkpoint_iteration(run_dir, which))
     if same:

@@ -93,12 +93,12 @@ def test_held_out_results_go_on_the_plot_whose_axis_they_share():
 
 
 @pytest.mark.slow
-def _tiny_ml1_experiment(tmp_path, monkeypatch, name: str, agent_extra: str):
+def _tiny_ml1_experiment(tmp_path, monkeypatch, name: str, agent_extra: str, experiment_extra: str = ""):
     """experiments/run.py rooted at tmp_path with one tiny ML1 RL² config NAME ([agent] + agent_extra)."""
     run = _load("run")
     (tmp_path / "experiments" / "configs").mkdir(parents=True)
     (tmp_path / "experiments" / "configs" / f"{name}.toml").write_text(
-        '[experiment]\nbaselines = "none"\n[run]\nagent = "rl2"\nenv = "ml1"\nseed = 0\n'
+        '[experiment]\nbaselines = "none"\n' + experiment_extra + '[run]\nagent = "rl2"\nenv = "ml1"\nseed = 0\n'
         '[env]\nhorizon = 10\nepisodes = 2\nworkers = 2\n'
         '[agent]\nnum_envs = 4\nhidden_size = 8\n' + agent_extra)
     monkeypatch.setattr(run, "HERE", tmp_path / "experiments")
@@ -108,9 +108,10 @@ def _tiny_ml1_experiment(tmp_path, monkeypatch, name: str, agent_extra: str):
 
 def test_metaworld_experiment_records_meta_train_success(tmp_path, monkeypatch):
     """experiments/run.py on a tiny ML1 RL² config: the results file holds meta-test and
-    meta-train success (the protocol on the training goals) and the success plot is drawn."""
+    meta-train success (the protocol on the training goals, as many as [experiment]
+    train_eval_tasks allows) and the success plot is drawn."""
     pytest.importorskip("metaworld")
-    run = _tiny_ml1_experiment(tmp_path, monkeypatch, "tiny_ml1", "total_steps = 160\n")
+    run = _tiny_ml1_experiment(tmp_path, monkeypatch, "tiny_ml1", "total_steps = 160\n", "train_eval_tasks = 1\n")
     assert run.main(["tiny_ml1", "--tasks", "2", "--quiet", "--device", "cpu", "--seed", "3"]) == 0
     out = tmp_path / "experiments" / "results"
     s = json.loads((out / "tiny_ml1_seed3.json").read_text())  # another seed: its own run and results file
@@ -122,7 +123,7 @@ def test_metaworld_experiment_records_meta_train_success(tmp_path, monkeypatch):
     assert m["protocol"] == "metaworld" and set(m["results"]) == {"rl2", "rl2 (deterministic)", "rl2 (metaworld+)"}
     assert 0 <= m["results"]["rl2 (metaworld+)"]["metaworld_tally"]["total"]["mean"] <= 1
     mt = m["meta_train"]
-    assert mt["tasks"] == 2 and set(mt["results"]) == {"rl2", "rl2 (deterministic)", "rl2 (metaworld+)"}
+    assert m["held_out_tasks"] == 2 and mt["tasks"] == 1 and set(mt["results"]) == {"rl2", "rl2 (deterministic)", "rl2 (metaworld+)"}
     assert 0 <= mt["results"]["rl2"]["mean"] <= 1 and set(mt["results"]["rl2"]["per_class"]) == {"reach-v3"}
     assert (out / "tiny_ml1_seed3_success.png").stat().st_size > 0
     assert (out / "tiny_ml1_seed3_curve.png").stat().st_size > 0
@@ -371,20 +372,23 @@ def test_transfer_env_evaluates_the_learner_unchanged_on_another_family(tmp_path
 
 def test_a_parked_metaworld_evaluation_keeps_its_finished_parts(tmp_path):
     """Parking copies a finished eval.json and the finished methods of an evaluation in progress;
-    a resumed experiment reuses an eval.json written for the same checkpoint and tasks, and
-    evaluates again for another checkpoint or number of tasks."""
+    a resumed experiment reuses an eval.json written for the same checkpoint and tasks (--tasks
+    10000 plays 40 goals of each of 5 classes: 200), and evaluates again for another checkpoint or
+    number of tasks."""
     import torch
     run = _load("run")
     src, dst = tmp_path / "run", tmp_path / "parked"
     (src / "checkpoints").mkdir(parents=True)
     torch.save({"iteration": 7}, src / "checkpoints" / "latest.pt")
-    rep = {"protocol": "metaworld", "tasks": 200, "seed": 0, "checkpoint": "latest", "checkpoint_iteration": 7}
+    rep = {"protocol": "metaworld", "tasks": 200, "goals_per_class": 40, "env_config": {"goals_per_class": 40},
+           "seed": 0, "checkpoint": "latest", "checkpoint_iteration": 7}
     (src / "eval.json").write_text(json.dumps(rep))
     (src / "eval_train_parts").mkdir()
     (src / "eval_train_parts" / "rl2.json").write_text("{}")
     run.copy_files(src, dst)
     assert (dst / "eval.json").exists() and (dst / "eval_train_parts" / "rl2.json").exists()
     assert run.finished_metaworld(dst, "eval", 200, "latest") == rep
+    assert run.finished_metaworld(dst, "eval", 10000, "latest") == rep
     assert run.finished_metaworld(dst, "eval", 100, "latest") is None
     assert run.finished_metaworld(dst, "eval", 200, "best") is None
     assert run.finished_metaworld(dst, "eval_train", 200, "latest") is None
