@@ -115,7 +115,13 @@ def objective_terms(weights: dict[str, float], cfg: ObjectiveOptions, kind: str,
 
 
 def weighted_objective(weights: dict[str, float], terms: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict]:
-    """The meta-loss sum_t lambda_t * term_t and its log: "loss" is the maml term, "loss_TERM" each other."""
+    """The meta-loss sum_t lambda_t * term_t and its log: "loss" is the maml term, "loss_TERM" each other.
+    Every weighted term must be computed: a learner that does not compute one (mr-maml, which
+    objective_terms leaves to the learner) refuses it in its constructor."""
+    missing = [k for k in weights if k not in terms]
+    if missing:
+        raise NotImplementedError(f"meta_loss terms {missing} were not computed; the learner must compute or "
+                                  f"refuse them")
     loss = sum(weights[k] * v for k, v in terms.items())
     return loss, {"loss": terms["maml"].item(), **{f"loss_{k}": v.item() for k, v in terms.items() if k != "maml"}}
 

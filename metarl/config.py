@@ -59,10 +59,13 @@ def validate(cfg, section: str) -> None:
         value = getattr(cfg, f.name)
         key = f"{section}.{f.name}"
         typ = hints[f.name]
+        if typ not in (int, float, bool, str):  # a developer's error: --set and the saved TOML take only these
+            raise TypeError(f"{type(cfg).__name__}.{f.name} is a {typ}; config options are int, float, bool or str "
+                            f"(a list: a comma-separated str)")
         if typ is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
             setattr(cfg, f.name, value)
-        if typ in (int, float, bool, str) and not isinstance(value, typ):
+        if not isinstance(value, typ):
             raise UserError(f"{key} must be a {typ.__name__}, got {value!r}")
         if typ is int and isinstance(value, bool):
             raise UserError(f"{key} must be an int, got {value!r}")

@@ -257,6 +257,24 @@ def test_list_and_help_document_every_option(cli):
         assert f"env.{f.name} =" in out
 
 
+def test_every_config_option_is_a_scalar_that_set_and_toml_carry():
+    """Options are int, float, bool or str (lists as comma-separated str): every registered config
+    builds from its defaults, and a developer's tuple option fails at once, not at save time."""
+    from dataclasses import dataclass
+
+    from metarl.config import build, option
+    from metarl.registry import AGENTS, ENVS, lookup
+    for reg, kind in ((AGENTS, "agent"), (ENVS, "env")):
+        for name in reg:
+            build(lookup(kind, reg, name).config_cls, {}, kind)
+
+    @dataclass
+    class Bad:
+        sizes: tuple = option((40, 40), "layer widths")
+    with pytest.raises(TypeError, match="comma-separated str"):
+        build(Bad, {}, "agent")
+
+
 def test_train_help_narrows_to_the_named_agent_and_env(cli):
     """`train AGENT --env ENV --help` lists that agent's and env's options and no other's; a name
     that is not registered falls back to the full list."""

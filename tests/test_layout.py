@@ -1,4 +1,4 @@
-"""The layering DESIGN.md promises: the core (metarl/ outside agents/ and envs/) resolves agents
+"""The layering docs/extending.md promises: the core (metarl/ outside agents/ and envs/) resolves agents
 and envs through the registry when a name is used, never at import time."""
 import subprocess
 import sys

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from metarl.agents.fewshot_maml import MAMLConfig, MAMLLearner
-from metarl.agents.meta_objectives import parse_meta_loss, task_neighbours
+from metarl.agents.meta_objectives import parse_meta_loss, task_neighbours, weighted_objective
 from metarl.config import build
 from metarl.envs.image_tasks import GlyphConfig, make_glyphs
 from metarl.envs.regression_tasks import SinusoidConfig, SinusoidDistribution
@@ -44,6 +44,9 @@ def test_per_term_lambdas_and_the_shared_default():
     b = dist.sample(4, torch.Generator().manual_seed(0))
     loss, m = learner(dist, meta_loss="maml,l2:0.5,proximal", meta_loss_weight=0.2).meta_loss(b)
     assert loss.item() == pytest.approx(m["loss"] + 0.5 * m["loss_l2"] + 0.2 * m["loss_proximal"], rel=1e-5)
+    # a weighted term nobody computed (mr-maml on a learner that forgot to refuse it) is never dropped
+    with pytest.raises(NotImplementedError, match="mr-maml"):
+        weighted_objective({"maml": 1.0, "mr-maml": 0.1}, {"maml": torch.tensor(1.0)})
 
 
 def test_rg_on_identical_tasks_is_the_maml_term_and_neighbours_are_the_twins():
