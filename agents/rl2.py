@@ -206,14 +206,22 @@ def policy_features(hyper: HyperLayer | None, out: torch.Tensor, x: torch.Tensor
 
 class GRURows:
     """The RL² policy as a RowPolicy (metarl.rl.batched_env), how RL2Trainer.collect acts (in
-    simulation workers or in this process): the policy GRU and head, the trial's sampling noise
-    [T, B(, A)] drawn ahead, and for its rows the hidden state and the trial's RL2History, from
-    which it builds the RL² input each step as TrialEnv does (the critic is not needed to act)."""
+    simulation workers or in this process) and how Meta-World evaluations play RL² in the
+    workers: the policy GRU and head, the trial's sampling noise [T, B(, A)] drawn ahead, and for
+    its rows the hidden state and the trial's RL2History, from which it builds the RL² input each
+    step as TrialEnv does (the critic is not needed to act).
 
-    def __init__(self, gru: nn.GRU, head: nn.Module, noise: torch.Tensor, trial_env: TrialEnv,
-                 encoder: nn.Module | None = None, hyper: HyperLayer | None = None):
+    Evaluation forms (as RL2EvalPolicy and RL2RestartPolicy act step by step): deterministic
+    takes the distribution's mode at every step; restart = (adapt_steps, carry_steps) samples
+    through adaptation and carry_steps more, then restarts every `horizon` steps from the memory
+    saved after adaptation and takes the mode."""
+
+    def __init__(self, gru: nn.GRU, head: nn.Module, noise: torch.Tensor, horizon: int, spec: RL2Input,
+                 encoder: nn.Module | None = None, hyper: HyperLayer | None = None, deterministic: bool = False,
+                 restart: tuple[int, int] | None = None):
         self.gru, self.head, self.noise, self.encoder, self.hyper = gru, head, noise, encoder, hyper
-        self.H, self.spec = trial_env.env.horizon, trial_env.spec
+        self.H, self.spec = horizon, spec
+        self.deterministic, self.restart = deterministic, restart
 
     def rows(self, lo: int, hi: int) -> "GRURows":
         """Sub-envs [lo, hi): CPU copies with a fresh memory."""
@@ -229,11 +237,22 @@ class GRURows:
         """obs [b, O] of step t -> actions [b(, A)]."""
         if t == 0:
             self.h, self.history = obs.new_zeros(1, obs.shape[0], self.gru.hidden_size), RL2History(self.spec)
+        greedy = self.deterministic
+        if self.restart is not None:
+            adapt, carry = self.restart
+            if t == adapt:
+                self.saved = (self.h.clone(), self.history.state())
+            k = t - adapt - carry  # steps into the restarted evaluation episodes
+            if k >= 0 and k % self.H == 0:
+                self.h = self.saved[0].clone()
+                self.history.restore(self.saved[1])
+            greedy = k >= 0
         inputs = x = self.history.inputs(obs)
         if self.encoder is not None:
             x = self.encoder(x)
         out, self.h = self.gru(x.unsqueeze(0), self.h)
-        self.action = a = self.head.dist(self.head(policy_features(self.hyper, out[0], inputs))).sample_with(self.noise[t])
+        dist = self.head.dist(self.head(policy_features(self.hyper, out[0], inputs)))
+        self.action = a = dist.mode() if greedy else dist.sample_with(self.noise[t])
         return a
 
     def observe(self, reward: torch.Tensor, t: int) -> None:
@@ -383,7 +402,8 @@ class RL2Trainer:
         h_starts [C, B, H'])."""
         T, B, L = self.trial_env.trial_length, self.cfg.num_envs, self.bptt
         noise = self.net.pi.draw_noise((T, B), self.act_gen)
-        rows = GRURows(self.net.gru, self.net.pi, noise, self.trial_env, self.net.encoder, self.net.hyper)
+        rows = GRURows(self.net.gru, self.net.pi, noise, self.trial_env.env.horizon, self.trial_env.spec,
+                       self.net.encoder, self.net.hyper)
         ep = run_trial(self.trial_env, rows, tasks, in_workers=self.cfg.policy_in_workers)
         x, actions, rewards = ep.obs.to(self.device), ep.actions.to(self.device), ep.rewards.to(self.device)
         h, outs, values, h_at = self.net.initial_state(B, self.device), [], [], {}
@@ -443,6 +463,23 @@ class RL2EvalPolicy:
     def observe(self, actions, rewards, dones, next_obs) -> None:
         self.history.record(actions, rewards, dones)
 
+    def row_policy(self, num_envs: int, steps: int, horizon: int) -> GRURows:
+        """This form as a RowPolicy for a trial of `steps` steps in num_envs sub-envs (played in
+        simulation workers by play_trial(in_workers=True)). Its noise is drawn from this policy's
+        generator step by step, for the steps that sample only, as act() draws it: on continuous
+        actions the trial is the one acting step by step plays, bit for bit."""
+        n = self._sampled_steps(steps)
+        draws = [self.net.pi.draw_noise((num_envs,), self.gen) for _ in range(n)]
+        noise = torch.stack(draws) if draws else self.net.pi.draw_noise((0, num_envs), self.gen)
+        return GRURows(self.net.gru, self.net.pi, noise, horizon, self.history.spec, self.net.encoder,
+                       self.net.hyper, deterministic=self.deterministic, restart=self._restart())
+
+    def _sampled_steps(self, steps: int) -> int:
+        return 0 if self.deterministic else steps
+
+    def _restart(self) -> tuple[int, int] | None:
+        return None
+
 
 class RL2RestartPolicy(RL2EvalPolicy):
     """Meta-World+'s evaluation form of RL² (rainx0r/metaworld-algorithms): sampled actions over
@@ -463,6 +500,12 @@ class RL2RestartPolicy(RL2EvalPolicy):
     def reset(self, num_envs: int, device) -> None:
         super().reset(num_envs, device)
         self.steps, self.saved = 0, None
+
+    def _sampled_steps(self, steps: int) -> int:
+        return min(steps, self.adapt_steps + self.carry_steps)
+
+    def _restart(self) -> tuple[int, int]:
+        return self.adapt_steps, self.carry_steps
 
     def act(self, obs):
         k = self.steps - self.adapt_steps

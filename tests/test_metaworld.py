@@ -212,6 +212,19 @@ def test_smoke_train_on_ml1_logs_success(cli, tmp_path, agent):
             assert shared["per_task"] == alone["per_task"] and shared["return"] == alone["return"]
             assert shared["metaworld_tally"]["scores"] == alone["metaworld_tally"]["scores"]
             assert [p["mean"] for p in shared["curve"]["points"]] == [p["mean"] for p in alone["curve"]["points"]]
+            # ... played in the simulation workers (evaluate_success) as acting step by step plays it
+            from metarl.eval.success import protocol_tasks
+            from metarl.eval.trials import play_trial
+            from metarl.seeding import make_generator
+            tasks = protocol_tasks(c["env_spec"].make_distribution(c["env"]), 2, 40)[0]
+            played = []
+            for in_workers in (False, True):
+                env = c["env_spec"].make_env(c["env"], 2, "cpu", make_generator(0, "eval-env"))
+                policy = c["agent_spec"].load_eval_policy(run.checkpoint, c["env_spec"], c["env"], c["agent"],
+                                                          run.device, 0, form=form)
+                played.append(play_trial(policy, env, tasks, 13, in_workers=in_workers))
+                env.close()
+            assert all(torch.equal(played[0][k], played[1][k]) for k in played[0]), name
     # meta-train success by the same protocol: the training goals, in eval_train.json, eval.json kept
     before = (rd / "eval.json").read_bytes()
     assert not (rd / "eval_parts").exists()  # kept only while an evaluation is in progress

@@ -299,6 +299,33 @@ def test_branched_trial_plays_the_sampled_and_restart_forms_as_their_separate_tr
     assert not torch.equal(sampled["returns"][:, A:], restart["returns"][:, A:])  # the forms differ
 
 
+def test_eval_forms_in_workers_play_the_step_by_step_trials():
+    """play_trial(in_workers=True) plays an eval form as a RowPolicy (GRURows, env.run_policy),
+    its noise drawn ahead for the steps that sample only: on continuous actions every form gives
+    the step-by-step trial bit for bit, batch after batch (the generator is consumed alike)."""
+    from metarl.agents.rl2 import RL2EvalPolicy, RL2RestartPolicy
+    from metarl.eval.trials import play_trial
+    spec, env_cfg, tr = _trainer("navigation-2d", {"horizon": 5, "episodes": 5})
+    T, H, A, E = tr.trial_env.trial_length, 5, 2, 2
+    env = tr.trial_env.env
+    with torch.no_grad():
+        tr.net.gru.weight_hh_l0.mul_(3)
+        tr.net.pi.linear.weight.mul_(100)
+    forms = {"sampled": (lambda g: RL2EvalPolicy(tr.net, 2, T, tr.cfg, g), A + E),
+             "deterministic": (lambda g: RL2EvalPolicy(tr.net, 2, T, tr.cfg, g, deterministic=True), A + E),
+             "restart": (lambda g: RL2RestartPolicy(tr.net, 2, T, tr.cfg, g, A * H, H), A + E),
+             "carry+restart": (lambda g: RL2RestartPolicy(tr.net, 2, T, tr.cfg, g, A * H, H, E * H), A + 2 * E)}
+    for name, (make, episodes) in forms.items():
+        step, rows = make(torch.Generator().manual_seed(0)), make(torch.Generator().manual_seed(0))
+        for b in range(2):  # two batches of tasks with one policy object, as evaluate_success plays them
+            tasks = tr.dist.sample(8, torch.Generator().manual_seed(b))
+            by_step = play_trial(step, env, tasks, episodes)
+            in_rows = play_trial(rows, env, tasks, episodes, in_workers=True)
+            assert torch.equal(by_step["step_reward"], in_rows["step_reward"]), (name, b)
+            assert torch.equal(by_step["returns"], in_rows["returns"]), (name, b)
+        assert torch.equal(step.gen.get_state(), rows.gen.get_state()), name
+
+
 def test_overlapping_chunks_cover_every_step_once_in_the_loss():
     """Meta-World+'s BPTT: 250-step chunks every 200 steps of a 5,000-step trial; the last one
     ends at the trial's end, and the burn-in mask puts every step in exactly one chunk's loss."""

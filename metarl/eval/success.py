@@ -112,7 +112,7 @@ def evaluate_success_branches(make_agent, protocol: Protocol, env_spec: EnvSpec,
                 env = env_spec.make_env(env_cfg, n * rollouts, device, env_gen)
                 agent = agent or make_agent(env)
             if protocol is TRIAL:
-                played = play_trial(agent, env, tasks, A + branches * E)
+                played = play_trial(agent, env, tasks, A + branches * E, in_workers=True)
                 for b, block in enumerate(blocks):
                     own = slice(A + b * E, A + (b + 1) * E)
                     for k in played_keys:

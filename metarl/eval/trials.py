@@ -49,12 +49,29 @@ def first_success(success: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def play_trial(policy, env: BatchedEnv, tasks: Tasks, episodes: int) -> dict[str, torch.Tensor]:
+def play_trial(policy, env: BatchedEnv, tasks: Tasks, episodes: int, in_workers: bool = False) -> dict[str, torch.Tensor]:
     """One trial of `episodes` episodes in every sub-env with a TrialPolicy. Returns returns
     [B, E], step_reward [B, E * H] (reward of each step) and, for envs with a
     success signal, success [B, E] (1 where any step of that episode succeeded) and
-    first_success [B, E] (the step of the episode's first success, H where none)."""
+    first_success [B, E] (the step of the episode's first success, H where none).
+
+    in_workers: a policy with row_policy(num_envs, steps, horizon) -> RowPolicy (RL²) acts inside
+    the simulation workers (env.run_policy: one message per worker a trial, not a round trip a
+    step); its noise is drawn ahead, so the episodes differ from acting step by step."""
     B, dev, H = env.num_envs, env.device, env.horizon
+    if in_workers and hasattr(policy, "row_policy"):
+        env.set_tasks(tasks)
+        with env.rollout_context():
+            ep = env.run_policy(policy.row_policy(B, episodes * H, H), episodes)
+        rewards = ep.rewards.to(dev).view(episodes, H, B)
+        returns = torch.zeros(episodes, B, device=dev)
+        for t in range(H):  # summed step by step, as the loop below sums them
+            returns += rewards[:, t]
+        out = {"returns": returns.T, "step_reward": rewards.reshape(episodes * H, B).T}
+        if "success" in ep.info:
+            steps = ep.info["success"].to(dev).view(episodes, H, B).permute(1, 2, 0)  # [H, B, E]
+            out["success"], out["first_success"] = steps.amax(0), first_success(steps)
+        return out
     returns, steps = torch.zeros(B, episodes, device=dev), torch.zeros(B, episodes * H, device=dev)
     success = first = None
     with env.rollout_context():
