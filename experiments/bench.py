@@ -2,7 +2,7 @@
 each, the command, the commit, the machine), which experiments/readme_table.py renders.
 
     python experiments/bench.py                      # mujoco mujoco-paper metaworld metaworld-maml metaworld-ray
-                                                     # inner-loop bandit
+                                                     # metaworld-rl2-eval inner-loop bandit
     python experiments/bench.py mujoco metaworld     # just these (others in the file are kept)
 
 Run it on a quiet machine: benchmarks beside other work measure the contention.
@@ -22,7 +22,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from run import commit  # noqa: E402  (the same commit stamp as experiment results)
 
-DEFAULT = ("mujoco", "mujoco-paper", "metaworld", "metaworld-maml", "metaworld-ray", "inner-loop", "bandit")
+DEFAULT = ("mujoco", "mujoco-paper", "metaworld", "metaworld-maml", "metaworld-ray", "metaworld-rl2-eval", "inner-loop",
+           "bandit")
 
 
 def main(argv=None) -> int:

@@ -280,6 +280,13 @@ def cpu_bench_table(b: dict) -> str:
                         f"worker processes, MAML's sampler, {f['rounds']} alternating rounds: steps/s | "
                         f"{f['ray_steps_per_s']:,.0f} vs {f['local_steps_per_s']:,.0f} (Ray **{f['ray_vs_local']:.2f}x** "
                         f"[{lo:.2f}, {hi:.2f}]) | at least 0.8x" + tail(e))
+        elif name == "metaworld-rl2-eval":
+            lo, hi = f["speedup_spread"]
+            rows.append(f"| Meta-World {f['benchmark']} RL² evaluation trials ({f['envs']} held-out sub-envs, "
+                        f"{f['episodes']} episodes of {f['horizon']} steps, {f['cores']} workers), {f['rounds']} "
+                        f"alternating rounds: steps/s in the workers vs step by step | "
+                        f"{f['in_workers_steps_per_s']:,.0f} vs {f['step_by_step_steps_per_s']:,.0f} "
+                        f"(**{f['speedup']:.2f}x** [{lo:.2f}, {hi:.2f}]) | faster" + tail(e))
         elif name.startswith("metaworld"):
             rows.append(f"| Meta-World {f['benchmark']} ({f['envs']} sub-envs) workers on {f['cores']} cores, MAML's "
                         f"sampler (2x512 policy): {WORKERS_MEASURE} | {workers_figure(f)} | efficiency 0.85" + tail(e))

@@ -131,6 +131,9 @@ BENCHES: dict[str, Entry] = {
     "metaworld-ray": Entry("metarl.app.bench:bench_metaworld_ray",
                            "Meta-World ML10 sampler steps/s on Ray actors vs worker processes, alternating rounds "
                            "(needs the [ray] extra)"),
+    "metaworld-rl2-eval": Entry("metarl.app.bench:bench_metaworld_rl2_eval",
+                                "RL² evaluation trials on ML10's held-out classes: the policy inside the simulation "
+                                "workers vs acting step by step, alternating rounds"),
     "compare": Entry("metarl.app.bench:bench_compare",
                      "seconds metarl compare takes for a report over 10 runs (1000 and 10,000 held-out tasks each)"),
     "maml-sinusoid": Entry("metarl.app.bench:bench_maml_sinusoid",

@@ -383,6 +383,15 @@ def test_metaworld_bench_reports_stable_keys():
     assert f["envs"] == 4 and all(f[k] > 0 for k in ("parallel_steps_per_s", "metaworld_async_steps_per_s"))
 
 
+@pytest.mark.slow
+def test_rl2_eval_bench_reports_both_phases_and_their_ratio():
+    from metarl.app.bench import bench_metaworld_rl2_eval
+    f = bench_metaworld_rl2_eval(torch.device("cpu"), goals=1, horizon=10, workers=2, rounds=3)["figures"]
+    assert f["envs"] == 5 and f["episodes"] == 13 and f["rounds"] == 3
+    assert f["step_by_step_steps_per_s"] > 0 and f["in_workers_steps_per_s"] > 0
+    assert f["speedup_spread"][0] <= f["speedup"] <= f["speedup_spread"][1]
+
+
 def test_meta_batch_not_divisible_by_ml10_classes_is_one_line(cli, tmp_path):
     rd = tmp_path / "r"
     code, _, err = cli("train", "maml-trpo", "--env", "ml10", "--set", "agent.meta_batch=15", "--quiet",

@@ -441,6 +441,45 @@ def bench_metaworld_ray(device: torch.device, benchmark: str = "ML10", envs_per_
                                                                    for _, b in runs["local"]])}}
 
 
+def bench_metaworld_rl2_eval(device: torch.device, benchmark: str = "ML10", goals: int = 8, horizon: int = 200,
+                             workers: int = 0, rounds: int = 3) -> dict:
+    """RL² evaluation trials on Meta-World's held-out classes (classes x `goals` sub-envs, the
+    protocol's 10 + 3 episodes of `horizon` steps, the ML10 recipe's network untrained) played
+    step by step (the policy in this process: a round trip to the workers a step) and inside the
+    simulation workers (play_trial(in_workers=True), what evaluate_success does), the two
+    alternating for `rounds` rounds: steps/s of each and the median of each round's ratio."""
+    from metarl.agents.rl2 import RL2Config, RL2EvalPolicy, _network
+    from metarl.eval.success import protocol_tasks
+    from metarl.eval.trials import play_trial
+    from metarl.rl.trial import rl2_input_dim
+
+    cores = _cores(workers)
+    spec = lookup("env", ENVS, benchmark.lower())
+    cfg = build(spec.config_cls, {"workers": cores, "horizon": horizon}, "env")
+    acfg = build(RL2Config, {"encoder_layers": 3, "hidden_size": 256, "head": "tanh", "time_feature": False,
+                             "reward_scale": 0.1}, "agent")
+    tasks = protocol_tasks(spec.make_distribution(cfg), goals, 10_000)[0]
+    episodes = cfg.adapt_episodes + cfg.eval_episodes
+    env = spec.make_env(cfg, len(tasks["cls"]), device, make_generator(0, "bench", "cpu"))
+    try:
+        net = _network(rl2_input_dim(env.obs_dim, env.num_actions, False), env.action_space, acfg,
+                       make_generator(0, "bench-init"), 0).to(device)
+
+        def rate(in_workers: bool) -> float:
+            policy = RL2EvalPolicy(net, env.num_actions, episodes * horizon, acfg, make_generator(0, "bench-act", device))
+            t0 = time.perf_counter()
+            play_trial(policy, env, tasks, episodes, in_workers=in_workers)
+            return env.num_envs * episodes * horizon / (time.perf_counter() - t0)
+        runs = _alternate({"step": functools.partial(rate, False), "workers": functools.partial(rate, True)}, rounds)
+    finally:
+        env.close()
+    ratio = [w / s for w, s in zip(runs["workers"], runs["step"])]
+    return {"bench": "metaworld-rl2-eval", "device": str(device),
+            "figures": {"step_by_step_steps_per_s": _median(runs["step"]), "in_workers_steps_per_s": _median(runs["workers"]),
+                        "speedup": _median(ratio), "speedup_spread": _spread(ratio), "rounds": rounds, "cores": cores,
+                        "envs": env.num_envs, "episodes": episodes, "horizon": horizon, "benchmark": benchmark}}
+
+
 def bench_maml_sinusoid(device: torch.device, meta_batch: int = 25, shots: int = 10, iterations: int = 200,
                         repeats: int = 3) -> dict:
     """Second-order MAML meta-iterations per second on sinusoid regression (meta-batch 25, K=10,
