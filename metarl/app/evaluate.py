@@ -172,23 +172,25 @@ def _evaluate_success_run(run: LoadedRun, names: list[str], tasks: int, seed: in
     def agent_result():
         agent = run.eval_policy(seed)  # one policy object for every batch of tasks, as the forms below
         return summarize_success(evaluate_success(lambda env: agent, spec.protocol, env_spec, env_cfg, goals, seed,
-                                                  dev, split=split))
+                                                  dev, split=split, desc=f"{name} ({split})"))
     forms = {name: agent_result}
     for label, make in _extra_policies(spec, ck, cfg, dev, seed).items():
-        forms[f"{name} ({label})"] = lambda make=make: summarize_success(
-            evaluate_success(make, TRIAL, env_spec, env_cfg, goals, seed, dev, split=split))
+        forms[f"{name} ({label})"] = lambda make=make, label=label: summarize_success(evaluate_success(
+            make, TRIAL, env_spec, env_cfg, goals, seed, dev, split=split, desc=f"{name} ({label}, {split})"))
     if spec.eval_branch is not None:  # the agent and one extra form played on the same adaptation episodes
         label, make = spec.eval_branch(ck, env_spec, env_cfg, cfg["agent"], dev, seed)
         pair = [name, f"{name} ({label})"]
         if not any(parts.has(m) for m in pair):
-            both = evaluate_success_branches(make, TRIAL, env_spec, env_cfg, goals, seed, dev, split=split, branches=2)
+            both = evaluate_success_branches(make, TRIAL, env_spec, env_cfg, goals, seed, dev, split=split, branches=2,
+                                             desc=f"{name} and {label} ({split})")
             for m, ev in zip(pair, both):
                 parts.put(m, summarize_success(ev))
     results = {m: parts.get(m, compute) for m, compute in forms.items()}
     for b in names:
         cls = lookup("baseline", BASELINES, b)
         results[b] = parts.get(b, lambda: summarize_success(evaluate_success(
-            lambda env: cls(env, env_cfg, seed), TRIAL, env_spec, env_cfg, goals, seed, dev, split=split)))
+            lambda env: cls(env, env_cfg, seed), TRIAL, env_spec, env_cfg, goals, seed, dev, split=split,
+            desc=f"{b} ({split})")))
     report = _report(run, METAWORLD, METAWORLD.metric, classes * goals, seed, results, split=split,
                      goals_per_class=goals)
     report = _write_report(run.path, report, stem)

@@ -42,6 +42,7 @@ from metarl.protocols import TRIAL, Protocol
 from metarl.rl.batched_env import EnvSpec
 from metarl.seeding import make_generator
 from metarl.tasks import Tasks, tasks_slice
+from metarl.training import progress_bar
 
 
 @dataclass
@@ -75,19 +76,20 @@ def protocol_tasks(dist, goals_per_class: int, batch_tasks: int, split: str = "t
 
 
 def evaluate_success(make_agent, protocol: Protocol, env_spec: EnvSpec, env_cfg, goals_per_class: int, seed: int, device,
-                     batch_tasks: int = 40, split: str = "test") -> SuccessEvaluation:
+                     batch_tasks: int = 40, split: str = "test", desc: str | None = None) -> SuccessEvaluation:
     """make_agent(env) -> the agent, called once with the first env: a TrialPolicy (protocol
     TRIAL), or an object with adapt_success(env, tasks, adapt_episodes, eval_episodes) ->
     {"curve" [N, 2], and per evaluation episode [N, E] "success", "first_success", "returns"}
     whose env holds adapt_episodes sub-envs per task (INNER_STEPS). split "train" plays the
-    training classes' goals instead of the test classes'."""
+    training classes' goals instead of the test classes'. desc: a progress bar (env steps) on a
+    terminal."""
     return evaluate_success_branches(make_agent, protocol, env_spec, env_cfg, goals_per_class, seed, device,
-                                     batch_tasks, split)[0]
+                                     batch_tasks, split, desc=desc)[0]
 
 
 def evaluate_success_branches(make_agent, protocol: Protocol, env_spec: EnvSpec, env_cfg, goals_per_class: int,
                               seed: int, device, batch_tasks: int = 40, split: str = "test",
-                              branches: int = 1) -> list[SuccessEvaluation]:
+                              branches: int = 1, desc: str | None = None) -> list[SuccessEvaluation]:
     """evaluate_success for an agent that, after its adaptation episodes, plays `branches` blocks
     of evaluation episodes, each as another form of itself from the same adaptation (TRIAL only;
     AgentSpec.eval_branch): one SuccessEvaluation per block, whose curve is the shared adaptation
@@ -103,8 +105,11 @@ def evaluate_success_branches(make_agent, protocol: Protocol, env_spec: EnvSpec,
     played_keys = ("success", "first_success", "returns")
     blocks = [{k: [] for k in (*played_keys, "curve")} for _ in range(branches)]
     env, agent = None, None
+    batches = protocol_tasks(dist, goals_per_class, batch_tasks, split)
+    episodes = A + branches * E if protocol is TRIAL else A + E
+    bar = progress_bar(sum(len(t["cls"]) for t in batches) * episodes * env_cfg.horizon, desc is None, desc or "")
     try:
-        for tasks in protocol_tasks(dist, goals_per_class, batch_tasks, split):
+        for tasks in batches:
             n = len(tasks["cls"])
             if env is None or env.num_envs != n * rollouts:
                 if env is not None:
@@ -124,7 +129,9 @@ def evaluate_success_branches(make_agent, protocol: Protocol, env_spec: EnvSpec,
                     blocks[0][k].append(played[k].cpu())
             names += dist.task_names(tasks)
             goals += tasks["goal"].tolist()
+            bar.update(n * episodes * env_cfg.horizon)
     finally:
+        bar.close()
         if env is not None:
             env.close()
     points = list(range(A + E)) if protocol is TRIAL else [0, A]
