@@ -204,6 +204,14 @@ def policy_features(hyper: HyperLayer | None, out: torch.Tensor, x: torch.Tensor
     return out if hyper is None else hyper(out, x)
 
 
+def restart_step(t: int, adapt: int, carry: int, horizon: int) -> tuple[bool, bool, bool]:
+    """Meta-World+'s evaluation form at step t of a trial: (save the memory now: the end of the
+    `adapt` adaptation steps; restore it now: each restarted evaluation episode's first step, after
+    `carry` carried steps; act with the mode)."""
+    k = t - adapt - carry  # steps into the restarted evaluation episodes
+    return t == adapt, k >= 0 and k % horizon == 0, k >= 0
+
+
 class GRURows:
     """The RL² policy as a RowPolicy (metarl.rl.batched_env), how RL2Trainer.collect acts (in
     simulation workers or in this process) and how Meta-World evaluations play RL² in the
@@ -239,14 +247,12 @@ class GRURows:
             self.h, self.history = obs.new_zeros(1, obs.shape[0], self.gru.hidden_size), RL2History(self.spec)
         greedy = self.deterministic
         if self.restart is not None:
-            adapt, carry = self.restart
-            if t == adapt:
+            save, restore, greedy = restart_step(t, *self.restart, self.H)
+            if save:
                 self.saved = (self.h.clone(), self.history.state())
-            k = t - adapt - carry  # steps into the restarted evaluation episodes
-            if k >= 0 and k % self.H == 0:
+            if restore:
                 self.h = self.saved[0].clone()
                 self.history.restore(self.saved[1])
-            greedy = k >= 0
         inputs = x = self.history.inputs(obs)
         if self.encoder is not None:
             x = self.encoder(x)
@@ -508,14 +514,12 @@ class RL2RestartPolicy(RL2EvalPolicy):
         return self.adapt_steps, self.carry_steps
 
     def act(self, obs):
-        k = self.steps - self.adapt_steps
-        if k == 0:
+        save, restore, self.deterministic = restart_step(self.steps, self.adapt_steps, self.carry_steps, self.horizon)
+        if save:
             self.saved = (self.h.clone(), self.history.state())
-        k -= self.carry_steps  # steps into the restarted evaluation episodes
-        if k >= 0 and k % self.horizon == 0:
+        if restore:
             self.h = self.saved[0].clone()
             self.history.restore(self.saved[1])
-        self.deterministic = k >= 0
         self.steps += 1
         return super().act(obs)
 
