@@ -43,11 +43,16 @@ def headline() -> str:
     results file do not appear; the full record is docs/results.md."""
     best: dict[tuple, tuple] = {}
     for f, s in experiment_summaries():
-        if s["metrics"].get("checkpoint_select") == "heldout_success":
-            continue  # chosen on held-out tasks: shown beside the final checkpoint's (ML10 table), never alone
         row = headline_figure(s)
         if row is None:
             continue
+        if s["metrics"].get("checkpoint_select") == "heldout_success":
+            # chosen on held-out tasks (as the Meta-World paper's maximum over training): shown only
+            # beside the same run's final checkpoint, never alone
+            final = other_checkpoint(f)
+            if final is None:
+                continue
+            row = row[:3] + (f"{row[3]}; final checkpoint {headline_figure(read_summary(final))[3]}",) + row[4:]
         key, value, lower = row[0], row[1], row[2]
         if key not in best or (value < best[key][1] if lower else value > best[key][1]):
             best[key] = row + (s,)
@@ -399,6 +404,19 @@ def peer_row(s: dict) -> str:
             f"{t['rl2'] / 60:.1f} / {t['recurrent-ppo'] / 60:.1f} min | {s['commit']} | `{s['command']}` |")
 
 
+def other_checkpoint(f: Path) -> Path | None:
+    """The same run's evaluation at its other checkpoint, where one was written: NAME_best.json
+    beside NAME.json of the last iteration, or NAME_latest.json beside NAME.json of a config that
+    reports its best checkpoint (experiments/run.py --checkpoint)."""
+    stem = f.stem
+    if stem.endswith("_best") or stem.endswith("_latest"):
+        other = f.with_name(stem.rsplit("_", 1)[0] + ".json")
+    else:
+        which = read_summary(f)["metrics"].get("checkpoint", "latest")
+        other = f.with_name(f"{stem}_{'latest' if which == 'best' else 'best'}.json")
+    return other if other.exists() else None
+
+
 def best_note(m: dict) -> str:
     """A results file of a run's best checkpoint (experiments/run.py --checkpoint best) says so."""
     if m.get("checkpoint") != "best":
@@ -473,9 +491,12 @@ def ml10_table() -> str:
             s = read_summary(res)
             m = s["metrics"]
             ours = forms_cell(m["results"], agent)
-            status = f"measured at {s['commit']}: {m['env_steps']:,} env steps in {m['train_time_s'] / 3600:.1f} h"
+            status = (f"measured at {s['commit']}: " + (
+                f"the checkpoint after {m['env_steps']:,} env steps of a {m['train_time_s'] / 3600:.1f} h run"
+                if best_note(m) else f"{m['env_steps']:,} env steps in {m['train_time_s'] / 3600:.1f} h"))
             if m.get("train_success") is not None:
-                status += f", training success {100 * m['train_success']:.0f}% at the end"
+                status += (f", training success {100 * m['train_success']:.0f}% "
+                           + ("at that checkpoint" if best_note(m) else "at the end"))
             if m.get("meta_train"):
                 status += f" ({success_cell(m['meta_train']['results'][agent])} by the protocol on the training classes)"
             timing = ROOT / "experiments" / "results" / f"{name.stem}_timing.json"
@@ -484,11 +505,15 @@ def ml10_table() -> str:
                 status += (f" (projected {t['full_run_here_h']:.1f} h here at {t['commit']} by `{t['command']}`: "
                            f"{t['update_s']:.0f} s update, {t['sample_s']:.0f} s simulation an iteration"
                            f"{earlier_timings(name.stem)})")
-            best = ROOT / "experiments" / "results" / f"{name.stem}_best.json"
-            if best.exists():  # the same run's best checkpoint by the held-out sample (max over training)
-                b = read_summary(best)["metrics"]
-                ours += f"; at the{best_note(b)[1:]}: {forms_cell(b['results'], agent)}"
-                command += f", then `{read_summary(best)['command']}`"
+            if best_note(m):
+                ours = f"at the{best_note(m)[1:]}: {ours}"
+            other = other_checkpoint(res)
+            if other is not None:  # the same run at its other checkpoint (best by the held-out sample, or final)
+                o = read_summary(other)
+                where = f"the{best_note(o['metrics'])[1:]}" if best_note(o["metrics"]) else (
+                    f"the final checkpoint (after {o['metrics']['checkpoint_iteration']} iterations)")
+                ours += f"; at {where}: {forms_cell(o['metrics']['results'], agent)}"
+                command += f", then `{o['command']}`"
         else:
             running = in_progress(name.stem)
             ours, status = "–", (running + "; cost: " if running else "not yet run; ") + expected(name.stem)

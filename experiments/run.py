@@ -246,7 +246,8 @@ def main(argv=None) -> int:
     success_keys = tuple(k for k in SUCCESS_KEYS if any(k in m for m in metrics))
     if success_keys:  # Meta-World: training success next to the return curve
         learning_curve(metrics, out / f"{out_stem}_success.png", f"{out_stem}: {agent} training success",
-                       keys=success_keys, references=success_refs)
+                       keys=success_keys, references=success_refs,
+                       marks={f"evaluated checkpoint ({which})": report["env_steps"]})
         class_success_curve(metrics, out / f"{out_stem}_classes.png", f"{out_stem}: {agent} training success per class")
     summary = {
         "experiment": out_stem, "config": args.name,

@@ -69,7 +69,7 @@ def test_readme_results_table_is_generated_from_results_files():
         config = s.get("config", f.stem)  # NAME_seedN: run.py NAME --seed N
         assert s["command"].startswith(f"python experiments/{script} {config}")
         assert (ROOT / "experiments" / "configs" / f"{config}.toml").exists()
-        assert f"| {f.stem} |" in table
+        assert f"| {f.stem} |" in table or f"| {f.stem}, best checkpoint of training (" in table
 
 
 def test_experiment_runner_detects_a_changed_config(tmp_path):
@@ -157,8 +157,26 @@ def test_best_checkpoint_by_the_held_out_sample_is_evaluated_beside_the_latest(t
     assert note in rt.metaworld_row(rt.read_summary(out / "tiny_ml10_best.json"))
     row = rt.ml10_table().splitlines()[-1]
     assert f"; at the {note}: " in row and "--checkpoint best" in row
-    head = rt.headline()  # selected on held-out tasks: beside the final checkpoint's, never alone
-    assert "run.py tiny_ml10 --tasks 2" in head and "--checkpoint best" not in head
+    # selected on held-out tasks: in the headline only beside the final checkpoint's, never alone
+    row = next(r for r in rt.headline().splitlines() if "run.py tiny_ml10 --tasks 2" in r)
+    if rt.headline_figure(best)[1] > rt.headline_figure(latest)[1]:
+        assert "--checkpoint best" in row and note in row and "; final checkpoint " in row
+    else:
+        assert "--checkpoint best" not in row
+    (out / "tiny_ml10.json").unlink()
+    assert "tiny_ml10" not in rt.headline()
+
+
+def test_other_checkpoint_pairs_a_run_s_best_and_final_evaluations(tmp_path):
+    """NAME.json of the last iteration pairs with NAME_best.json; NAME.json of a config that
+    reports its best checkpoint pairs with NAME_latest.json; a lone file has no pair."""
+    rt = _load("readme_table")
+    for stem, which in (("a", "latest"), ("a_best", "best"), ("b", "best"), ("b_latest", "latest"),
+                        ("c", "best")):
+        (tmp_path / f"{stem}.json").write_text(json.dumps({"metrics": {"checkpoint": which}}))
+    pairs = {f: rt.other_checkpoint(tmp_path / f"{f}.json") for f in ("a", "a_best", "b", "b_latest", "c")}
+    assert {k: v and v.stem for k, v in pairs.items()} == {"a": "a_best", "a_best": "a", "b": "b_latest",
+                                                          "b_latest": "b", "c": None}
 
 
 @pytest.mark.parametrize("cfg", sorted((ROOT / "experiments" / "configs").glob("*.toml")), ids=lambda p: p.stem)

@@ -20,9 +20,14 @@ def _save(plt, fig, ax, out: Path, xlabel: str, ylabel: str, title: str) -> Path
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    if len(ax.get_legend_handles_labels()[0]) > 4:  # a long legend goes beside the axes, hiding no data
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
+        w, h = fig.get_size_inches()
+        fig.set_size_inches(w + 3.5, h)
+    else:
+        ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out, dpi=120)
+    fig.savefig(out, dpi=120, bbox_inches="tight")
     plt.close(fig)
     return out
 
@@ -43,8 +48,10 @@ SUCCESS_KEYS = ("success", "success_last", "pre_success", "post_success", "heldo
 
 
 def learning_curve(metrics: list[dict], out: Path, title: str, keys: tuple[str, ...] = ("trial_return",),
-                   references: dict[str, float] | None = None, xlabel: str = "env steps") -> Path:
-    """Plot metrics[key] for each key against env steps, with optional horizontal reference lines."""
+                   references: dict[str, float] | None = None, xlabel: str = "env steps",
+                   marks: dict[str, float] | None = None) -> Path:
+    """Plot metrics[key] for each key against env steps, with optional horizontal reference lines
+    and vertical marks (name -> x, e.g. the evaluated checkpoint)."""
     plt, fig, ax = _figure()
     keys = [k for k in keys if any(k in m for m in metrics)]
     for k in keys:
@@ -53,6 +60,8 @@ def learning_curve(metrics: list[dict], out: Path, title: str, keys: tuple[str, 
                 label=CURVE_LABELS.get(k, (k,))[0])
     for i, (name, value) in enumerate((references or {}).items()):
         ax.axhline(value, ls="--", lw=1, color=f"C{i + len(keys)}", label=name)
+    for name, x in (marks or {}).items():
+        ax.axvline(x, ls=":", lw=1.5, color="black", label=name)
     ylabel = CURVE_LABELS.get(keys[0], (None, keys[0]))[1] if keys else ""
     return _save(plt, fig, ax, out, xlabel, ylabel, title)
 
