@@ -491,12 +491,13 @@ def ml10_table() -> str:
             s = read_summary(res)
             m = s["metrics"]
             ours = forms_cell(m["results"], agent)
+            note = best_note(m)  # "" for the last iteration's checkpoint
             status = (f"measured at {s['commit']}: " + (
                 f"the checkpoint after {m['env_steps']:,} env steps of a {m['train_time_s'] / 3600:.1f} h run"
-                if best_note(m) else f"{m['env_steps']:,} env steps in {m['train_time_s'] / 3600:.1f} h"))
+                if note else f"{m['env_steps']:,} env steps in {m['train_time_s'] / 3600:.1f} h"))
             if m.get("train_success") is not None:
                 status += (f", training success {100 * m['train_success']:.0f}% "
-                           + ("at that checkpoint" if best_note(m) else "at the end"))
+                           + ("at that checkpoint" if note else "at the end"))
             if m.get("meta_train"):
                 status += f" ({success_cell(m['meta_train']['results'][agent])} by the protocol on the training classes)"
             timing = ROOT / "experiments" / "results" / f"{name.stem}_timing.json"
@@ -505,12 +506,13 @@ def ml10_table() -> str:
                 status += (f" (projected {t['full_run_here_h']:.1f} h here at {t['commit']} by `{t['command']}`: "
                            f"{t['update_s']:.0f} s update, {t['sample_s']:.0f} s simulation an iteration"
                            f"{earlier_timings(name.stem)})")
-            if best_note(m):
-                ours = f"at the{best_note(m)[1:]}: {ours}"
+            if note:
+                ours = f"at the{note[1:]}: {ours}"
             other = other_checkpoint(res)
             if other is not None:  # the same run at its other checkpoint (best by the held-out sample, or final)
                 o = read_summary(other)
-                where = f"the{best_note(o['metrics'])[1:]}" if best_note(o["metrics"]) else (
+                o_note = best_note(o["metrics"])
+                where = f"the{o_note[1:]}" if o_note else (
                     f"the final checkpoint (after {o['metrics']['checkpoint_iteration']} iterations)")
                 ours += f"; at {where}: {forms_cell(o['metrics']['results'], agent)}"
                 command += f", then `{o['command']}`"
