@@ -54,7 +54,7 @@ class ImageClassDistribution(FewShotDistribution):
                             f"drawings per class; lower env.shots or env.query / env.eval_query")
 
     def sample(self, n: int, generator: torch.Generator, split: str = "train", *, shots: int | None = None,
-               query: int | None = None) -> Batch:
+               query: int | None = None, grid: bool = False) -> Batch:
         if split not in FEWSHOT_SPLITS:
             raise ValueError(f"split must be one of {FEWSHOT_SPLITS}, got {split!r}")
         k, q, dev = shots or self.shots, query or self.query, generator.device

@@ -143,8 +143,20 @@ BENCHES: dict[str, Entry] = {
 
 
 def load(target: str) -> Any:
+    """The object an entry names. A missing optional dependency stays an ImportError (callers that
+    list alternatives skip it); a target that names no module or attribute is a broken entry."""
     module, attr = target.split(":")
-    return getattr(importlib.import_module(module), attr)
+    try:
+        mod = importlib.import_module(module)
+    except ModuleNotFoundError as e:
+        if module == e.name or module.startswith(f"{e.name}."):  # the target's own module, not a dependency
+            raise UserError(f"registry entry {target!r} names no module {e.name!r}: fix its target in "
+                            f"metarl/registry.py") from None
+        raise
+    if not hasattr(mod, attr):
+        raise UserError(f"registry entry {target!r}: module {module} has no {attr!r}; fix its target in "
+                        f"metarl/registry.py")
+    return getattr(mod, attr)
 
 
 def lookup(kind: str, table: dict[str, Entry], name: str) -> Any:

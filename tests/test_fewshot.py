@@ -145,6 +145,24 @@ def test_rl_and_fewshot_agents_refuse_each_others_envs(cli):
     assert code == 2 and "classifier" in err
 
 
+def test_a_learner_without_trainable_parameters_is_a_user_error():
+    from metarl.errors import UserError
+    from metarl.fewshot.core import FewShotConfig, FewShotLearner, make_trainer_cls
+    from metarl.registry import ENVS, load
+
+    class Nearest(FewShotLearner):  # 1-nearest-neighbour regression: nothing to meta-train
+        def adapt(self, xs, ys, steps=None):
+            return xs, ys
+
+        def predict(self, state, xq):
+            xs, ys = state
+            return ys.gather(1, torch.cdist(xq, xs).argmin(-1, keepdim=True).expand(-1, -1, ys.shape[-1]))
+
+    spec = load(ENVS["sinusoid"].target)
+    with pytest.raises(UserError, match="Nearest has no trainable parameters"):
+        make_trainer_cls(lambda dist, cfg: Nearest(dist))(spec, SinusoidConfig(), FewShotConfig(), 0, "cpu")
+
+
 # ---- learners ------------------------------------------------------------------------------------
 
 def test_protonet_prototypes_are_class_means():

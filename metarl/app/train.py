@@ -47,8 +47,8 @@ def train(agent: str, env: str, *, config_file: str | None = None, sets: list[st
     saved_cfg = saved_config(cfg)
     run.save_config(saved_cfg)
     if not quiet:
-        print(f"training {agent or cfg['run']['agent']} on {cfg['run']['env']} ({trainer.iterations} iterations x "
-              f"{trainer.steps_per_iteration} steps, device {dev}) -> {path}", flush=True)
+        print(f"training {agent or cfg['run']['agent']} on {cfg['run']['env']} ({trainer.iterations} logged iterations x "
+              f"{trainer.steps_per_iteration:,} {cfg['agent_spec'].protocol.progress}, device {dev}) -> {path}", flush=True)
     train_loop(trainer, run, trainer.iterations, saved_cfg, start_iteration=start,
                checkpoint_every=cfg["agent"].checkpoint_every, quiet=quiet, desc=cfg["run"]["env"],
                shown=cfg["agent_spec"].curve_keys, select=MONITOR_SELECT if monitor else cfg["agent_spec"].select_key,

@@ -40,9 +40,11 @@ class FewShotDistribution(ABC):
 
     @abstractmethod
     def sample(self, n: int, generator: torch.Generator, split: str = "train", *, shots: int | None = None,
-               query: int | None = None) -> Batch:
+               query: int | None = None, grid: bool = False) -> Batch:
         """n tasks of `split` with `shots` support and `query` query points (per class for
-        classification; defaults from the config), on the generator's device."""
+        classification; defaults from the config), on the generator's device. Regression families
+        honour `grid`: query points evenly spaced over the input range, for the evaluation's fit plots;
+        classification families ignore it."""
 
 
 @dataclass(frozen=True)
@@ -118,7 +120,8 @@ class FewShotConfig:
     meta_lr: float = option(1e-3, "Adam learning rate of the meta-parameters", gt=0.0)
     log_every: int = option(100, "meta-iterations per logged iteration (one line of metrics.jsonl)", ge=1)
     checkpoint_every: int = option(50, "logged iterations between checkpoints", ge=1)
-    eval_steps: int = option(10, "inner gradient steps evaluated (MAML family: after 0..eval_steps steps)", ge=0)
+    eval_steps: int = option(10, "inner gradient steps evaluated: the metric after 0, 1, 5, 10 of them, up to "
+                                 "this (learners that adapt by gradient steps; closed-form ones ignore it)", ge=0)
     threads: int = option(0, "CPU threads; 0 = auto: 1 for regression (tiny ops run fastest on one thread), "
                              "all cores for image classification", ge=0)
 
@@ -143,6 +146,9 @@ class FewShotTrainer:
 
     def make_optimizer(self) -> torch.optim.Optimizer:
         params = [p for p in self.learner.parameters() if p.requires_grad]
+        if not params:
+            raise UserError(f"learner {type(self.learner).__name__} has no trainable parameters: the trainer "
+                            "meta-trains parameters (a closed-form learner needs at least a learned feature map)")
         return torch.optim.Adam(params, lr=self.cfg.meta_lr)
 
     def train_iteration(self, it: int) -> dict[str, float]:
