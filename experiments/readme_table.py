@@ -481,12 +481,16 @@ def ml10_table() -> str:
         command = f"`python experiments/run.py {name.stem}`"
         if seeds.exists():  # several seeds recorded: their IQM (experiments/run.py runs metarl compare)
             c = json.loads(seeds.read_text())
-            ours = seeds_cell(c, agent)
-            status = (f"{len(c['runs'])} seeds, {min(c['env_steps']):,} env steps each; per seed: "
+            ours = seeds_cell(c, agent) + final_checkpoints(name.stem, c, agent)
+            steps = sorted(set(c["env_steps"]))
+            status = (f"{len(c['runs'])} seeds, " + (f"{steps[0]:,} env steps each" if len(steps) == 1 else
+                      f"best checkpoints after {', '.join(f'{x:,}' for x in c['env_steps'])} env steps")
+                      + "; per seed: "
                       + ", ".join(f"{Path(r).name}.json" for r in c["runs"])
                       + f"; report experiments/results/{name.stem}_seeds/report.md")
             command = (f"`python experiments/run.py {name.stem} --seed N` for each seed, then "
-                       f"`metarl compare {' '.join(c['runs'])} --out experiments/results/{name.stem}_seeds`")
+                       f"`metarl compare {' '.join(c['runs'])} --out experiments/results/{name.stem}_seeds"
+                       + (" --allow-unequal-budgets`" if len(steps) > 1 else "`"))
         elif res.exists():
             s = read_summary(res)
             m = s["metrics"]
@@ -526,17 +530,40 @@ def ml10_table() -> str:
 
 
 def seeds_cell(c: dict, agent: str) -> str:
-    """IQM over seeds [95% CI] of each form of the agent: per task, and by Meta-World's own tally."""
+    """IQM over seeds [95% CI] of each form of the agent's overall success, per task and by
+    Meta-World's own tally, as Meta-World+ reports (metarl compare's "over runs"; reports written
+    before it have only the IQM over seeds and tasks)."""
     def iqm(v):
         return f"{100 * v[0]:.1f}% [{100 * v[1]:.1f}, {100 * v[2]:.1f}]"
+    runs = c.get("over_runs")
     cells = []
     for m, st in c["methods"].items():
         if m != agent and not m.startswith(agent + " ("):
             continue
         label = "sampled actions" if m == agent else m[len(agent) + 2:-1]
-        tally = c["metaworld_tally"].get(m)
-        cells.append(f"{label}: IQM {iqm(st['iqm'])}" + (f" (Meta-World tally IQM {iqm(tally['iqm'])})" if tally else ""))
+        if runs:
+            tally = runs["metaworld_tally"].get(m)
+            cells.append(f"{label}: IQM {iqm(runs['per_task'][m]['iqm'])}"
+                         + (f" (Meta-World tally IQM {iqm(tally['iqm'])}; per seed "
+                            f"{', '.join(f'{100 * x:.1f}%' for x in tally['runs'])})" if tally else ""))
+        else:
+            tally = c["metaworld_tally"].get(m)
+            cells.append(f"{label}: IQM {iqm(st['iqm'])}"
+                         + (f" (Meta-World tally IQM {iqm(tally['iqm'])})" if tally else ""))
     return "; ".join(cells)
+
+
+def final_checkpoints(name: str, c: dict, agent: str) -> str:
+    """For seeds compared at their best checkpoints: the final checkpoints' figures (experiments/run.py
+    --checkpoint latest), over seeds once two were evaluated (NAME_latest_seeds), else per seed."""
+    results = ROOT / "experiments" / "results"
+    latest = results / f"{name}_latest_seeds" / "summary.json"
+    if latest.exists():
+        return f"; at the final checkpoints: {seeds_cell(json.loads(latest.read_text()), agent)}"
+    done = [(Path(r).name, results / f"{Path(r).name}_latest.json") for r in c["runs"]]
+    done = [(n, f) for n, f in done if f.exists()]
+    return "".join(f"; {n} at its final checkpoint: {forms_cell(read_summary(f)['metrics']['results'], agent)}"
+                   for n, f in done)
 
 
 def in_progress(name: str) -> str:

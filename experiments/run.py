@@ -26,6 +26,10 @@ experiments/results/NAME_seeds/:
 
     python experiments/run.py rl2_ml10_mwplus --seed 1   # ... and --seed 2: the report covers 0, 1, 2
 
+Seeds evaluated at their best checkpoints are compared as they are (each seed's best lies at its
+own iteration of the same budget; the report lists each); `--checkpoint latest` on each seed
+gives the final checkpoints' comparison in experiments/results/NAME_latest_seeds/.
+
 A run trained with agent.eval_every keeps checkpoints/best.pt, its iteration with the best
 held-out sample (the Meta-World paper reports the maximum over training); `--checkpoint best`
 evaluates it into experiments/results/NAME_best.json (record runs/NAME_best) beside NAME.json:
@@ -295,9 +299,10 @@ def main(argv=None) -> int:
     from metarl.app.report import report_table
     print(report_table(report))
     print(f"training time {train_s / 60:.1f} min; wrote {out / (out_stem + '.json')}")
-    seeds = seed_records(out / "runs", args.name)
+    tail = out_stem[len(stem):]  # "_latest" or "_best" for a checkpoint other than the config's
+    seeds = seed_records(out / "runs", args.name, tail)
     if len(seeds) > 1:
-        compare_seeds(seeds, out / f"{args.name}_seeds")
+        compare_seeds(seeds, out / f"{args.name}{tail}_seeds", selected=which == "best")
     return 0
 
 
@@ -314,18 +319,23 @@ def keep_record(run_dir: Path, dst: Path, suffix: str = "", transfer_env: str | 
             shutil.copyfile(src, dst / name)
 
 
-def seed_records(records: Path, name: str) -> list[Path]:
-    """The recorded runs of config `name`: NAME (its own seed) and NAME_seedN, by seed."""
-    found = [p for p in records.glob(f"{name}*") if p.name == name or re.fullmatch(rf"{re.escape(name)}_seed\d+", p.name)]
-    return sorted(found, key=lambda p: -1 if p.name == name else int(p.name.rsplit("_seed", 1)[1]))
+def seed_records(records: Path, name: str, tail: str = "") -> list[Path]:
+    """The recorded runs of config `name`: NAME (its own seed) and NAME_seedN, by seed; with tail
+    ("_latest"), the records of that checkpoint: NAME_latest, NAME_seedN_latest."""
+    pattern = rf"{re.escape(name)}(_seed(\d+))?{re.escape(tail)}"
+    found = [(m, p) for p in records.glob(f"{name}*") if (m := re.fullmatch(pattern, p.name))]
+    return [p for m, p in sorted(found, key=lambda mp: -1 if mp[0][2] is None else int(mp[0][2]))]
 
 
-def compare_seeds(records: list[Path], out_dir: Path) -> None:
+def compare_seeds(records: list[Path], out_dir: Path, selected: bool = False) -> None:
     """`metarl compare` over the recorded seeds into out_dir (replaced); a failure is reported, not
-    raised: the results file is already written."""
+    raised: the results file is already written. selected: the records are best checkpoints, each
+    seed's chosen within the same training budget, so their evaluated budgets differ (the report
+    lists each)."""
     from metarl.eval.compare import compare
     try:
-        summary = compare([os.path.relpath(p) for p in records], os.path.relpath(out_dir), overwrite=True)
+        summary = compare([os.path.relpath(p) for p in records], os.path.relpath(out_dir), overwrite=True,
+                          allow_unequal_budgets=selected)
     except UserError as e:
         print(f"warning: no seed comparison in {out_dir}: {e}", file=sys.stderr)
         return

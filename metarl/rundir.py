@@ -65,6 +65,12 @@ class RunDir:
             keep = [row for row in read_jsonl(p) if row["iteration"] < iteration]
             self._atomic_write_text(name, "".join(json.dumps(row) + "\n" for row in keep))
 
+    def trained_s(self) -> float:
+        """Training wall-clock logged so far (the last timing row's wall_clock_s; 0 without one): a
+        resumed run counts on from it, so wall_clock_s is the run's, not the session's."""
+        rows = read_jsonl(self.path / "timing.jsonl")
+        return float(rows[-1].get("wall_clock_s", 0.0)) if rows else 0.0
+
     def log(self, metrics: dict[str, Any], timing: dict[str, Any] | None = None) -> None:
         """Append one iteration's metrics (and wall-clock figures to timing.jsonl)."""
         with open(self.path / "metrics.jsonl", "a") as f:

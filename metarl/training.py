@@ -114,7 +114,7 @@ def train_loop(trainer: Trainer, run: RunDir, iterations: int, config: dict, *, 
     stop = _InterruptFlag()
     bar = progress_bar(iterations * spi, quiet, desc)
     bar.update(start_iteration * spi)
-    t_start = time.perf_counter()
+    t_start = time.perf_counter() - (run.trained_s() if start_iteration else 0.0)
     try:
         with stop:
             for it in range(start_iteration, iterations):

@@ -7,7 +7,7 @@ import time
 import pytest
 import torch
 
-from metarl.rundir import CHECKPOINT, RunDir, load_checkpoint
+from metarl.rundir import CHECKPOINT, RunDir, load_checkpoint, read_jsonl
 
 WRITER = """
 import sys, torch
@@ -91,3 +91,26 @@ def test_best_checkpoint_by_a_monitor_metric_keeps_the_updated_parameters(tmp_pa
                start_iteration=6)
     assert load_checkpoint(tmp_path / "run", which="best")["select_value"] == 7.0
     assert load_checkpoint(tmp_path / "run", which="best")["select_from"] == 1
+
+
+def test_resumed_run_counts_wall_clock_on(tmp_path):
+    """timing.jsonl's wall_clock_s is the run's training time: a resumed run starts from the time
+    logged before its checkpoint, not from zero (compare's train time and wall-clock plot read it)."""
+    from metarl.training import train_loop
+
+    class Slow(_ScoreTrainer):
+        def train_iteration(self, it):
+            time.sleep(0.02)
+            return super().train_iteration(it)
+    run = RunDir(tmp_path / "run", tensorboard=False)
+    train_loop(Slow([0.0] * 6), run, 3, {}, quiet=True)
+    before = run.trained_s()
+    assert before >= 0.06
+    run.truncate_metrics(2)  # as `metarl train --resume` does at a checkpoint of iteration 2
+    kept = run.trained_s()
+    assert 0.04 <= kept < before
+    train_loop(Slow([0.0] * 6), RunDir(tmp_path / "run", resume=True, tensorboard=False), 6, {}, quiet=True,
+               start_iteration=2)
+    clock = [row["wall_clock_s"] for row in read_jsonl(tmp_path / "run" / "timing.jsonl")]
+    assert [row["iteration"] for row in read_jsonl(tmp_path / "run" / "timing.jsonl")] == list(range(6))
+    assert clock == sorted(clock) and clock[2] >= kept + 0.02 and clock[-1] >= 0.12

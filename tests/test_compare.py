@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from metarl.eval.compare import interval_estimates, per_task_improvement, probability_of_improvement
+from metarl.eval.compare import Run, interval_estimates, over_runs, per_task_improvement, probability_of_improvement
 
 rliable_metrics = pytest.importorskip("rliable.metrics")
 
@@ -39,6 +39,29 @@ def test_interval_estimates_match_rliable_point_estimates_and_are_seeded():
     # one run per method: resampling tasks still gives an interval (held-out tasks are a sample)
     one = interval_estimates({"a": scores["a"][:1]}, reps=300)
     assert one["a"]["mean"][1] < one["a"]["mean"][2]
+
+
+def test_over_runs_scores_each_run_then_aggregates_runs():
+    """Meta-World+'s statistic: each seed's overall success, then the IQM over seeds; on
+    near-binary per-task success the IQM over runs x tasks says something else entirely."""
+    scores = {"a": np.array([[1.0, 0.0, 0.0, 0.0], [1.0, 1.0, 0.0, 0.0], [1.0, 1.0, 1.0, 0.0],
+                             [0.0, 0.0, 0.0, 0.0]])}
+    est = over_runs(scores, reps=300)["a"]
+    assert est["runs"] == [0.25, 0.5, 0.75, 0.0]
+    assert est["mean"][0] == pytest.approx(0.375) and est["iqm"][0] == pytest.approx(0.375)  # middle two: 0.25, 0.5
+    assert est["iqm"][1] <= est["iqm"][0] <= est["iqm"][2]
+    assert interval_estimates(scores, reps=300)["a"]["iqm"][0] == pytest.approx(rliable_metrics.aggregate_iqm(
+        scores["a"]))
+    assert over_runs({"b": np.array([[1.0, 0.0, 0.0, 0.0]] * 3)}, reps=300)["b"]["iqm"] == [0.25] * 3
+
+
+def test_train_time_stitches_a_clock_restarted_on_resume(tmp_path):
+    """Runs resumed before the clock counted on across resumes logged wall_clock_s from 0 again."""
+    timing = [{"iteration": i, "wall_clock_s": w} for i, w in enumerate([10.0, 20.0, 5.0, 15.0, 25.0, 4.0])]
+    r = Run(tmp_path, "rl2", 0, {}, {}, [], timing)
+    assert r.clock == {0: 10.0, 1: 20.0, 2: 25.0, 3: 35.0, 4: 45.0, 5: 49.0}
+    assert r.train_time_s == 49.0
+    assert Run(tmp_path, "rl2", 0, {}, {}, [], []).train_time_s is None
 
 
 def _train_eval(cli, tiny, run, steps=320, tasks=40, seed=0):

@@ -281,6 +281,17 @@ def test_parked_run_resumes_on_a_fresh_checkout(tmp_path, monkeypatch, capsys):
     assert (tmp_path / "experiments" / "results" / "tiny.json").exists() and not parked.exists()
 
 
+def test_seed_records_of_a_config_and_checkpoint(tmp_path):
+    """NAME and NAME_seedN by seed; with a tail, that checkpoint's records (NAME_latest,
+    NAME_seedN_latest); other configs sharing the prefix are not seeds."""
+    run = _load("run")
+    for n in ("x", "x_seed2", "x_seed10", "x_latest", "x_seed2_latest", "x_big", "x_big_seed1", "x_seed2_best"):
+        (tmp_path / n).mkdir()
+    assert [p.name for p in run.seed_records(tmp_path, "x")] == ["x", "x_seed2", "x_seed10"]
+    assert [p.name for p in run.seed_records(tmp_path, "x", "_latest")] == ["x_latest", "x_seed2_latest"]
+    assert [p.name for p in run.seed_records(tmp_path, "x_big")] == ["x_big", "x_big_seed1"]
+
+
 @pytest.mark.slow
 def test_seeds_of_one_config_are_recorded_and_compared(tmp_path, monkeypatch):
     """Each finished seed keeps its record (what metarl compare reads) under

@@ -9,7 +9,10 @@ the baselines its evaluation holds. Statistics on each method's score matrix [ru
 the mean and the interquartile mean (IQM) with 95% stratified-bootstrap CIs from rliable, tasks
 resampled as well as runs (held-out tasks are a sample of the task distribution), and the
 probability of improvement P(X > Y) of every pair, paired by task (rliable's definition:
-P(X_t > Y_t) + P(X_t = Y_t) / 2 over runs, averaged over tasks; CI by resampling tasks).
+P(X_t > Y_t) + P(X_t = Y_t) / 2 over runs, averaged over tasks; CI by resampling tasks). With
+several runs, also each run's overall score and the mean and IQM over runs (what Meta-World+
+reports over seeds; on near-binary success per task the IQM over runs x tasks trims whole
+classes away and says something else).
 
 Writes report.md, summary.csv, summary.json, poi.csv, per_task.csv, adaptation.png, training_steps.png,
 training_wallclock.png, and for tasks with names (Meta-World) per_task_success.csv and
@@ -53,8 +56,20 @@ class Run:
         return self.report["results"][self.agent]
 
     @property
+    def clock(self) -> dict[int, float]:
+        """iteration -> training wall-clock seconds. Runs resumed before metarl counted the clock on
+        across a resume restarted it at 0: each restart continues from the time before it."""
+        out, offset, last = {}, 0.0, 0.0
+        for t in self.timing:
+            if t["wall_clock_s"] < last:
+                offset += last
+            last = t["wall_clock_s"]
+            out[t["iteration"]] = offset + last
+        return out
+
+    @property
     def train_time_s(self) -> float | None:
-        return self.timing[-1]["wall_clock_s"] if self.timing else None
+        return max(self.clock.values()) if self.timing else None
 
 
 def load_run(path: str | Path) -> Run:
@@ -178,6 +193,15 @@ def interval_estimates(scores: dict[str, np.ndarray], reps: int = 2000, seed: in
         np.random.set_state(state)
     return {k: {"mean": [float(point[k][0]), float(ci[k][0, 0]), float(ci[k][1, 0])],
                 "iqm": [float(point[k][1]), float(ci[k][0, 1]), float(ci[k][1, 1])]} for k in scores}
+
+
+def over_runs(scores: dict[str, np.ndarray], reps: int = 2000, seed: int = 0) -> dict[str, dict]:
+    """method -> {"runs": [each run's mean over tasks], "mean": [...], "iqm": [...]}: the statistics
+    over runs of each run's overall score (Meta-World+ reports the IQM over seeds of each seed's
+    success rate), 95% CIs by resampling runs."""
+    per_run = {m: v.mean(axis=1, keepdims=True) for m, v in scores.items()}  # [runs, 1]
+    stats = interval_estimates(per_run, reps, seed)
+    return {m: {"runs": [float(x) for x in per_run[m][:, 0]], **stats[m]} for m in scores}
 
 
 def per_task_improvement(x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -307,9 +331,9 @@ def training_plots(runs: list[Run], labels: list[str], out_dir: Path) -> list[Pa
             if name == "training_steps.png":
                 xs = [m["env_steps"] for m in rows]
             else:
-                clock = {t["iteration"]: t["wall_clock_s"] / 60 for t in r.timing}
+                clock = r.clock
                 rows = [m for m in rows if m.get("iteration") in clock]
-                xs = [clock[m["iteration"]] for m in rows]
+                xs = [clock[m["iteration"]] / 60 for m in rows]
             ax.plot(xs, [m[key] for m in rows], color=colors[label], alpha=0.8,
                     label=f"{label} seed {r.seed} ({key})")
         ax.set_xlabel(xlabel)
@@ -350,6 +374,15 @@ def heatmap(names: list[str], table: dict[str, np.ndarray], out: Path) -> Path:
 
 
 # ---- report -------------------------------------------------------------------------------
+
+def over_runs_table(stats: dict[str, dict], order: list[str], score: str) -> list[str]:
+    """report.md lines: each run's score (`score` says what it is), and the mean and IQM over runs."""
+    return ["", f"Over runs: each run's score ({score}), then the mean and IQM over runs, 95% CIs by "
+            f"resampling runs (Meta-World+ reports the IQM over seeds).", "",
+            "| method | runs | each run | mean over runs [95% CI] | IQM over runs [95% CI] |", "|---|---|---|---|---|"] + [
+        f"| {m} | {len(stats[m]['runs'])} | {', '.join(f'{x:.3f}' for x in stats[m]['runs'])} | "
+        f"{_fmt(stats[m]['mean'])} | {_fmt(stats[m]['iqm'])} |" for m in order if m in stats]
+
 
 def _fmt(v: list[float], spec: str = ".4g") -> str:
     return f"{v[0]:{spec}} [{v[1]:{spec}}, {v[2]:{spec}}]"
@@ -429,6 +462,8 @@ def compare(run_dirs: list[str], out: str, *, reps: int = 2000, seed: int = 0, b
     order = sorted(methods, key=lambda m: stats[m]["mean"][0], reverse=not lower)
     for m in order:
         lines.append(f"| {m} | {scores[m].shape[0]} | {_fmt(stats[m]['mean'])} | {_fmt(stats[m]['iqm'])} |")
+    if max(v.shape[0] for v in scores.values()) > 1:
+        lines += over_runs_table(over_runs(scores, reps, seed), order, "its mean over tasks")
     tally = gather_tally_scores(runs, labels)
     if tally:  # Meta-World: the published figures' count, beside ours
         t_stats = interval_estimates(tally, reps, seed)
@@ -447,8 +482,12 @@ def compare(run_dirs: list[str], out: str, *, reps: int = 2000, seed: int = 0, b
             lines.append(f"| {m} | {tally[m].shape[0]} | {_fmt(t_stats[m]['mean'])} | {_fmt(t_stats[m]['iqm'])} | "
                          + " | ".join(f"{v:.2f}" for v in per_class) + " |")
         summary_tally = {m: {"runs": int(tally[m].shape[0]), **t_stats[m]} for m in tally}
+        tally_runs = over_runs(tally, reps, seed)
+        if max(v.shape[0] for v in tally.values()) > 1:
+            lines += over_runs_table(tally_runs, sorted(tally, key=lambda m: -t_stats[m]["mean"][0]),
+                                     "its tally over all groups, the success rate Meta-World reports")
     else:
-        summary_tally = {}
+        summary_tally, tally_runs = {}, {}
     lines += ["", "## Probability of improvement", "",
               f"P(row {'has lower score than' if lower else 'beats'} column on the same task), averaged over tasks, "
               "95% CI by resampling tasks.", "",
@@ -469,6 +508,7 @@ def compare(run_dirs: list[str], out: str, *, reps: int = 2000, seed: int = 0, b
     (out_dir / "report.md").write_text("\n".join(lines) + "\n")
     summary = {"runs": paths, "metric": metric, "env_steps": [r.report["env_steps"] for r in runs],
                "methods": {m: {"runs": int(scores[m].shape[0]), **stats[m]} for m in methods},
-               "metaworld_tally": summary_tally, "probability_of_improvement": poi}
+               "metaworld_tally": summary_tally, "probability_of_improvement": poi,
+               "over_runs": {"per_task": over_runs(scores, reps, seed), "metaworld_tally": tally_runs}}
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return {**summary, "out": str(out_dir)}
