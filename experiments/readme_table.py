@@ -53,6 +53,12 @@ def headline() -> str:
             if final is None:
                 continue
             row = row[:3] + (f"{row[3]}; final checkpoint {headline_figure(read_summary(final))[3]}",) + row[4:]
+            over = seeds_headline(s.get("config", s["experiment"]), s["metrics"]["agent"])
+            if over is not None:  # several seeds: their IQM, never one seed's best
+                from metarl.config import load_toml
+                seed = load_toml(ROOT / "experiments" / "results" / "runs" / s["experiment"] / "config.toml")["run"]["seed"]
+                row = (row[0], over[0], row[2], over[1] + f"; seed {seed}'s final checkpoint"
+                       + row[3][row[3].index("; final checkpoint") + len("; final checkpoint"):]) + row[4:]
         key, value, lower = row[0], row[1], row[2]
         if key not in best or (value < best[key][1] if lower else value > best[key][1]):
             best[key] = row + (s,)
@@ -62,6 +68,21 @@ def headline() -> str:
         rows.append(f"| {key[0]} | {key[1]} | {ours} | {anchor or '–'} | {baseline or '–'} | "
                     f"`{s['command']}` ({s['commit']}) |")
     return "\n".join(rows)
+
+
+def seeds_headline(config: str, agent: str) -> tuple[float, str] | None:
+    """(IQM, cell) of the agent's best form by Meta-World's tally over the config's recorded seeds
+    (experiments/results/CONFIG_seeds, metarl compare's over-runs statistic), or None."""
+    f = ROOT / "experiments" / "results" / f"{config}_seeds" / "summary.json"
+    runs = json.loads(f.read_text()).get("over_runs", {}).get("metaworld_tally") if f.exists() else None
+    forms = {n: v for n, v in (runs or {}).items() if n == agent or n.startswith(agent + " (")}
+    if not forms:
+        return None
+    form, st = max(forms.items(), key=lambda kv: kv[1]["iqm"][0])
+    v = st["iqm"]
+    return v[0], (f"IQM {100 * v[0]:.1f}% [{100 * v[1]:.1f}, {100 * v[2]:.1f}] over {len(st['runs'])} seeds "
+                  f"({form}, Meta-World tally, each seed's best checkpoint by the held-out sample; per seed "
+                  f"{', '.join(f'{100 * x:.1f}%' for x in st['runs'])})")
 
 
 def headline_figure(s: dict):

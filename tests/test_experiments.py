@@ -167,6 +167,25 @@ def test_best_checkpoint_by_the_held_out_sample_is_evaluated_beside_the_latest(t
     assert "tiny_ml10" not in rt.headline()
 
 
+def test_seeds_headline_takes_the_iqm_over_seeds_of_the_best_form(tmp_path, monkeypatch):
+    """Once a config has several seeds compared, the headline shows their IQM (by Meta-World's
+    tally, the agent's best form), not one seed's best checkpoint; no over-runs figures, no cell."""
+    rt = _load("readme_table")
+    monkeypatch.setattr(rt, "ROOT", tmp_path)
+    d = tmp_path / "experiments" / "results" / "x_seeds"
+    d.mkdir(parents=True)
+    assert rt.seeds_headline("x", "rl2") is None
+    tally = {"rl2": {"runs": [0.1, 0.2], "iqm": [0.15, 0.1, 0.2]},
+             "rl2 (metaworld+)": {"runs": [0.3, 0.4], "iqm": [0.35, 0.3, 0.4]},
+             "random": {"runs": [0.9, 0.9], "iqm": [0.9, 0.9, 0.9]}}
+    (d / "summary.json").write_text(json.dumps({"over_runs": {"metaworld_tally": tally}}))
+    value, cell = rt.seeds_headline("x", "rl2")
+    assert value == 0.35 and cell.startswith("IQM 35.0% [30.0, 40.0] over 2 seeds (rl2 (metaworld+), ")
+    assert "per seed 30.0%, 40.0%" in cell
+    (d / "summary.json").write_text(json.dumps({"metaworld_tally": {}}))  # written before over_runs
+    assert rt.seeds_headline("x", "rl2") is None
+
+
 def test_other_checkpoint_pairs_a_run_s_best_and_final_evaluations(tmp_path):
     """NAME.json of the last iteration pairs with NAME_best.json; NAME.json of a config that
     reports its best checkpoint pairs with NAME_latest.json; a lone file has no pair."""
