@@ -157,9 +157,8 @@ def arch_report(model: CellConv4, validation: dict, out_txt, out_png, baseline_p
     lines += ["", "block  " + "  ".join(f"{o:>11}" for o in OPS)]
     lines += [f"{b + 1:>5}  " + "  ".join(f"{v:11.3f}" for v in w[b].tolist()) for b in range(SEARCHED)]
     out_txt.write_text("\n".join(lines) + "\n")
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from metarl.eval.plots import pyplot
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 2.4))
     ax.imshow(w.numpy(), cmap="viridis", vmin=0, vmax=max(w.max().item(), 1e-6))
     ax.set_xticks(range(len(OPS)), OPS, rotation=30, ha="right", fontsize=8)

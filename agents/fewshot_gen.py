@@ -247,9 +247,8 @@ def evaluate_generation(learner: FewShotGenerator, dist, num_tasks: int, seed: i
 
 
 def samples_plot(grid: list, out: Path) -> Path:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from metarl.eval.plots import pyplot
+    plt = pyplot()
     k, m = grid[0][0].shape[0], grid[0][1].shape[0]
     fig, axes = plt.subplots(len(grid), k + m, figsize=((k + m) * 0.7, len(grid) * 0.75))
     for r, (sup, drawn) in enumerate(grid):

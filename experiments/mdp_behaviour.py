@@ -40,9 +40,8 @@ def table(results: dict, metric: str) -> str:
 
 
 def plot(results: dict, oracle: float, out: Path, title: str) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from metarl.eval.plots import pyplot
+    plt = pyplot()
     fig, axes = plt.subplots(2, 2, figsize=(10, 7))
     for ax, metric in zip(axes.flat, ("return", "optimal", "new_pairs", "agrees_with_ce")):
         for i, (name, r) in enumerate(results.items()):

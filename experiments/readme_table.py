@@ -773,9 +773,8 @@ def objectives_figure(path: Path) -> bool:
     fams = objective_differences()
     if not fams:
         return False
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from metarl.eval.plots import pyplot
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(fams), figsize=(5.5 * len(fams), 0.45 * max(map(len, fams.values())) + 1.8))
     for ax, (fam, rows) in zip(list(axes) if len(fams) > 1 else [axes], fams.items()):
         y = range(len(rows))

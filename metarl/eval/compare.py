@@ -31,6 +31,7 @@ import numpy as np
 
 from metarl.config import load_toml
 from metarl.errors import UserError
+from metarl.eval.plots import pyplot
 from metarl.eval.result import curve_of, read_eval
 from metarl.protocols import progress_unit
 from metarl.rundir import open_existing, read_jsonl
@@ -259,13 +260,6 @@ def _band(ys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return m, m - half, m + half
 
 
-def _plt():
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
-
-
 def adaptation_plot(runs: list[Run], labels: list[str], out: Path, metric: str, baselines: bool) -> Path:
     """One panel per kind of x axis (gradient steps, episodes, ...): each method's mean curve over
     runs, with a 95% CI band over runs when it has several."""
@@ -283,7 +277,7 @@ def adaptation_plot(runs: list[Run], labels: list[str], out: Path, metric: str, 
             c = adaptation_of(res) if name != runs[0].agent else None
             if c and name not in labels and name[len(runs[0].agent):] not in other_forms(runs[0]):
                 curves.setdefault(c[0], {})[name] = [(c[1], c[2])]
-    plt = _plt()
+    plt = pyplot()
     kinds = list(curves) or [("(no adaptation curves)", metric)]
     fig, axes = plt.subplots(1, len(kinds), figsize=(6 * len(kinds), 4), squeeze=False)
     for ax, kind in zip(axes[0], kinds):
@@ -317,7 +311,7 @@ def training_key(r: Run) -> str | None:
 
 def training_plots(runs: list[Run], labels: list[str], out_dir: Path) -> list[Path]:
     """Training curves against env steps and against wall-clock seconds, one line per run."""
-    plt = _plt()
+    plt = pyplot()
     outs = []
     for name, xlabel in (("training_steps.png", "env steps (meta-iterations for few-shot learners)"),
                          ("training_wallclock.png", "wall-clock (minutes)")):
@@ -358,7 +352,7 @@ def per_task_success(runs: list[Run], scores: dict[str, np.ndarray]) -> tuple[li
 
 
 def heatmap(names: list[str], table: dict[str, np.ndarray], out: Path) -> Path:
-    plt = _plt()
+    plt = pyplot()
     data = np.stack(list(table.values()))
     fig, ax = plt.subplots(figsize=(max(6, 0.18 * len(names) + 2), 0.5 * len(table) + 2))
     im = ax.imshow(data, aspect="auto", vmin=0, vmax=1, cmap="viridis")

@@ -7,10 +7,17 @@ from metarl.eval.result import curve_of, shown
 from metarl.tasks import CLASS_METRIC
 
 
-def _figure():
+def pyplot():
+    """matplotlib.pyplot on the file-only Agg backend (no display on servers and CI); imported on
+    first use, so that commands which draw nothing do not pay for matplotlib."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    return plt
+
+
+def _figure():
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     return plt, fig, ax
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from metarl.eval.plots import pyplot
 from metarl.eval.result import INNER_STEPS, Curve, result
 from metarl.eval.stats import mean_ci
 from metarl.eval.trials import task_scores
@@ -129,19 +130,12 @@ def evaluate_context_sizes(learner, dist: FewShotDistribution, num_tasks: int, s
     return res
 
 
-def _plt():
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
-
-
 def fits_plot(learner, dist: FewShotDistribution, out: Path, title: str, seed: int, steps: list[int],
               device, tasks: int = 4, samples: int = 8) -> Path:
     """Regression: the true function, the K support points and the learner's prediction (after
     each of `steps` inner steps, or its mean +- 2 std for CNP, or for a latent NP its mean and
     `samples` sampled functions) on a dense grid, for a few test tasks."""
-    plt = _plt()
+    plt = pyplot()
     gen = task_generator(seed, "test", device)
     batch = dist.sample(tasks, gen, "test", query=200, grid=True)
     fig, axes = plt.subplots(1, tasks, figsize=(3.2 * tasks, 3), sharey=True)
@@ -179,7 +173,7 @@ def fits_plot(learner, dist: FewShotDistribution, out: Path, title: str, seed: i
 
 
 def context_plot(res: dict, out: Path, title: str) -> Path:
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
     for ax, key, label in ((axes[0], "loglik", "test log-likelihood"), (axes[1], "mse", "test MSE")):
         cis = res[key]
