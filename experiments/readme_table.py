@@ -52,13 +52,17 @@ def headline() -> str:
             final = other_checkpoint(f)
             if final is None:
                 continue
-            row = row[:3] + (f"{row[3]}; final checkpoint {headline_figure(read_summary(final))[3]}",) + row[4:]
+            final_cell = headline_figure(read_summary(final))[3]
             over = seeds_headline(s.get("config", s["experiment"]), s["metrics"]["agent"])
-            if over is not None:  # several seeds: their IQM, never one seed's best
+            if over is None:
+                row = row[:3] + (f"{row[3]}; final checkpoint {final_cell}",) + row[4:]
+            else:  # several seeds: their IQM, never one seed's best
                 from metarl.config import load_toml
+                value, cell, records = over
                 seed = load_toml(ROOT / "experiments" / "results" / "runs" / s["experiment"] / "config.toml")["run"]["seed"]
-                row = (row[0], over[0], row[2], over[1] + f"; seed {seed}'s final checkpoint"
-                       + row[3][row[3].index("; final checkpoint") + len("; final checkpoint"):]) + row[4:]
+                row = (row[0], value, row[2], f"{cell}; seed {seed}'s final checkpoint {final_cell}") + row[4:]
+                others = [r.rsplit("_seed", 1)[1] for r in records if "_seed" in r]
+                s = {**s, "command": f"{s['command']} [--seed {'|'.join(others)}]" if others else s["command"]}
         key, value, lower = row[0], row[1], row[2]
         if key not in best or (value < best[key][1] if lower else value > best[key][1]):
             best[key] = row + (s,)
@@ -70,11 +74,13 @@ def headline() -> str:
     return "\n".join(rows)
 
 
-def seeds_headline(config: str, agent: str) -> tuple[float, str] | None:
-    """(IQM, cell) of the agent's best form by Meta-World's tally over the config's recorded seeds
-    (experiments/results/CONFIG_seeds, metarl compare's over-runs statistic), or None."""
+def seeds_headline(config: str, agent: str) -> tuple[float, str, list[str]] | None:
+    """(IQM, cell, the records' names) of the agent's best form by Meta-World's tally over the
+    config's recorded seeds (experiments/results/CONFIG_seeds, metarl compare's over-runs
+    statistic), or None."""
     f = ROOT / "experiments" / "results" / f"{config}_seeds" / "summary.json"
-    runs = json.loads(f.read_text()).get("over_runs", {}).get("metaworld_tally") if f.exists() else None
+    summary = json.loads(f.read_text()) if f.exists() else {}
+    runs = summary.get("over_runs", {}).get("metaworld_tally")
     forms = {n: v for n, v in (runs or {}).items() if n == agent or n.startswith(agent + " (")}
     if not forms:
         return None
@@ -82,7 +88,7 @@ def seeds_headline(config: str, agent: str) -> tuple[float, str] | None:
     v = st["iqm"]
     return v[0], (f"IQM {100 * v[0]:.1f}% [{100 * v[1]:.1f}, {100 * v[2]:.1f}] over {len(st['runs'])} seeds "
                   f"({form}, Meta-World tally, each seed's best checkpoint by the held-out sample; per seed "
-                  f"{', '.join(f'{100 * x:.1f}%' for x in st['runs'])})")
+                  f"{', '.join(f'{100 * x:.1f}%' for x in st['runs'])})"), [Path(r).name for r in summary["runs"]]
 
 
 def headline_figure(s: dict):

@@ -178,8 +178,10 @@ def test_seeds_headline_takes_the_iqm_over_seeds_of_the_best_form(tmp_path, monk
     tally = {"rl2": {"runs": [0.1, 0.2], "iqm": [0.15, 0.1, 0.2]},
              "rl2 (metaworld+)": {"runs": [0.3, 0.4], "iqm": [0.35, 0.3, 0.4]},
              "random": {"runs": [0.9, 0.9], "iqm": [0.9, 0.9, 0.9]}}
-    (d / "summary.json").write_text(json.dumps({"over_runs": {"metaworld_tally": tally}}))
-    value, cell = rt.seeds_headline("x", "rl2")
+    (d / "summary.json").write_text(json.dumps({"over_runs": {"metaworld_tally": tally},
+                                                "runs": ["experiments/results/runs/x", "experiments/results/runs/x_seed2"]}))
+    value, cell, records = rt.seeds_headline("x", "rl2")
+    assert records == ["x", "x_seed2"]
     assert value == 0.35 and cell.startswith("IQM 35.0% [30.0, 40.0] over 2 seeds (rl2 (metaworld+), ")
     assert "per seed 30.0%, 40.0%" in cell
     (d / "summary.json").write_text(json.dumps({"metaworld_tally": {}}))  # written before over_runs
