@@ -140,7 +140,9 @@ def build_parser(full_help: bool = False,
 
     c = sub.add_parser("compare", help="one report across evaluated runs: curves, interval statistics, per-task tables",
                        description="Compare evaluated runs (agents and seeds) on their shared held-out tasks: "
-                                   "mean and interquartile mean with 95% stratified-bootstrap CIs (rliable), the "
+                                   "mean and interquartile mean with 95% stratified-bootstrap CIs (rliable) over runs x tasks "
+                                   "and, with several runs, over each run's overall score (the IQM over seeds "
+                                   "that Meta-World+ reports), the "
                                    "probability of improvement of every pair, adaptation and training curves (PNG), "
                                    "per-task tables and, for Meta-World, a per-task success heatmap. Writes "
                                    "report.md, summary.csv, poi.csv, per_task.csv and the PNGs into --out. Runs "
@@ -152,7 +154,8 @@ def build_parser(full_help: bool = False,
     c.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (default 0)")
     c.add_argument("--no-baselines", action="store_true", help="leave out the baselines held in the evaluations")
     c.add_argument("--allow-unequal-budgets", action="store_true",
-                   help="compare runs trained for different numbers of env steps (the report lists each budget)")
+                   help="compare runs trained for different numbers of env steps (the report lists each "
+                        "budget), e.g. seeds each kept at its best checkpoint")
     c.add_argument("--overwrite", action="store_true", help="write into a non-empty --out")
     c.add_argument("--json", action="store_true", help="print the summary as JSON")
 
