@@ -46,6 +46,10 @@ def headline() -> str:
         row = headline_figure(s)
         if row is None:
             continue
+        config = s.get("config", s["experiment"])
+        over = seeds_headline(config, s["metrics"]["agent"])
+        if over is not None and s["experiment"] in over[2] and s["experiment"] != config:
+            continue  # one seed of a config whose seeds are compared: the config's own row shows them
         if s["metrics"].get("checkpoint_select") == "heldout_success":
             # chosen on held-out tasks (as the Meta-World paper's maximum over training): shown only
             # beside the same run's final checkpoint, never alone
@@ -53,8 +57,7 @@ def headline() -> str:
             if final is None:
                 continue
             final_cell = headline_figure(read_summary(final))[3]
-            over = seeds_headline(s.get("config", s["experiment"]), s["metrics"]["agent"])
-            if over is None:
+            if over is None or s["experiment"] != config:  # (NAME_best of a config reporting its last)
                 row = row[:3] + (f"{row[3]}; final checkpoint {final_cell}",) + row[4:]
             else:  # several seeds: their IQM, never one seed's best
                 from metarl.config import load_toml
@@ -76,8 +79,8 @@ def headline() -> str:
 
 def seeds_headline(config: str, agent: str) -> tuple[float, str, list[str]] | None:
     """(IQM, cell, the records' names) of the agent's best form by Meta-World's tally over the
-    config's recorded seeds (experiments/results/CONFIG_seeds, metarl compare's over-runs
-    statistic), or None."""
+    config's recorded seeds at its reported checkpoint (experiments/results/CONFIG_seeds, metarl
+    compare's over-runs statistic; the headline takes it for configs kept at their best), or None."""
     f = ROOT / "experiments" / "results" / f"{config}_seeds" / "summary.json"
     summary = json.loads(f.read_text()) if f.exists() else {}
     runs = summary.get("over_runs", {}).get("metaworld_tally")
@@ -509,15 +512,16 @@ def ml10_table() -> str:
         if seeds.exists():  # several seeds recorded: their IQM (experiments/run.py runs metarl compare)
             c = json.loads(seeds.read_text())
             ours = seeds_cell(c, agent) + final_checkpoints(name.stem, c, agent)
-            steps = sorted(set(c["env_steps"]))
-            status = (f"{len(c['runs'])} seeds, " + (f"{steps[0]:,} env steps each" if len(steps) == 1 else
-                      f"best checkpoints after {', '.join(f'{x:,}' for x in c['env_steps'])} env steps")
+            selected = meta.get("checkpoint") == "best"
+            status = (f"{len(c['runs'])} seeds, " + (
+                f"best checkpoints after {', '.join(f'{x:,}' for x in c['env_steps'])} env steps" if selected
+                else f"{min(c['env_steps']):,} env steps each")
                       + "; per seed: "
                       + ", ".join(f"{Path(r).name}.json" for r in c["runs"])
                       + f"; report experiments/results/{name.stem}_seeds/report.md")
             command = (f"`python experiments/run.py {name.stem} --seed N` for each seed, then "
                        f"`metarl compare {' '.join(c['runs'])} --out experiments/results/{name.stem}_seeds"
-                       + (" --allow-unequal-budgets`" if len(steps) > 1 else "`"))
+                       + (" --allow-unequal-budgets`" if selected else "`"))
         elif res.exists():
             s = read_summary(res)
             m = s["metrics"]

@@ -67,7 +67,8 @@ class RunDir:
 
     def trained_s(self) -> float:
         """Training wall-clock logged so far (the last timing row's wall_clock_s; 0 without one): a
-        resumed run counts on from it, so wall_clock_s is the run's, not the session's."""
+        resumed run counts on from it, so wall_clock_s is the run's, not the session's (logs from
+        before this restarted at 0 on resume; metarl compare's Run.clock stitches them)."""
         rows = read_jsonl(self.path / "timing.jsonl")
         return float(rows[-1].get("wall_clock_s", 0.0)) if rows else 0.0
 

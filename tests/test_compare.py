@@ -44,15 +44,15 @@ def test_interval_estimates_match_rliable_point_estimates_and_are_seeded():
 def test_over_runs_scores_each_run_then_aggregates_runs():
     """Meta-World+'s statistic: each seed's overall success, then the IQM over seeds; on
     near-binary per-task success the IQM over runs x tasks says something else entirely."""
-    scores = {"a": np.array([[1.0, 0.0, 0.0, 0.0], [1.0, 1.0, 0.0, 0.0], [1.0, 1.0, 1.0, 0.0],
-                             [0.0, 0.0, 0.0, 0.0]])}
+    scores = {"a": np.array([[1.0, 0.0, 0.0, 0.0], [1.0, 1.0, 0.0, 0.0], [1.0, 1.0, 1.0, 1.0],
+                             [1.0, 1.0, 1.0, 1.0]])}
     est = over_runs(scores, reps=300)["a"]
-    assert est["runs"] == [0.25, 0.5, 0.75, 0.0]
-    assert est["mean"][0] == pytest.approx(0.375) and est["iqm"][0] == pytest.approx(0.375)  # middle two: 0.25, 0.5
+    assert est["runs"] == [0.25, 0.5, 1.0, 1.0]
+    assert est["mean"][0] == pytest.approx(0.6875)
+    assert est["iqm"][0] == pytest.approx(0.75)  # the middle two runs: 0.5, 1.0
     assert est["iqm"][1] <= est["iqm"][0] <= est["iqm"][2]
-    assert interval_estimates(scores, reps=300)["a"]["iqm"][0] == pytest.approx(rliable_metrics.aggregate_iqm(
-        scores["a"]))
-    assert over_runs({"b": np.array([[1.0, 0.0, 0.0, 0.0]] * 3)}, reps=300)["b"]["iqm"] == [0.25] * 3
+    pooled = interval_estimates(scores, reps=300)["a"]["iqm"][0]  # the middle 8 of 16 scores: 1 zero, 7 ones
+    assert pooled == pytest.approx(rliable_metrics.aggregate_iqm(scores["a"])) and pooled == pytest.approx(0.875)
 
 
 def test_train_time_stitches_a_clock_restarted_on_resume(tmp_path):

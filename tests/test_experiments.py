@@ -188,6 +188,40 @@ def test_seeds_headline_takes_the_iqm_over_seeds_of_the_best_form(tmp_path, monk
     assert rt.seeds_headline("x", "rl2") is None
 
 
+def test_headline_of_compared_seeds_is_their_iqm_in_one_row(tmp_path, monkeypatch):
+    """A config kept at its best checkpoint with seeds compared: one headline row, the IQM over
+    seeds beside the config's own seed's final checkpoint, naming every seed; no row per seed."""
+    rt = _load("readme_table")
+    monkeypatch.setattr(rt, "ROOT", tmp_path)
+    res = tmp_path / "experiments" / "results"
+    (res / "runs" / "x").mkdir(parents=True)
+    (res / "runs" / "x" / "config.toml").write_text('[run]\nagent = "rl2"\nseed = 1\n')
+    (res / "x_seeds").mkdir()
+
+    def result(name, tally, which):
+        r = {"mean": tally, "ci_low": tally - 0.1, "ci_high": tally + 0.1}
+        m = {"agent": "rl2", "env": "ml10", "env_config": {}, "protocol": "metaworld", "checkpoint": which,
+             "checkpoint_iteration": 100, "results": {"rl2": {**r, "metaworld_tally": {"total": r}}}}
+        if which == "best":
+            m["checkpoint_select"] = "heldout_success"
+        (res / f"{name}.json").write_text(json.dumps({"experiment": name, "config": "x", "commit": "abc1234",
+                                                      "command": f"python experiments/run.py x ({name})",
+                                                      "metrics": m}))
+    result("x", 0.4, "best")
+    result("x_latest", 0.2, "latest")
+    result("x_seed2", 0.9, "best")
+    result("x_seed2_latest", 0.1, "latest")
+    rows = [r for r in rt.headline().splitlines() if "ML10" in r]
+    assert len(rows) == 1 and "| 90.0% ± 10.0 " in rows[0]  # not compared yet: the best run, beside its final
+    (res / "x_seeds" / "summary.json").write_text(json.dumps({
+        "runs": ["experiments/results/runs/x", "experiments/results/runs/x_seed2"],
+        "over_runs": {"metaworld_tally": {"rl2": {"runs": [0.4, 0.9], "iqm": [0.65, 0.4, 0.9]}}}}))
+    rows = [r for r in rt.headline().splitlines() if "ML10" in r]
+    assert len(rows) == 1
+    assert "| IQM 65.0% [40.0, 90.0] over 2 seeds (rl2, " in rows[0]
+    assert "seed 1's final checkpoint 20.0% ± 10.0" in rows[0] and "[--seed 2]` (abc1234)" in rows[0]
+
+
 def test_other_checkpoint_pairs_a_run_s_best_and_final_evaluations(tmp_path):
     """NAME.json of the last iteration pairs with NAME_best.json; NAME.json of a config that
     reports its best checkpoint pairs with NAME_latest.json; a lone file has no pair."""

@@ -372,7 +372,8 @@ def heatmap(names: list[str], table: dict[str, np.ndarray], out: Path) -> Path:
 def over_runs_table(stats: dict[str, dict], order: list[str], score: str) -> list[str]:
     """report.md lines: each run's score (`score` says what it is), and the mean and IQM over runs."""
     return ["", f"Over runs: each run's score ({score}), then the mean and IQM over runs, 95% CIs by "
-            f"resampling runs (Meta-World+ reports the IQM over seeds).", "",
+            f"resampling runs (Meta-World+ reports the IQM over seeds; below 4 runs the IQM trims nothing and "
+            f"equals the mean, and the interval spans the runs).", "",
             "| method | runs | each run | mean over runs [95% CI] | IQM over runs [95% CI] |", "|---|---|---|---|---|"] + [
         f"| {m} | {len(stats[m]['runs'])} | {', '.join(f'{x:.3f}' for x in stats[m]['runs'])} | "
         f"{_fmt(stats[m]['mean'])} | {_fmt(stats[m]['iqm'])} |" for m in order if m in stats]
@@ -456,8 +457,9 @@ def compare(run_dirs: list[str], out: str, *, reps: int = 2000, seed: int = 0, b
     order = sorted(methods, key=lambda m: stats[m]["mean"][0], reverse=not lower)
     for m in order:
         lines.append(f"| {m} | {scores[m].shape[0]} | {_fmt(stats[m]['mean'])} | {_fmt(stats[m]['iqm'])} |")
+    task_runs = over_runs(scores, reps, seed)
     if max(v.shape[0] for v in scores.values()) > 1:
-        lines += over_runs_table(over_runs(scores, reps, seed), order, "its mean over tasks")
+        lines += over_runs_table(task_runs, order, "its mean over tasks")
     tally = gather_tally_scores(runs, labels)
     if tally:  # Meta-World: the published figures' count, beside ours
         t_stats = interval_estimates(tally, reps, seed)
@@ -503,6 +505,6 @@ def compare(run_dirs: list[str], out: str, *, reps: int = 2000, seed: int = 0, b
     summary = {"runs": paths, "metric": metric, "env_steps": [r.report["env_steps"] for r in runs],
                "methods": {m: {"runs": int(scores[m].shape[0]), **stats[m]} for m in methods},
                "metaworld_tally": summary_tally, "probability_of_improvement": poi,
-               "over_runs": {"per_task": over_runs(scores, reps, seed), "metaworld_tally": tally_runs}}
+               "over_runs": {"per_task": task_runs, "metaworld_tally": tally_runs}}
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return {**summary, "out": str(out_dir)}
