@@ -60,12 +60,14 @@ def headline() -> str:
             if over is None or s["experiment"] != config:  # (NAME_best of a config reporting its last)
                 row = row[:3] + (f"{row[3]}; final checkpoint {final_cell}",) + row[4:]
             else:  # several seeds: their IQM, never one seed's best
-                from metarl.config import load_toml
                 value, cell, records = over
-                seed = load_toml(ROOT / "experiments" / "results" / "runs" / s["experiment"] / "config.toml")["run"]["seed"]
-                row = (row[0], value, row[2], f"{cell}; seed {seed}'s final checkpoint {final_cell}") + row[4:]
+                row = (row[0], value, row[2], f"{cell}; seed {record_seed(s['experiment'])}'s final checkpoint "
+                       f"{final_cell}") + row[4:]
                 others = [r.rsplit("_seed", 1)[1] for r in records if "_seed" in r]
-                s = {**s, "command": f"{s['command']} [--seed {'|'.join(others)}]" if others else s["command"]}
+                commits = dict.fromkeys(read_summary(ROOT / "experiments" / "results" / f"{r}.json")["commit"]
+                                        for r in records)
+                s = {**s, "command": f"{s['command']} [--seed {'|'.join(others)}]" if others else s["command"],
+                     "commit": ", ".join(commits)}
         key, value, lower = row[0], row[1], row[2]
         if key not in best or (value < best[key][1] if lower else value > best[key][1]):
             best[key] = row + (s,)
@@ -90,8 +92,22 @@ def seeds_headline(config: str, agent: str) -> tuple[float, str, list[str]] | No
     form, st = max(forms.items(), key=lambda kv: kv[1]["iqm"][0])
     v = st["iqm"]
     return v[0], (f"IQM {100 * v[0]:.1f}% [{100 * v[1]:.1f}, {100 * v[2]:.1f}] over {len(st['runs'])} seeds "
-                  f"({form}, Meta-World tally, each seed's best checkpoint by the held-out sample; per seed "
-                  f"{', '.join(f'{100 * x:.1f}%' for x in st['runs'])})"), [Path(r).name for r in summary["runs"]]
+                  f"({form}, Meta-World tally, each seed's best checkpoint by the held-out sample; "
+                  f"{per_seed(summary['runs'], st['runs'])})"), [Path(r).name for r in summary["runs"]]
+
+
+def per_seed(records: list[str], values: list[float]) -> str:
+    """"seed 1 37.3%, seed 0 24.0%": each compared record (a run directory under the repository
+    root, as compare's summary lists them) labelled with the training seed in its config.toml."""
+    from metarl.config import load_toml
+    return ", ".join(f"seed {load_toml(ROOT / r / 'config.toml')['run']['seed']} {100 * x:.1f}%"
+                     for r, x in zip(records, values))
+
+
+def record_seed(record: str) -> int:
+    """The training seed of a committed run record (experiments/results/runs/RECORD/config.toml)."""
+    from metarl.config import load_toml
+    return load_toml(ROOT / "experiments" / "results" / "runs" / record / "config.toml")["run"]["seed"]
 
 
 def headline_figure(s: dict):
@@ -575,8 +591,8 @@ def seeds_cell(c: dict, agent: str) -> str:
         if runs:
             tally = runs["metaworld_tally"].get(m)
             cells.append(f"{label}: IQM {iqm(runs['per_task'][m]['iqm'])}"
-                         + (f" (Meta-World tally IQM {iqm(tally['iqm'])}; per seed "
-                            f"{', '.join(f'{100 * x:.1f}%' for x in tally['runs'])})" if tally else ""))
+                         + (f" (Meta-World tally IQM {iqm(tally['iqm'])}; {per_seed(c['runs'], tally['runs'])})"
+                            if tally else ""))
         else:
             tally = c["metaworld_tally"].get(m)
             cells.append(f"{label}: IQM {iqm(st['iqm'])}"

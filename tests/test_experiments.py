@@ -175,6 +175,9 @@ def test_seeds_headline_takes_the_iqm_over_seeds_of_the_best_form(tmp_path, monk
     d = tmp_path / "experiments" / "results" / "x_seeds"
     d.mkdir(parents=True)
     assert rt.seeds_headline("x", "rl2") is None
+    for record, seed in (("x", 1), ("x_seed2", 2)):
+        (d.parent / "runs" / record).mkdir(parents=True)
+        (d.parent / "runs" / record / "config.toml").write_text(f'[run]\nagent = "rl2"\nseed = {seed}\n')
     tally = {"rl2": {"runs": [0.1, 0.2], "iqm": [0.15, 0.1, 0.2]},
              "rl2 (metaworld+)": {"runs": [0.3, 0.4], "iqm": [0.35, 0.3, 0.4]},
              "random": {"runs": [0.9, 0.9], "iqm": [0.9, 0.9, 0.9]}}
@@ -183,7 +186,7 @@ def test_seeds_headline_takes_the_iqm_over_seeds_of_the_best_form(tmp_path, monk
     value, cell, records = rt.seeds_headline("x", "rl2")
     assert records == ["x", "x_seed2"]
     assert value == 0.35 and cell.startswith("IQM 35.0% [30.0, 40.0] over 2 seeds (rl2 (metaworld+), ")
-    assert "per seed 30.0%, 40.0%" in cell
+    assert "seed 1 30.0%, seed 2 40.0%" in cell  # each value named by its record's training seed
     (d / "summary.json").write_text(json.dumps({"metaworld_tally": {}}))  # written before over_runs
     assert rt.seeds_headline("x", "rl2") is None
 
@@ -194,22 +197,23 @@ def test_headline_of_compared_seeds_is_their_iqm_in_one_row(tmp_path, monkeypatc
     rt = _load("readme_table")
     monkeypatch.setattr(rt, "ROOT", tmp_path)
     res = tmp_path / "experiments" / "results"
-    (res / "runs" / "x").mkdir(parents=True)
-    (res / "runs" / "x" / "config.toml").write_text('[run]\nagent = "rl2"\nseed = 1\n')
+    for record, seed in (("x", 1), ("x_seed2", 2)):
+        (res / "runs" / record).mkdir(parents=True)
+        (res / "runs" / record / "config.toml").write_text(f'[run]\nagent = "rl2"\nseed = {seed}\n')
     (res / "x_seeds").mkdir()
 
-    def result(name, tally, which):
+    def result(name, tally, which, commit="abc1234"):
         r = {"mean": tally, "ci_low": tally - 0.1, "ci_high": tally + 0.1}
         m = {"agent": "rl2", "env": "ml10", "env_config": {}, "protocol": "metaworld", "checkpoint": which,
              "checkpoint_iteration": 100, "results": {"rl2": {**r, "metaworld_tally": {"total": r}}}}
         if which == "best":
             m["checkpoint_select"] = "heldout_success"
-        (res / f"{name}.json").write_text(json.dumps({"experiment": name, "config": "x", "commit": "abc1234",
+        (res / f"{name}.json").write_text(json.dumps({"experiment": name, "config": "x", "commit": commit,
                                                       "command": f"python experiments/run.py x ({name})",
                                                       "metrics": m}))
     result("x", 0.4, "best")
     result("x_latest", 0.2, "latest")
-    result("x_seed2", 0.9, "best")
+    result("x_seed2", 0.9, "best", commit="def5678")
     result("x_seed2_latest", 0.1, "latest")
     rows = [r for r in rt.headline().splitlines() if "ML10" in r]
     assert len(rows) == 1 and "| 90.0% ± 10.0 " in rows[0]  # not compared yet: the best run, beside its final
@@ -219,7 +223,7 @@ def test_headline_of_compared_seeds_is_their_iqm_in_one_row(tmp_path, monkeypatc
     rows = [r for r in rt.headline().splitlines() if "ML10" in r]
     assert len(rows) == 1
     assert "| IQM 65.0% [40.0, 90.0] over 2 seeds (rl2, " in rows[0]
-    assert "seed 1's final checkpoint 20.0% ± 10.0" in rows[0] and "[--seed 2]` (abc1234)" in rows[0]
+    assert "seed 1's final checkpoint 20.0% ± 10.0" in rows[0] and "[--seed 2]` (abc1234, def5678)" in rows[0]  # every seed's commit
 
 
 def test_other_checkpoint_pairs_a_run_s_best_and_final_evaluations(tmp_path):
