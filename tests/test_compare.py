@@ -64,6 +64,33 @@ def test_train_time_stitches_a_clock_restarted_on_resume(tmp_path):
     assert Run(tmp_path, "rl2", 0, {}, {}, [], []).train_time_s is None
 
 
+def _png_size(path):
+    head = path.read_bytes()[16:24]
+    return int.from_bytes(head[:4], "big"), int.from_bytes(head[4:], "big")
+
+
+def test_training_plots_add_the_held_out_panel_where_runs_logged_one(tmp_path):
+    """Runs that logged a held-out sample while training (agent.eval_every) get a second panel,
+    training success beside held-out success; the wall-clock axis follows the stitched clock."""
+    from metarl.eval.compare import _curve, training_plots
+    metrics = [{"iteration": i, "env_steps": 100 * (i + 1), "trial_return": float(i), "success": 0.1 * i}
+               for i in range(4)]
+    timing = [{"iteration": i, "wall_clock_s": w} for i, w in enumerate([60.0, 120.0, 30.0, 90.0])]
+    plain = [Run(tmp_path, "rl2", s, {}, {}, metrics, timing) for s in (0, 1)]
+    (tmp_path / "plain").mkdir()
+    training_plots(plain, ["rl2", "rl2"], tmp_path / "plain")
+    sampled = [dict(m, heldout_success=0.05 * m["iteration"]) if m["iteration"] % 2 else m for m in metrics]
+    gap = [Run(tmp_path, "rl2", s, {}, {}, sampled, timing) for s in (0, 1)]
+    (tmp_path / "gap").mkdir()
+    training_plots(gap, ["rl2", "rl2"], tmp_path / "gap")
+    for name in ("training_steps.png", "training_wallclock.png"):
+        assert _png_size(tmp_path / "gap" / name)[0] > 1.5 * _png_size(tmp_path / "plain" / name)[0]
+    xs, ys = _curve(gap[0], "heldout_success", by_clock=False)
+    assert xs == [200, 400] and ys == pytest.approx([0.05, 0.15])
+    xs, ys = _curve(gap[0], "heldout_success", by_clock=True)  # minutes: 2, then 2 + 0.5 + 1 after a restart
+    assert xs == pytest.approx([2.0, 3.5]) and ys == pytest.approx([0.05, 0.15])
+
+
 def _train_eval(cli, tiny, run, steps=320, tasks=40, seed=0):
     code, _, err = cli("train", "rl2", "--env", "bandit", "--set", f"agent.total_steps={steps}", "--seed", seed,
                        "--run-dir", run, *tiny)

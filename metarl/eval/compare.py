@@ -310,36 +310,65 @@ def training_key(r: Run) -> str | None:
 
 
 def training_plots(runs: list[Run], labels: list[str], out_dir: Path) -> list[Path]:
-    """Training curves against env steps and against wall-clock seconds, one line per run."""
+    """Training curves against env steps and against wall-clock seconds, one line per run. Where
+    runs logged a held-out sample while training (agent.eval_every: "heldout_success"), a second
+    panel draws each run's training success beside it, so the generalisation gap of every seed
+    shows. Runs of one method share a colour; seeds of a single method get one each."""
     plt = pyplot()
     outs = []
+    gap = any("heldout_success" in m for r in runs for m in r.metrics)
+    if len(set(labels)) == 1:
+        colors = [f"C{i}" for i in range(len(runs))]
+    else:
+        by_label = {label: f"C{i}" for i, label in enumerate(dict.fromkeys(labels))}
+        colors = [by_label[label] for label in labels]
     for name, xlabel in (("training_steps.png", "env steps (meta-iterations for few-shot learners)"),
                          ("training_wallclock.png", "wall-clock (minutes)")):
-        fig, ax = plt.subplots(figsize=(7, 4))
-        colors = {label: f"C{i}" for i, label in enumerate(dict.fromkeys(labels))}
-        for r, label in zip(runs, labels):
+        fig, axes = plt.subplots(1, 2 if gap else 1, figsize=(15 if gap else 7, 4), squeeze=False)
+        ax = axes[0, 0]
+        for r, label, color in zip(runs, labels, colors):
             key = training_key(r)
             if key is None:
                 continue
-            rows = [m for m in r.metrics if key in m]
-            if name == "training_steps.png":
-                xs = [m["env_steps"] for m in rows]
-            else:
-                clock = r.clock
-                rows = [m for m in rows if m.get("iteration") in clock]
-                xs = [clock[m["iteration"]] / 60 for m in rows]
-            ax.plot(xs, [m[key] for m in rows], color=colors[label], alpha=0.8,
-                    label=f"{label} seed {r.seed} ({key})")
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel("training metric")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-        ax.set_title("training curves")
+            xs, ys = _curve(r, key, by_clock=name == "training_wallclock.png")
+            ax.plot(xs, ys, color=color, alpha=0.8, label=f"{label} seed {r.seed} ({key})")
+        _finish(ax, xlabel, "training metric", "training curves")
+        if gap:
+            ax = axes[0, 1]
+            for r, label, color in zip(runs, labels, colors):
+                for key, what, style in (("success", "training", dict(lw=1, alpha=0.6)),
+                                         ("heldout_success", "held-out sample",
+                                          dict(ls="--", marker="o", ms=3, lw=1.5))):
+                    xs, ys = _curve(r, key, by_clock=name == "training_wallclock.png")
+                    if xs:
+                        ax.plot(xs, ys, color=color, **style, label=f"{label} seed {r.seed}: {what}")
+            _finish(ax, xlabel, "success rate (per task)", "training success and the held-out sample "
+                    "(agent.eval_every)")
+            ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))  # beside: hides no data
         fig.tight_layout()
         fig.savefig(out_dir / name, dpi=120)
         plt.close(fig)
         outs.append(out_dir / name)
     return outs
+
+
+def _curve(r: Run, key: str, by_clock: bool) -> tuple[list[float], list[float]]:
+    """(x, metric) of the iterations where the run logged `key`: x in env steps, or in minutes of
+    training (Run.clock) for wall-clock plots."""
+    rows = [m for m in r.metrics if key in m]
+    if not by_clock:
+        return [m["env_steps"] for m in rows], [m[key] for m in rows]
+    clock = r.clock
+    rows = [m for m in rows if m.get("iteration") in clock]
+    return [clock[m["iteration"]] / 60 for m in rows], [m[key] for m in rows]
+
+
+def _finish(ax, xlabel: str, ylabel: str, title: str) -> None:
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    ax.set_title(title)
 
 
 def per_task_success(runs: list[Run], scores: dict[str, np.ndarray]) -> tuple[list[str], dict[str, np.ndarray]]:
