@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 
 from metarl.eval.result import curve_of, shown, upgrade_result
-from metarl.eval.trials import REFERENCES, best_baseline
+from metarl.eval.trials import best_baseline, paired_vs, reference_of
 
 ROOT = Path(__file__).resolve().parent.parent
 START, END = "<!-- results:start -->", "<!-- results:end -->"
@@ -114,7 +114,9 @@ def headline_figure(s: dict):
     """(setting key, value to rank by, lower is better, ours cell, published cell, baseline cell)
     of one results file, or None where it has no headline figure (peer and multi-task rows)."""
     m = s["metrics"]
-    if m.get("protocol") == "peer" or m["agent"] == "multitask-ppo":
+    if m.get("protocol") == "peer" or m["agent"] in ("multitask-ppo", "fewshot-gen"):
+        return None  # peers and multi-task rows, and generation (its score is recognition, not MSE): docs only
+    if agent_option(s, "search", ""):  # a cell search's mixed network is not the learner's row
         return None
     agent, res, envc = m["agent"], m["results"], m["env_config"]
     paper = paper_refs(s)
@@ -198,6 +200,19 @@ def paired_cell(paired: dict, agent: str) -> str:
     return one(paired[agent]) + (f"; deterministic {one(det)}" if det else "")
 
 
+def reference_pairs(s: dict) -> dict | None:
+    """The agent minus the reference (Gittins, PSRL), paired by task: the results file's
+    paired_vs_reference (experiments/run.py, written since 2026-12-03), else computed from the run's
+    committed record (experiments/results/runs/NAME/eval.json), else None."""
+    if "paired_vs_reference" in s["metrics"]:
+        return s["metrics"]["paired_vs_reference"]
+    record = ROOT / "experiments" / "results" / "runs" / s["experiment"] / "eval.json"
+    if not record.exists():
+        return None
+    res = json.loads(record.read_text())["results"]
+    return paired_vs(res, s["metrics"]["agent"], reference_of(res))
+
+
 def row_tail(s: dict) -> str:
     """The paper, train time, commit and command cells every row ends with."""
     paper = "; ".join(f"{k} {v}" for k, v in paper_refs(s).items())
@@ -231,7 +246,7 @@ def table() -> str:
             continue
         res = m["results"]
         agent = res[m["agent"]]
-        ref_name = next((n for n in REFERENCES if n in res), None)
+        ref_name = reference_of(res)
         det = res.get(m["agent"] + " (deterministic)")  # evaluated since 2026-11-26
         best = best_baseline(res, m["agent"])
         paired = m.get("paired_vs_best_baseline")  # written since 2026-11-26 (fourth session)
@@ -241,7 +256,9 @@ def table() -> str:
             f"{fmt(det) if det else 'not evaluated'} | "
             + (f"{best} {fmt(res[best])}" if best else "–") + " | "
             + (paired_cell(paired, m["agent"]) if paired else "–") + " | "
-            + (f"{ref_name} {fmt(res[ref_name])}" if ref_name else "–") + row_tail(s))
+            + (f"{ref_name} {fmt(res[ref_name])}" if ref_name else "–")
+            + (f"; RL² − {ref_name}, paired: {paired_cell(vs_ref, m['agent'])}" if (vs_ref := reference_pairs(s)) else "")
+            + row_tail(s))
     out = "\n".join(rows) + "\n\nMean total reward per trial ± half-width of the 95% CI. Curves: " \
         "`experiments/results/NAME_curve.png` (training) and `NAME_adaptation.png` (adaptation: reward per pull, or return per episode)."
     if steps_rows:
@@ -424,7 +441,11 @@ def fewshot_row(s: dict) -> str:
     cells = [f(per[k]) if k in per else "–" for k in ("0", "1", "5", "10")]
     if len(per) == 1:  # closed-form adaptation: one figure
         cells = [f(next(iter(per.values())))] + ["–"] * 3
-    return (f"| {s['experiment']} | {family_of(m)}, {m['held_out_tasks']} held-out tasks | {m['agent']} | "
+    learner = m["agent"]
+    if search := agent_option(s, "search", ""):  # the mixed network's accuracy, and the cell it chose
+        chosen = (m.get("search") or {}).get("chosen")
+        learner += f" ({search} search: the mixed network" + (f"; chosen cell {chosen})" if chosen else ")")
+    return (f"| {s['experiment']} | {family_of(m)}, {m['held_out_tasks']} held-out tasks | {learner} | "
             + " | ".join(cells) + row_tail(s))
 
 

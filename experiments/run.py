@@ -57,7 +57,7 @@ from metarl.errors import UserError
 from metarl.eval.plots import SUCCESS_KEYS, adaptation_curve, class_success_curve, learning_curve
 from metarl.eval.stats import paired_diff_ci
 from metarl.eval.success import MONITOR_SELECT
-from metarl.eval.trials import best_baseline, is_agent_form
+from metarl.eval.trials import best_baseline, paired_vs, reference_of
 from metarl.fewshot.attacks import Attack
 from metarl.protocols import FEWSHOT
 from metarl.registry import AGENTS, ENVS, lookup
@@ -94,16 +94,6 @@ def same_config(run_dir: Path, raw: dict) -> bool:
     saved = tomllib.loads((run_dir / "config.toml").read_text())
     return all(saved.get(sec, {}).get(k) == v for sec in ("env", "agent") for k, v in raw.get(sec, {}).items()
                if not (sec == "agent" and k.startswith("eval_") and k not in TRAINING_ONLY))
-
-
-def paired_vs_best(results: dict, agent: str) -> dict | None:
-    """Each form of the agent minus the best classical baseline, paired by held-out task
-    (None where the evaluation keeps no per-task scores)."""
-    best = best_baseline(results, agent)
-    if best is None or "scores" not in results[best] or "scores" not in results[agent]:
-        return None
-    return {"baseline": best, **{n: paired_diff_ci(r["scores"], results[best]["scores"])
-                                 for n, r in results.items() if is_agent_form(n, agent)}}
 
 
 def paired_with(ref: str | None, report: dict) -> dict | None:
@@ -241,10 +231,11 @@ def main(argv=None) -> int:
     learning_curve(metrics, out / f"{out_stem}_curve.png", f"{out_stem}: {agent} training", keys=spec.curve_keys,
                    references=None if fewshot else refs, xlabel="meta-iterations" if fewshot else "env steps")
     if fewshot:  # the run's own plots: metric against inner steps, fitted curves, CNP context curve
-        for src, dst in (("eval_adaptation.png", "adaptation"), ("eval_fits.png", "fits"),
-                         ("eval_context.png", "context")):
-            if (run_dir / src).exists():
-                shutil.copyfile(run_dir / src, out / f"{out_stem}_{dst}.png")
+        for src, dst in (("eval_adaptation.png", "adaptation.png"), ("eval_fits.png", "fits.png"),
+                         ("eval_context.png", "context.png"), ("eval_samples.png", "samples.png"),
+                         ("eval_arch.png", "arch.png"), ("eval_arch.txt", "arch.txt")):
+            if (run_dir / src).exists():  # (samples: few-shot generation; arch: a cell search's choice)
+                shutil.copyfile(run_dir / src, out / f"{out_stem}_{dst}")
     else:
         adaptation_curve(results, out / f"{out_stem}_adaptation.png", f"{out_stem}: held-out tasks")
     success_keys = tuple(k for k in SUCCESS_KEYS if any(k in m for m in metrics))
@@ -272,7 +263,9 @@ def main(argv=None) -> int:
                                                                "metaworld_tally", "per_context", "chance",
                                                                "evaluator_accuracy_on_real") if k in r}}
                         for n, r in results.items()},
-            "paired_vs_best_baseline": paired_vs_best(results, agent),
+            "paired_vs_best_baseline": paired_vs(results, agent, best_baseline(results, agent)),
+            # against Gittins / PSRL: the RL² paper's claim that RL² beats PSRL at n = 10 and 25
+            "paired_vs_reference": paired_vs(results, agent, reference_of(results)),
             "paired_with": pairs,
             "paper": meta.get("paper", {}), "description": meta.get("description", ""),
             # Meta-World: the protocol on the training classes (metarl eval --split train)
@@ -289,6 +282,8 @@ def main(argv=None) -> int:
             # Meta-World: training success of the evaluated checkpoint's iteration, the last one unless
             # best (RL²: last episode of the trial; MAML: adapted)
             "train_success": next((row[k] for k in ("success_last", "post_success") if row and k in row), None),
+            # agent.search: the chosen cell, its candidates' validation accuracy and its weights against Conv4's
+            **({"search": report["search"]} if "search" in report else {}),
             "written": time.strftime("%Y-%m-%d %H:%M:%S"),
         },
     }

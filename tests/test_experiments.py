@@ -314,6 +314,28 @@ def test_paired_difference_and_best_baseline():
         paired_diff_ci([1.0, 2.0], [1.0])
 
 
+def test_agent_is_paired_by_task_with_the_reference(tmp_path, monkeypatch):
+    """The RL² paper's claim 'RL² beats PSRL' is a paired difference against the reference: every
+    form of the agent minus PSRL on the same tasks; the README row reads it from the results file,
+    or from the run's committed record for files written before it."""
+    from metarl.eval.trials import paired_vs, reference_of
+    res = {"rl2": {"scores": [3.0, 5.0, 7.0, 9.0]}, "rl2 (deterministic)": {"scores": [2.0, 4.0, 6.0, 8.0]},
+           "psrl": {"scores": [1.0, 4.0, 6.0, 7.0]}, "mdp-greedy": {"scores": [0.0, 0.0, 0.0, 0.0]}}
+    assert reference_of(res) == "psrl" and reference_of({"rl2": {}}) is None
+    pairs = paired_vs(res, "rl2", "psrl")
+    assert pairs["baseline"] == "psrl" and set(pairs) == {"baseline", "rl2", "rl2 (deterministic)"}
+    assert pairs["rl2"]["mean"] == pytest.approx(1.5) and pairs["rl2 (deterministic)"]["mean"] == pytest.approx(0.5)
+    assert paired_vs(res, "rl2", None) is None and paired_vs({"rl2": {}, "psrl": {}}, "rl2", "psrl") is None
+    rt = _load("readme_table")
+    monkeypatch.setattr(rt, "ROOT", tmp_path)
+    s = {"experiment": "x", "metrics": {"agent": "rl2"}}
+    assert rt.reference_pairs(s) is None  # no record, nothing in the file
+    (tmp_path / "experiments" / "results" / "runs" / "x").mkdir(parents=True)
+    (tmp_path / "experiments" / "results" / "runs" / "x" / "eval.json").write_text(json.dumps({"results": res}))
+    assert rt.reference_pairs(s)["rl2"]["mean"] == pytest.approx(1.5)
+    assert rt.reference_pairs({**s, "metrics": {"agent": "rl2", "paired_vs_reference": {"baseline": "y"}}}) == {"baseline": "y"}
+
+
 def test_parked_run_resumes_on_a_fresh_checkout(tmp_path, monkeypatch, capsys):
     """--park copies the run's checkpoint and logs to experiments/inflight/NAME; with runs/ gone
     (a new machine), the experiment resumes from that copy instead of training again, and the
@@ -398,6 +420,34 @@ def test_headline_shows_the_best_run_of_each_setting_beside_its_anchor(tmp_path,
     assert len(rows) == 2  # one row per setting
     assert rows[0].startswith("| bandit (k=10, n=10) total reward | rl2 | 4.00 ± 0.10 |")
     assert "| 6.50 ± 0.10 | Gittins (RL² paper) 6.61 | greedy 6.00 ± 0.10 | `python experiments/run.py better`" in rows[1]
+
+
+def test_a_cell_search_and_generation_stay_out_of_the_headline(tmp_path, monkeypatch):
+    """A DARTS search's mixed network is not MAML's result, and generation's recognised share is not
+    a query MSE: neither takes a headline row. The search's row names it and the cell it chose."""
+    rt = _load("readme_table")
+    (tmp_path / "experiments" / "results").mkdir(parents=True)
+    (tmp_path / "experiments" / "configs").mkdir()
+    monkeypatch.setattr(rt, "ROOT", tmp_path)
+
+    def result(name, mean, agent="maml", option=None, **extra):
+        pt = {"mean": mean, "ci_low": mean - 0.01, "ci_high": mean + 0.01}
+        r = {**pt, "metric": "query accuracy", "curve": {"x": "steps", "y": "accuracy", "points": [{"x": 1, **pt}]}}
+        s = {"experiment": name, "command": f"python experiments/run.py {name}", "commit": "abc1234",
+             "wall_clock_s": 60.0, "metrics": {"agent": agent, "env": "glyphs", "protocol": "fewshot",
+                                               "held_out_tasks": 1000, "env_config": {"ways": 5, "shots": 1},
+                                               "results": {agent: r}, **extra}}
+        (tmp_path / "experiments" / "results" / f"{name}.json").write_text(json.dumps(s))
+        (tmp_path / "experiments" / "configs" / f"{name}.toml").write_text(
+            f'[agent]\nsearch = "{option}"\n' if option else "[agent]\n")
+        return s
+    result("plain", 0.5)
+    darts = result("darts", 0.9, option="darts", search={"chosen": "conv3x3,skip,avg_pool3x3"})
+    result("gen", 0.99, agent="fewshot-gen")
+    rows = [r for r in rt.headline().splitlines()[2:] if "glyphs" in r]
+    assert len(rows) == 1 and "| 50.0% " in rows[0] and "`python experiments/run.py plain`" in rows[0]
+    row = rt.fewshot_row(darts)
+    assert "| maml (darts search: the mixed network; chosen cell conv3x3,skip,avg_pool3x3) |" in row
 
 
 def test_objective_experiment_is_paired_by_task_with_its_reference(tmp_path, monkeypatch):

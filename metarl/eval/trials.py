@@ -12,7 +12,7 @@ from typing import Protocol
 import torch
 
 from metarl.eval.result import EPISODES_IN_TRIAL, GRADIENT_STEPS, STEPS_IN_TRIAL, columns_curve, result, shown
-from metarl.eval.stats import mean_ci
+from metarl.eval.stats import mean_ci, paired_diff_ci
 from metarl.rl.batched_env import BatchedEnv, EnvSpec
 from metarl.seeding import make_generator
 from metarl.tasks import Tasks, split_generator, tasks_slice
@@ -139,6 +139,21 @@ def best_baseline(results: dict[str, dict], agent: str) -> str | None:
     others = {n: (r["total"] if "total" in r else r)["mean"] for n, r in results.items()
               if n not in ("random", *REFERENCES) and not is_agent_form(n, agent)}
     return max(others, key=others.get) if others else None
+
+
+def reference_of(results: dict[str, dict]) -> str | None:
+    """The Bayes-optimal-ish reference an evaluation holds (Gittins on bandits, PSRL on tabular MDPs)."""
+    return next((n for n in REFERENCES if n in results), None)
+
+
+def paired_vs(results: dict[str, dict], agent: str, other: str | None) -> dict | None:
+    """{"baseline": other, form: paired_diff_ci}: each form of the agent minus `other` (a baseline or
+    reference of the same evaluation), paired by held-out task ("scores", eval.json); None where
+    `other` is None or absent or the evaluation keeps no per-task scores."""
+    if other is None or "scores" not in results.get(other, {}) or "scores" not in results.get(agent, {}):
+        return None
+    return {"baseline": other, **{n: paired_diff_ci(r["scores"], results[other]["scores"])
+                                  for n, r in results.items() if is_agent_form(n, agent) and "scores" in r}}
 
 
 def summarize(ev: Evaluation) -> dict:
