@@ -98,10 +98,8 @@ def seeds_headline(config: str, agent: str) -> tuple[float, str, list[str]] | No
 
 def per_seed(records: list[str], values: list[float]) -> str:
     """"seed 1 37.3%, seed 0 24.0%": each compared record (a run directory under the repository
-    root, as compare's summary lists them) labelled with the training seed in its config.toml."""
-    from metarl.config import load_toml
-    return ", ".join(f"seed {load_toml(ROOT / r / 'config.toml')['run']['seed']} {100 * x:.1f}%"
-                     for r, x in zip(records, values))
+    root, as compare's summary lists them) labelled with its training seed."""
+    return ", ".join(f"seed {record_seed(Path(r).name)} {100 * x:.1f}%" for r, x in zip(records, values))
 
 
 def record_seed(record: str) -> int:

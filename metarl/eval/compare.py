@@ -343,8 +343,7 @@ def training_plots(runs: list[Run], labels: list[str], out_dir: Path) -> list[Pa
                     if xs:
                         ax.plot(xs, ys, color=color, **style, label=f"{label} seed {r.seed}: {what}")
             _finish(ax, xlabel, "success rate (per task)", "training success and the held-out sample "
-                    "(agent.eval_every)")
-            ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))  # beside: hides no data
+                    "(agent.eval_every)", loc="upper left", bbox_to_anchor=(1.01, 1))  # beside: hides no data
         fig.tight_layout()
         fig.savefig(out_dir / name, dpi=120)
         plt.close(fig)
@@ -363,11 +362,11 @@ def _curve(r: Run, key: str, by_clock: bool) -> tuple[list[float], list[float]]:
     return [clock[m["iteration"]] / 60 for m in rows], [m[key] for m in rows]
 
 
-def _finish(ax, xlabel: str, ylabel: str, title: str) -> None:
+def _finish(ax, xlabel: str, ylabel: str, title: str, **legend) -> None:
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, **legend)
     ax.set_title(title)
 
 
