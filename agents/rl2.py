@@ -36,7 +36,8 @@ class RL2Config:
                              "slower)", gt=0.0)
     lr_anneal: bool = option(True, "decay the learning rate linearly to 0 over training")
     gamma: float = option(0.99, "discount over the whole trial", ge=0.0, le=1.0)
-    gae_lambda: float = option(0.95, "GAE lambda", ge=0.0, le=1.0)
+    gae_lambda: float = option(0.3, "GAE lambda (the RL² paper's code: 0.3; 0.95 was the default before issue 24)",
+                               ge=0.0, le=1.0)
     clip: float = option(0.2, "PPO ratio clip", gt=0.0)
     epochs: int = option(4, "PPO epochs per iteration", ge=1)
     num_minibatches: int = option(4, "minibatches per epoch (split over trials / BPTT chunks)", ge=1)
@@ -55,8 +56,10 @@ class RL2Config:
                                           "own input line (obs_dim x actions lines)")
     privileged_critic: bool = option(False, "training only: the value head also sees the task's parameters "
                                             "(asymmetric actor-critic); the policy never does")
-    separate_critic: bool = option(False, "the value head reads its own GRU instead of sharing the policy's (as "
-                                          "the RL² paper's code did); twice the recurrent compute")
+    separate_critic: bool = option(True, "the value head reads its own GRU instead of sharing the policy's (as the "
+                                         "RL² paper's code did: with a shared GRU, bandits n=100 peaked early and "
+                                         "drifted down); twice the recurrent compute; baseline=gru only (a linear "
+                                         "baseline has no critic to separate); false was the default before issue 24")
     expected_rewards: bool = option(False, "training only: compute returns from E[r | task, s, a] instead of the "
                                            "sampled reward (same expected gradient, less variance)")
     init_std: float = option(1.0, "initial action std of the Gaussian policy (continuous actions only)", gt=0.0)
@@ -290,15 +293,14 @@ class RL2Trainer:
                             f"use a divisor of {T} or 0 for the whole trial (or overlap chunks: agent.bptt_overlap)")
         self.starts = chunk_starts(T, self.bptt, cfg.bptt_overlap)
         chunks = cfg.num_envs * len(self.starts)
-        if cfg.baseline == "linear" and (cfg.separate_critic or cfg.privileged_critic):
-            raise UserError("agent.baseline=linear has no learned critic; leave agent.separate_critic and "
-                            "agent.privileged_critic off")
+        if cfg.baseline == "linear" and cfg.privileged_critic:
+            raise UserError("agent.baseline=linear has no learned critic; leave agent.privileged_critic off")
         if cfg.head == "tanh" and (env.discrete or len(env.action_space.shape) != 1):
             raise UserError(f"agent.head=tanh is for continuous (1-D Box) actions; env {env_spec.name!r} has "
                             f"{env.action_space}")
-        if cfg.separate_critic and cfg.encoder_layers:
-            raise UserError("agent.separate_critic would share the encoder with the policy; leave agent.encoder_layers "
-                            "at 0 with it")
+        if _separate_critic(cfg) and cfg.encoder_layers:
+            raise UserError("agent.separate_critic would share the encoder with the policy; set "
+                            "agent.separate_critic=false with agent.encoder_layers, or leave encoder_layers at 0")
         if not cfg.minibatch_by_chunk and cfg.num_minibatches > chunks:
             raise UserError(f"agent.num_minibatches={cfg.num_minibatches} exceeds the {chunks} sequences per "
                             f"iteration; lower it or raise agent.num_envs")
@@ -524,9 +526,14 @@ class RL2RestartPolicy(RL2EvalPolicy):
         return super().act(obs)
 
 
+def _separate_critic(cfg: RL2Config) -> bool:
+    """Whether the network has a critic GRU: only a learned critic (baseline gru) can have one."""
+    return cfg.separate_critic and cfg.baseline == "gru"
+
+
 def _network(input_dim: int, action_space, cfg: RL2Config, generator: torch.Generator, task_dim: int) -> GRUActorCritic:
     return GRUActorCritic(input_dim, action_space, cfg.hidden_size, generator, task_dim, cfg.init_std,
-                          cfg.separate_critic, cfg.encoder_layers, cfg.encoder_size, cfg.head, cfg.policy_head,
+                          _separate_critic(cfg), cfg.encoder_layers, cfg.encoder_size, cfg.head, cfg.policy_head,
                           cfg.hyper_size)
 
 

@@ -41,7 +41,9 @@ def _one_line_error(code, err, *needles):
     (["train", "rl2", "--env", "bandit", "--set", "agent.bptt_len=5", "--set", "agent.bptt_overlap=5"],
      ["agent.bptt_overlap=5 must be below agent.bptt_len=5"]),
     (["train", "rl2", "--env", "navigation-2d", "--set", "agent.baseline=linear", "--set",
-      "agent.separate_critic=true"], ["agent.baseline=linear has no learned critic"]),
+      "agent.privileged_critic=true"], ["agent.baseline=linear has no learned critic"]),
+    (["train", "rl2", "--env", "navigation-2d", "--set", "agent.encoder_layers=1"],
+     ["agent.separate_critic=false with agent.encoder_layers"]),
     (["train", "rl2", "--env", "bandit", "--set", "agent.eval_every=3"], ["agent.eval_every", "held-out protocol"]),
     (["train", "rl2", "--env", "bandit", "--set", "agent.reward_per_pair=true"], ["agent.reward_per_pair", "one-hot"]),
     # the agents that fit come from the registry: every RL agent, no few-shot learner, and the reverse

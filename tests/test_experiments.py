@@ -1,5 +1,6 @@
 """The README's results come from experiments/results/*.json, and each names its command."""
 import pytest
+import dataclasses
 import importlib.util
 import json
 from pathlib import Path
@@ -256,6 +257,26 @@ def test_every_experiment_config_resolves(cfg):
     for agent in peer.AGENTS:
         resolve_config(agent, raw["run"]["env"], {"run": raw["run"], "env": raw.get("env", {}),
                                                   "agent": {**raw[agent], "total_steps": raw["experiment"]["total_steps"]}})
+
+
+# RL² defaults that issue 24 changed to the RL² paper code's, with the values they had before
+RL2_DEFAULTS_BEFORE_ISSUE_24 = {"separate_critic": False, "gae_lambda": 0.95}
+
+
+@pytest.mark.parametrize("cfg", sorted(p for p in (ROOT / "experiments" / "configs").glob("*.toml")
+                                       if 'agent = "rl2"' in p.read_text()), ids=lambda p: p.stem)
+def test_rl2_experiment_configs_mean_what_they_meant_before_the_defaults_changed(cfg):
+    """Every RL² experiment config resolves to the same network and update under today's
+    defaults as under the defaults its results were recorded with, so its command reproduces."""
+    from metarl.agents.rl2 import _separate_critic
+    from metarl.config import load_toml
+    from metarl.run_config import resolve_config
+    raw = load_toml(str(cfg))
+    now = resolve_config("rl2", raw["run"]["env"], raw)["agent"]
+    before = resolve_config("rl2", raw["run"]["env"], {**raw, "agent": {**RL2_DEFAULTS_BEFORE_ISSUE_24,
+                                                                      **raw.get("agent", {})}})["agent"]
+    effective = lambda c: dataclasses.replace(c, separate_critic=_separate_critic(c))  # noqa: E731
+    assert effective(now) == effective(before)
 
 
 def test_device_summary_condenses_a_check_log(tmp_path):

@@ -278,7 +278,7 @@ def test_rl2_policy_in_workers_on_ml1_acts_as_the_recomputed_network():
             out, _, _ = tr.net(batch.obs, tr.net.initial_state(4, "cpu"))
         dist = tr.net.pi.dist(out)
         assert torch.allclose(batch.actions, dist.mean + dist.log_std.exp() * noise, atol=1e-5)
-        assert h_starts.shape == (2, 4, 8) and not torch.equal(h_starts[1], h_starts[0])
+        assert h_starts.shape == (2, 4, 16) and not torch.equal(h_starts[1], h_starts[0])  # policy + critic GRU
         assert success.shape == (2, 4)
         assert torch.allclose(batch.obs[1:, :, 39 + 4], 0.1 * batch.rewards[:-1])  # previous reward input
 

@@ -45,7 +45,7 @@ def test_truncated_bptt_chunks_start_from_rollout_states():
     spec, env_cfg, tr = _trainer(bptt_len=4)
     tasks = tr.dist.sample(8, tr.task_gen)
     batch, h_starts = tr.collect(tasks)
-    assert h_starts.shape == (3, 8, 16)
+    assert h_starts.shape == (3, 8, 32)  # policy and critic GRU states
     with torch.no_grad():
         for c in range(3):
             logits, _, _ = tr.net(batch.obs[c * 4:(c + 1) * 4], h_starts[c].unsqueeze(0))

@@ -44,7 +44,8 @@ def bench_bandit(device: torch.device, num_envs: int = 4096, k: int = 5, n: int 
     env_sps = n * num_envs / best
 
     agent = lookup("agent", AGENTS, "rl2")
-    acfg = build(agent.config_cls, {"num_envs": num_envs}, "agent")
+    # the shared-GRU network the committed figures were measured with (the default until issue 24)
+    acfg = build(agent.config_cls, {"num_envs": num_envs, "separate_critic": False}, "agent")
     trainer = agent.trainer_cls(spec, cfg, acfg, 0, device)
     tasks = trainer.dist.sample(num_envs, trainer.task_gen)
     best = float("inf")
