@@ -3,7 +3,9 @@ the baselines on the same held-out tasks ([experiment] baselines = "a,b", defaul
 applicable one), and write experiments/results/NAME.json
 (+ NAME_curve.png, NAME_adaptation.png) with the exact command and commit. Few-shot configs may
 also name [experiment] transfer_env = "FAMILY": the learner tested unchanged on that family's
-tasks (as `metarl eval RUN --env FAMILY`), kept in the results file under "transfer".
+tasks (as `metarl eval RUN --env FAMILY`), kept in the results file under "transfer";
+[experiment] arch_from = "NAME" trains the cell that the cell-search experiment NAME chose (its
+results file's search.chosen) from scratch, as agent.arch.
 
     python experiments/run.py bandit_k5_n10            # trains (or resumes) then evaluates
     python experiments/run.py bandit_k5_n10 --eval-only
@@ -115,6 +117,21 @@ def paired_with(ref: str | None, report: dict) -> dict | None:
                                   if "scores" in r and "scores" in other["results"].get(n, {})}}
 
 
+def arch_from(search: str | None) -> list[str]:
+    """[experiment] arch_from = "NAME": train the cell that cell-search experiment NAME chose
+    (its results file's search.chosen) from scratch, as --set agent.arch=CELL."""
+    if search is None:
+        return []
+    path = HERE / "results" / f"{search}.json"
+    if not path.exists():
+        raise UserError(f"[experiment] arch_from = {search!r} has no results file {path}; run "
+                        f"`python experiments/run.py {search}` first")
+    chosen = json.loads(path.read_text())["metrics"].get("search", {}).get("chosen")
+    if not chosen:
+        raise UserError(f"[experiment] arch_from = {search!r}: {path} records no chosen cell (not a cell search)")
+    return [f"agent.arch={chosen}"]
+
+
 def reference_lines(results: dict, agent: str, metric: str | None, paper: dict) -> tuple[dict, dict]:
     """Held-out results as horizontal lines on the plot whose axis they share: (lines for the
     training-return curve, lines for the training-success plot). Returns go on the return curve
@@ -166,6 +183,11 @@ def main(argv=None) -> int:
         print(f"error: [experiment] paired_with = {ref!r} has no record experiments/results/runs/{ref}/eval.json; "
               f"run `python experiments/run.py {ref}` first", file=sys.stderr)
         return 2
+    try:
+        sets = arch_from(meta.get("arch_from"))
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     if checkpoint_iteration(inflight) > checkpoint_iteration(run_dir):  # a fresh machine, or a newer parked copy
         copy_files(inflight, run_dir)
         print(f"resuming from the parked run {inflight}", file=sys.stderr)
@@ -177,7 +199,7 @@ def main(argv=None) -> int:
                                 f"directory to start again with the new config")
             # a resumed run continues from its saved config (same_config: the file's, checked above)
             train(run["agent"], run["env"], config_file=None if resume else str(cfg_file), run_dir=str(run_dir),
-                  resume=resume, device=args.device, quiet=args.quiet, seed=None if resume else args.seed)
+                  sets=[] if resume else sets, resume=resume, device=args.device, quiet=args.quiet, seed=None if resume else args.seed)
         eval_sets = [f"agent.{k}={v}" for k, v in raw.get("agent", {}).items()
                      if k.startswith("eval_") and k not in TRAINING_ONLY]
         attack = meta.get("attack")  # few-shot classifiers: robust accuracy too, e.g. {kind="pgd", eps=0.1, steps=10}
@@ -284,6 +306,8 @@ def main(argv=None) -> int:
             "train_success": next((row[k] for k in ("success_last", "post_success") if row and k in row), None),
             # agent.search: the chosen cell, its candidates' validation accuracy and its weights against Conv4's
             **({"search": report["search"]} if "search" in report else {}),
+            # [experiment] arch_from: the searched cell this run trained from scratch
+            **({"arch_from": meta["arch_from"], "arch": sets[0].split("=", 1)[1]} if sets else {}),
             "written": time.strftime("%Y-%m-%d %H:%M:%S"),
         },
     }

@@ -529,6 +529,30 @@ def test_transfer_env_evaluates_the_learner_unchanged_on_another_family(tmp_path
     assert "| sin | sinusoid → gp-regression, 12 tasks | maml | " in table.transfer_table()
 
 
+def test_arch_from_trains_the_cell_a_search_chose(tmp_path, monkeypatch, capsys):
+    """[experiment] arch_from = "NAME": the run trains agent.arch = NAME's chosen cell (its saved
+    config says so, the results file records it); before NAME has results, one line, exit 2."""
+    run = _load("run")
+    configs = tmp_path / "experiments" / "configs"
+    configs.mkdir(parents=True)
+    (configs / "cell.toml").write_text(
+        '[experiment]\neval_tasks = 4\narch_from = "search"\n[run]\nagent = "maml"\nenv = "glyphs"\nseed = 0\n'
+        '[env]\nways = 2\nshots = 1\nquery = 2\n[agent]\niterations = 1\nmeta_batch = 1\nchannels = 4\n'
+        'log_every = 1\neval_steps = 1\n')
+    monkeypatch.setattr(run, "HERE", tmp_path / "experiments")
+    monkeypatch.setattr(run, "ROOT", tmp_path)
+    assert run.main(["cell", "--quiet", "--device", "cpu"]) == 2
+    assert "run `python experiments/run.py search` first" in capsys.readouterr().err
+    results = tmp_path / "experiments" / "results"
+    results.mkdir()
+    (results / "search.json").write_text(json.dumps({"metrics": {"search": {"chosen": "skip,max_pool3x3,conv5x5"}}}))
+    assert run.main(["cell", "--quiet", "--device", "cpu"]) == 0
+    saved = (tmp_path / "runs" / "experiments" / "cell" / "config.toml").read_text()
+    assert 'arch = "skip,max_pool3x3,conv5x5"' in saved
+    m = json.loads((results / "cell.json").read_text())["metrics"]
+    assert m["arch"] == "skip,max_pool3x3,conv5x5" and m["arch_from"] == "search"
+
+
 def test_a_parked_metaworld_evaluation_keeps_its_finished_parts(tmp_path):
     """Parking copies a finished eval.json and the finished methods of an evaluation in progress;
     a resumed experiment reuses an eval.json written for the same checkpoint and tasks (--tasks
