@@ -117,11 +117,11 @@ def paired_with(ref: str | None, report: dict) -> dict | None:
                                   if "scores" in r and "scores" in other["results"].get(n, {})}}
 
 
-def arch_from(search: str | None) -> list[str]:
-    """[experiment] arch_from = "NAME": train the cell that cell-search experiment NAME chose
-    (its results file's search.chosen) from scratch, as --set agent.arch=CELL."""
+def arch_from(search: str | None) -> str | None:
+    """[experiment] arch_from = "NAME": the cell that cell-search experiment NAME chose (its results
+    file's search.chosen), to train from scratch as agent.arch; None without the option."""
     if search is None:
-        return []
+        return None
     path = HERE / "results" / f"{search}.json"
     if not path.exists():
         raise UserError(f"[experiment] arch_from = {search!r} has no results file {path}; run "
@@ -129,7 +129,7 @@ def arch_from(search: str | None) -> list[str]:
     chosen = json.loads(path.read_text())["metrics"].get("search", {}).get("chosen")
     if not chosen:
         raise UserError(f"[experiment] arch_from = {search!r}: {path} records no chosen cell (not a cell search)")
-    return [f"agent.arch={chosen}"]
+    return chosen
 
 
 def reference_lines(results: dict, agent: str, metric: str | None, paper: dict) -> tuple[dict, dict]:
@@ -183,15 +183,11 @@ def main(argv=None) -> int:
         print(f"error: [experiment] paired_with = {ref!r} has no record experiments/results/runs/{ref}/eval.json; "
               f"run `python experiments/run.py {ref}` first", file=sys.stderr)
         return 2
-    try:
-        sets = arch_from(meta.get("arch_from"))
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
     if checkpoint_iteration(inflight) > checkpoint_iteration(run_dir):  # a fresh machine, or a newer parked copy
         copy_files(inflight, run_dir)
         print(f"resuming from the parked run {inflight}", file=sys.stderr)
     try:
+        arch = arch_from(meta.get("arch_from"))
         if not args.eval_only:
             resume = (run_dir / "checkpoints" / "latest.pt").exists()
             if resume and not same_config(run_dir, raw):
@@ -199,7 +195,8 @@ def main(argv=None) -> int:
                                 f"directory to start again with the new config")
             # a resumed run continues from its saved config (same_config: the file's, checked above)
             train(run["agent"], run["env"], config_file=None if resume else str(cfg_file), run_dir=str(run_dir),
-                  sets=[] if resume else sets, resume=resume, device=args.device, quiet=args.quiet, seed=None if resume else args.seed)
+                  sets=[f"agent.arch={arch}"] if arch and not resume else [], resume=resume, device=args.device,
+                  quiet=args.quiet, seed=None if resume else args.seed)
         eval_sets = [f"agent.{k}={v}" for k, v in raw.get("agent", {}).items()
                      if k.startswith("eval_") and k not in TRAINING_ONLY]
         attack = meta.get("attack")  # few-shot classifiers: robust accuracy too, e.g. {kind="pgd", eps=0.1, steps=10}
@@ -307,7 +304,7 @@ def main(argv=None) -> int:
             # agent.search: the chosen cell, its candidates' validation accuracy and its weights against Conv4's
             **({"search": report["search"]} if "search" in report else {}),
             # [experiment] arch_from: the searched cell this run trained from scratch
-            **({"arch_from": meta["arch_from"], "arch": sets[0].split("=", 1)[1]} if sets else {}),
+            **({"arch_from": meta["arch_from"], "arch": arch} if arch else {}),
             "written": time.strftime("%Y-%m-%d %H:%M:%S"),
         },
     }
