@@ -84,7 +84,8 @@ def test_policy_in_workers_collects_a_consistent_trial(time_feature, reward_per_
     batch, h_starts = tr.collect(tasks)
     tr.act_gen.set_state(state)
     noise = tr.net.pi.draw_noise((12, 8), tr.act_gen)
-    assert batch.obs.shape == (12, 8, tr.trial_env.input_dim) and h_starts.shape == (3, 8, 16)
+    # the chunk states hold the policy GRU's and the critic GRU's side by side (agent.separate_critic)
+    assert batch.obs.shape == (12, 8, tr.trial_env.input_dim) and h_starts.shape == (3, 8, 2 * 16)
     assert batch.dones.sum(0).tolist() == [3] * 8 and torch.all(h_starts[0] == 0)
 
     def actions(x):
