@@ -183,19 +183,27 @@ class MetaWorldDistribution(TaskDistribution):
 
 
 class MetaWorldSubEnv:
-    """A ParallelEnv sub-env: one Meta-World env per class seen (built on first use), switched by set_task."""
+    """A ParallelEnv sub-env: one Meta-World env per class it has played (built on first use),
+    switched by set_task. The simulator is built and given its task at the next reset, not at
+    set_task: make_env fills every sub-env with a start task that the samplers replace before
+    stepping, and building those would hold a second simulator per sub-env (an evaluation of
+    400 sub-envs on held-out classes would then hold 800)."""
 
     def __init__(self, reward_version: str):
         self.reward_version, self.envs, self.env = reward_version, {}, None
+        self.pending = None  # the task set since the last reset
 
     def set_task(self, task) -> None:
-        from metaworld.env_dict import ALL_V3_ENVIRONMENTS
-        if task.env_name not in self.envs:
-            self.envs[task.env_name] = ALL_V3_ENVIRONMENTS[task.env_name](reward_function_version=self.reward_version)
-        self.env = self.envs[task.env_name]
-        self.env.set_task(task)
+        self.pending = task
 
     def reset(self, seed: int) -> np.ndarray:
+        if self.pending is not None:
+            from metaworld.env_dict import ALL_V3_ENVIRONMENTS
+            task, self.pending = self.pending, None
+            if task.env_name not in self.envs:
+                self.envs[task.env_name] = ALL_V3_ENVIRONMENTS[task.env_name](reward_function_version=self.reward_version)
+            self.env = self.envs[task.env_name]
+            self.env.set_task(task)
         if self.env is None:
             raise RuntimeError("reset before set_task: a Meta-World sub-env needs a task first")
         obs, _ = self.env.reset(seed=seed)

@@ -105,6 +105,30 @@ def test_reward_versions_differ_and_success_is_reported(ml1):
     assert not np.allclose(out["v1"], out["v2"])
 
 
+def test_a_sub_env_builds_only_the_simulator_it_resets():
+    """make_env gives every sub-env a start task that samplers replace before stepping: a task set
+    and replaced before any reset builds no simulator, and the sub-env then plays exactly as one
+    given only the later task (so an evaluation on other classes holds one simulator per sub-env)."""
+    lists = mw.goal_lists("ML10", "reach-v3", 0)
+    start, task = lists["train"]["reach-v3"][0], lists["test"]["lever-pull-v3"][0]
+    replaced, direct = mw.MetaWorldSubEnv("v2"), mw.MetaWorldSubEnv("v2")
+    replaced.set_task(start)
+    assert replaced.envs == {}
+    replaced.set_task(task)
+    direct.set_task(task)
+    played = []
+    for e in (replaced, direct):
+        obs = e.reset(0)
+        played.append([obs] + [e.step(np.full(4, 0.3, dtype=np.float32))[0] for _ in range(3)])
+    assert list(replaced.envs) == ["lever-pull-v3"]
+    assert all(np.array_equal(a, b) for a, b in zip(*played))
+    replaced.set_task(start)  # switching back builds the start class's simulator at the reset
+    replaced.reset(1)
+    assert sorted(replaced.envs) == ["lever-pull-v3", "reach-v3"]
+    for e in (replaced, direct):
+        e.close()
+
+
 def test_goal_lists_are_cached_on_disk(tmp_path, monkeypatch):
     monkeypatch.setenv("METARL_CACHE", str(tmp_path))
     mw.goal_lists.cache_clear()
