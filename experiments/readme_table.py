@@ -71,12 +71,12 @@ def headline() -> str:
         key, value, lower = row[0], row[1], row[2]
         if key not in best or (value < best[key][1] if lower else value > best[key][1]):
             best[key] = row + (s,)
-    rows = ["| setting | agent | ours: best run | published | best classical baseline | run |", "|---|---|---|---|---|---|"]
+    rows = []
     for key in sorted(best):
         _, _, _, ours, anchor, baseline, s = best[key]
         rows.append(f"| {key[0]} | {key[1]} | {ours} | {anchor or '–'} | {baseline or '–'} | "
                     f"`{s['command']}` ({s['commit']}) |")
-    return "\n".join(rows)
+    return md_table(["setting", "agent", "ours: best run", "published", "best classical baseline", "run"], rows)
 
 
 def seeds_headline(config: str, agent: str) -> tuple[float, str, list[str]] | None:
@@ -185,6 +185,16 @@ def paper_refs(s: dict) -> dict:
     return s["metrics"].get("paper", {})
 
 
+def md_table(columns: list[str], rows: list[str]) -> str:
+    """A markdown table: a header of `columns`, its separator, then `rows` (each '| ... |')."""
+    return "\n".join(["| " + " | ".join(columns) + " |", "|---" * len(columns) + "|", *rows])
+
+
+def section(intro: str, columns: list[str], rows: list[str]) -> str:
+    """'\n\n' + intro + '\n\n' + the table, or '' when there are no rows."""
+    return "\n\n" + intro + "\n\n" + md_table(columns, rows) if rows else ""
+
+
 def fmt(r: dict) -> str:
     return f"{r['mean']:.2f} ± {r['mean'] - r['ci_low']:.2f}"
 
@@ -218,9 +228,7 @@ def row_tail(s: dict) -> str:
 
 
 def table() -> str:
-    rows = ["| experiment | env | RL² (sampled actions) | RL² (deterministic) | best classical baseline | "
-            "RL² − best baseline, paired by task | Bayes-optimal-ish reference | paper | train time | commit | command |",
-            "|---|---|---|---|---|---|---|---|---|---|---|"]
+    rows = []
     steps_rows, mw_rows, fs_rows, peer_rows, mt_rows, gen_rows = [], [], [], [], [], []
     for f, s in experiment_summaries():
         m = s["metrics"]
@@ -257,55 +265,49 @@ def table() -> str:
             + (f"{ref_name} {fmt(res[ref_name])}" if ref_name else "–")
             + (f"; RL² − {ref_name}, paired: {paired_cell(vs_ref, m['agent'])}" if (vs_ref := reference_pairs(s)) else "")
             + row_tail(s))
-    out = "\n".join(rows) + "\n\nMean total reward per trial ± half-width of the 95% CI. Curves: " \
+    out = md_table(["experiment", "env", "RL² (sampled actions)", "RL² (deterministic)", "best classical baseline",
+                    "RL² − best baseline, paired by task", "Bayes-optimal-ish reference", "paper", "train time",
+                    "commit", "command"], rows) + "\n\nMean total reward per trial ± half-width of the 95% CI. Curves: " \
         "`experiments/results/NAME_curve.png` (training) and `NAME_adaptation.png` (adaptation: reward per pull, or return per episode)."
-    if steps_rows:
-        out += ("\n\nMAML agents, the MAML paper's protocol: mean episode return on held-out tasks before adaptation "
-                "and after 1, 2, 3 policy-gradient steps (fresh rollouts each step), ± half-width of the 95% CI.\n\n"
-                "| experiment | env | agent | 0 steps | 1 step | 2 steps | 3 steps | random | paper | train time | "
-                "commit | command |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n" + "\n".join(steps_rows))
-    if mw_rows:
-        out += ("\n\nMeta-World, its meta-learning protocol tallied per task (`metarl eval`): success rate on held-out "
-                "tasks (test classes x goals) after 10 adaptation episodes, over 3 evaluation episodes, ± half-width "
-                "of the 95% CI; \"before\" is the success with no adaptation episodes seen; meta-train success is that of "
-                "the last training iteration and, for runs since 2026-11-27, the same protocol on the training classes "
-                "(`metarl eval --split train`).\n\n"
-                "| experiment | benchmark | agent | meta-test success | before adaptation | random | meta-train success "
-                "(last iteration) | train time | commit | command |\n|---|---|---|---|---|---|---|---|---|---|\n"
-                + "\n".join(mw_rows))
-    if fs_rows:
-        out += ("\n\nSupervised few-shot learning on held-out tasks: query MSE (regression) or accuracy "
-                "(classification) after 0, 1, 5, 10 inner gradient steps on the support set (one figure for learners "
-                "that adapt in closed form), ± half-width of the 95% CI.\n\n"
-                "| experiment | task family | learner | 0 steps | 1 step | 5 steps | 10 steps | paper | train time | "
-                "commit | command |\n|---|---|---|---|---|---|---|---|---|---|---|\n" + "\n".join(fs_rows))
-    if gen_rows:
-        out += ("\n\nFew-shot generation (`fewshot-gen`) on held-out glyph classes: the share of drawings generated after "
-                "fine-tuning on K drawings of a class that a classifier of the held-out classes, trained on their real "
-                "drawings, puts in that class among the task's N (chance 1 / N), and the fine-tuned VAE's ELBO per "
-                "held-out drawing of the class (nats), ± half-width of the 95% CI; the difference from the paired run "
-                "is per task with its 95% CI.\n\n"
-                "| experiment | task family | training | recognised before / after fine-tuning (chance) | held-out ELBO "
-                "before / after | evaluator on real drawings | difference, paired (recognised; ELBO) | train time | "
-                "commit | command |\n|---|---|---|---|---|---|---|---|---|---|\n" + "\n".join(gen_rows))
+    out += section("MAML agents, the MAML paper's protocol: mean episode return on held-out tasks before adaptation "
+                   "and after 1, 2, 3 policy-gradient steps (fresh rollouts each step), ± half-width of the 95% CI.",
+                   ["experiment", "env", "agent", "0 steps", "1 step", "2 steps", "3 steps", "random", "paper",
+                    "train time", "commit", "command"], steps_rows)
+    out += section("Meta-World, its meta-learning protocol tallied per task (`metarl eval`): success rate on held-out "
+                   "tasks (test classes x goals) after 10 adaptation episodes, over 3 evaluation episodes, ± half-width "
+                   "of the 95% CI; \"before\" is the success with no adaptation episodes seen; meta-train success is that "
+                   "of the last training iteration and, for runs since 2026-11-27, the same protocol on the training "
+                   "classes (`metarl eval --split train`).",
+                   ["experiment", "benchmark", "agent", "meta-test success", "before adaptation", "random",
+                    "meta-train success (last iteration)", "train time", "commit", "command"], mw_rows)
+    out += section("Supervised few-shot learning on held-out tasks: query MSE (regression) or accuracy "
+                   "(classification) after 0, 1, 5, 10 inner gradient steps on the support set (one figure for learners "
+                   "that adapt in closed form), ± half-width of the 95% CI.",
+                   ["experiment", "task family", "learner", "0 steps", "1 step", "5 steps", "10 steps", "paper",
+                    "train time", "commit", "command"], fs_rows)
+    out += section("Few-shot generation (`fewshot-gen`) on held-out glyph classes: the share of drawings generated "
+                   "after fine-tuning on K drawings of a class that a classifier of the held-out classes, trained on "
+                   "their real drawings, puts in that class among the task's N (chance 1 / N), and the fine-tuned VAE's "
+                   "ELBO per held-out drawing of the class (nats), ± half-width of the 95% CI; the difference from the "
+                   "paired run is per task with its 95% CI.",
+                   ["experiment", "task family", "training", "recognised before / after fine-tuning (chance)",
+                    "held-out ELBO before / after", "evaluator on real drawings",
+                    "difference, paired (recognised; ELBO)", "train time", "commit", "command"], gen_rows)
     out += (context_table() + objectives_table() + transfer_table() + curvature_table() + behaviour_table()
             + demo_table())
-    if peer_rows:
-        out += ("\n\nmetarl's RL² against sb3-contrib's RecurrentPPO on the same trial env and budget (env steps), "
-                "on the same held-out tasks: mean total reward ± half-width of the 95% CI; score ratio = RL² / "
-                "RecurrentPPO (inverse for negative returns: > 1 means RL² is better); time ratio = RecurrentPPO's training time / the time RL² took to reach "
-                "RecurrentPPO's final training score; P(RL² better) paired by task (`metarl compare`, report in "
-                "experiments/results/NAME/).\n\n"
-                "| experiment | env | budget | RL² | RecurrentPPO | random | score ratio | P(RL² better) | time ratio | "
-                "train time (RL² / RecurrentPPO) | commit | command |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n"
-                + "\n".join(peer_rows))
-    if mt_rows:
-        out += ("\n\nMulti-task PPO (stable-baselines3, observation only) pretrained on the training tasks, on the "
-                "held-out tasks: fine-tuned during each task's trial (PPO continues from the pretrained weights), "
-                "zero-shot (no updates), and PPO from scratch on the same tasks; mean total reward per trial ± "
-                "half-width of the 95% CI.\n\n"
-                "| experiment | env | pretraining budget | fine-tuned | zero-shot | PPO from scratch | random | "
-                "train time | commit | command |\n|---|---|---|---|---|---|---|---|---|---|\n" + "\n".join(mt_rows))
+    out += section("metarl's RL² against sb3-contrib's RecurrentPPO on the same trial env and budget (env steps), "
+                   "on the same held-out tasks: mean total reward ± half-width of the 95% CI; score ratio = RL² / "
+                   "RecurrentPPO (inverse for negative returns: > 1 means RL² is better); time ratio = RecurrentPPO's "
+                   "training time / the time RL² took to reach RecurrentPPO's final training score; P(RL² better) "
+                   "paired by task (`metarl compare`, report in experiments/results/NAME/).",
+                   ["experiment", "env", "budget", "RL²", "RecurrentPPO", "random", "score ratio", "P(RL² better)",
+                    "time ratio", "train time (RL² / RecurrentPPO)", "commit", "command"], peer_rows)
+    out += section("Multi-task PPO (stable-baselines3, observation only) pretrained on the training tasks, on the "
+                   "held-out tasks: fine-tuned during each task's trial (PPO continues from the pretrained weights), "
+                   "zero-shot (no updates), and PPO from scratch on the same tasks; mean total reward per trial ± "
+                   "half-width of the 95% CI.",
+                   ["experiment", "env", "pretraining budget", "fine-tuned", "zero-shot", "PPO from scratch", "random",
+                    "train time", "commit", "command"], mt_rows)
     out += "\n\n" + ml10_table()
     bench = ROOT / "experiments" / "results" / "bench_cpu.json"
     if bench.exists():
@@ -332,8 +334,7 @@ def workers_figure(f: dict) -> str:
 
 def cpu_bench_table(b: dict) -> str:
     """Throughput on this machine's CPU (experiments/bench.py), each against its issue's target."""
-    rows = [f"Benchmarks on {b['machine']} (experiments/results/bench_cpu.json; run on a quiet machine):", "",
-            "| measure | figure | target | commit | command |", "|---|---|---|---|---|"]
+    rows = []
     tail = lambda e: f" | {e['commit']} | `{e['command']}` |"  # noqa: E731
     for name, e in b["benches"].items():
         f = e["figures"]
@@ -372,7 +373,8 @@ def cpu_bench_table(b: dict) -> str:
         else:  # any other benchmark: its numeric figures as they are
             figs = ", ".join(f"{k} {v:,.4g}" for k, v in f.items() if isinstance(v, (int, float)))
             rows.append(f"| {name} | {figs} | – " + tail(e))
-    return "\n".join(rows)
+    return (f"Benchmarks on {b['machine']} (experiments/results/bench_cpu.json; run on a quiet machine):\n\n"
+            + md_table(["measure", "figure", "target", "commit", "command"], rows))
 
 
 def gpu_table(g: dict, name: str) -> str:
@@ -385,11 +387,7 @@ def gpu_table(g: dict, name: str) -> str:
     bc, bp = fig("bench_bandit_cuda"), fig("bench_bandit_cpu")
     il, ms, mj = fig("bench_inner_loop_cuda"), fig("bench_maml_sinusoid_cuda"), fig("bench_mujoco_cpu")
     big = st.get("runs", {}).get("rl2b4096", {}).get("last_timing", {})
-    rows = [f"GPU check on {g['device']} at {g['commit']} (`{g['command']}` on that machine, condensed into "
-            f"experiments/results/{name} by experiments/device_summary.py): {len(ok)} of {len(checked)} "
-            f"`--device cuda` training and evaluation paths ran to exit 0 ("
-            + ", ".join(k.removesuffix("_cuda") for k in ok) + ").", "",
-            "| measure | GPU | CPU (same machine) | ratio |", "|---|---|---|---|"]
+    rows = []
     if bc and bp:
         rows.append(f"| bandit env alone, steps/s ({bc['num_envs']} tasks) | {bc['env_steps_per_s'] / 1e6:.1f}M | "
                     f"{bp['env_steps_per_s'] / 1e6:.1f}M ({bp['threads']} threads) | "
@@ -409,15 +407,19 @@ def gpu_table(g: dict, name: str) -> str:
         rows.append(f"| MuJoCo workers, {mj['cores']} cores, policy in the loop: steps/s (efficiency vs cores x one env) | – | "
                     f"{mj['parallel_steps_per_s']:,.0f} ({mj['efficiency']:.2f}; independent processes reach "
                     f"{mj['ceiling_efficiency']:.2f}) | – |")
+    out = (f"GPU check on {g['device']} at {g['commit']} (`{g['command']}` on that machine, condensed into "
+           f"experiments/results/{name} by experiments/device_summary.py): {len(ok)} of {len(checked)} "
+           f"`--device cuda` training and evaluation paths ran to exit 0 ("
+           + ", ".join(k.removesuffix("_cuda") for k in ok) + ").\n\n"
+           + md_table(["measure", "GPU", "CPU (same machine)", "ratio"], rows))
     if "pytest" in st:
         tail = st["pytest"].get("output_tail", "")
         cut = st["pytest"].get("rc") == 124 and not re.search(r"^[.s]*[FE]", tail, re.M)
         passed = sum(len(m) for m in re.findall(r"^[.s]+", tail, re.M)) if cut else None
-        rows.append("")
-        rows.append(f"Test suite with CUDA visible: exit {st['pytest'].get('rc')}"
-                    + (f" (cut by its {st['pytest'].get('seconds', 0):.0f} s limit after about {passed} tests, "
-                       "none failed)" if passed else "") + ".")
-    return "\n".join(rows)
+        out += (f"\n\nTest suite with CUDA visible: exit {st['pytest'].get('rc')}"
+                + (f" (cut by its {st['pytest'].get('seconds', 0):.0f} s limit after about {passed} tests, "
+                   "none failed)" if passed else "") + ".")
+    return out
 
 
 def multitask_row(s: dict) -> str:
@@ -534,9 +536,7 @@ def ml10_table() -> str:
     """Published ML10 meta-test success beside ours: measured where a results file exists, else
     'not yet run' with the expected wall-clock stated in the experiment's config."""
     from metarl.config import tomllib
-    rows = ["ML10 meta-test success, published and ours:", "",
-            "| agent | Meta-World paper (v1 rewards) | Meta-World+ (v2 rewards) | ours | status | command |",
-            "|---|---|---|---|---|---|"]
+    rows = []
     for name in sorted((ROOT / "experiments" / "configs").glob("*_ml10*.toml")):
         cfg = tomllib.loads(name.read_text())
         meta, agent = cfg.get("experiment", {}), cfg["run"]["agent"]
@@ -592,7 +592,8 @@ def ml10_table() -> str:
         status += gpu_measured(name.stem)
         rows.append(f"| {agent} | {pub.get('Meta-World paper', '–')} | {pub.get('Meta-World+', '–')} | {ours} | "
                     f"{status} | {command} |")
-    return "\n".join(rows)
+    return "ML10 meta-test success, published and ours:\n\n" + md_table(
+        ["agent", "Meta-World paper (v1 rewards)", "Meta-World+ (v2 rewards)", "ours", "status", "command"], rows)
 
 
 def seeds_cell(c: dict, agent: str) -> str:
@@ -723,7 +724,7 @@ def generation_row(s: dict) -> str:
 def context_table() -> str:
     """Probabilistic regressors (CNP, NP): held-out log-likelihood per target point and MSE against
     the number of context points, one row per run, so the models sit side by side."""
-    rows, sizes = [], None
+    rows, sizes = [], []
     for f, s in experiment_summaries():
         m = s["metrics"]
         per = m.get("results", {}).get(m.get("agent"), {}).get("per_context") if m.get("protocol") == "fewshot" else None
@@ -734,13 +735,11 @@ def context_table() -> str:
                  for ll, mse in zip(per["loglik"], per["mse"])]
         rows.append(f"| {s['experiment']} | {m['agent']} | " + " | ".join(cells) +
                     f" | {s['wall_clock_s'] / 60:.1f} min | {s['commit']} | `{s['command']}` |")
-    if not rows:
-        return ""
-    return ("\n\nProbabilistic regressors on held-out functions: test log-likelihood per target point (± half-width "
-            "of the 95% CI; NP: Monte Carlo estimate of the joint predictive over draws of z, divided by the targets) "
-            "/ MSE of the predictive mean, against the number of context points.\n\n"
-            "| experiment | model | " + " | ".join(f"{c} context" for c in sizes) + " | train time | commit | command |\n"
-            "|---|---|" + "---|" * len(sizes) + "---|---|---|\n" + "\n".join(rows))
+    return section("Probabilistic regressors on held-out functions: test log-likelihood per target point (± half-width "
+                   "of the 95% CI; NP: Monte Carlo estimate of the joint predictive over draws of z, divided by the "
+                   "targets) / MSE of the predictive mean, against the number of context points.",
+                   ["experiment", "model", *(f"{c} context" for c in sizes), "train time", "commit", "command"],
+                   rows)
 
 
 def objective_of(s: dict) -> str:
@@ -781,17 +780,14 @@ def objectives_table() -> str:
                     f"{cell(res[robust]) + ' (' + robust[len(agent) + 2:-1] + ')' if robust else '–'} | "
                     f"{paired['experiment'] if paired else '–'} | {diff(agent)} | {diff(robust) if robust else '–'} | "
                     f"{s['wall_clock_s'] / 60:.1f} min | {s['commit']} | `{s['command']}` |")
-    if not rows:
-        return ""
-    return ("\n\nMeta-objectives (`agent.meta_loss`, `agent.adversarial`) and non-mutually-exclusive task families: "
-            "held-out query MSE or accuracy after the run's evaluation steps (± half-width of the 95% CI), robust "
-            "accuracy under the attack named, and the difference from the reference run (the same tasks, paired by "
-            "task, 95% CI).\n\n"
-            + (f"![each objective's paired difference from its reference]({OBJECTIVES_FIGURE.name})\n\n"
-               if objective_differences() else "") +
-            "| experiment | task family | objective | held-out | under attack | reference | difference, paired | "
-            "difference under attack, paired | train time | commit | command |\n"
-            "|---|---|---|---|---|---|---|---|---|---|---|\n" + "\n".join(rows))
+    return section("Meta-objectives (`agent.meta_loss`, `agent.adversarial`) and non-mutually-exclusive task families: "
+                   "held-out query MSE or accuracy after the run's evaluation steps (± half-width of the 95% CI), robust "
+                   "accuracy under the attack named, and the difference from the reference run (the same tasks, paired "
+                   "by task, 95% CI)."
+                   + (f"\n\n![each objective's paired difference from its reference]({OBJECTIVES_FIGURE.name})"
+                      if objective_differences() else ""),
+                   ["experiment", "task family", "objective", "held-out", "under attack", "reference",
+                    "difference, paired", "difference under attack, paired", "train time", "commit", "command"], rows)
 
 
 def objective_differences() -> dict[str, list[tuple[str, dict]]]:
@@ -855,12 +851,11 @@ def transfer_table() -> str:
             cells = [cell(per[k]) if k in per else "–" for k in ("0", "1", "5", "10")]
             rows.append(f"| {s['experiment']} | {m['env']} → {t['env']}, {t['held_out_tasks']} tasks | {name} | "
                         + " | ".join(cells) + f" | {s['commit']} | `{s['command']}` |")
-    if not rows:
-        return ""
-    return ("\n\nFew-shot learners tested unchanged on another task family (`[experiment] transfer_env`, as "
-            "`metarl eval RUN --env ENV`): query MSE (or accuracy) after 0, 1, 5, 10 inner steps on its tasks, ± half-width of the "
-            "95% CI.\n\n| experiment | trained on → tested on | learner | 0 steps | 1 step | 5 steps | 10 steps | "
-            "commit | command |\n|---|---|---|---|---|---|---|---|---|\n" + "\n".join(rows))
+    return section("Few-shot learners tested unchanged on another task family (`[experiment] transfer_env`, as "
+                   "`metarl eval RUN --env ENV`): query MSE (or accuracy) after 0, 1, 5, 10 inner steps on its tasks, "
+                   "± half-width of the 95% CI.",
+                   ["experiment", "trained on → tested on", "learner", "0 steps", "1 step", "5 steps", "10 steps",
+                    "commit", "command"], rows)
 
 
 def curvature_table() -> str:
@@ -873,14 +868,11 @@ def curvature_table() -> str:
                     f"{e['p99']:.0f} / {e['max']:.0f} | {100 * s['share_above_limit']:.0f}% | "
                     f"{s['support_loss_grew']} of {s['tasks']} | {w['support_loss'][-1]:.3g} "
                     f"(float64 {w['support_loss_float64'][-1]:.3g}) | {s['commit']} | `{s['command']}` |")
-    if not rows:
-        return ""
-    return ("\n\nWhy a few-shot init diverges with more inner steps than it trained with: the top eigenvalue of "
-            "each held-out task's support-loss Hessian at the init against 2 / inner lr (plain SGD's stability "
-            "limit), and the support loss along 10 SGD steps.\n\n"
-            "| experiment | inner lr | 2 / lr | top eigenvalue median / p99 / max | tasks above 2 / lr | "
-            "support loss grew | worst task after 10 steps | commit | command |\n"
-            "|---|---|---|---|---|---|---|---|---|\n" + "\n".join(rows))
+    return section("Why a few-shot init diverges with more inner steps than it trained with: the top eigenvalue of "
+                   "each held-out task's support-loss Hessian at the init against 2 / inner lr (plain SGD's stability "
+                   "limit), and the support loss along 10 SGD steps.",
+                   ["experiment", "inner lr", "2 / lr", "top eigenvalue median / p99 / max", "tasks above 2 / lr",
+                    "support loss grew", "worst task after 10 steps", "commit", "command"], rows)
 
 
 def behaviour_table() -> str:
@@ -891,13 +883,10 @@ def behaviour_table() -> str:
         for name, r in s["results"].items():
             per = " / ".join(f"{e['mean']:.1f}" for e in r["return"])
             rows.append(f"| {s['experiment']} | {name} | {per} | {s['tasks']} | {s['commit']} | `{s['command']}` |")
-    if not rows:
-        return ""
-    return ("\n\nWhat a method does in each episode of a tabular-MDP trial (the full tables, regret, optimal "
-            "actions, new pairs and agreement with the certainty-equivalent planner, are in the JSON and PNG "
-            "beside each file): return of episodes 1 to n.\n\n"
-            "| experiment | method | return per episode | tasks | commit | command |\n"
-            "|---|---|---|---|---|---|\n" + "\n".join(rows))
+    return section("What a method does in each episode of a tabular-MDP trial (the full tables, regret, optimal "
+                   "actions, new pairs and agreement with the certainty-equivalent planner, are in the JSON and PNG "
+                   "beside each file): return of episodes 1 to n.",
+                   ["experiment", "method", "return per episode", "tasks", "commit", "command"], rows)
 
 
 def demo_table() -> str:
@@ -913,7 +902,7 @@ def demo_table() -> str:
             f"training seed, 1,000 held-out tasks: `{s['command']}` at {s['commit']}; "
             f"target (RL² at greedy's level or above within 5 minutes, every seed) "
             f"{'met' if s['target_met'] else 'not met'}.\n\n"
-            "| seed | time | RL² | greedy | RL² − greedy, paired | Gittins |\n|---|---|---|---|---|---|\n" + "\n".join(rows))
+            + md_table(["seed", "time", "RL²", "greedy", "RL² − greedy, paired", "Gittins"], rows))
 
 
 def results_page() -> str:
