@@ -9,10 +9,10 @@ from metarl.rundir import default_run_name
 
 DEMO_STEPS = 6_000_000
 # RL²'s options in the demo, beside total_steps (with rl2's Adam lr, 1e-3: at 3e-4 RL² stayed below
-# greedy on every seed at this budget; experiments/demo_check.py, issue 24). The critic and lambda are
-# pinned to the defaults the demo was measured with, before issue 24 changed them.
+# greedy on every seed at this budget; experiments/demo_check.py, issue 24). The critic, lambda, trials an
+# iteration and lr schedule are pinned to the defaults the demo was measured with, before issue 24 changed them.
 DEMO_SETS = ("agent.gamma=0.9", "agent.ent_coef=0.01", "agent.ent_anneal=true", "agent.separate_critic=false",
-             "agent.gae_lambda=0.95")
+             "agent.gae_lambda=0.95", "agent.num_envs=1024", "agent.lr_anneal=true")
 
 
 def demo(*, device: str | None = None, quiet: bool = False, runs_root: str = "runs", steps: int = DEMO_STEPS,
