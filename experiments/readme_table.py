@@ -785,7 +785,7 @@ def objectives_table() -> str:
                    "accuracy under the attack named, and the difference from the reference run (the same tasks, paired "
                    "by task, 95% CI)."
                    + (f"\n\n![each objective's paired difference from its reference]({OBJECTIVES_FIGURE.name})"
-                      if objective_differences() else ""),
+                      if rows and objective_differences() else ""),
                    ["experiment", "task family", "objective", "held-out", "under attack", "reference",
                     "difference, paired", "difference under attack, paired", "train time", "commit", "command"], rows)
 
