@@ -478,7 +478,9 @@ class RL2EvalPolicy:
         """This form as a RowPolicy for a trial of `steps` steps in num_envs sub-envs (played in
         simulation workers by play_trial(in_workers=True)). Its noise is drawn from this policy's
         generator step by step, for the steps that sample only, as act() draws it: on continuous
-        actions the trial is the one acting step by step plays, bit for bit."""
+        actions the trial is the one acting step by step plays, bit for bit in this process; in
+        simulation workers each worker's GRU runs over its block of rows, which rounds the last
+        bit unlike a pass over all rows, so the trial matches to float precision."""
         n = self._sampled_steps(steps)
         draws = [self.net.pi.draw_noise((num_envs,), self.gen) for _ in range(n)]
         noise = torch.stack(draws) if draws else self.net.pi.draw_noise((0, num_envs), self.gen)

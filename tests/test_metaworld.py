@@ -248,7 +248,12 @@ def test_smoke_train_on_ml1_logs_success(cli, tmp_path, agent):
                                                           run.device, 0, form=form)
                 played.append(play_trial(policy, env, tasks, 13, in_workers=in_workers))
                 env.close()
-            assert all(torch.equal(played[0][k], played[1][k]) for k in played[0]), name
+            # the same trial to float precision: a worker's GRU over its block of rows (here one) rounds
+            # the last bit unlike the GRU over all rows, so rewards may differ by an ulp, nothing more
+            assert set(played[0]) == set(played[1]), name
+            for k in played[0]:
+                same = torch.allclose if k in ("returns", "step_reward") else torch.equal
+                assert same(played[0][k], played[1][k]), (name, k)
     # meta-train success by the same protocol: the training goals, in eval_train.json, eval.json kept
     before = (rd / "eval.json").read_bytes()
     assert not (rd / "eval_parts").exists()  # kept only while an evaluation is in progress
