@@ -743,8 +743,13 @@ def context_table() -> str:
 
 
 def objective_of(s: dict) -> str:
-    """What an experiment changes in the meta-objective or the task family (issue 26's axes)."""
-    parts = [agent_option(s, "meta_loss", "maml")]
+    """What an experiment changes in the meta-objective or the task family (issue 26's axes; for a two-stage
+    hypernetwork, where its parameter targets come from: issue 25's symmetry measurement)."""
+    if s["metrics"].get("agent") == "hypernet" and agent_option(s, "mode", "end-to-end") == "two-stage":
+        init = agent_option(s, "target_init", "shared")
+        parts = [f"two-stage, targets fit from {'one shared init' if init == 'shared' else init + ' inits'}"]
+    else:
+        parts = [agent_option(s, "meta_loss", "maml")]
     if agent_option(s, "adversarial", ""):
         parts.append(f"ADML {agent_option(s, 'adversarial', '')} eps={agent_option(s, 'adv_eps', 0.1):g}")
     envc = s["metrics"]["env_config"]
@@ -780,7 +785,8 @@ def objectives_table() -> str:
                     f"{cell(res[robust]) + ' (' + robust[len(agent) + 2:-1] + ')' if robust else '–'} | "
                     f"{paired['experiment'] if paired else '–'} | {diff(agent)} | {diff(robust) if robust else '–'} | "
                     f"{s['wall_clock_s'] / 60:.1f} min | {s['commit']} | `{s['command']}` |")
-    return section("Meta-objectives (`agent.meta_loss`, `agent.adversarial`) and non-mutually-exclusive task families: "
+    return section("Meta-objectives (`agent.meta_loss`, `agent.adversarial`, a two-stage hypernetwork's parameter "
+                   "targets) and non-mutually-exclusive task families: "
                    "held-out query MSE or accuracy after the run's evaluation steps (± half-width of the 95% CI), robust "
                    "accuracy under the attack named, and the difference from the reference run (the same tasks, paired "
                    "by task, 95% CI)."

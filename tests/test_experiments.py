@@ -471,6 +471,15 @@ def test_a_cell_search_and_generation_stay_out_of_the_headline(tmp_path, monkeyp
     assert "| maml (darts search: the mixed network; chosen cell conv3x3,skip,avg_pool3x3) |" in row
 
 
+def test_two_stage_hypernet_runs_are_labelled_by_where_their_targets_come_from():
+    """The objectives table tells the two-stage symmetry pair apart by target_init, not as plain MAML."""
+    rt = _load("readme_table")
+    label = lambda name: rt.objective_of({"experiment": name, "metrics": {"agent": "hypernet", "env_config": {}}})  # noqa: E731
+    assert label("hypernet_sinusoid_2stage_shared") == "two-stage, targets fit from one shared init"
+    assert label("hypernet_sinusoid_2stage_independent") == "two-stage, targets fit from independent inits"
+    assert label("hypernet_sinusoid") == "maml"  # end-to-end: its meta-objective is the query loss
+
+
 def test_objective_experiment_is_paired_by_task_with_its_reference(tmp_path, monkeypatch):
     """[experiment] paired_with = "REF": the results file holds each result minus REF's same-named
     one on the same held-out tasks (the agent's and, with [experiment] attack, its robust accuracy),
