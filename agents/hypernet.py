@@ -67,9 +67,16 @@ class HyperNetConfig(ObjectiveOptions, FewShotConfig):
                                         "an independent init per task", choices=("shared", "independent"))
 
 
-def _check_size(target_params: int, cfg: HyperNetConfig) -> None:
+def target_weights(dist, cfg: HyperNetConfig) -> int:
+    """Weights and biases of the regression target MLP (generated_mlp's), counted without building it."""
+    sizes = [dist.x_shape[0]] + [cfg.hidden] * cfg.layers + [dist.y_dim]
+    return sum((a + 1) * b for a, b in zip(sizes, sizes[1:]))
+
+
+def _check_size(dist, cfg: HyperNetConfig) -> None:
     """The generator's output layer has encoder_hidden x target_params weights: refuse a target
-    network too large to generate before building it."""
+    network too large to generate before building either (the target MLP alone may not fit)."""
+    target_params = target_weights(dist, cfg)
     n = (cfg.encoder_hidden + 1) * target_params
     if n > MAX_GENERATOR_PARAMS:
         raise UserError(f"the hypernetwork would need {n:,} generator weights ({target_params:,} target weights x "
@@ -96,8 +103,8 @@ class HyperNetLearner(FewShotLearner):
             raise UserError(f"agent.meta_loss={cfg.meta_loss!r}: two-stage regresses onto fitted weights, with no "
                             f"query loss to add terms to; use agent.mode=end-to-end")
         if dist.kind == "regression":
+            _check_size(dist, cfg)
             self.target, self.flat = generated_mlp(dist, cfg.hidden, cfg.layers)
-            _check_size(self.flat.total, cfg)
             self.encoder = mlp(dist.x_shape[0] + dist.y_dim, cfg.encoder_hidden, cfg.encoder_layers,
                                cfg.encoder_hidden)
             self.generator = mlp(cfg.encoder_hidden, cfg.encoder_hidden, 1, self.flat.total)

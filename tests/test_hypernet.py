@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from metarl.agents.hypernet import HyperNetConfig, HyperNetLearner
+from metarl.agents.hypernet import HyperNetConfig, HyperNetLearner, target_weights
 from metarl.config import build
 from metarl.envs.image_tasks import GlyphConfig, make_glyphs
 from metarl.envs.regression_tasks import SinusoidConfig, SinusoidDistribution
@@ -110,13 +110,22 @@ def test_classification_heads_follow_the_class_labels():
     assert logits.shape == (2, b["xq"].shape[1], 3)
 
 
+@pytest.mark.parametrize("hidden,layers", [(40, 2), (7, 1), (3, 4)])
+def test_the_size_check_counts_the_target_network_it_would_build(hidden, layers):
+    """The memory check counts the target MLP's weights without building it: the same count as built."""
+    dist, hn = sinusoid_learner(hidden=hidden, layers=layers)
+    assert target_weights(dist, hn.cfg) == hn.flat.total == sum(p.numel() for p in params_of(hn.target).values())
+
+
 def test_two_stage_on_classification_unknown_modes_and_huge_targets_are_user_errors(cli):
     code, _, err = cli("train", "hypernet", "--env", "glyphs", "--set", "agent.mode=two-stage", "--quiet")
     assert code == 2 and "two-stage" in err and len(err.strip().splitlines()) == 1
     code, _, err = cli("train", "hypernet", "--env", "sinusoid", "--set", "agent.mode=backprop", "--quiet")
     assert code == 2 and "mode" in err
-    code, _, err = cli("train", "hypernet", "--env", "sinusoid", "--set", "agent.hidden=4000", "--quiet")
-    assert code == 2 and "generator weights" in err and len(err.strip().splitlines()) == 1
+    for hidden, layers in ((4000, 2), (100_000, 4)):  # the second: a target MLP too large to build at all
+        code, _, err = cli("train", "hypernet", "--env", "sinusoid", "--set", f"agent.hidden={hidden}",
+                           "--set", f"agent.layers={layers}", "--quiet")
+        assert code == 2 and "generator weights" in err and len(err.strip().splitlines()) == 1
 
 
 def test_meta_loss_terms_measure_the_generated_weights_against_the_base_network():
