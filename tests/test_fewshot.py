@@ -129,6 +129,22 @@ def test_omniglot_folder_in_torchvision_layout_loads(tmp_path):
     assert b["xs"].shape == (4, 2, 1, 28, 28)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("agent", ["hypernet", "leo", "learned-opt"])
+def test_task_to_parameter_learners_train_and_evaluate_on_omniglot(cli, tmp_path, agent):
+    """Issue 25's learners on Omniglot's folder layout (a small generated stand-in): 2-way 1-shot
+    tasks of the evaluation alphabets, accuracy over the held-out tasks."""
+    data, run = omniglot_folder(tmp_path / "om"), tmp_path / "run"
+    env = ["--set", f"env.data_dir={data}", "--set", "env.ways=2", "--set", "env.query=2", "--set", "env.eval_query=2"]
+    code, _, err = cli("train", agent, "--env", "omniglot", "--run-dir", run, *TINY, *env, "--set", "agent.channels=8",
+                       "--set", "agent.eval_steps=1")
+    assert code == 0, err
+    code, _, err = cli("eval", run, "--tasks", 10)
+    assert code == 0, err
+    res = json.loads((run / "eval.json").read_text())["results"][agent]
+    assert res["metric"] == "query accuracy" and res["total"]["n"] == 10 and 0.0 <= res["total"]["mean"] <= 1.0
+
+
 def test_too_many_ways_or_shots_is_a_user_error(cli):
     code, _, err = cli("train", "protonet", "--env", "glyphs", "--set", "env.classes=60", "--set", "env.ways=30")
     assert code == 2 and "env.ways=30" in err
@@ -350,7 +366,8 @@ TINY = ["--set", "agent.iterations=4", "--set", "agent.log_every=2", "--set", "a
 @pytest.mark.parametrize("agent,env", [("maml", "sinusoid"), ("meta-sgd", "sinusoid"), ("reptile", "sinusoid"),
                                        ("pretrain", "sinusoid"), ("cnp", "gp-regression"), ("np", "gp-regression"),
                                        ("hypernet", "sinusoid"), ("hypernet", "gp-regression"), ("leo", "sinusoid"),
-                                       ("learned-opt", "sinusoid"), pytest.param("leo", "glyphs", marks=pytest.mark.slow),
+                                       ("leo", "gp-regression"), ("learned-opt", "sinusoid"),
+                                       ("learned-opt", "gp-regression"), pytest.param("leo", "glyphs", marks=pytest.mark.slow),
                                        pytest.param("hypernet", "glyphs", marks=pytest.mark.slow),
                                        pytest.param("maml", "glyphs", marks=pytest.mark.slow),
                                        pytest.param("anil", "glyphs", marks=pytest.mark.slow),
