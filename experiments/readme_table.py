@@ -293,8 +293,8 @@ def table() -> str:
                    ["experiment", "task family", "training", "recognised before / after fine-tuning (chance)",
                     "held-out ELBO before / after", "evaluator on real drawings",
                     "difference, paired (recognised; ELBO)", "train time", "commit", "command"], gen_rows)
-    out += (context_table() + objectives_table() + transfer_table() + curvature_table() + behaviour_table()
-            + demo_table())
+    out += (rl_pairs_table() + context_table() + objectives_table() + transfer_table() + curvature_table()
+            + behaviour_table() + demo_table())
     out += section("metarl's RL² against sb3-contrib's RecurrentPPO on the same trial env and budget (env steps), "
                    "on the same held-out tasks: mean total reward ± half-width of the 95% CI; score ratio = RL² / "
                    "RecurrentPPO (inverse for negative returns: > 1 means RL² is better); time ratio = RecurrentPPO's "
@@ -719,6 +719,37 @@ def generation_row(s: dict) -> str:
             f"tasks | {agent_option(s, 'mode', 'reptile')} | {pct(r0)} / {pct(r1)} after {r1['x']} steps "
             f"({100 * rec['chance']:.0f}%) | {fmt(e0)} / {fmt(e1)} | {100 * rec['evaluator_accuracy_on_real']:.1f}% | "
             f"{diff} | {s['wall_clock_s'] / 60:.1f} min | {s['commit']} | `{s['command']}` |")
+
+
+def agent_changes(s: dict, ref: str) -> str:
+    """The [agent] options by which an experiment's config differs from the reference's: "policy_head=hyper, ..."."""
+    from metarl.config import tomllib
+    configs = ROOT / "experiments" / "configs"
+    ours, theirs = (tomllib.loads((configs / f"{n}.toml").read_text()).get("agent", {})
+                    for n in (s.get("config", s["experiment"]), ref))
+    return ", ".join(f"{k}={ours.get(k, 'default')}" for k in sorted(set(ours) | set(theirs))
+                     if ours.get(k) != theirs.get(k)) or "–"
+
+
+def rl_pairs_table() -> str:
+    """RL trial runs that change one thing against a reference run ([experiment] paired_with): the
+    difference on the same held-out tasks, paired by task."""
+    rows = []
+    for _, s in experiment_summaries():
+        m = s["metrics"]
+        paired = m.get("paired_with")
+        if m.get("protocol") != "trial" or not paired:
+            continue
+        agent = m["agent"]
+        rows.append(f"| {s['experiment']} | {m['env']}, {m['held_out_tasks']} held-out tasks | "
+                    f"{agent_changes(s, paired['experiment'])} | {fmt(m['results'][agent])} | {paired['experiment']} | "
+                    f"{paired_cell(paired, agent)} | {s['wall_clock_s'] / 60:.1f} min | {s['commit']} | "
+                    f"`{s['command']}` |")
+    return section("RL variants against their reference run (`[experiment] paired_with`): mean total reward per trial "
+                   "± half-width of the 95% CI, and the variant minus the reference on the same held-out tasks, paired "
+                   "by task, 95% CI (sampled actions; deterministic).",
+                   ["experiment", "env", "changed [agent] options", "mean total reward", "reference",
+                    "difference, paired", "train time", "commit", "command"], rows)
 
 
 def context_table() -> str:

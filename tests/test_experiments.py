@@ -480,6 +480,21 @@ def test_two_stage_hypernet_runs_are_labelled_by_where_their_targets_come_from()
     assert label("hypernet_sinusoid") == "maml"  # end-to-end: its meta-objective is the query loss
 
 
+def test_rl_pairs_table_lists_every_paired_trial_run_with_what_it_changes():
+    """Each RL trial results file with a paired_with gets a row naming the [agent] options that differ
+    from its reference's config and the paired difference it records."""
+    rt = _load("readme_table")
+    assert rt.agent_changes({"experiment": "bandit_k5_n100_sep_hyper"}, "bandit_k5_n100_sep") == \
+        "hyper_size=64, policy_head=hyper"
+    assert rt.agent_changes({"experiment": "bandit_k5_n100_sep"}, "bandit_k5_n100_sep") == "–"
+    text = rt.rl_pairs_table()
+    for f in (ROOT / "experiments" / "results").glob("*.json"):
+        m = json.loads(f.read_text()).get("metrics", {})
+        if m.get("protocol") == "trial" and m.get("paired_with"):
+            d = m["paired_with"][m["agent"]]
+            assert f"| {f.stem} |" in text and f"{d['mean']:+.2f} [{d['ci_low']:+.2f}, {d['ci_high']:+.2f}]" in text
+
+
 def test_objective_experiment_is_paired_by_task_with_its_reference(tmp_path, monkeypatch):
     """[experiment] paired_with = "REF": the results file holds each result minus REF's same-named
     one on the same held-out tasks (the agent's and, with [experiment] attack, its robust accuracy),
