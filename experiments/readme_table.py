@@ -129,7 +129,9 @@ def headline_figure(s: dict):
         cfg = ROOT / "experiments" / "configs" / f"{s.get('config', s['experiment'])}.toml"
         from metarl.config import tomllib
         pub = tomllib.loads(cfg.read_text()).get("experiment", {}).get("published", {}) if cfg.exists() else {}
-        return ((setting, agent), r["mean"], False, f"{pct(r)} ({form}, {tally}{best_note(m)})",
+        # the tally counts a round's first episodes to end, so successes weigh more: per task beside it
+        per_task = f"; per task {pct(res[form])}" if "metaworld_tally" in res[form] else ""
+        return ((setting, agent), r["mean"], False, f"{pct(r)} ({form}, {tally}{per_task}{best_note(m)})",
                 "; ".join(f"{k} {v}" for k, v in pub.items()), None)
     if protocol == "inner-steps":
         steps = curve_of(res[agent]).points
