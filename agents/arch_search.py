@@ -10,9 +10,11 @@ different scales mix on one footing, as in DARTS; skip is left as it is). Operat
 conv 3x3, conv 5x5, dilated conv 3x3 (dilation 2), max pool 3x3, average pool 3x3, skip, none.
 
 The cell is chosen on the validation classes: the candidates are the cells made of each block's
-two most weighted operations other than none (8 cells), each scored with the supernet's weights
-(one-shot weight sharing) on validation tasks; the best is the chosen cell (agent.arch), written
-by `metarl eval` of a search run as eval_arch.txt and eval_arch.png.
+three most weighted operations other than none (27 cells), less those over the weight budget
+(agent.search_weights: by default at most Conv4's weights, so that the searched cell and the
+hand-designed one compare like for like), each scored with the supernet's weights (one-shot
+weight sharing) on validation tasks; the best is the chosen cell (agent.arch), written by
+`metarl eval` of a search run as eval_arch.txt and eval_arch.png.
 """
 from __future__ import annotations
 
@@ -103,7 +105,7 @@ class CellConv4(nn.Module):
         return [OPS[i] for i in a.argmax(-1).tolist()]
 
 
-def candidates(model: CellConv4, top: int = 2) -> list[list[str]]:
+def candidates(model: CellConv4, top: int = 3) -> list[list[str]]:
     """Cells from each block's `top` most weighted operations other than none (top^3 cells)."""
     a = model.arch_alpha.detach().clone()
     a[:, OPS.index("none")] = -float("inf")
@@ -123,13 +125,22 @@ def with_cell(learner, cell: list[str]):
     return other
 
 
-def choose_on_validation(learner, dist, seed: int, device, tasks: int, steps: int, top: int = 2) -> dict:
-    """The search's cell chosen on validation classes: each candidate cell (candidates()) with the
-    supernet's weights, scored by its accuracy after `steps` inner steps on `tasks` validation
-    tasks; {cell: accuracy}, best first."""
+def cell_weights(model: CellConv4, cell: list[str]) -> int:
+    """Weights of the discrete network `cell` in the search network's shape."""
+    return weight_count(CellConv4(model.conv0_w.shape[1], model.features, model.out, cell))
+
+
+def choose_on_validation(learner, dist, seed: int, device, tasks: int, steps: int, top: int = 3,
+                         max_weights: int | None = None) -> dict:
+    """The search's cell chosen on validation classes: each candidate cell (candidates()) with at
+    most max_weights weights (None: any), with the supernet's weights, scored by its accuracy
+    after `steps` inner steps on `tasks` validation tasks; {cell: accuracy}, best first. Where no
+    candidate fits the budget, Conv4's own cell (conv3x3 in every block) is the one candidate."""
     from metarl.fewshot.evaluation import evaluate_fewshot
+    cells = [c for c in candidates(learner.model, top)
+             if max_weights is None or cell_weights(learner.model, c) <= max_weights] or [["conv3x3"] * SEARCHED]
     scores = {}
-    for cell in candidates(learner.model, top):
+    for cell in cells:
         acc = evaluate_fewshot(with_cell(learner, cell), dist, tasks, seed, steps, device, split="val")
         scores[",".join(cell)] = acc[max(acc)].mean().item()
     return dict(sorted(scores.items(), key=lambda kv: -kv[1]))
@@ -140,19 +151,21 @@ def weight_count(model: nn.Module) -> int:
     return sum(p.numel() for k, p in model.named_parameters() if k != "arch_alpha")
 
 
-def arch_report(model: CellConv4, validation: dict, out_txt, out_png, baseline_params: int) -> dict:
+def arch_report(model: CellConv4, validation: dict, out_txt, out_png, baseline_params: int,
+                budget: int | None = None) -> dict:
     """The search's outcome: softmax(alpha) per block, the candidates' validation accuracies
-    (choose_on_validation), the chosen cell (the best of them) and its weight count against
-    Conv4's; written as text and as a heat map."""
+    (choose_on_validation, under the weight budget if any), the chosen cell (the best of them)
+    and its weight count against Conv4's; written as text and as a heat map."""
     w = torch.softmax(model.arch_alpha.detach().cpu(), -1)
     cell = next(iter(validation)).split(",")
     chosen = CellConv4(model.conv0_w.shape[1], model.features, model.out, cell)
     info = {"chosen": ",".join(cell), "argmax": ",".join(model.chosen()), "validation_accuracy": validation,
             "alpha_softmax": {f"block {b + 1}": dict(zip(OPS, map(float, w[b]))) for b in range(SEARCHED)},
-            "chosen_params": weight_count(chosen), "conv4_params": baseline_params}
+            "chosen_params": weight_count(chosen), "conv4_params": baseline_params, "weight_budget": budget}
     lines = [f"chosen cell (agent.arch): {info['chosen']}  (best on validation classes; argmax of alpha: "
              f"{info['argmax']})", f"weights: {info['chosen_params']:,} (Conv4: {baseline_params:,})", "",
-             "validation accuracy of the candidates (supernet weights):"]
+             "validation accuracy of the candidates (supernet weights"
+             + (f"; cells over {budget:,} weights left out):" if budget is not None else "):")]
     lines += [f"  {c:<40} {100 * a:.1f}%" for c, a in validation.items()]
     lines += ["", "block  " + "  ".join(f"{o:>11}" for o in OPS)]
     lines += [f"{b + 1:>5}  " + "  ".join(f"{v:11.3f}" for v in w[b].tolist()) for b in range(SEARCHED)]

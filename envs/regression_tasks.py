@@ -101,6 +101,9 @@ class GPConfig:
     context_max: int = option(97, "most context points when shots=0 (CNP paper: 97)", ge=1)
     query: int = option(50, "target points per task during meta-training", ge=1)
     eval_query: int = option(100, "target points per task during evaluation", ge=1)
+    points: int = option(0, "the (C)NP papers' tasks: `points` inputs per task, all of them targets and the first K "
+                            "(shots, or the drawn context size) also the context, so the context is at most this; "
+                            "query / eval_query then unused. 0 = context and targets drawn apart", ge=0)
     length_scale: float = option(0.4, "SE kernel length scale l", gt=0.0)
     sigma_f: float = option(1.0, "SE kernel signal standard deviation", gt=0.0)
     noise: float = option(0.02, "observation noise standard deviation (also keeps the Cholesky stable)", gt=0.0)
@@ -118,26 +121,40 @@ class GPDistribution(FewShotDistribution):
             raise UserError(f"env.x_high={cfg.x_high} must be greater than env.x_low={cfg.x_low}")
         if cfg.context_max < cfg.context_min:
             raise UserError(f"env.context_max={cfg.context_max} must be >= env.context_min={cfg.context_min}")
+        most = cfg.shots or cfg.context_max
+        if cfg.points and most > cfg.points:
+            what = f"env.shots={cfg.shots}" if cfg.shots else f"env.context_max={cfg.context_max}"
+            raise UserError(f"{what} context points exceed env.points={cfg.points} target points: the context is "
+                            "drawn from among the targets")
         self.cfg = cfg
         self.eval_query = cfg.eval_query
 
     def sample(self, n: int, generator: torch.Generator, split: str = "train", *, shots: int | None = None,
                query: int | None = None, grid: bool = False) -> Batch:
-        """One joint GP draw over context + target inputs per task (float64 Cholesky)."""
+        """One joint GP draw over context + target inputs per task (float64 Cholesky). With
+        env.points (and not grid) the targets are env.points inputs and the context their first K."""
         _check_split(split)
         c, dev = self.cfg, generator.device
         k = shots or c.shots
         if not k:
             k = int(torch.randint(c.context_min, c.context_max + 1, (1,), generator=generator, device=dev))
-        q = query or c.query
-        xs = _inputs(n, k, c.x_low, c.x_high, generator, False)
-        xq = _inputs(n, q, c.x_low, c.x_high, generator, grid)
-        x = torch.cat([xs, xq], 1).double()                                   # [N, K+Q, 1]
-        cov = c.sigma_f ** 2 * torch.exp(-0.5 * (x - x.transpose(1, 2)) ** 2 / c.length_scale ** 2)
-        cov = cov + c.noise ** 2 * torch.eye(k + q, dtype=cov.dtype, device=dev)
-        z = torch.randn(n, k + q, 1, generator=generator, device=dev, dtype=torch.float64)
+        within = bool(c.points) and not grid
+        if within and k > c.points:
+            raise ValueError(f"{k} context points exceed env.points={c.points}")
+        if within:
+            x = _inputs(n, c.points, c.x_low, c.x_high, generator, False)        # [N, P, 1]
+        else:
+            q = query or c.query
+            x = torch.cat([_inputs(n, k, c.x_low, c.x_high, generator, False),
+                           _inputs(n, q, c.x_low, c.x_high, generator, grid)], 1)  # [N, K+Q, 1]
+        xd = x.double()
+        cov = c.sigma_f ** 2 * torch.exp(-0.5 * (xd - xd.transpose(1, 2)) ** 2 / c.length_scale ** 2)
+        cov = cov + c.noise ** 2 * torch.eye(x.shape[1], dtype=cov.dtype, device=dev)
+        z = torch.randn(n, x.shape[1], 1, generator=generator, device=dev, dtype=torch.float64)
         y = (torch.linalg.cholesky(cov) @ z).float()
-        return {"xs": xs, "ys": y[:, :k], "xq": xq, "yq": y[:, k:]}
+        if within:
+            return {"xs": x[:, :k], "ys": y[:, :k], "xq": x, "yq": y}
+        return {"xs": x[:, :k], "ys": y[:, :k], "xq": x[:, k:], "yq": y[:, k:]}
 
 
 SINUSOID = FewShotSpec("sinusoid", SinusoidConfig, ("regression",), SinusoidDistribution)

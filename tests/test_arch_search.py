@@ -66,12 +66,32 @@ def test_candidate_cells_share_the_supernet_weights():
     with torch.no_grad():
         lrn.model.arch_alpha.copy_(torch.arange(len(OPS), dtype=torch.float).expand(3, -1))
     cells = candidates(lrn.model)
-    assert len(cells) == 8 and all(set(c) <= {"skip", "avg_pool3x3"} for c in cells)  # the top two, none left out
+    assert len(cells) == 27 and all(set(c) <= {"skip", "avg_pool3x3", "max_pool3x3"} for c in cells)  # top 3, no none
     one = with_cell(lrn, ["conv5x5", "skip", "max_pool3x3"])
     assert torch.equal(one.model.c1_conv5x5_w, lrn.model.c1_conv5x5_w) and "arch_alpha" not in one.fixed
     assert set(one.inner_params()) == set(params_of(one.model)) and lrn.model.arch is None  # the search net is kept
     b = dist.sample(2, torch.Generator().manual_seed(0), shots=1, query=2)
     assert one.predict(one.adapt(b["xs"], b["ys"], 1), b["xq"]).shape == (2, 8, 4)
+
+
+def test_the_cell_is_chosen_within_conv4s_weights():
+    """With conv 5x5 the most weighted everywhere, the budgeted choice keeps only the cells that
+    pay for a 5x5 with skips; without a budget every candidate is scored."""
+    from metarl.agents.arch_search import cell_weights, choose_on_validation
+    dist = make_glyphs(build(GlyphConfig, {"classes": 40, "variants": 20, "ways": 4, "shots": 1, "query": 2}, "env"))
+    torch.manual_seed(0)
+    lrn = MAMLLearner(dist, build(MAMLConfig, {"search": "darts", "channels": 4}, "agent"))
+    with torch.no_grad():
+        lrn.model.arch_alpha.zero_()
+        lrn.model.arch_alpha[:, OPS.index("conv5x5")] = 3.0
+        lrn.model.arch_alpha[:, OPS.index("conv3x3")] = 2.0
+        lrn.model.arch_alpha[:, OPS.index("skip")] = 1.0
+    conv4 = weight_count(Conv4(1, 4, 4))
+    free = choose_on_validation(lrn, dist, 0, "cpu", 2, 1)
+    kept = choose_on_validation(lrn, dist, 0, "cpu", 2, 1, max_weights=conv4)
+    assert len(free) == 27 and set(kept) < set(free) and "conv3x3,conv3x3,conv3x3" in kept
+    assert all(cell_weights(lrn.model, c.split(",")) <= conv4 for c in kept)
+    assert "conv5x5,skip,skip" in kept and "conv5x5,conv3x3,conv3x3" not in kept
 
 
 def test_chosen_cell_skips_none_and_counts_weights_without_alpha():
@@ -97,7 +117,8 @@ def test_search_run_writes_the_chosen_cell_which_trains_from_scratch(cli, tmp_pa
     assert cli("eval", run, "--tasks", 4)[0] == 0
     rep = json.loads((run / "eval.json").read_text())
     chosen, val = rep["search"]["chosen"], rep["search"]["validation_accuracy"]
-    assert len(val) == 8 and chosen == max(val, key=val.get) and all(0 <= a <= 1 for a in val.values())
+    assert 1 <= len(val) <= 27 and chosen == max(val, key=val.get) and all(0 <= a <= 1 for a in val.values())
+    assert rep["search"]["chosen_params"] <= rep["search"]["weight_budget"] == rep["search"]["conv4_params"]
     assert len(chosen.split(",")) == 3 and chosen in (run / "eval_arch.txt").read_text()
     assert (run / "eval_arch.png").stat().st_size > 1000 and rep["search"]["conv4_params"] > 0
     code, _, err = cli("train", "maml", "--run-dir", tmp_path / "cell", "--set", f"agent.arch={chosen}", *common)

@@ -12,6 +12,7 @@ from metarl.config import build
 from metarl.envs.glyphs import generate_glyphs, load_glyphs
 from metarl.envs.image_tasks import GlyphConfig, OmniglotConfig, make_glyphs, make_omniglot
 from metarl.envs.regression_tasks import GPConfig, GPDistribution, SinusoidConfig, SinusoidDistribution
+from metarl.errors import UserError
 from metarl.fewshot.core import task_generator
 from metarl.functional import adapt_batch, params_of
 
@@ -56,6 +57,25 @@ def test_gp_draws_the_context_size_per_batch_when_shots_is_zero():
     g = torch.Generator().manual_seed(0)
     sizes = {dist.sample(2, g)["xs"].shape[1] for _ in range(60)}
     assert sizes <= set(range(3, 10)) and len(sizes) >= 5
+
+
+def test_gp_points_put_the_context_among_the_targets():
+    """env.points: the targets are the task's `points` inputs, the context their first K with the
+    same noisy values; a context larger than the targets is refused in one line."""
+    dist = GPDistribution(build(GPConfig, {"shots": 0, "context_min": 3, "context_max": 9, "points": 20}, "env"))
+    b = dist.sample(3, torch.Generator().manual_seed(0))
+    k = b["xs"].shape[1]
+    assert b["xq"].shape == (3, 20, 1) and 3 <= k <= 9
+    assert torch.equal(b["xs"], b["xq"][:, :k]) and torch.equal(b["ys"], b["yq"][:, :k])
+    for opts, words in (({"shots": 25, "points": 20}, "env.shots=25"), ({"shots": 0, "points": 20}, "context_max=97")):
+        with pytest.raises(UserError, match=f"{words}.*exceed env.points=20"):
+            GPDistribution(build(GPConfig, opts, "env"))
+
+
+def test_gp_context_above_the_target_points_exits_2(cli):
+    code, _, err = cli("train", "cnp", "--env", "gp-regression", "--set", "env.points=50", "--set", "env.shots=60",
+                       "--quiet")
+    assert code == 2 and "exceed env.points=50" in err and len(err.strip().splitlines()) == 1
 
 
 def test_glyph_generator_is_deterministic_per_seed_and_cached(tmp_path):

@@ -270,12 +270,15 @@ def _evaluate_fewshot_run(run: LoadedRun, names: list[str], tasks: int, seed: in
     if getattr(getattr(learner, "model", None), "arch", "") is None:  # a cell search: the chosen cell
         from metarl.agents.arch_search import arch_report, choose_on_validation, weight_count
         from metarl.agents.fewshot_nets import Conv4
-        val = choose_on_validation(learner, dist, seed, dev, min(tasks, 200), agent_cfg.eval_steps)
+        conv4 = weight_count(Conv4(dist.x_shape[0], agent_cfg.channels, dist.ways))
+        budget = conv4 if agent_cfg.search_weights == "conv4" else None
+        val = choose_on_validation(learner, dist, seed, dev, min(tasks, 200), agent_cfg.eval_steps, max_weights=budget)
         extra["search"] = arch_report(learner.model, val, path / f"{stem}_arch.txt", path / f"{stem}_arch.png",
-                                      weight_count(Conv4(dist.x_shape[0], agent_cfg.channels, dist.ways)))
+                                      conv4, budget)
     title = f"held-out {extra.get('env', saved['run']['env'])} tasks"
     if hasattr(learner, "loglik"):  # probabilistic regressors: CNP, NP
-        contexts = [c for c in (1, 2, 5, 10, 20, 50, 100) if c <= getattr(env_cfg, "context_max", 100)]
+        most = min(getattr(env_cfg, "context_max", 100), getattr(env_cfg, "points", 0) or 100)
+        contexts = [c for c in (1, 2, 5, 10, 20, 50, 100) if c <= most]
         result["per_context"] = fe.evaluate_context_sizes(learner, dist, tasks, seed, contexts, dev)
         fe.context_plot(result["per_context"], path / f"{stem}_context.png", f"{name}: {title}")
     report = _write_report(path, _report(run, FEWSHOT, result["metric"], tasks, seed, results, **extra), stem)
