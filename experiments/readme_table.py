@@ -288,8 +288,10 @@ def table() -> str:
                    ["experiment", "task family", "learner", "0 steps", "1 step", "5 steps", "10 steps", "paper",
                     "train time", "commit", "command"], fs_rows)
     out += section("Few-shot generation (`fewshot-gen`) on held-out glyph classes: the share of drawings generated "
-                   "after fine-tuning on K drawings of a class that a classifier of the held-out classes, trained on "
-                   "their real drawings, puts in that class among the task's N (chance 1 / N), and the fine-tuned VAE's "
+                   "after fine-tuning on K drawings of a class (the decoder's mean drawings, z from the prior or from the "
+                   "support drawings' posteriors: the training column says which) that a classifier of the held-out "
+                   "classes, trained on their real drawings (blurred at random, as a VAE's mean drawings are, where "
+                   "the evaluator column gives its accuracy on blurred drawings), puts in that class among the task's N (chance 1 / N), and the fine-tuned VAE's "
                    "ELBO per held-out drawing of the class (nats), ± half-width of the 95% CI; the difference from the "
                    "paired run is per task with its 95% CI.",
                    ["experiment", "task family", "training", "recognised before / after fine-tuning (chance)",
@@ -707,6 +709,12 @@ RESULTS_PAGE = ROOT / "docs" / "results.md"
 OBJECTIVES_FIGURE = ROOT / "docs" / "objectives.png"  # objectives_figure, shown on the results page
 
 
+def evaluator_cell(rec: dict) -> str:
+    """The evaluator's accuracy on held-out real drawings, and on them blurred (sigma 1) where recorded."""
+    blurred = rec.get("evaluator_accuracy_on_blurred_real", {}).get("1.0")
+    return f"{100 * rec['evaluator_accuracy_on_real']:.1f}%" + (f" (blurred: {100 * blurred:.1f}%)" if blurred else "")
+
+
 def generation_row(s: dict) -> str:
     m = s["metrics"]
     rec, elbo = m["results"]["fewshot-gen"], m["results"]["fewshot-gen (ELBO)"]
@@ -718,8 +726,8 @@ def generation_row(s: dict) -> str:
         for n in ("fewshot-gen", "fewshot-gen (ELBO)") if n in paired) + f" vs {paired['experiment']}")
     envc = m["env_config"]
     return (f"| {s['experiment']} | {m['env']} {envc['ways']}-way {envc['shots']}-shot, {m['held_out_tasks']} held-out "
-            f"tasks | {agent_option(s, 'mode', 'reptile')} | {pct(r0)} / {pct(r1)} after {r1['x']} steps "
-            f"({100 * rec['chance']:.0f}%) | {fmt(e0)} / {fmt(e1)} | {100 * rec['evaluator_accuracy_on_real']:.1f}% | "
+            f"tasks | {agent_option(s, 'mode', 'reptile')}, z from {rec.get('sample_z', 'prior')} | {pct(r0)} / {pct(r1)} after {r1['x']} steps "
+            f"({100 * rec['chance']:.0f}%) | {fmt(e0)} / {fmt(e1)} | {evaluator_cell(rec)} | "
             f"{diff} | {s['wall_clock_s'] / 60:.1f} min | {s['commit']} | `{s['command']}` |")
 
 
