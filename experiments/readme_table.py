@@ -176,6 +176,13 @@ def agent_option(s: dict, key: str, default):
     return tomllib.loads(cfg.read_text()).get("agent", {}).get(key, default) if cfg.exists() else default
 
 
+def experiment_option(s: dict, key: str, default=None):
+    """An [experiment] option of the experiment's config (default where it is not set)."""
+    from metarl.config import tomllib
+    cfg = ROOT / "experiments" / "configs" / f"{s.get('config', s['experiment'])}.toml"
+    return tomllib.loads(cfg.read_text()).get("experiment", {}).get(key, default) if cfg.exists() else default
+
+
 def paper_refs(s: dict) -> dict:
     """Published figures: from the experiment's config (kept current), else from the results file."""
     from metarl.config import tomllib
@@ -297,7 +304,7 @@ def table() -> str:
                    ["experiment", "task family", "training", "recognised before / after fine-tuning (chance)",
                     "held-out ELBO before / after", "evaluator on real drawings",
                     "difference, paired (recognised; ELBO)", "train time", "commit", "command"], gen_rows)
-    out += (rl_pairs_table() + context_table() + objectives_table() + transfer_table() + curvature_table()
+    out += (rl_pairs_table() + context_table() + objectives_table() + arch_table() + transfer_table() + curvature_table()
             + behaviour_table() + demo_table())
     out += section("metarl's RL² against sb3-contrib's RecurrentPPO on the same trial env and budget (env steps), "
                    "on the same held-out tasks: mean total reward ± half-width of the 95% CI; score ratio = RL² / "
@@ -811,8 +818,8 @@ def objectives_table() -> str:
     rows = []
     for f, s in experiment_summaries():
         m = s["metrics"]
-        if m.get("protocol") != "fewshot" or m.get("agent") == "fewshot-gen":
-            continue
+        if m.get("protocol") != "fewshot" or m.get("agent") == "fewshot-gen" or experiment_option(s, "arch_from"):
+            continue  # generation and searched cells have tables of their own
         objective, paired = objective_of(s), m.get("paired_with")
         if objective == "maml" and not paired:
             continue
@@ -837,6 +844,31 @@ def objectives_table() -> str:
                     "difference, paired", "difference under attack, paired", "train time", "commit", "command"], rows)
 
 
+def arch_table() -> str:
+    """Cells a search chose ([experiment] arch_from), trained from scratch: held-out accuracy, weights
+    against Conv4's, the search's time, and the difference from the hand-designed Conv4 run."""
+    rows = []
+    for _, s in experiment_summaries():
+        search = experiment_option(s, "arch_from")
+        if not search or not (ROOT / "experiments" / "results" / f"{search}.json").exists():
+            continue
+        found = json.loads((ROOT / "experiments" / "results" / f"{search}.json").read_text())
+        info, m = found["metrics"]["search"], s["metrics"]
+        paired, agent = m.get("paired_with"), m["agent"]
+        diff = (f"{paired[agent]['mean']:+.3f} [{paired[agent]['ci_low']:+.3f}, {paired[agent]['ci_high']:+.3f}] vs "
+                f"{paired['experiment']}" if paired and agent in paired else "–")
+        rows.append(f"| {s['experiment']} | {family_of(m)} | {info['chosen']} | {info['chosen_params']:,} "
+                    f"(Conv4 {info['conv4_params']:,}) | {pct(m['results'][agent])} | {diff} | "
+                    f"{search}, {found['wall_clock_s'] / 60:.1f} min ({found['commit']}) | "
+                    f"{s['wall_clock_s'] / 60:.1f} min | {s['commit']} | `{s['command']}` |")
+    return section("Searched cells (`agent.search = \"darts\"`, then `[experiment] arch_from`): the cell the search "
+                   "chose on validation classes, trained from scratch; held-out accuracy after the run's evaluation "
+                   "steps (± half-width of the 95% CI) and the difference from the hand-designed Conv4 on the same "
+                   "tasks, paired by task (95% CI).",
+                   ["experiment", "task family", "cell", "weights", "held-out", "difference, paired", "search",
+                    "train time", "commit", "command"], rows)
+
+
 def objective_differences() -> dict[str, list[tuple[str, dict]]]:
     """Per task family, (objective, paired difference from the reference) of every objectives_table
     run that has a reference: what objectives_figure draws."""
@@ -844,7 +876,8 @@ def objective_differences() -> dict[str, list[tuple[str, dict]]]:
     for _, s in experiment_summaries():
         m = s["metrics"]
         paired = m.get("paired_with")
-        if m.get("protocol") != "fewshot" or m["agent"] == "fewshot-gen" or not paired or m["agent"] not in paired:
+        if (m.get("protocol") != "fewshot" or m["agent"] == "fewshot-gen" or not paired or m["agent"] not in paired
+                or experiment_option(s, "arch_from")):
             continue
         fam = family_of(m)
         label = objective_of(s).removeprefix("maml,").removeprefix("maml, ").replace(", non-mutually-exclusive tasks",

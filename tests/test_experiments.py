@@ -471,6 +471,33 @@ def test_a_cell_search_and_generation_stay_out_of_the_headline(tmp_path, monkeyp
     assert "| maml (darts search: the mixed network; chosen cell conv3x3,skip,avg_pool3x3) |" in row
 
 
+def test_a_searched_cell_is_listed_with_its_weights_and_its_paired_difference(tmp_path, monkeypatch):
+    """The arch_from run's row: the chosen cell, its weights against Conv4's, the search's time,
+    the difference from the paired Conv4 run; it stays out of the meta-objectives table."""
+    rt = _load("readme_table")
+    results, configs = tmp_path / "experiments" / "results", tmp_path / "experiments" / "configs"
+    results.mkdir(parents=True)
+    configs.mkdir()
+    monkeypatch.setattr(rt, "ROOT", tmp_path)
+    pt = {"mean": 0.9, "ci_low": 0.89, "ci_high": 0.91}
+    r = {**pt, "metric": "query accuracy", "curve": {"x": "steps", "y": "accuracy", "points": [{"x": 5, **pt}]}}
+    base = {"commit": "abc1234", "metrics": {"agent": "maml", "env": "glyphs", "protocol": "fewshot",
+                                             "held_out_tasks": 1000, "env_config": {"ways": 5, "shots": 1},
+                                             "results": {"maml": r}}}
+    search = {"chosen": "conv5x5,skip,skip", "chosen_params": 20000, "conv4_params": 28485}
+    (results / "darts.json").write_text(json.dumps({**base, "experiment": "darts", "wall_clock_s": 600.0,
+                                                    "command": "c", "metrics": {**base["metrics"], "search": search}}))
+    (configs / "darts.toml").write_text('[agent]\nsearch = "darts"\n')
+    paired = {"experiment": "conv4", "maml": {"mean": -0.05, "ci_low": -0.06, "ci_high": -0.04}}
+    (results / "cell.json").write_text(json.dumps({**base, "experiment": "cell", "wall_clock_s": 300.0, "command": "c",
+                                                   "metrics": {**base["metrics"], "paired_with": paired}}))
+    (configs / "cell.toml").write_text('[experiment]\narch_from = "darts"\npaired_with = "conv4"\n[agent]\n')
+    table = rt.arch_table()
+    assert "| cell | glyphs 5-way 1-shot | conv5x5,skip,skip | 20,000 (Conv4 28,485) | 90.0% ± 1.0 |" in table
+    assert "-0.050 [-0.060, -0.040] vs conv4 | darts, 10.0 min (abc1234) |" in table
+    assert "| cell |" not in rt.objectives_table()
+
+
 def test_two_stage_hypernet_runs_are_labelled_by_where_their_targets_come_from():
     """The objectives table tells the two-stage symmetry pair apart by target_init, not as plain MAML."""
     rt = _load("readme_table")
