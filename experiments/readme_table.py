@@ -725,6 +725,10 @@ def evaluator_cell(rec: dict) -> str:
 def generation_row(s: dict) -> str:
     m = s["metrics"]
     rec, elbo = m["results"]["fewshot-gen"], m["results"]["fewshot-gen (ELBO)"]
+    record = ROOT / "experiments" / "results" / "runs" / s["experiment"] / "eval.json"
+    if "sample_z" not in rec and record.exists():  # results files written before run.py kept these keys
+        full = json.loads(record.read_text())["results"]["fewshot-gen"]
+        rec = {**rec, **{k: full[k] for k in ("sample_z", "evaluator_accuracy_on_blurred_real") if k in full}}
     pts = lambda r: (r["curve"]["points"][0], r["curve"]["points"][-1])  # noqa: E731
     (r0, r1), (e0, e1) = pts(rec), pts(elbo)
     paired = m.get("paired_with")
@@ -732,9 +736,11 @@ def generation_row(s: dict) -> str:
         f"{paired[n]['mean']:+.3f} [{paired[n]['ci_low']:+.3f}, {paired[n]['ci_high']:+.3f}]"
         for n in ("fewshot-gen", "fewshot-gen (ELBO)") if n in paired) + f" vs {paired['experiment']}")
     envc = m["env_config"]
+    alt = next((n for n in m["results"] if n.startswith("fewshot-gen (z from ")), None)
+    other_z = f"; {alt[len('fewshot-gen ('):-1]}: {pct(m['results'][alt])}" if alt else ""
     return (f"| {s['experiment']} | {m['env']} {envc['ways']}-way {envc['shots']}-shot, {m['held_out_tasks']} held-out "
             f"tasks | {agent_option(s, 'mode', 'reptile')}, z from {rec.get('sample_z', 'prior')} | {pct(r0)} / {pct(r1)} after {r1['x']} steps "
-            f"({100 * rec['chance']:.0f}%) | {fmt(e0)} / {fmt(e1)} | {evaluator_cell(rec)} | "
+            f"({100 * rec['chance']:.0f}%){other_z} | {fmt(e0)} / {fmt(e1)} | {evaluator_cell(rec)} | "
             f"{diff} | {s['wall_clock_s'] / 60:.1f} min | {s['commit']} | `{s['command']}` |")
 
 

@@ -280,7 +280,9 @@ def main(argv=None) -> int:
             "protocol": report["protocol"], "metric": report["metric"], "eval_options": report.get("eval_options", {}),
             "results": {n: {**r["total"], **{k: r[k] for k in ("metric", "curve", "per_class", "return", "per_task",
                                                                "metaworld_tally", "per_context", "chance",
-                                                               "evaluator_accuracy_on_real") if k in r}}
+                                                               "evaluator_accuracy_on_real",
+                                                               "evaluator_accuracy_on_blurred_real", "sample_z")
+                                                      if k in r}}
                         for n, r in results.items()},
             "paired_vs_best_baseline": paired_vs(results, agent, best_baseline(results, agent)),
             # against Gittins / PSRL: the RL² paper's claim that RL² beats PSRL at n = 10 and 25

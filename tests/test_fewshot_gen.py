@@ -175,10 +175,11 @@ def test_results_page_row_reads_recognition_elbo_and_the_pairing():
          "metrics": {"env": "glyphs", "env_config": {"ways": 5, "shots": 5}, "held_out_tasks": 10,
                      "results": {"fewshot-gen": {**ci(0.7), "curve": curve(0.2, 0.7), "chance": 0.2,
                                                  "evaluator_accuracy_on_real": 0.9},
-                                 "fewshot-gen (ELBO)": {**ci(-90.0), "curve": curve(-120.0, -90.0)}},
+                                 "fewshot-gen (ELBO)": {**ci(-90.0), "curve": curve(-120.0, -90.0)},
+                                 "fewshot-gen (z from support)": ci(0.8)},
                      "paired_with": {"experiment": "base", "fewshot-gen": ci(0.1), "fewshot-gen (ELBO)": ci(5.0)}}}
     row = rt.generation_row(s)
-    assert "| reptile, z from prior | 20.0% ± 1.0 / 70.0% ± 1.0 after 50 steps (20%)" in row and "-120.00 ± 0.01 / -90.00 ± 0.01" in row
+    assert "| reptile, z from prior | 20.0% ± 1.0 / 70.0% ± 1.0 after 50 steps (20%); z from support: 80.0% ± 1.0 |" in row and "-120.00 ± 0.01 / -90.00 ± 0.01" in row
     assert "+0.100 [+0.090, +0.110]; +5.000 [+4.990, +5.010] vs base" in row and "| 90.0% |" in row
 
 
