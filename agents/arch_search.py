@@ -9,12 +9,15 @@ then batch norm, ReLU and 2x2 max-pool as in Conv4 (BN: affine-free batch norm, 
 different scales mix on one footing, as in DARTS; skip is left as it is). Operations (C -> C channels, same size):
 conv 3x3, conv 5x5, dilated conv 3x3 (dilation 2), max pool 3x3, average pool 3x3, skip, none.
 
-The cell is chosen on the validation classes: the candidates are the cells made of each block's
-three most weighted operations other than none (27 cells), less those over the weight budget
-(agent.search_weights: by default at most Conv4's weights, so that the searched cell and the
-hand-designed one compare like for like), each scored with the supernet's weights (one-shot
-weight sharing) on validation tasks; the best is the chosen cell (agent.arch), written by
-`metarl eval` of a search run as eval_arch.txt and eval_arch.png.
+The cell is chosen on the validation classes: the candidates are the `top` cells of highest
+joint weight prod_b softmax(alpha_b) (none left out), each at the widest channel count whose
+weights fit the budget (agent.search_weights: by default Conv4's, so that the searched cell and
+the hand-designed one compare like for like), trained briefly from scratch on the training
+classes (first-order, agent.search_proxy_iterations) and scored on validation tasks; the best
+is the chosen cell (agent.arch, at agent.channels), written by `metarl eval` of a search run as
+eval_arch.txt and eval_arch.png. The supernet's own weights do not rank the cells: with shared
+weights the weight-free operations (pools, skip) score highest, and a cell of them trains from
+scratch far below Conv4.
 """
 from __future__ import annotations
 
@@ -105,12 +108,15 @@ class CellConv4(nn.Module):
         return [OPS[i] for i in a.argmax(-1).tolist()]
 
 
-def candidates(model: CellConv4, top: int = 3) -> list[list[str]]:
-    """Cells from each block's `top` most weighted operations other than none (top^3 cells)."""
+def candidates(model: CellConv4, top: int = 4) -> list[list[str]]:
+    """The `top` cells of highest joint weight prod_b softmax(alpha_b) over operations other than
+    none, best first."""
     a = model.arch_alpha.detach().clone()
     a[:, OPS.index("none")] = -float("inf")
-    best = [[OPS[i] for i in row.topk(top).indices.tolist()] for row in a]
-    return [list(c) for c in itertools.product(*best)]
+    logp = torch.log_softmax(a, -1)                                                    # [blocks, ops]
+    cells = sorted(itertools.product(range(len(OPS)), repeat=SEARCHED),
+                   key=lambda c: -sum(logp[b, o].item() for b, o in enumerate(c)))
+    return [[OPS[o] for o in c] for c in cells[:top]]
 
 
 def with_cell(learner, cell: list[str]):
@@ -125,25 +131,63 @@ def with_cell(learner, cell: list[str]):
     return other
 
 
-def cell_weights(model: CellConv4, cell: list[str]) -> int:
-    """Weights of the discrete network `cell` in the search network's shape."""
-    return weight_count(CellConv4(model.conv0_w.shape[1], model.features, model.out, cell))
+def cell_weights(model: CellConv4, cell: list[str], channels: int | None = None) -> int:
+    """Weights of the discrete network `cell` in the search network's shape (at `channels`)."""
+    return weight_count(CellConv4(model.conv0_w.shape[1], channels or model.features, model.out, cell))
 
 
-def choose_on_validation(learner, dist, seed: int, device, tasks: int, steps: int, top: int = 3,
-                         max_weights: int | None = None) -> dict:
-    """The search's cell chosen on validation classes: each candidate cell (candidates()) with at
-    most max_weights weights (None: any), with the supernet's weights, scored by its accuracy
-    after `steps` inner steps on `tasks` validation tasks; {cell: accuracy}, best first. Where no
-    candidate fits the budget, Conv4's own cell (conv3x3 in every block) is the one candidate."""
+def width_within(model: CellConv4, cell: list[str], max_weights: int | None, most: int = 256) -> int:
+    """The widest channel count (at most `most`) at which `cell` has at most max_weights weights;
+    the search network's width where there is no budget."""
+    if max_weights is None:
+        return model.features
+    fits = [c for c in range(1, most + 1) if cell_weights(model, cell, c) <= max_weights]
+    if not fits:
+        raise UserError(f"no width of cell {','.join(cell)} fits {max_weights:,} weights")
+    return fits[-1]
+
+
+def proxy_accuracy(learner, dist, cell: list[str], channels: int, iterations: int, seed: int, device, tasks: int,
+                   steps: int) -> float:
+    """`cell` at `channels`, meta-trained from scratch for `iterations` first-order iterations of
+    the search's learner (MAML / Meta-SGD / ANIL) on the training classes: its mean accuracy after
+    `steps` inner steps on `tasks` validation tasks."""
+    from dataclasses import replace
+    from metarl.fewshot.core import task_generator
     from metarl.fewshot.evaluation import evaluate_fewshot
-    cells = [c for c in candidates(learner.model, top)
-             if max_weights is None or cell_weights(learner.model, c) <= max_weights] or [["conv3x3"] * SEARCHED]
+    cfg = replace(learner.cfg, search="", arch=",".join(cell), channels=channels, first_order=True)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        net = type(learner)(dist, cfg, meta_sgd=learner.step_sizes is not None, anil=learner.anil).to(device)
+    opt = torch.optim.Adam(net.parameters(), cfg.meta_lr)
+    gen = task_generator(seed, "train", device)
+    for _ in range(iterations):
+        net.meta_update(dist.sample(cfg.meta_batch, gen, "train"), opt)
+    acc = evaluate_fewshot(net, dist, tasks, seed, steps, device, split="val")
+    return acc[max(acc)].mean().item()
+
+
+def choose_on_validation(learner, dist, seed: int, device, tasks: int, steps: int, top: int = 4,
+                         max_weights: int | None = None, proxy_iterations: int = 200) -> tuple[dict, dict]:
+    """The search's cell chosen on validation classes: each candidate cell (candidates()) at its
+    widest width within max_weights (None: the search's width), meta-trained from scratch briefly
+    (proxy_accuracy) and scored on `tasks` validation tasks -> ({cell: accuracy}, best first;
+    {cell: channels})."""
+    widths = {",".join(c): width_within(learner.model, c, max_weights) for c in candidates(learner.model, top)}
+    scores = {cell: proxy_accuracy(learner, dist, cell.split(","), w, proxy_iterations, seed, device, tasks, steps)
+              for cell, w in widths.items()}
+    return dict(sorted(scores.items(), key=lambda kv: -kv[1])), widths
+
+
+def supernet_accuracy(learner, dist, cells: list[str], seed: int, device, tasks: int, steps: int) -> dict:
+    """Each cell with the supernet's weights (one-shot weight sharing), scored on validation tasks:
+    reported beside the choice, to show how far the shared weights' ranking is from it."""
+    from metarl.fewshot.evaluation import evaluate_fewshot
     scores = {}
-    for cell in cells:
+    for cell in [c.split(",") for c in cells]:
         acc = evaluate_fewshot(with_cell(learner, cell), dist, tasks, seed, steps, device, split="val")
         scores[",".join(cell)] = acc[max(acc)].mean().item()
-    return dict(sorted(scores.items(), key=lambda kv: -kv[1]))
+    return scores
 
 
 def weight_count(model: nn.Module) -> int:
@@ -151,22 +195,27 @@ def weight_count(model: nn.Module) -> int:
     return sum(p.numel() for k, p in model.named_parameters() if k != "arch_alpha")
 
 
-def arch_report(model: CellConv4, validation: dict, out_txt, out_png, baseline_params: int,
-                budget: int | None = None) -> dict:
+def arch_report(model: CellConv4, validation: dict, widths: dict, supernet: dict, out_txt, out_png,
+                baseline_params: int, budget: int | None = None) -> dict:
     """The search's outcome: softmax(alpha) per block, the candidates' validation accuracies
-    (choose_on_validation, under the weight budget if any), the chosen cell (the best of them)
-    and its weight count against Conv4's; written as text and as a heat map."""
+    (choose_on_validation: each at its width, trained briefly from scratch; beside them the
+    supernet's scores), the chosen cell (the best) with its width and weights against Conv4's;
+    written as text and as a heat map."""
     w = torch.softmax(model.arch_alpha.detach().cpu(), -1)
     cell = next(iter(validation)).split(",")
-    chosen = CellConv4(model.conv0_w.shape[1], model.features, model.out, cell)
-    info = {"chosen": ",".join(cell), "argmax": ",".join(model.chosen()), "validation_accuracy": validation,
+    channels = widths[",".join(cell)]
+    info = {"chosen": ",".join(cell), "channels": channels, "argmax": ",".join(model.chosen()),
+            "validation_accuracy": validation, "widths": widths, "supernet_validation_accuracy": supernet,
             "alpha_softmax": {f"block {b + 1}": dict(zip(OPS, map(float, w[b]))) for b in range(SEARCHED)},
-            "chosen_params": weight_count(chosen), "conv4_params": baseline_params, "weight_budget": budget}
-    lines = [f"chosen cell (agent.arch): {info['chosen']}  (best on validation classes; argmax of alpha: "
-             f"{info['argmax']})", f"weights: {info['chosen_params']:,} (Conv4: {baseline_params:,})", "",
-             "validation accuracy of the candidates (supernet weights"
-             + (f"; cells over {budget:,} weights left out):" if budget is not None else "):")]
-    lines += [f"  {c:<40} {100 * a:.1f}%" for c, a in validation.items()]
+            "chosen_params": cell_weights(model, cell, channels), "conv4_params": baseline_params,
+            "weight_budget": budget}
+    lines = [f"chosen cell (agent.arch): {info['chosen']} at {channels} channels (agent.channels)  (best on "
+             f"validation classes; argmax of alpha: {info['argmax']})",
+             f"weights: {info['chosen_params']:,} (Conv4: {baseline_params:,}"
+             + (f"; budget {budget:,})" if budget is not None else ")"), "",
+             "validation accuracy of the candidates: trained briefly from scratch at their width; with the "
+             "supernet's weights"]
+    lines += [f"  {c:<40} {widths[c]:>3} ch  {100 * a:5.1f}%  {100 * supernet[c]:5.1f}%" for c, a in validation.items()]
     lines += ["", "block  " + "  ".join(f"{o:>11}" for o in OPS)]
     lines += [f"{b + 1:>5}  " + "  ".join(f"{v:11.3f}" for v in w[b].tolist()) for b in range(SEARCHED)]
     out_txt.write_text("\n".join(lines) + "\n")

@@ -57,9 +57,12 @@ class MAMLConfig(ObjectiveOptions, FewShotConfig):
     search: str = option("", "darts: a differentiable cell search (Conv4 blocks 1-3 mix conv 3x3 / 5x5 / dilated, "
                              "max / average pool, skip, none; the mixing weights are meta-parameters updated through "
                              "the inner loop); metarl eval writes the chosen cell (image tasks)", choices=("", "darts"))
-    search_weights: str = option("conv4", "search: the chosen cell's weight budget; conv4 = at most the hand-designed "
-                                          "Conv4's weights (the two compare like for like), any = no limit",
+    search_weights: str = option("conv4", "search: the chosen cell's weight budget; conv4 = each candidate cell at "
+                                          "the widest width within the hand-designed Conv4's weights (the two "
+                                          "compare like for like), any = the search's width",
                                  choices=("conv4", "any"))
+    search_proxy_iterations: int = option(200, "search: first-order meta-iterations each candidate cell trains from "
+                                               "scratch before it is scored on the validation classes", ge=1)
     arch: str = option("", "a chosen cell for Conv4's blocks 1-3, e.g. conv3x3,skip,avg_pool3x3 (from a search run's "
                            "eval_arch.txt), trained from scratch (image tasks)")
     adv_eps: float = option(0.1, "adversarial: L-infinity radius in pixel units of [0, 1] images", gt=0.0)

@@ -863,7 +863,8 @@ def arch_table() -> str:
         paired, agent = m.get("paired_with"), m["agent"]
         diff = (f"{paired[agent]['mean']:+.3f} [{paired[agent]['ci_low']:+.3f}, {paired[agent]['ci_high']:+.3f}] vs "
                 f"{paired['experiment']}" if paired and agent in paired else "–")
-        rows.append(f"| {s['experiment']} | {family_of(m)} | {info['chosen']} | {info['chosen_params']:,} "
+        width = f" at {info['channels']} channels" if "channels" in info else ""
+        rows.append(f"| {s['experiment']} | {family_of(m)} | {info['chosen']}{width} | {info['chosen_params']:,} "
                     f"(Conv4 {info['conv4_params']:,}) | {pct(m['results'][agent])} | {diff} | "
                     f"{search}, {found['wall_clock_s'] / 60:.1f} min ({found['commit']}) | "
                     f"{s['wall_clock_s'] / 60:.1f} min | {s['commit']} | `{s['command']}` |")

@@ -5,7 +5,7 @@ applicable one), and write experiments/results/NAME.json
 also name [experiment] transfer_env = "FAMILY": the learner tested unchanged on that family's
 tasks (as `metarl eval RUN --env FAMILY`), kept in the results file under "transfer";
 [experiment] arch_from = "NAME" trains the cell that the cell-search experiment NAME chose (its
-results file's search.chosen) from scratch, as agent.arch.
+results file's search.chosen, at search.channels) from scratch, as agent.arch (agent.channels).
 
     python experiments/run.py bandit_k5_n10            # trains (or resumes) then evaluates
     python experiments/run.py bandit_k5_n10 --eval-only
@@ -117,19 +117,20 @@ def paired_with(ref: str | None, report: dict) -> dict | None:
                                   if "scores" in r and "scores" in other["results"].get(n, {})}}
 
 
-def arch_from(search: str | None) -> str | None:
+def arch_from(search: str | None) -> dict:
     """[experiment] arch_from = "NAME": the cell that cell-search experiment NAME chose (its results
-    file's search.chosen), to train from scratch as agent.arch; None without the option."""
+    file's search.chosen) and its width where recorded (search.channels), to train from scratch:
+    {"arch": cell, "channels": width}; {} without the option."""
     if search is None:
-        return None
+        return {}
     path = HERE / "results" / f"{search}.json"
     if not path.exists():
         raise UserError(f"[experiment] arch_from = {search!r} has no results file {path}; run "
                         f"`python experiments/run.py {search}` first")
-    chosen = json.loads(path.read_text())["metrics"].get("search", {}).get("chosen")
-    if not chosen:
+    found = json.loads(path.read_text())["metrics"].get("search", {})
+    if not found.get("chosen"):
         raise UserError(f"[experiment] arch_from = {search!r}: {path} records no chosen cell (not a cell search)")
-    return chosen
+    return {"arch": found["chosen"], **({"channels": found["channels"]} if "channels" in found else {})}
 
 
 def reference_lines(results: dict, agent: str, metric: str | None, paper: dict) -> tuple[dict, dict]:
@@ -195,8 +196,8 @@ def main(argv=None) -> int:
                                 f"directory to start again with the new config")
             # a resumed run continues from its saved config (same_config: the file's, checked above)
             train(run["agent"], run["env"], config_file=None if resume else str(cfg_file), run_dir=str(run_dir),
-                  sets=[f"agent.arch={arch}"] if arch and not resume else [], resume=resume, device=args.device,
-                  quiet=args.quiet, seed=None if resume else args.seed)
+                  sets=[f"agent.{k}={v}" for k, v in arch.items()] if not resume else [], resume=resume,
+                  device=args.device, quiet=args.quiet, seed=None if resume else args.seed)
         eval_sets = [f"agent.{k}={v}" for k, v in raw.get("agent", {}).items()
                      if k.startswith("eval_") and k not in TRAINING_ONLY]
         attack = meta.get("attack")  # few-shot classifiers: robust accuracy too, e.g. {kind="pgd", eps=0.1, steps=10}
@@ -306,7 +307,7 @@ def main(argv=None) -> int:
             # agent.search: the chosen cell, its candidates' validation accuracy and its weights against Conv4's
             **({"search": report["search"]} if "search" in report else {}),
             # [experiment] arch_from: the searched cell this run trained from scratch
-            **({"arch_from": meta["arch_from"], "arch": arch} if arch else {}),
+            **({"arch_from": meta["arch_from"], **arch} if arch else {}),
             "written": time.strftime("%Y-%m-%d %H:%M:%S"),
         },
     }

@@ -65,8 +65,8 @@ def test_candidate_cells_share_the_supernet_weights():
     lrn = MAMLLearner(dist, build(MAMLConfig, {"search": "darts", "channels": 4}, "agent"))
     with torch.no_grad():
         lrn.model.arch_alpha.copy_(torch.arange(len(OPS), dtype=torch.float).expand(3, -1))
-    cells = candidates(lrn.model)
-    assert len(cells) == 27 and all(set(c) <= {"skip", "avg_pool3x3", "max_pool3x3"} for c in cells)  # top 3, no none
+    cells = candidates(lrn.model)  # joint weight: skip (5) everywhere first, then one avg_pool (4) among skips
+    assert cells[0] == ["skip"] * 3 and len(cells) == 4 and all(c.count("avg_pool3x3") == 1 for c in cells[1:])
     one = with_cell(lrn, ["conv5x5", "skip", "max_pool3x3"])
     assert torch.equal(one.model.c1_conv5x5_w, lrn.model.c1_conv5x5_w) and "arch_alpha" not in one.fixed
     assert set(one.inner_params()) == set(params_of(one.model)) and lrn.model.arch is None  # the search net is kept
@@ -74,24 +74,26 @@ def test_candidate_cells_share_the_supernet_weights():
     assert one.predict(one.adapt(b["xs"], b["ys"], 1), b["xq"]).shape == (2, 8, 4)
 
 
-def test_the_cell_is_chosen_within_conv4s_weights():
-    """With conv 5x5 the most weighted everywhere, the budgeted choice keeps only the cells that
-    pay for a 5x5 with skips; without a budget every candidate is scored."""
-    from metarl.agents.arch_search import cell_weights, choose_on_validation
+def test_each_candidate_is_scored_at_the_widest_width_within_conv4s_weights():
+    """Under Conv4's budget a 5x5 cell is narrowed until it fits (and no wider would); each
+    candidate is trained from scratch at its width and scored on validation tasks."""
+    from metarl.agents.arch_search import cell_weights, choose_on_validation, width_within
     dist = make_glyphs(build(GlyphConfig, {"classes": 40, "variants": 20, "ways": 4, "shots": 1, "query": 2}, "env"))
     torch.manual_seed(0)
-    lrn = MAMLLearner(dist, build(MAMLConfig, {"search": "darts", "channels": 4}, "agent"))
+    lrn = MAMLLearner(dist, build(MAMLConfig, {"search": "darts", "channels": 8, "meta_batch": 2}, "agent"))
     with torch.no_grad():
         lrn.model.arch_alpha.zero_()
         lrn.model.arch_alpha[:, OPS.index("conv5x5")] = 3.0
-        lrn.model.arch_alpha[:, OPS.index("conv3x3")] = 2.0
-        lrn.model.arch_alpha[:, OPS.index("skip")] = 1.0
-    conv4 = weight_count(Conv4(1, 4, 4))
-    free = choose_on_validation(lrn, dist, 0, "cpu", 2, 1)
-    kept = choose_on_validation(lrn, dist, 0, "cpu", 2, 1, max_weights=conv4)
-    assert len(free) == 27 and set(kept) < set(free) and "conv3x3,conv3x3,conv3x3" in kept
-    assert all(cell_weights(lrn.model, c.split(",")) <= conv4 for c in kept)
-    assert "conv5x5,skip,skip" in kept and "conv5x5,conv3x3,conv3x3" not in kept
+        lrn.model.arch_alpha[:, OPS.index("skip")] = 2.0
+    conv4 = weight_count(Conv4(1, 8, 4))
+    cell = ["conv5x5"] * 3
+    w = width_within(lrn.model, cell, conv4)
+    assert w < 8 and cell_weights(lrn.model, cell, w) <= conv4 < cell_weights(lrn.model, cell, w + 1)
+    assert width_within(lrn.model, ["skip"] * 3, conv4) > 8 and width_within(lrn.model, cell, None) == 8
+    scores, widths = choose_on_validation(lrn, dist, 0, "cpu", 2, 1, top=2, max_weights=conv4, proxy_iterations=2)
+    assert set(scores) == set(widths) == {"conv5x5,conv5x5,conv5x5", "conv5x5,conv5x5,skip"}
+    assert widths["conv5x5,conv5x5,conv5x5"] == w and all(0 <= a <= 1 for a in scores.values())
+    assert list(scores.values()) == sorted(scores.values(), reverse=True)
 
 
 def test_chosen_cell_skips_none_and_counts_weights_without_alpha():
@@ -110,15 +112,16 @@ def test_chosen_cell_skips_none_and_counts_weights_without_alpha():
 def test_search_run_writes_the_chosen_cell_which_trains_from_scratch(cli, tmp_path):
     common = ["--env", "glyphs", "--set", "env.classes=40", "--set", "env.ways=4", "--set", "agent.channels=4",
               "--set", "agent.iterations=2", "--set", "agent.log_every=1", "--set", "agent.meta_batch=2",
-              "--set", "agent.eval_steps=1", "--quiet", "--device", "cpu"]
+              "--set", "agent.search_proxy_iterations=2", "--set", "agent.eval_steps=1", "--quiet", "--device", "cpu"]
     run = tmp_path / "search"
     code, _, err = cli("train", "maml", "--run-dir", run, "--set", "agent.search=darts", *common)
     assert code == 0, err
     assert cli("eval", run, "--tasks", 4)[0] == 0
     rep = json.loads((run / "eval.json").read_text())
     chosen, val = rep["search"]["chosen"], rep["search"]["validation_accuracy"]
-    assert 1 <= len(val) <= 27 and chosen == max(val, key=val.get) and all(0 <= a <= 1 for a in val.values())
+    assert len(val) == 4 and chosen == max(val, key=val.get) and all(0 <= a <= 1 for a in val.values())
     assert rep["search"]["chosen_params"] <= rep["search"]["weight_budget"] == rep["search"]["conv4_params"]
+    assert set(rep["search"]["supernet_validation_accuracy"]) == set(val) and rep["search"]["channels"] >= 1
     assert len(chosen.split(",")) == 3 and chosen in (run / "eval_arch.txt").read_text()
     assert (run / "eval_arch.png").stat().st_size > 1000 and rep["search"]["conv4_params"] > 0
     code, _, err = cli("train", "maml", "--run-dir", tmp_path / "cell", "--set", f"agent.arch={chosen}", *common)

@@ -582,8 +582,8 @@ def test_transfer_env_evaluates_the_learner_unchanged_on_another_family(tmp_path
 
 
 def test_arch_from_trains_the_cell_a_search_chose(tmp_path, monkeypatch, capsys):
-    """[experiment] arch_from = "NAME": the run trains agent.arch = NAME's chosen cell (its saved
-    config says so, the results file records it); before NAME has results, one line, exit 2."""
+    """[experiment] arch_from = "NAME": the run trains agent.arch = NAME's chosen cell at its width
+    (its saved config says so, the results file records it); before NAME has results, one line, exit 2."""
     run = _load("run")
     configs = tmp_path / "experiments" / "configs"
     configs.mkdir(parents=True)
@@ -597,12 +597,13 @@ def test_arch_from_trains_the_cell_a_search_chose(tmp_path, monkeypatch, capsys)
     assert "run `python experiments/run.py search` first" in capsys.readouterr().err
     results = tmp_path / "experiments" / "results"
     results.mkdir()
-    (results / "search.json").write_text(json.dumps({"metrics": {"search": {"chosen": "skip,max_pool3x3,conv5x5"}}}))
+    (results / "search.json").write_text(json.dumps({"metrics": {"search": {"chosen": "skip,max_pool3x3,conv5x5",
+                                                                               "channels": 3}}}))
     assert run.main(["cell", "--quiet", "--device", "cpu"]) == 0
     saved = (tmp_path / "runs" / "experiments" / "cell" / "config.toml").read_text()
-    assert 'arch = "skip,max_pool3x3,conv5x5"' in saved
+    assert 'arch = "skip,max_pool3x3,conv5x5"' in saved and "channels = 3" in saved
     m = json.loads((results / "cell.json").read_text())["metrics"]
-    assert m["arch"] == "skip,max_pool3x3,conv5x5" and m["arch_from"] == "search"
+    assert m["arch"] == "skip,max_pool3x3,conv5x5" and m["channels"] == 3 and m["arch_from"] == "search"
 
 
 def test_a_parked_metaworld_evaluation_keeps_its_finished_parts(tmp_path):

@@ -268,13 +268,16 @@ def _evaluate_fewshot_run(run: LoadedRun, names: list[str], tasks: int, seed: in
         results[f"{name} ({label})"] = fe.summarize_fewshot(  # the same tasks, e.g. SGD from a learned init
             fe.evaluate_fewshot(extra_learner, dist, tasks, seed, agent_cfg.eval_steps, dev), dist.kind)
     if getattr(getattr(learner, "model", None), "arch", "") is None:  # a cell search: the chosen cell
-        from metarl.agents.arch_search import arch_report, choose_on_validation, weight_count
+        from metarl.agents.arch_search import arch_report, choose_on_validation, supernet_accuracy, weight_count
         from metarl.agents.fewshot_nets import Conv4
         conv4 = weight_count(Conv4(dist.x_shape[0], agent_cfg.channels, dist.ways))
         budget = conv4 if agent_cfg.search_weights == "conv4" else None
-        val = choose_on_validation(learner, dist, seed, dev, min(tasks, 200), agent_cfg.eval_steps, max_weights=budget)
-        extra["search"] = arch_report(learner.model, val, path / f"{stem}_arch.txt", path / f"{stem}_arch.png",
-                                      conv4, budget)
+        val_tasks = min(tasks, 200)
+        val, widths = choose_on_validation(learner, dist, seed, dev, val_tasks, agent_cfg.eval_steps,
+                                           max_weights=budget, proxy_iterations=agent_cfg.search_proxy_iterations)
+        shared = supernet_accuracy(learner, dist, list(val), seed, dev, val_tasks, agent_cfg.eval_steps)
+        extra["search"] = arch_report(learner.model, val, widths, shared, path / f"{stem}_arch.txt",
+                                      path / f"{stem}_arch.png", conv4, budget)
     title = f"held-out {extra.get('env', saved['run']['env'])} tasks"
     if hasattr(learner, "loglik"):  # probabilistic regressors: CNP, NP
         most = min(getattr(env_cfg, "context_max", 100), getattr(env_cfg, "points", 0) or 100)
