@@ -866,7 +866,9 @@ def arch_table() -> str:
         width = f" at {info['channels']} channels" if "channels" in info else ""
         rows.append(f"| {s['experiment']} | {family_of(m)} | {info['chosen']}{width} | {info['chosen_params']:,} "
                     f"(Conv4 {info['conv4_params']:,}) | {pct(m['results'][agent])} | {diff} | "
-                    f"{search}, {found['wall_clock_s'] / 60:.1f} min ({found['commit']}) | "
+                    f"{search}, {found['wall_clock_s'] / 60:.1f} min"
+                    + (f" + choice {info['choice_s'] / 60:.1f} min" if "choice_s" in info else "")
+                    + f" ({found['commit']}) | "
                     f"{s['wall_clock_s'] / 60:.1f} min | {s['commit']} | `{s['command']}` |")
     return section("Searched cells (`agent.search = \"darts\"`, then `[experiment] arch_from`): the cell the search "
                    "chose on validation classes, trained from scratch; held-out accuracy after the run's evaluation "

@@ -122,6 +122,7 @@ def test_search_run_writes_the_chosen_cell_which_trains_from_scratch(cli, tmp_pa
     assert len(val) == 4 and chosen == max(val, key=val.get) and all(0 <= a <= 1 for a in val.values())
     assert rep["search"]["chosen_params"] <= rep["search"]["weight_budget"] == rep["search"]["conv4_params"]
     assert set(rep["search"]["supernet_validation_accuracy"]) == set(val) and rep["search"]["channels"] >= 1
+    assert rep["search"]["choice_s"] > 0
     assert len(chosen.split(",")) == 3 and chosen in (run / "eval_arch.txt").read_text()
     assert (run / "eval_arch.png").stat().st_size > 1000 and rep["search"]["conv4_params"] > 0
     code, _, err = cli("train", "maml", "--run-dir", tmp_path / "cell", "--set", f"agent.arch={chosen}", *common)

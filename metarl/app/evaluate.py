@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -272,12 +273,13 @@ def _evaluate_fewshot_run(run: LoadedRun, names: list[str], tasks: int, seed: in
         from metarl.agents.fewshot_nets import Conv4
         conv4 = weight_count(Conv4(dist.x_shape[0], agent_cfg.channels, dist.ways))
         budget = conv4 if agent_cfg.search_weights == "conv4" else None
-        val_tasks = min(tasks, 200)
+        val_tasks, started = min(tasks, 200), time.perf_counter()
         val, widths = choose_on_validation(learner, dist, seed, dev, val_tasks, agent_cfg.eval_steps,
                                            max_weights=budget, proxy_iterations=agent_cfg.search_proxy_iterations)
         shared = supernet_accuracy(learner, dist, list(val), seed, dev, val_tasks, agent_cfg.eval_steps)
-        extra["search"] = arch_report(learner.model, val, widths, shared, path / f"{stem}_arch.txt",
-                                      path / f"{stem}_arch.png", conv4, budget)
+        extra["search"] = {**arch_report(learner.model, val, widths, shared, path / f"{stem}_arch.txt",
+                                         path / f"{stem}_arch.png", conv4, budget),
+                           "choice_s": time.perf_counter() - started}  # the search's second part, timed
     title = f"held-out {extra.get('env', saved['run']['env'])} tasks"
     if hasattr(learner, "loglik"):  # probabilistic regressors: CNP, NP
         most = min(getattr(env_cfg, "context_max", 100), getattr(env_cfg, "points", 0) or 100)
