@@ -113,9 +113,9 @@ def candidates(model: CellConv4, top: int = 4) -> list[list[str]]:
     none, best first."""
     a = model.arch_alpha.detach().clone()
     a[:, OPS.index("none")] = -float("inf")
-    logp = torch.log_softmax(a, -1)                                                    # [blocks, ops]
+    logp = torch.log_softmax(a, -1).tolist()                                           # [blocks][ops]
     cells = sorted(itertools.product(range(len(OPS)), repeat=SEARCHED),
-                   key=lambda c: -sum(logp[b, o].item() for b, o in enumerate(c)))
+                   key=lambda c: -sum(logp[b][o] for b, o in enumerate(c)))
     return [[OPS[o] for o in c] for c in cells[:top]]
 
 
@@ -141,10 +141,12 @@ def width_within(model: CellConv4, cell: list[str], max_weights: int | None, mos
     the search network's width where there is no budget."""
     if max_weights is None:
         return model.features
-    fits = [c for c in range(1, most + 1) if cell_weights(model, cell, c) <= max_weights]
-    if not fits:
+    width = 0
+    while width < most and cell_weights(model, cell, width + 1) <= max_weights:  # weights grow with the width
+        width += 1
+    if not width:
         raise UserError(f"no width of cell {','.join(cell)} fits {max_weights:,} weights")
-    return fits[-1]
+    return width
 
 
 def proxy_accuracy(learner, dist, cell: list[str], channels: int, iterations: int, seed: int, device, tasks: int,
@@ -184,9 +186,9 @@ def supernet_accuracy(learner, dist, cells: list[str], seed: int, device, tasks:
     reported beside the choice, to show how far the shared weights' ranking is from it."""
     from metarl.fewshot.evaluation import evaluate_fewshot
     scores = {}
-    for cell in [c.split(",") for c in cells]:
-        acc = evaluate_fewshot(with_cell(learner, cell), dist, tasks, seed, steps, device, split="val")
-        scores[",".join(cell)] = acc[max(acc)].mean().item()
+    for cell in cells:
+        acc = evaluate_fewshot(with_cell(learner, cell.split(",")), dist, tasks, seed, steps, device, split="val")
+        scores[cell] = acc[max(acc)].mean().item()
     return scores
 
 

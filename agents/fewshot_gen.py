@@ -154,25 +154,30 @@ class FewShotGenerator(FewShotLearner):
         ELBO of drawings x [M, 1, 28, 28], from a copy of the VAE: yields (s, copy) after
         s = 0 .. steps steps (one module, updated in place). noise(n) -> z noise [n, Z]."""
         vae = copy.deepcopy(self.vae)
-        opt = (torch.optim.SGD(vae.parameters(), lr=self.cfg.inner_lr) if self.cfg.mode == "maml"
-               else torch.optim.Adam(vae.parameters(), lr=self.cfg.inner_lr, betas=(0.0, 0.999)))
+        if self.log_lr is not None:                                  # learned step sizes: SGD by hand
+            lr, opt = {k: v.detach() for k, v in self.step_sizes().items()}, None
+        elif self.cfg.mode == "maml":
+            opt = torch.optim.SGD(vae.parameters(), lr=self.cfg.inner_lr)
+        else:
+            opt = torch.optim.Adam(vae.parameters(), lr=self.cfg.inner_lr, betas=(0.0, 0.999))
         yield 0, vae
         for s in range(1, steps + 1):
             with torch.enable_grad():
                 loss = -vae.elbo(x, noise(x.shape[0]).to(x.device))[0].mean()
-                opt.zero_grad(set_to_none=True)
+                vae.zero_grad(set_to_none=True)
                 loss.backward()
-            if self.log_lr is None:
+            if opt is not None:
                 opt.step()
             else:
                 with torch.no_grad():
-                    lr = self.step_sizes()
                     for k, p in vae.named_parameters():
                         p -= lr[k] * p.grad
             yield s, vae
 
     def meta_loss(self, batch: Batch):
-        """pretrain: the negative ELBO per drawing of every drawing in the batch."""
+        """maml: maml_loss; pretrain: the negative ELBO per drawing of every drawing in the batch."""
+        if self.cfg.mode == "maml":
+            return self.maml_loss(batch)
         x = torch.cat([batch["xs"], batch["xq"]], 1).flatten(0, 1)
         elbo, kl = self.vae.elbo(x, self._noise(x.shape[0]).to(x.device))
         loss = -elbo.mean()
@@ -195,13 +200,8 @@ class FewShotGenerator(FewShotLearner):
         return loss, {"loss": loss.item()}
 
     def meta_update(self, batch: Batch, optimizer: torch.optim.Optimizer) -> dict[str, float]:
-        if self.cfg.mode == "pretrain":
-            return super().meta_update(batch, optimizer)
-        if self.cfg.mode == "maml":
-            loss, metrics = self.maml_loss(batch)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+        if self.cfg.mode != "reptile":                               # a gradient step on meta_loss
+            metrics = super().meta_update(batch, optimizer)
             self.meta_steps += 1
             return metrics
         xs, xq = first_class(batch)

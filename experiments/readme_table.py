@@ -169,18 +169,19 @@ def headline_figure(s: dict):
             "; ".join(f"{k} {v}" for k, v in paper.items()) or None, None if base is None else f"{base} {fmt(res[base])}")
 
 
-def agent_option(s: dict, key: str, default):
-    """An [agent] option of the experiment's config (the default where it is not set)."""
+def config_option(s: dict, table: str, key: str, default=None):
+    """An option of the experiment's config, [table] key (the default where it is not set)."""
     from metarl.config import tomllib
     cfg = ROOT / "experiments" / "configs" / f"{s.get('config', s['experiment'])}.toml"
-    return tomllib.loads(cfg.read_text()).get("agent", {}).get(key, default) if cfg.exists() else default
+    return tomllib.loads(cfg.read_text()).get(table, {}).get(key, default) if cfg.exists() else default
+
+
+def agent_option(s: dict, key: str, default):
+    return config_option(s, "agent", key, default)
 
 
 def experiment_option(s: dict, key: str, default=None):
-    """An [experiment] option of the experiment's config (default where it is not set)."""
-    from metarl.config import tomllib
-    cfg = ROOT / "experiments" / "configs" / f"{s.get('config', s['experiment'])}.toml"
-    return tomllib.loads(cfg.read_text()).get("experiment", {}).get(key, default) if cfg.exists() else default
+    return config_option(s, "experiment", key, default)
 
 
 def paper_refs(s: dict) -> dict:
